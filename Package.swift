@@ -1,0 +1,65 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// One target per layer; the dependency arrows only point down this list.
+//   C modules (CFuse, CSodium, CSQLite, CShims)  libc / Debian libraries
+//   SecureMemory       locked, wiped buffers for keys and values
+//   SecretfsStore      encrypted SQLite store (envelope encryption, audit)
+//   SecretfsFS         FUSE low-level adapter: the write-only directory contract
+//   SecretfsProtocol   privileged-socket wire format, server and client
+//   SecretfsInject     JavaScript tokenizer + rewriter, flow/config documents
+//   SecretfsRedact     multi-pattern streaming redaction
+//   SecretfsResolver   resolve one-shot and the resolver daemon
+//   secretfs           the thin command-line interface
+let package = Package(
+    name: "secretfs",
+    products: [
+        .executable(name: "secretfs", targets: ["secretfs"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "CFuse", pkgConfig: "fuse3",
+                       providers: [.apt(["libfuse3-dev"])]),
+        .systemLibrary(name: "CSodium", pkgConfig: "libsodium",
+                       providers: [.apt(["libsodium-dev"])]),
+        .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
+        .target(name: "CShims"),
+
+        .target(name: "SecureMemory", dependencies: ["CSodium"]),
+        .target(name: "SecretfsStore", dependencies: [
+            "CSQLite", "CSodium", "SecureMemory",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "SecretfsFS", dependencies: [
+            "CFuse", "CShims", "SecretfsStore", "SecureMemory",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "SecretfsProtocol", dependencies: [
+            "CShims", "SecureMemory", "SecretfsStore",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "SecretfsInject", dependencies: [
+            .product(name: "Yams", package: "Yams"),
+        ]),
+        .target(name: "SecretfsRedact", dependencies: ["SecureMemory"]),
+        .target(name: "SecretfsResolver", dependencies: [
+            "SecretfsProtocol", "SecretfsInject", "SecretfsRedact", "SecureMemory",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "secretfs", dependencies: [
+            "CShims", "SecretfsStore", "SecretfsFS", "SecretfsProtocol",
+            "SecretfsResolver", "SecretfsRedact",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
+        .testTarget(name: "SecretfsStoreTests", dependencies: ["SecretfsStore"]),
+        .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject"]),
+        .testTarget(name: "SecretfsRedactTests", dependencies: ["SecretfsRedact"]),
+        .testTarget(name: "SecretfsMountTests", dependencies: ["SecretfsStore", "CShims"]),
+    ]
+)

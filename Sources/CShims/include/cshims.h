@@ -1,0 +1,22 @@
+// Small libc helpers that Swift cannot reach directly: struct ucred and
+// SO_PEERCRED are hidden without _GNU_SOURCE, prctl is variadic.
+#ifndef SECRETFS_CSHIMS_H
+#define SECRETFS_CSHIMS_H
+#include <sys/types.h>
+
+/// Credentials of the process that connected a Unix socket (SO_PEERCRED).
+/// Returns 0, or -1 with errno set.
+int secretfs_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/// Make this process undumpable (PR_SET_DUMPABLE 0: no core file, no ptrace by
+/// other uids, /proc/self/mem closed) and set RLIMIT_CORE to 0.
+/// Returns 0, or -1 with errno set.
+int secretfs_harden_process(void);
+
+/// Unblock every signal for the calling thread. Test runners spawn children
+/// with most signals blocked; libfuse's SIGTERM/SIGINT handlers need them.
+int secretfs_unblock_all_signals(void);
+
+/// Whether this process is dumpable (for tests of the hardening).
+int secretfs_is_dumpable(void);
+#endif
