@@ -1,0 +1,149 @@
+import CSQLite
+
+/// A thin wrapper over one SQLite connection. Not thread-safe by itself: the
+/// `Store` serialises every use under its lock. Only ciphertexts, names and
+/// metadata are ever bound here; plaintext values never reach SQLite.
+final class SQLiteConnection {
+    private(set) var handle: OpaquePointer?
+    let path: String
+    private var cache: [String: SQLiteStatement] = [:]
+
+    init(path: String, create: Bool) throws {
+        self.path = path
+        var flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX
+        if create { flags |= SQLITE_OPEN_CREATE }
+        var db: OpaquePointer?
+        let rc = sqlite3_open_v2(path, &db, flags, nil)
+        guard rc == SQLITE_OK, let db else {
+            let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            if let db { sqlite3_close_v2(db) }
+            throw StoreError.sqlite(code: rc, message: message, context: "opening \(path)")
+        }
+        handle = db
+        sqlite3_extended_result_codes(db, 1)
+    }
+
+    deinit {
+        cache.removeAll()  // finalize statements before closing
+        if let handle { sqlite3_close_v2(handle) }
+    }
+
+    func close() {
+        cache.removeAll()
+        if let handle { sqlite3_close_v2(handle) }
+        handle = nil
+    }
+
+    var lastErrorMessage: String { handle.map { String(cString: sqlite3_errmsg($0)) } ?? "closed" }
+
+    func execute(_ sql: String, context: String) throws {
+        let rc = sqlite3_exec(handle, sql, nil, nil, nil)
+        guard rc == SQLITE_OK else {
+            throw StoreError.sqlite(code: rc, message: lastErrorMessage, context: context)
+        }
+    }
+
+    /// A prepared statement, cached by its SQL text and reset before reuse.
+    func statement(_ sql: String) throws -> SQLiteStatement {
+        if let s = cache[sql] {
+            s.reset()
+            return s
+        }
+        var stmt: OpaquePointer?
+        let rc = sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, nil)
+        guard rc == SQLITE_OK, let stmt else {
+            throw StoreError.sqlite(code: rc, message: lastErrorMessage, context: "preparing statement")
+        }
+        let s = SQLiteStatement(stmt, connection: self)
+        cache[sql] = s
+        return s
+    }
+
+    var changes: Int { Int(sqlite3_changes(handle)) }
+
+    /// Runs `body` in a `BEGIN IMMEDIATE` transaction: committed when it
+    /// returns, rolled back when it throws. IMMEDIATE takes the write lock up
+    /// front so two processes never deadlock upgrading read locks.
+    func transaction<T>(_ context: String, _ body: () throws -> T) throws -> T {
+        try execute("BEGIN IMMEDIATE", context: context)
+        do {
+            let result = try body()
+            try execute("COMMIT", context: context)
+            return result
+        } catch {
+            _ = sqlite3_exec(handle, "ROLLBACK", nil, nil, nil)
+            throw error
+        }
+    }
+}
+
+/// SQLITE_TRANSIENT is a macro Swift cannot import (PLATFORM-NOTES).
+private let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+final class SQLiteStatement {
+    let stmt: OpaquePointer
+    unowned let connection: SQLiteConnection
+
+    init(_ stmt: OpaquePointer, connection: SQLiteConnection) {
+        self.stmt = stmt
+        self.connection = connection
+    }
+
+    deinit { sqlite3_finalize(stmt) }
+
+    func reset() {
+        sqlite3_reset(stmt)
+        sqlite3_clear_bindings(stmt)
+    }
+
+    @discardableResult
+    func bind(_ index: Int32, _ value: Int64) -> Self {
+        sqlite3_bind_int64(stmt, index, value); return self
+    }
+
+    @discardableResult
+    func bind(_ index: Int32, _ value: String?) -> Self {
+        if let value { sqlite3_bind_text(stmt, index, value, -1, transient) } else { sqlite3_bind_null(stmt, index) }
+        return self
+    }
+
+    @discardableResult
+    func bind(_ index: Int32, blob: [UInt8]) -> Self {
+        blob.withUnsafeBytes { raw in
+            // A zero-length blob must still be a blob, not NULL.
+            _ = sqlite3_bind_blob(stmt, index, raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32(raw.count), transient)
+        }
+        return self
+    }
+
+    /// Steps once; true when a row is available.
+    func step(_ context: String) throws -> Bool {
+        let rc = sqlite3_step(stmt)
+        switch rc {
+        case SQLITE_ROW: return true
+        case SQLITE_DONE: return false
+        default:
+            throw StoreError.sqlite(code: rc, message: connection.lastErrorMessage, context: context)
+        }
+    }
+
+    /// Steps to completion, for statements that return no rows.
+    func run(_ context: String) throws {
+        while try step(context) {}
+    }
+
+    func int64(_ column: Int32) -> Int64 { sqlite3_column_int64(stmt, column) }
+
+    func isNull(_ column: Int32) -> Bool { sqlite3_column_type(stmt, column) == SQLITE_NULL }
+
+    func string(_ column: Int32) -> String? {
+        guard let p = sqlite3_column_text(stmt, column) else { return nil }
+        return String(cString: p)
+    }
+
+    func blob(_ column: Int32) -> [UInt8] {
+        let n = Int(sqlite3_column_bytes(stmt, column))
+        guard n > 0, let p = sqlite3_column_blob(stmt, column) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: p, count: n))
+    }
+}

@@ -1,0 +1,417 @@
+import CSodium
+import CSQLite
+import Glibc
+import SecureMemory
+import Synchronization
+
+/// Where a store lives and how its master key is obtained.
+public struct StoreLocation: Sendable {
+    public var directory: String
+    public init(directory: String) { self.directory = directory }
+    public var databasePath: String { directory + "/secretfs.db" }
+    public var keyFilePath: String { directory + "/master.key" }
+}
+
+/// How the master key is supplied.
+public enum MasterKeySource: Sendable {
+    /// The store's own key file (STORE/master.key, mode 0400).
+    case keyFile
+    /// A passphrase read from a file, stretched with Argon2id.
+    case passphraseFile(String)
+}
+
+public struct ProjectInfo: Sendable, Equatable {
+    public var id: Int64
+    public var name: String
+    public var createdAt: Timestamp
+    public var secretCount: Int
+    public var lastUpdate: Timestamp?
+}
+
+/// Metadata of one secret. Deliberately no length: it would leak.
+public struct SecretInfo: Sendable, Equatable {
+    public var name: String
+    public var version: Int64
+    public var createdAt: Timestamp
+    public var updatedAt: Timestamp
+    public var updatedBy: UInt32
+}
+
+/// Nanoseconds since the Unix epoch.
+public struct Timestamp: Sendable, Equatable, Comparable, Hashable {
+    public var nanoseconds: Int64
+    public init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
+    public static func now() -> Timestamp {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Timestamp(nanoseconds: Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec))
+    }
+    public var seconds: Int64 { nanoseconds / 1_000_000_000 }
+    public var subsecondNanoseconds: Int64 { nanoseconds % 1_000_000_000 }
+    public static func < (a: Timestamp, b: Timestamp) -> Bool { a.nanoseconds < b.nanoseconds }
+}
+
+/// Who did something, for the audit trail.
+public struct Actor: Sendable, Equatable {
+    public var uid: UInt32
+    public var pid: Int32
+    public init(uid: UInt32, pid: Int32) { self.uid = uid; self.pid = pid }
+    public static var current: Actor { Actor(uid: getuid(), pid: getpid()) }
+}
+
+public struct AuditEvent: Sendable, Equatable {
+    public var id: Int64
+    public var project: String
+    public var at: Timestamp
+    public var uid: UInt32
+    public var pid: Int32
+    public var action: String
+    public var names: String?
+    public var detail: String?
+}
+
+/// The encrypted store: one SQLite database (WAL, synchronous=FULL,
+/// secure_delete=ON) plus a master key that never leaves locked memory.
+///
+/// Thread safety: one connection, every use under `lock`. A mount process
+/// calls in from FUSE threads and its socket thread at once; SQLite itself
+/// serialises writers across processes (`BEGIN IMMEDIATE`, busy timeout).
+public final class Store: @unchecked Sendable {
+    public let location: StoreLocation
+    let lock = Mutex(())
+    let db: SQLiteConnection
+    let masterKey: SecureBytes
+    let storeID: [UInt8]
+
+    static let schemaVersion: Int32 = 1
+
+    private init(location: StoreLocation, db: SQLiteConnection, masterKey: SecureBytes, storeID: [UInt8]) {
+        self.location = location
+        self.db = db
+        self.masterKey = masterKey
+        self.storeID = storeID
+    }
+
+    public static func exists(at location: StoreLocation) -> Bool {
+        access(location.databasePath, F_OK) == 0
+    }
+
+    // MARK: Creating and opening
+
+    /// Creates a new store. Refuses to touch a directory that already holds one.
+    public static func create(at location: StoreLocation, keySource: MasterKeySource) throws -> Store {
+        Sodium.ensureInitialised()
+        if exists(at: location) || access(location.keyFilePath, F_OK) == 0 {
+            throw StoreError.storeExists(location.directory)
+        }
+        if mkdir(location.directory, 0o700) != 0 && errno != EEXIST {
+            throw StoreError.io(path: location.directory, errno: errno, action: "create directory")
+        }
+        let masterKey: SecureBytes
+        var kdf: KeyDerivation?
+        switch keySource {
+        case .keyFile:
+            masterKey = SecureBytes.random(count: Envelope.keyBytes)
+            try writeKeyFile(masterKey, path: location.keyFilePath)
+        case .passphraseFile(let path):
+            let passphrase = try readPassphrase(path: path)
+            let params = KeyDerivation.fresh()
+            masterKey = try params.deriveKey(from: passphrase)
+            kdf = params
+        }
+        var storeID = [UInt8](repeating: 0, count: 16)
+        randombytes_buf(&storeID, 16)
+
+        let db = try SQLiteConnection(path: location.databasePath, create: true)
+        try configure(db)
+        try migrate(db)
+        let check = Envelope.seal(SecureBytes(capacity: 0), key: masterKey,
+                                  associatedData: Envelope.keyCheckAD(storeID: storeID))
+        try db.transaction("initialising the store") {
+            try putMeta(db, "store_id", storeID)
+            try putMeta(db, "key_check", check.nonce + check.ciphertext)
+            if let kdf {
+                try putMeta(db, "kdf", Array("argon2id13".utf8))
+                try putMeta(db, "kdf_salt", kdf.salt)
+                try putMeta(db, "kdf_opslimit", Array(String(kdf.opsLimit).utf8))
+                try putMeta(db, "kdf_memlimit", Array(String(kdf.memLimit).utf8))
+            }
+        }
+        return Store(location: location, db: db, masterKey: masterKey, storeID: storeID)
+    }
+
+    /// Opens an existing store and checks the master key against it.
+    public static func open(at location: StoreLocation, keySource: MasterKeySource) throws -> Store {
+        Sodium.ensureInitialised()
+        guard exists(at: location) else { throw StoreError.storeMissing(location.directory) }
+        let db = try SQLiteConnection(path: location.databasePath, create: false)
+        try configure(db)
+        try migrate(db)
+        guard let storeID = try getMeta(db, "store_id"), let check = try getMeta(db, "key_check"),
+              check.count >= Envelope.nonceBytes + Envelope.tagBytes else {
+            throw StoreError.corrupt("the store has no key check record")
+        }
+        let kdfName = try getMeta(db, "kdf").map { String(decoding: $0, as: UTF8.self) }
+        let masterKey: SecureBytes
+        switch (keySource, kdfName) {
+        case (.keyFile, nil):
+            masterKey = try readKeyFile(path: location.keyFilePath)
+        case (.passphraseFile(let path), "argon2id13"?):
+            guard let salt = try getMeta(db, "kdf_salt"),
+                  let ops = try getMeta(db, "kdf_opslimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }),
+                  let mem = try getMeta(db, "kdf_memlimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }) else {
+                throw StoreError.corrupt("incomplete key derivation parameters")
+            }
+            let passphrase = try readPassphrase(path: path)
+            masterKey = try KeyDerivation(opsLimit: ops, memLimit: mem, salt: salt).deriveKey(from: passphrase)
+        case (.keyFile, _?):
+            throw StoreError.passphraseRequired
+        case (.passphraseFile, nil):
+            throw StoreError.passphraseNotExpected
+        case (.passphraseFile, _?):
+            throw StoreError.corrupt("unknown key derivation '\(kdfName ?? "")'")
+        }
+        let sealed = Envelope.Sealed(ciphertext: Array(check[Envelope.nonceBytes...]),
+                                     nonce: Array(check[..<Envelope.nonceBytes]))
+        guard Envelope.open(sealed, key: masterKey, associatedData: Envelope.keyCheckAD(storeID: storeID)) != nil else {
+            throw StoreError.wrongKey
+        }
+        return Store(location: location, db: db, masterKey: masterKey, storeID: storeID)
+    }
+
+    /// Applies the pragmas the design requires on every connection.
+    private static func configure(_ db: SQLiteConnection) throws {
+        // busy_timeout first: other processes (another mount, the CLI) may hold the lock.
+        try db.execute("PRAGMA busy_timeout = 10000", context: "configuring the database")
+        try db.execute("PRAGMA journal_mode = WAL", context: "enabling WAL")
+        try db.execute("PRAGMA synchronous = FULL", context: "configuring durability")
+        try db.execute("PRAGMA secure_delete = ON", context: "configuring secure delete")
+        try db.execute("PRAGMA foreign_keys = ON", context: "configuring foreign keys")
+        // Sorting and temporary indices stay in memory: no temp files at all.
+        try db.execute("PRAGMA temp_store = MEMORY", context: "configuring temp store")
+    }
+
+    /// Versioned schema migrations; `PRAGMA user_version` is the schema version.
+    private static let migrations: [String] = [
+        // 1: the first schema. See docs/store-format.md.
+        """
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value BLOB NOT NULL
+        );
+        CREATE TABLE projects (
+            id            INTEGER PRIMARY KEY,
+            name          TEXT NOT NULL UNIQUE,
+            wrapped_key   BLOB NOT NULL,
+            wrap_nonce    BLOB NOT NULL,
+            created_at    INTEGER NOT NULL,
+            last_version  INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE secrets (
+            project_id  INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            name        TEXT NOT NULL,
+            ciphertext  BLOB NOT NULL,
+            nonce       BLOB NOT NULL,
+            version     INTEGER NOT NULL,
+            created_at  INTEGER NOT NULL,
+            updated_at  INTEGER NOT NULL,
+            updated_by  INTEGER NOT NULL,
+            PRIMARY KEY (project_id, name)
+        ) WITHOUT ROWID;
+        CREATE TABLE audit (
+            id       INTEGER PRIMARY KEY AUTOINCREMENT,
+            project  TEXT NOT NULL,
+            at       INTEGER NOT NULL,
+            uid      INTEGER NOT NULL,
+            pid      INTEGER NOT NULL,
+            action   TEXT NOT NULL,
+            names    TEXT,
+            detail   TEXT
+        );
+        CREATE INDEX audit_by_project ON audit(project, at);
+        """,
+    ]
+
+    private static func migrate(_ db: SQLiteConnection) throws {
+        let s = try db.statement("PRAGMA user_version")
+        _ = try s.step("reading schema version")
+        let current = Int32(s.int64(0))
+        s.reset()
+        if current > Int32(migrations.count) { throw StoreError.unsupportedSchema(Int(current)) }
+        if current == Int32(migrations.count) { return }
+        try db.transaction("migrating the schema") {
+            for v in Int(current)..<migrations.count {
+                try db.execute(migrations[v], context: "migrating the schema to version \(v + 1)")
+            }
+            try db.execute("PRAGMA user_version = \(migrations.count)", context: "recording the schema version")
+        }
+    }
+
+    private static func putMeta(_ db: SQLiteConnection, _ key: String, _ value: [UInt8]) throws {
+        try db.statement("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)")
+            .bind(1, key).bind(2, blob: value).run("writing store metadata")
+    }
+
+    private static func getMeta(_ db: SQLiteConnection, _ key: String) throws -> [UInt8]? {
+        let s = try db.statement("SELECT value FROM meta WHERE key = ?").bind(1, key)
+        defer { s.reset() }
+        return try s.step("reading store metadata") ? s.blob(0) : nil
+    }
+
+    // MARK: Key and passphrase files
+
+    private static func writeKeyFile(_ key: SecureBytes, path: String) throws {
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o400)
+        guard fd >= 0 else { throw StoreError.io(path: path, errno: errno, action: "create key file") }
+        defer { close(fd) }
+        let written = key.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        guard written == key.count, fsync(fd) == 0 else {
+            let e = errno
+            unlink(path)
+            throw StoreError.io(path: path, errno: e, action: "write key file")
+        }
+    }
+
+    private static func readKeyFile(path: String) throws -> SecureBytes {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw StoreError.keyFileUnreadable(path: path, errno: errno) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw StoreError.keyFileUnreadable(path: path, errno: errno) }
+        if st.st_mode & 0o077 != 0 { throw StoreError.keyFileInsecure(path: path, mode: st.st_mode & 0o7777) }
+        // Read straight into locked memory; one byte of room detects an overlong file.
+        let key = SecureBytes(capacity: Envelope.keyBytes + 1)
+        let n = key.withUnsafeMutableCapacity { Glibc.read(fd, $0.baseAddress, $0.count) }
+        guard n == Envelope.keyBytes else { throw StoreError.keyFileMalformed(path: path) }
+        key.setCount(n)
+        return key.copy()
+    }
+
+    /// Reads a passphrase into locked memory; one trailing newline is dropped
+    /// (as `echo pass > file` adds).
+    static func readPassphrase(path: String) throws -> SecureBytes {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw StoreError.passphraseUnreadable(path: path, errno: errno) }
+        defer { close(fd) }
+        let buf = SecureBytes(capacity: 4096)
+        var total = 0
+        while total < buf.capacity {
+            let n = buf.withUnsafeMutableCapacity { Glibc.read(fd, $0.baseAddress! + total, $0.count - total) }
+            if n < 0 { throw StoreError.passphraseUnreadable(path: path, errno: errno) }
+            if n == 0 { break }
+            total += n
+        }
+        buf.setCount(total)
+        let trimmed = buf.withUnsafeBytes { $0.last == 0x0A } ? total - 1 : total
+        buf.setCount(trimmed)
+        if trimmed == 0 { throw StoreError.passphraseUnreadable(path: path, errno: ENODATA) }
+        return buf
+    }
+
+    // MARK: Projects
+
+    public func createProject(_ name: String, actor: Actor = .current) throws {
+        guard Names.isValid(name) else { throw StoreError.invalidProjectName(name) }
+        try lock.withLock { _ in
+            try db.transaction("creating project \(name)") {
+                let exists = try db.statement("SELECT 1 FROM projects WHERE name = ?").bind(1, name)
+                if try exists.step("looking up project") { throw StoreError.projectExists(name) }
+                let now = Timestamp.now()
+                let insert = try db.statement(
+                    "INSERT INTO projects(name, wrapped_key, wrap_nonce, created_at) VALUES (?, x'', x'', ?)")
+                try insert.bind(1, name).bind(2, now.nanoseconds).run("creating project")
+                let id = sqlite3_last_insert_rowid(db.handle)
+                // The id is part of the wrapping's associated data, so wrap after insert.
+                let dataKey = SecureBytes.random(count: Envelope.keyBytes)
+                let wrapped = Envelope.seal(dataKey, key: masterKey,
+                                            associatedData: Envelope.projectKeyAD(storeID: storeID, projectID: id, projectName: name))
+                try db.statement("UPDATE projects SET wrapped_key = ?, wrap_nonce = ? WHERE id = ?")
+                    .bind(1, blob: wrapped.ciphertext).bind(2, blob: wrapped.nonce).bind(3, id)
+                    .run("storing the project key")
+                try insertAudit(project: name, actor: actor, action: "project-create", names: nil, detail: nil)
+            }
+        }
+    }
+
+    public func listProjects() throws -> [ProjectInfo] {
+        try lock.withLock { _ in
+            let s = try db.statement("""
+                SELECT p.id, p.name, p.created_at, COUNT(s.name), MAX(s.updated_at)
+                FROM projects p LEFT JOIN secrets s ON s.project_id = p.id
+                GROUP BY p.id ORDER BY p.name
+                """)
+            var out: [ProjectInfo] = []
+            while try s.step("listing projects") {
+                out.append(ProjectInfo(id: s.int64(0), name: s.string(1) ?? "", createdAt: Timestamp(nanoseconds: s.int64(2)),
+                                       secretCount: Int(s.int64(3)),
+                                       lastUpdate: s.isNull(4) ? nil : Timestamp(nanoseconds: s.int64(4))))
+            }
+            return out
+        }
+    }
+
+    public func project(named name: String) throws -> ProjectInfo {
+        guard let p = try listProjects().first(where: { $0.name == name }) else { throw StoreError.projectNotFound(name) }
+        return p
+    }
+
+    /// Deletes a project, its data key and (with `force`) all its secrets.
+    public func deleteProject(_ name: String, force: Bool, actor: Actor = .current) throws {
+        let info = try project(named: name)
+        if info.secretCount > 0 && !force { throw StoreError.projectNotEmpty(name, secrets: info.secretCount) }
+        try lock.withLock { _ in
+            try db.transaction("deleting project \(name)") {
+                try db.statement("DELETE FROM projects WHERE id = ?").bind(1, info.id).run("deleting project")
+                try insertAudit(project: name, actor: actor, action: "project-delete", names: nil,
+                                detail: "\(info.secretCount) secrets")
+            }
+        }
+    }
+
+    /// Unwraps a project's data key and returns the handle for its secrets.
+    public func openProject(_ name: String) throws -> ProjectVault {
+        try lock.withLock { _ in
+            let s = try db.statement("SELECT id, wrapped_key, wrap_nonce FROM projects WHERE name = ?").bind(1, name)
+            defer { s.reset() }
+            guard try s.step("opening project") else { throw StoreError.projectNotFound(name) }
+            let id = s.int64(0)
+            let sealed = Envelope.Sealed(ciphertext: s.blob(1), nonce: s.blob(2))
+            guard let dataKey = Envelope.open(sealed, key: masterKey,
+                                              associatedData: Envelope.projectKeyAD(storeID: storeID, projectID: id, projectName: name)) else {
+                throw StoreError.corrupt("the data key of project '\(name)' does not open with this master key")
+            }
+            return ProjectVault(store: self, id: id, name: name, dataKey: dataKey)
+        }
+    }
+
+    // MARK: Audit
+
+    /// Must be called with `lock` held (inside a transaction or alone).
+    func insertAudit(project: String, actor: Actor, action: String, names: String?, detail: String?) throws {
+        try db.statement("INSERT INTO audit(project, at, uid, pid, action, names, detail) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(1, project).bind(2, Timestamp.now().nanoseconds).bind(3, Int64(actor.uid)).bind(4, Int64(actor.pid))
+            .bind(5, action).bind(6, names).bind(7, detail)
+            .run("writing the audit trail")
+    }
+
+    public func auditEvents(project: String, since: Timestamp? = nil) throws -> [AuditEvent] {
+        try lock.withLock { _ in
+            let s = try db.statement("""
+                SELECT id, project, at, uid, pid, action, names, detail FROM audit
+                WHERE project = ? AND at >= ? ORDER BY id
+                """).bind(1, project).bind(2, since?.nanoseconds ?? Int64.min)
+            var out: [AuditEvent] = []
+            while try s.step("reading the audit trail") {
+                out.append(AuditEvent(id: s.int64(0), project: s.string(1) ?? "", at: Timestamp(nanoseconds: s.int64(2)),
+                                      uid: UInt32(truncatingIfNeeded: s.int64(3)), pid: Int32(truncatingIfNeeded: s.int64(4)),
+                                      action: s.string(5) ?? "", names: s.string(6), detail: s.string(7)))
+            }
+            return out
+        }
+    }
+
+    /// Forces the WAL into the main database file (used by tests and `status`).
+    public func checkpoint() throws {
+        try lock.withLock { _ in try db.execute("PRAGMA wal_checkpoint(TRUNCATE)", context: "checkpointing") }
+    }
+}

@@ -1,0 +1,104 @@
+import Glibc
+
+/// Every failure of the store, each with a message a person can act on and a
+/// hint. Messages name stores, projects and secrets, never values.
+public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
+    case storeExists(String)
+    case storeMissing(String)
+    case keyFileUnreadable(path: String, errno: Int32)
+    case keyFileInsecure(path: String, mode: UInt32)
+    case keyFileMalformed(path: String)
+    case passphraseRequired
+    case passphraseNotExpected
+    case passphraseUnreadable(path: String, errno: Int32)
+    case wrongKey
+    case keyDerivationFailed
+    case projectExists(String)
+    case projectNotFound(String)
+    case projectNotEmpty(String, secrets: Int)
+    case invalidProjectName(String)
+    case invalidSecretName(String)
+    case secretNotFound(String)
+    case secretExists(String)
+    case corrupt(String)
+    case unsupportedSchema(Int)
+    case io(path: String, errno: Int32, action: String)
+    case sqlite(code: Int32, message: String, context: String)
+
+    public var description: String {
+        switch self {
+        case .storeExists(let p): return "a store already exists at \(p)"
+        case .storeMissing(let p): return "no store at \(p)"
+        case .keyFileUnreadable(let p, let e): return "cannot read master key file \(p): \(String(cString: strerror(e)))"
+        case .keyFileInsecure(let p, let m): return "master key file \(p) has mode \(String(m, radix: 8)); it must not be readable by group or others"
+        case .keyFileMalformed(let p): return "master key file \(p) is not a 32-byte key"
+        case .passphraseRequired: return "this store is protected by a passphrase"
+        case .passphraseNotExpected: return "this store uses a master key file, not a passphrase"
+        case .passphraseUnreadable(let p, let e): return "cannot read passphrase file \(p): \(String(cString: strerror(e)))"
+        case .wrongKey: return "the master key does not open this store"
+        case .keyDerivationFailed: return "deriving the key from the passphrase failed (out of memory?)"
+        case .projectExists(let n): return "project '\(n)' already exists"
+        case .projectNotFound(let n): return "no project named '\(n)'"
+        case .projectNotEmpty(let n, let c): return "project '\(n)' still has \(c) secret\(c == 1 ? "" : "s")"
+        case .invalidProjectName(let n): return "'\(n)' is not a valid project name"
+        case .invalidSecretName(let n): return "'\(n)' is not a valid secret name"
+        case .secretNotFound(let n): return "no secret named '\(n)'"
+        case .secretExists(let n): return "a secret named '\(n)' already exists"
+        case .corrupt(let m): return "the store is damaged: \(m)"
+        case .unsupportedSchema(let v): return "the store has schema version \(v), newer than this secretfs understands"
+        case .io(let p, let e, let a): return "cannot \(a) \(p): \(String(cString: strerror(e)))"
+        case .sqlite(let c, let m, let ctx): return "database error while \(ctx): \(m) (SQLite code \(c))"
+        }
+    }
+
+    /// What the person should try next.
+    public var hint: String? {
+        switch self {
+        case .storeExists: return "use that store, or pass another --store directory"
+        case .storeMissing: return "create one with 'secretfs init', or point --store / SECRETFS_STORE at an existing store"
+        case .keyFileUnreadable: return "run as the store's owner (the key file is mode 0400)"
+        case .keyFileInsecure(let p, _): return "chmod 0400 \(p)"
+        case .keyFileMalformed: return "restore the key file from your backup; without it the store cannot be opened"
+        case .passphraseRequired: return "pass --passphrase-file FILE (or set SECRETFS_PASSPHRASE_FILE)"
+        case .passphraseNotExpected: return "drop --passphrase-file"
+        case .passphraseUnreadable: return "check the path and its permissions"
+        case .wrongKey: return "check that the key file or passphrase belongs to this store"
+        case .keyDerivationFailed: return "free some memory and try again"
+        case .projectExists: return "choose another name, or use the existing project"
+        case .projectNotFound: return "list projects with 'secretfs project list', or create it with 'secretfs project create NAME'"
+        case .projectNotEmpty: return "pass --force to delete the project and all its secrets"
+        case .invalidProjectName, .invalidSecretName: return "names match [A-Za-z_][A-Za-z0-9_]* and are at most 255 bytes"
+        case .secretNotFound: return "list names with 'ls' on the mounted project"
+        case .secretExists: return nil
+        case .corrupt: return "restore the store from a backup"
+        case .unsupportedSchema: return "upgrade secretfs"
+        case .io: return nil
+        case .sqlite(let code, _, _):
+            if code & 0xff == 5 || code & 0xff == 6 { return "another process holds the store busy; try again" }
+            if code & 0xff == 8 { return "the store is read-only for this user" }
+            return nil
+        }
+    }
+}
+
+/// The naming rule shared by secrets and projects: a JavaScript identifier
+/// that `secrets.NAME` can reach, ASCII only, 1...255 bytes.
+public enum Names {
+    public static let maximumLength = 255
+
+    public static func isValid(_ name: String) -> Bool {
+        isValid(utf8: name.utf8)
+    }
+
+    public static func isValid<C: Collection>(utf8 bytes: C) -> Bool where C.Element == UInt8 {
+        guard !bytes.isEmpty, bytes.count <= maximumLength else { return false }
+        var first = true
+        for b in bytes {
+            let letter = (b >= 65 && b <= 90) || (b >= 97 && b <= 122) || b == 95
+            let digit = b >= 48 && b <= 57
+            if !(letter || (!first && digit)) { return false }
+            first = false
+        }
+        return true
+    }
+}
