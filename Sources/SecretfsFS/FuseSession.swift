@@ -1,0 +1,87 @@
+import CFuse
+import Glibc
+import Logging
+
+/// A mounted FUSE session serving one `SecretFilesystem`.
+///
+/// Lifecycle: `mount` (the kernel starts answering for the mountpoint), then
+/// `run` (blocks serving requests on a pool of threads until the filesystem is
+/// unmounted or the process gets SIGINT/SIGTERM/SIGHUP), then the session
+/// unmounts and tears down.
+public final class FuseSession {
+    private let filesystem: SecretFilesystem
+    private var session: OpaquePointer?
+    private var args = fuse_args()
+    private var operations: fuse_lowlevel_ops
+    public let mountpoint: String
+
+    public struct MountError: Error, CustomStringConvertible {
+        public let description: String
+        public let hint: String?
+    }
+
+    /// Creates the session and mounts it. `fuseOptions` are `-o` options for
+    /// libfuse (allow_other, fsname, ...).
+    public init(filesystem: SecretFilesystem, mountpoint: String, fuseOptions: [String], debug: Bool) throws {
+        self.filesystem = filesystem
+        self.mountpoint = mountpoint
+        self.operations = makeOperations()
+
+        var argv = ["secretfs"]
+        if !fuseOptions.isEmpty { argv += ["-o", fuseOptions.joined(separator: ",")] }
+        if debug { argv.append("-d") }
+        // fuse_args owns its argv when `allocated` is set; build it by hand
+        // (FUSE_ARGS_INIT is a macro) and let fuse_opt_free_args free it.
+        args = fuse_args(argc: 0, argv: nil, allocated: 0)
+        for a in argv { fuse_opt_add_arg(&args, a) }
+
+        let userdata = Unmanaged.passUnretained(filesystem).toOpaque()
+        guard let se = fuse_session_new(&args, &operations, MemoryLayout<fuse_lowlevel_ops>.size, userdata) else {
+            fuse_opt_free_args(&args)
+            throw MountError(description: "libfuse refused the mount options \(fuseOptions.joined(separator: ","))",
+                             hint: "see the FUSE options in mount.fuse3(8); the mount's log has libfuse's message")
+        }
+        session = se
+        guard fuse_set_signal_handlers(se) == 0 else {
+            fuse_session_destroy(se)
+            fuse_opt_free_args(&args)
+            throw MountError(description: "cannot install signal handlers", hint: nil)
+        }
+        guard fuse_session_mount(se, mountpoint) == 0 else {
+            fuse_remove_signal_handlers(se)
+            fuse_session_destroy(se)
+            fuse_opt_free_args(&args)
+            session = nil
+            throw MountError(description: "cannot mount on \(mountpoint)",
+                             hint: "check that it is an empty directory that is not already mounted (is /dev/fuse available?)")
+        }
+    }
+
+    /// Serves requests until unmounted or signalled. Returns libfuse's status.
+    public func run(maxThreads: UInt32 = 10) -> Int32 {
+        guard let se = session else { return -1 }
+        let cfg = fuse_loop_cfg_create()
+        fuse_loop_cfg_set_clone_fd(cfg, 0)
+        fuse_loop_cfg_set_max_threads(cfg, maxThreads)
+        defer { fuse_loop_cfg_destroy(cfg) }
+        return fuse_session_loop_mt(se, cfg)
+    }
+
+    /// Asks the loop to stop (from another thread); the kernel connection is
+    /// dropped by `close`.
+    public func requestExit() {
+        if let se = session { fuse_session_exit(se) }
+    }
+
+    /// Unmounts (if still mounted) and frees the session.
+    public func close() {
+        guard let se = session else { return }
+        fuse_session_unmount(se)
+        fuse_remove_signal_handlers(se)
+        fuse_session_destroy(se)
+        fuse_opt_free_args(&args)
+        session = nil
+    }
+
+    deinit { close() }
+}

@@ -1,0 +1,496 @@
+import Glibc
+import Logging
+import SecretfsStore
+import SecureMemory
+import Synchronization
+
+/// Who is asking: the credentials the kernel attaches to each FUSE request.
+public struct Caller {
+    public var uid: uid_t
+    public var gid: gid_t
+    public var pid: pid_t
+    /// Supplementary groups, fetched only when the access decision needs them
+    /// (libfuse reads them from /proc, which costs a syscall or three).
+    public var supplementaryGroups: () -> [gid_t]
+
+    public init(uid: uid_t, gid: gid_t, pid: pid_t, supplementaryGroups: @escaping () -> [gid_t] = { [] }) {
+        self.uid = uid; self.gid = gid; self.pid = pid
+        self.supplementaryGroups = supplementaryGroups
+    }
+
+    var actor: Actor { Actor(uid: uid, pid: pid) }
+}
+
+/// Attributes the kernel is told about a node.
+public struct Attributes: Sendable {
+    public var ino: UInt64
+    public var isDirectory: Bool
+    public var mode: mode_t
+    public var uid: uid_t
+    public var gid: gid_t
+    public var modified: Timestamp
+    public var links: Int
+}
+
+/// The write-only directory contract, independent of libfuse: every method
+/// takes a caller and returns a result or an `Errno`. `FuseBridge` turns
+/// kernel requests into these calls and the results into replies.
+///
+/// Lock order: `lock` (namespace and handles) is taken first, then the store's
+/// own lock inside each store call. Nothing calls back into this object with
+/// the store lock held, so there is no cycle. Store commits happen under
+/// `lock`: a commit is one fsync (~200 us) and serialising them keeps the
+/// namespace and the store in the same order.
+public final class SecretFilesystem: @unchecked Sendable {
+    public let vault: ProjectVault
+    public let options: MountOptions
+    let logger: Logger
+    private let lock = Mutex(())
+    private var namespace: Namespace
+    private var handles: [UInt64: OpenFile] = [:]
+    private var directoryListings: [UInt64: [Node]] = [:]
+    private var nextHandle: UInt64 = 1
+    private let mountedAt = Timestamp.now()
+
+    /// An open file. Write handles buffer the new value until flush.
+    final class OpenFile {
+        let node: Node
+        let writable: Bool
+        let append: Bool
+        /// nil until the first write (or O_TRUNC): then the whole new value.
+        var buffer: WriteBuffer?
+        /// The buffer differs from the stored value and must be committed.
+        var dirty = false
+        /// A failed write (EFBIG) poisons the handle: nothing is committed.
+        var failure: Errno?
+        /// Who opened it: the audit trail names them for the commit.
+        let actor: Actor
+
+        init(node: Node, writable: Bool, append: Bool, caller: Caller) {
+            self.node = node; self.writable = writable; self.append = append; self.actor = caller.actor
+        }
+    }
+
+    public init(vault: ProjectVault, options: MountOptions, logger: Logger) throws {
+        self.vault = vault
+        self.options = options
+        self.logger = logger
+        self.namespace = Namespace(secrets: try vault.list())
+    }
+
+    public var secretCount: Int { lock.withLock { _ in namespace.count } }
+
+    // MARK: Access
+
+    /// The mount's whole access policy: owner and root always, members of the
+    /// project group when one is granted, nobody else, for every operation.
+    public func isAllowed(_ caller: Caller) -> Bool {
+        if caller.uid == 0 || caller.uid == options.ownerUID { return true }
+        guard let group = options.group else { return false }
+        if caller.gid == group { return true }
+        return caller.supplementaryGroups().contains(group)
+    }
+
+    private func check(_ caller: Caller) throws(Errno) {
+        guard isAllowed(caller) else {
+            logger.debug("refused", metadata: ["uid": "\(caller.uid)", "pid": "\(caller.pid)"])
+            throw .accessDenied
+        }
+    }
+
+    // MARK: Attributes
+
+    public func rootAttributes() -> Attributes {
+        let mode: mode_t = options.group == nil ? 0o700 : 0o770
+        return Attributes(ino: Namespace.rootIno, isDirectory: true, mode: S_IFDIR | mode,
+                          uid: options.ownerUID, gid: options.group ?? options.ownerGID,
+                          modified: namespace.lastChange, links: 2)
+    }
+
+    private func attributes(_ node: Node) -> Attributes {
+        // Write-only: the owner (and the group, when granted) may write; nobody
+        // may read. Size is always reported as 0 so the length never leaks.
+        let mode: mode_t = options.group == nil ? 0o200 : 0o220
+        return Attributes(ino: node.ino, isDirectory: false, mode: S_IFREG | mode,
+                          uid: options.ownerUID, gid: options.group ?? options.ownerGID,
+                          modified: node.updatedAt, links: node.name == nil ? 0 : 1)
+    }
+
+    public func getattr(ino: UInt64, caller: Caller) throws(Errno) -> Attributes {
+        try check(caller)
+        return try lock.withLock { _ throws(Errno) in
+            if ino == Namespace.rootIno { return rootAttributes() }
+            guard let n = namespace.node(ino: ino) else { throw .noEntry }
+            return attributes(n)
+        }
+    }
+
+    /// LOOKUP: counts a kernel reference on success.
+    public func lookup(parent: UInt64, name: String, caller: Caller) throws(Errno) -> Attributes {
+        try check(caller)
+        guard parent == Namespace.rootIno else { throw .notDirectory }
+        return try lock.withLock { _ throws(Errno) in
+            guard let n = namespace.node(named: name) else { throw .noEntry }
+            n.lookups += 1
+            return attributes(n)
+        }
+    }
+
+    public func forget(ino: UInt64, count: UInt64) {
+        lock.withLock { _ in namespace.forget(ino: ino, count: count) }
+    }
+
+    // MARK: Names and types
+
+    private func validName(_ name: String) throws(Errno) {
+        guard Names.isValid(name) else {
+            logger.info("refused name", metadata: ["reason": "invalid secret name"])
+            throw .invalid
+        }
+    }
+
+    /// mkdir, symlink, link, mknod of special files: a flat directory of
+    /// regular files has no place for them.
+    public func refuseType(caller: Caller, operation: String) throws(Errno) -> Never {
+        try check(caller)
+        logger.info("refused \(operation)")
+        throw .notPermitted
+    }
+
+    // MARK: Open, create, write, flush
+
+    public func open(ino: UInt64, flags: Int32, caller: Caller) throws(Errno) -> UInt64 {
+        try check(caller)
+        return try lock.withLock { _ throws(Errno) in
+            if ino == Namespace.rootIno { throw .isDirectory }
+            guard let n = namespace.node(ino: ino), n.name != nil else { throw .noEntry }
+            let access = flags & O_ACCMODE
+            let writable = access == O_WRONLY || access == O_RDWR
+            let h = OpenFile(node: n, writable: writable, append: flags & O_APPEND != 0, caller: caller)
+            if writable && flags & O_TRUNC != 0 {
+                // Atomic O_TRUNC: the old value stays in the store until the
+                // new one is committed at close.
+                h.buffer = WriteBuffer(limit: options.sizeLimit + 1)
+                h.dirty = true
+            }
+            return register(h)
+        }
+    }
+
+    public func create(parent: UInt64, name: String, flags: Int32, caller: Caller) throws(Errno) -> (Attributes, UInt64) {
+        try check(caller)
+        guard parent == Namespace.rootIno else { throw .notDirectory }
+        try validName(name)
+        return try lock.withLock { _ throws(Errno) in
+            let node: Node
+            if let existing = namespace.node(named: name) {
+                if flags & O_EXCL != 0 { throw .exists }
+                node = existing
+            } else {
+                // Not in the store until the first close commits it.
+                node = namespace.add(name: name, info: nil)
+            }
+            node.lookups += 1
+            let h = OpenFile(node: node, writable: true, append: flags & O_APPEND != 0, caller: caller)
+            if !node.isCommitted || flags & O_TRUNC != 0 {
+                h.buffer = WriteBuffer(limit: options.sizeLimit + 1)
+                h.dirty = true
+            }
+            return (attributes(node), register(h))
+        }
+    }
+
+    private func register(_ h: OpenFile) -> UInt64 {
+        let fh = nextHandle
+        nextHandle += 1
+        handles[fh] = h
+        h.node.openHandles += 1
+        return fh
+    }
+
+    /// Loads the stored value into the handle's buffer (for writes that do not
+    /// start from empty: appends, offsets, truncate to a length).
+    private func ensureBuffer(_ h: OpenFile) throws(Errno) -> WriteBuffer {
+        if let b = h.buffer { return b }
+        var current: SecureBytes?
+        if let name = h.node.name, h.node.isCommitted {
+            do { current = try vault.value(name) } catch {
+                logger.error("cannot read stored value", metadata: ["name": "\(name)", "error": "\(error)"])
+                throw .io
+            }
+        }
+        let b = WriteBuffer(limit: options.sizeLimit + 1, initial: current)
+        current?.wipe()
+        h.buffer = b
+        return b
+    }
+
+    public func write(fh: UInt64, data: UnsafeRawBufferPointer, offset: Int64) throws(Errno) -> Int {
+        try lock.withLock { _ throws(Errno) in
+            guard let h = handles[fh], h.writable else { throw .badHandle }
+            if let failure = h.failure { throw failure }
+            let b = try ensureBuffer(h)
+            // O_APPEND: the kernel believes the file is empty (size 0), so it
+            // sends offset 0; appending is this side's job.
+            let ok = h.append ? b.append(data) : b.write(data, at: Int(offset))
+            guard ok else {
+                h.failure = .tooBig
+                logger.info("value over the size limit", metadata: ["name": "\(h.node.name ?? "-")", "limit": "\(options.sizeLimit)"])
+                throw .tooBig
+            }
+            h.dirty = true
+            return data.count
+        }
+    }
+
+    /// FLUSH (each close) and FSYNC: commit the buffered value durably. The
+    /// error returned here is what close(2) returns.
+    public func flush(fh: UInt64) throws(Errno) {
+        try lock.withLock { _ throws(Errno) in
+            guard let h = handles[fh] else { throw .badHandle }
+            try commit(h)
+        }
+    }
+
+    private func commit(_ h: OpenFile) throws(Errno) {
+        if let failure = h.failure { throw failure }
+        guard h.writable, h.dirty, let buffer = h.buffer else { return }
+        guard let name = h.node.name else {
+            // Unlinked while open: like any unlinked file, its data goes nowhere.
+            h.dirty = false
+            return
+        }
+        let value = buffer.value(keepTrailingNewline: options.keepTrailingNewline)
+        defer { value.wipe() }
+        guard value.count <= options.sizeLimit else {
+            h.failure = .tooBig
+            throw .tooBig
+        }
+        do {
+            h.node.info = try vault.put(name, value: value, actor: h.actor)
+            h.dirty = false
+            namespace.lastChange = h.node.info!.updatedAt
+            logger.info("stored", metadata: ["name": "\(name)", "uid": "\(h.actor.uid)"])
+        } catch {
+            logger.error("commit failed", metadata: ["name": "\(name)", "error": "\(error)"])
+            throw .io
+        }
+    }
+
+    /// RELEASE: the last close. Commits what a flush did not (errors can only
+    /// be logged now), drops a created file that never got a value, wipes.
+    public func release(fh: UInt64) {
+        lock.withLock { _ in
+            guard let h = handles.removeValue(forKey: fh) else { return }
+            if h.dirty && h.failure == nil { try? commit(h) }
+            h.buffer?.wipe()
+            h.node.openHandles -= 1
+            if !h.node.isCommitted && h.node.openHandles == 0 && h.node.name != nil {
+                namespace.unlink(h.node)
+            }
+            namespace.collect(h.node)
+        }
+    }
+
+    // MARK: setattr
+
+    public struct AttributeChange: Sendable {
+        public var mode: mode_t?
+        public var uid: uid_t?
+        public var gid: gid_t?
+        public var size: Int64?
+        public var setsTimes = false
+        public init() {}
+    }
+
+    public func setattr(ino: UInt64, change: AttributeChange, fh: UInt64?, caller: Caller) throws(Errno) -> Attributes {
+        try check(caller)
+        return try lock.withLock { _ throws(Errno) in
+            if ino == Namespace.rootIno {
+                if change.size != nil { throw .isDirectory }
+                if change.mode != nil || change.uid != nil || change.gid != nil { throw .notPermitted }
+                return rootAttributes()
+            }
+            guard let n = namespace.node(ino: ino) else { throw .noEntry }
+            let current = attributes(n)
+            // Mode and ownership are the mount's policy, not per file.
+            if let m = change.mode, m & 0o7777 != current.mode & 0o7777 { throw .notPermitted }
+            if let u = change.uid, u != current.uid { throw .notPermitted }
+            if let g = change.gid, g != current.gid { throw .notPermitted }
+            if let size = change.size {
+                guard size >= 0 else { throw .invalid }
+                guard size <= Int64(options.sizeLimit) else { throw .tooBig }
+                if let fh, let h = handles[fh], h.writable {
+                    // ftruncate on an open file (dd does this): change the buffer.
+                    let b = try ensureBuffer(h)
+                    _ = b.resize(to: Int(size))
+                    h.dirty = true
+                } else if let name = n.name {
+                    // truncate(2) by path: one commit.
+                    let h = OpenFile(node: n, writable: true, append: false, caller: caller)
+                    let b = size == 0 ? WriteBuffer(limit: options.sizeLimit + 1) : try ensureBuffer(h)
+                    h.buffer = b
+                    _ = b.resize(to: Int(size))
+                    h.dirty = true
+                    defer { b.wipe() }
+                    if !options.keepTrailingNewline && size > 0 {
+                        // truncate by length keeps bytes exactly: commit without dropping.
+                        let value = b.value(keepTrailingNewline: true)
+                        defer { value.wipe() }
+                        do { n.info = try vault.put(name, value: value, actor: caller.actor) } catch { throw .io }
+                    } else {
+                        try commit(h)
+                    }
+                } else {
+                    throw .noEntry
+                }
+            }
+            return attributes(n)
+        }
+    }
+
+    // MARK: Directory operations
+
+    public func unlink(parent: UInt64, name: String, caller: Caller) throws(Errno) {
+        try check(caller)
+        guard parent == Namespace.rootIno else { throw .notDirectory }
+        try lock.withLock { _ throws(Errno) in
+            guard let n = namespace.node(named: name) else { throw .noEntry }
+            if n.isCommitted {
+                do { _ = try vault.delete(name, actor: caller.actor) } catch {
+                    logger.error("delete failed", metadata: ["name": "\(name)", "error": "\(error)"])
+                    throw .io
+                }
+            }
+            namespace.unlink(n)
+            logger.info("deleted", metadata: ["name": "\(name)", "uid": "\(caller.uid)"])
+        }
+    }
+
+    public func rmdir(parent: UInt64, name: String, caller: Caller) throws(Errno) {
+        try check(caller)
+        try lock.withLock { _ throws(Errno) in
+            guard namespace.node(named: name) != nil else { throw .noEntry }
+            throw .notDirectory
+        }
+    }
+
+    public static let renameNoReplace: UInt32 = 1  // RENAME_NOREPLACE (not exported to Swift)
+    public static let renameExchange: UInt32 = 2   // RENAME_EXCHANGE
+
+    public func rename(parent: UInt64, name: String, newParent: UInt64, newName: String, flags: UInt32,
+                       caller: Caller) throws(Errno) {
+        try check(caller)
+        guard parent == Namespace.rootIno, newParent == Namespace.rootIno else { throw .notDirectory }
+        guard flags & ~(Self.renameNoReplace | Self.renameExchange) == 0,
+              flags != Self.renameNoReplace | Self.renameExchange else { throw .invalid }
+        try validName(newName)
+        try lock.withLock { _ throws(Errno) in
+            guard let source = namespace.node(named: name) else { throw .noEntry }
+            let target = namespace.node(named: newName)
+            if source === target { return }
+            if flags & Self.renameNoReplace != 0, target != nil { throw .exists }
+            do {
+                if flags & Self.renameExchange != 0 {
+                    guard let target else { throw Errno.noEntry }
+                    guard source.isCommitted && target.isCommitted else { throw Errno.invalid }
+                    try vault.rename(name, to: newName, mode: .exchange, actor: caller.actor)
+                    let s = source.info, t = target.info
+                    namespace.exchange(source, target)
+                    // Refresh metadata: both rows got new versions.
+                    source.info = (try? vault.info(newName)) ?? s
+                    target.info = (try? vault.info(name)) ?? t
+                    return
+                }
+                if source.isCommitted {
+                    try vault.rename(name, to: newName, mode: .replace, actor: caller.actor)
+                    source.info = try vault.info(newName)
+                } else if let target, target.isCommitted {
+                    // A file still being created replaces a stored one: the
+                    // stored one goes now, the new value lands at close.
+                    try vault.delete(newName, actor: caller.actor)
+                }
+            } catch let e as Errno {
+                throw e
+            } catch {
+                logger.error("rename failed", metadata: ["from": "\(name)", "to": "\(newName)", "error": "\(error)"])
+                throw .io
+            }
+            namespace.move(source, to: newName)
+            logger.info("renamed", metadata: ["from": "\(name)", "to": "\(newName)", "uid": "\(caller.uid)"])
+        }
+    }
+
+    // MARK: Listing
+
+    public func opendir(ino: UInt64, caller: Caller) throws(Errno) -> UInt64 {
+        try check(caller)
+        guard ino == Namespace.rootIno else { throw .notDirectory }
+        return lock.withLock { _ in
+            let fh = nextHandle
+            nextHandle += 1
+            // A snapshot: offsets into it stay meaningful while the directory changes.
+            directoryListings[fh] = namespace.sortedNodes()
+            return fh
+        }
+    }
+
+    public struct DirectoryEntry {
+        public var name: String
+        public var attributes: Attributes
+        /// The offset of the entry after this one.
+        public var nextOffset: Int64
+    }
+
+    /// Entries from `offset` on ("." and ".." first). With `plus`, each entry
+    /// handed to the kernel counts a lookup, so `accept` reports whether it fit.
+    public func readdir(fh: UInt64, offset: Int64, plus: Bool, caller: Caller,
+                        accept: (DirectoryEntry) -> Bool) throws(Errno) {
+        try check(caller)
+        try lock.withLock { _ throws(Errno) in
+            guard let listing = directoryListings[fh] else { throw .badHandle }
+            var index = Int(offset)
+            let root = rootAttributes()
+            while index < listing.count + 2 {
+                let entry: DirectoryEntry
+                var node: Node?
+                if index == 0 {
+                    entry = DirectoryEntry(name: ".", attributes: root, nextOffset: 1)
+                } else if index == 1 {
+                    entry = DirectoryEntry(name: "..", attributes: root, nextOffset: 2)
+                } else {
+                    let n = listing[index - 2]
+                    guard let name = n.name else { index += 1; continue }  // removed since opendir
+                    node = n
+                    entry = DirectoryEntry(name: name, attributes: attributes(n), nextOffset: Int64(index + 1))
+                }
+                guard accept(entry) else { return }
+                if plus, let node { node.lookups += 1 }
+                index += 1
+            }
+        }
+    }
+
+    public func releasedir(fh: UInt64) {
+        lock.withLock { _ in _ = directoryListings.removeValue(forKey: fh) }
+    }
+
+    public func statfs(caller: Caller) throws(Errno) -> (files: Int, nameMax: Int) {
+        try check(caller)
+        return lock.withLock { _ in (namespace.count, Names.maximumLength) }
+    }
+
+    public func access(ino: UInt64, caller: Caller) throws(Errno) {
+        try check(caller)
+        try lock.withLock { _ throws(Errno) in
+            if ino != Namespace.rootIno && namespace.node(ino: ino) == nil { throw .noEntry }
+        }
+    }
+
+    /// Whether a handle exists (reads of an open file return nothing).
+    public func checkHandle(fh: UInt64) throws(Errno) {
+        try lock.withLock { _ throws(Errno) in
+            guard handles[fh] != nil else { throw .badHandle }
+        }
+    }
+}
