@@ -1,0 +1,103 @@
+/// The buffer type that carries secret values into the injector and the
+/// rewritten output back out.
+///
+/// The resolver uses `SecureMemory.SecureBytes` (locked, wiped, page-guarded
+/// `sodium_malloc` memory), which already has exactly this shape; the one-line
+/// conformance lives next to whichever target depends on both modules
+/// (`extension SecureBytes: SecretBuffer {}`). The injector never copies a value,
+/// or any text derived from one, into a Swift `String` or `Array`: it measures
+/// the exact output length first, allocates one buffer of that size, then fills it.
+public protocol SecretBuffer: AnyObject {
+    /// A zero-filled buffer of `capacity` bytes with `count` bytes in use.
+    init(capacity: Int, count: Int)
+    /// Number of bytes in use.
+    var count: Int { get }
+    func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R
+    /// Mutable access to the first `count` bytes.
+    func withUnsafeMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R
+}
+
+extension SecretBuffer {
+    /// Whether the bytes are valid UTF-8, decided without making a `String`.
+    var isValidUTF8Value: Bool {
+        withUnsafeBytes { raw in
+            var it = raw.makeIterator()
+            var decoder = UTF8()
+            while true {
+                switch decoder.decode(&it) {
+                case .scalarValue: continue
+                case .emptyInput: return true
+                case .error: return false
+                }
+            }
+        }
+    }
+}
+
+// MARK: - Output sinks
+//
+// Every output is produced twice by the same code: once into a `CountingSink`
+// to learn its exact length, then into a `WritingSink` over the final buffer.
+// Nothing in between holds the bytes.
+
+protocol ByteSink {
+    mutating func put(_ byte: UInt8)
+}
+
+struct CountingSink: ByteSink {
+    var count = 0
+    @inline(__always) mutating func put(_ byte: UInt8) { count += 1 }
+}
+
+struct WritingSink: ByteSink {
+    let base: UnsafeMutableRawBufferPointer
+    var offset = 0
+    init(_ base: UnsafeMutableRawBufferPointer) { self.base = base }
+    @inline(__always) mutating func put(_ byte: UInt8) {
+        precondition(offset < base.count, "injector length computation was wrong")
+        base[offset] = byte
+        offset += 1
+    }
+}
+
+extension ByteSink {
+    mutating func put<C: Collection>(bytes: C) where C.Element == UInt8 {
+        for b in bytes { put(b) }
+    }
+    mutating func put(ascii: StaticString) {
+        ascii.withUTF8Buffer { for b in $0 { put(b) } }
+    }
+    /// UTF-8 encoding of one scalar.
+    mutating func putUTF8(_ s: UInt32) {
+        switch s {
+        case 0..<0x80:
+            put(UInt8(s))
+        case 0x80..<0x800:
+            put(UInt8(0xC0 | (s >> 6)))
+            put(UInt8(0x80 | (s & 0x3F)))
+        case 0x800..<0x10000:
+            put(UInt8(0xE0 | (s >> 12)))
+            put(UInt8(0x80 | ((s >> 6) & 0x3F)))
+            put(UInt8(0x80 | (s & 0x3F)))
+        default:
+            put(UInt8(0xF0 | (s >> 18)))
+            put(UInt8(0x80 | ((s >> 12) & 0x3F)))
+            put(UInt8(0x80 | ((s >> 6) & 0x3F)))
+            put(UInt8(0x80 | (s & 0x3F)))
+        }
+    }
+}
+
+/// Builds a buffer of exactly the length `produce` writes.
+func assemble<B: SecretBuffer>(_ type: B.Type, _ produce: (inout CountingSink) -> Void,
+                               _ fill: (inout WritingSink) -> Void) -> B {
+    var counter = CountingSink()
+    produce(&counter)
+    let out = B(capacity: counter.count, count: counter.count)
+    out.withUnsafeMutableBytes { raw in
+        var w = WritingSink(raw)
+        fill(&w)
+        precondition(w.offset == raw.count, "injector length computation was wrong")
+    }
+    return out
+}

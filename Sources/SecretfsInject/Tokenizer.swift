@@ -1,0 +1,597 @@
+/// A JavaScript tokenizer over the UTF-8 bytes of one expression.
+///
+/// It knows exactly as much of ECMAScript's lexical grammar as it takes to
+/// tell code from text: string literals (every escape, line continuations),
+/// template literals with arbitrarily nested `${ … }` substitutions, line and
+/// block comments, regular expression literals versus division, identifiers
+/// with `\uXXXX` / `\u{…}` escapes, numbers, private names and punctuators
+/// including `?.`.
+///
+/// Positions: `line` and `column` are 1-based; columns count Unicode scalars
+/// (code points), which is also what libyaml counts, so flow-file positions and
+/// expression positions agree. Line terminators are LF, CR, CRLF, U+2028, U+2029.
+///
+/// Regex versus division is decided by the previous significant token, the
+/// usual heuristic: a `/` starts a regular expression at the start of input,
+/// after any punctuator except `)`, `]`, `}`, `++`, `--`, after a template head
+/// or middle, and after the keywords in `regexKeywords`; anywhere else it is
+/// division. (`}` is taken to end an object literal or a function body used as
+/// a value, `)` to end a call or group; `if (x) /re/` in statement code is the
+/// known blind spot of every such heuristic.)
+struct JSToken {
+    enum Kind: Equatable {
+        case identifier      // `text` is the decoded name
+        case privateName     // `#name`
+        case punctuator      // `text` is the punctuator
+        case number
+        case string          // `text` is the cooked value, `cookedValid` tells if it decoded
+        case templateNoSubstitution
+        case templateHead
+        case templateMiddle
+        case templateTail
+        case regex
+    }
+    enum Opener: Equatable { case none, paren, bracket, brace, substitution }
+
+    var kind: Kind
+    var start: Int          // byte offset
+    var end: Int            // byte offset, exclusive
+    var line: Int
+    var column: Int
+    var scalarIndex: Int    // scalars before `start`
+    var text: String = ""
+    var cookedValid = true
+    var hasEscape = false
+    /// The innermost open bracket when this token was read.
+    var enclosing: Opener = .none
+
+    func isPunctuator(_ p: String) -> Bool { kind == .punctuator && text == p }
+}
+
+struct JSComment {
+    var start: Int
+    var end: Int
+    var isLine: Bool
+}
+
+struct SourcePosition: Equatable {
+    var line: Int
+    var column: Int
+    var scalarIndex: Int
+}
+
+struct LexProblem {
+    var kind: InjectionProblem.Kind = .syntax
+    var position: SourcePosition
+    var message: String
+}
+
+struct JSTokenization {
+    var tokens: [JSToken] = []
+    var comments: [JSComment] = []
+    var problems: [LexProblem] = []
+}
+
+let regexKeywords: Set<String> = [
+    "return", "typeof", "instanceof", "in", "of", "new", "delete", "void", "throw",
+    "case", "do", "else", "yield", "await", "extends",
+]
+
+private let punctuators4: Set<String> = [">>>="]
+private let punctuators3: Set<String> = ["...", "===", "!==", "**=", "<<=", ">>=", ">>>", "&&=", "||=", "??="]
+private let punctuators2: Set<String> = [
+    "=>", "==", "!=", "<=", ">=", "&&", "||", "??", "?.", "++", "--", "+=", "-=", "*=",
+    "/=", "%=", "&=", "|=", "^=", "**", "<<", ">>",
+]
+private let punctuators1: Set<UInt8> = Array("{}()[];,<>+-*/%&|^!~?:=.@".utf8).reduce(into: []) { $0.insert($1) }
+
+struct JSTokenizer {
+    let src: [UInt8]
+    var i = 0
+    var line = 1
+    var column = 1
+    var scalarIndex = 0
+    var result = JSTokenization()
+    /// Open brackets; `.substitution` entries remember where their template began.
+    var stack: [(JSToken.Opener, SourcePosition)] = []
+    var reportedBadUTF8 = false
+
+    init(_ bytes: [UInt8]) { self.src = bytes }
+
+    static func tokenize(_ bytes: [UInt8]) -> JSTokenization {
+        var t = JSTokenizer(bytes)
+        t.run()
+        return t.result
+    }
+
+    // MARK: scalar access
+
+    /// The scalar at byte offset `at` and its length in bytes; invalid UTF-8
+    /// reads as U+FFFD of length 1.
+    func scalar(at p: Int) -> (UInt32, Int) {
+        guard p < src.count else { return (0, 0) }
+        let b0 = UInt32(src[p])
+        if b0 < 0x80 { return (b0, 1) }
+        func cont(_ k: Int) -> UInt32? {
+            guard p + k < src.count, src[p + k] & 0xC0 == 0x80 else { return nil }
+            return UInt32(src[p + k] & 0x3F)
+        }
+        if b0 & 0xE0 == 0xC0, let c1 = cont(1) {
+            let v = (b0 & 0x1F) << 6 | c1
+            if v >= 0x80 { return (v, 2) }
+        } else if b0 & 0xF0 == 0xE0, let c1 = cont(1), let c2 = cont(2) {
+            let v = (b0 & 0x0F) << 12 | c1 << 6 | c2
+            if v >= 0x800 && !(0xD800...0xDFFF).contains(v) { return (v, 3) }
+        } else if b0 & 0xF8 == 0xF0, let c1 = cont(1), let c2 = cont(2), let c3 = cont(3) {
+            let v = (b0 & 0x07) << 18 | c1 << 12 | c2 << 6 | c3
+            if v >= 0x10000 && v <= 0x10FFFF { return (v, 4) }
+        }
+        return (0xFFFD, 1)
+    }
+
+    var atEnd: Bool { i >= src.count }
+    var current: UInt32 { scalar(at: i).0 }
+    func peek(_ offsetScalars: Int = 1) -> UInt32 {
+        var p = i
+        for _ in 0..<offsetScalars {
+            guard p < src.count else { return 0 }
+            p += scalar(at: p).1
+        }
+        return p < src.count ? scalar(at: p).0 : 0
+    }
+    func byte(_ p: Int) -> UInt8 { p < src.count ? src[p] : 0 }
+
+    var position: SourcePosition { SourcePosition(line: line, column: column, scalarIndex: scalarIndex) }
+
+    /// Consumes one scalar, keeping line and column. CRLF is one line break.
+    mutating func advance() {
+        guard i < src.count else { return }
+        let (s, n) = scalar(at: i)
+        if s == 0xFFFD && n == 1 && !reportedBadUTF8 {
+            reportedBadUTF8 = true
+            problem(at: position, "the expression is not valid UTF-8")
+        }
+        i += n
+        scalarIndex += 1
+        if s == 0x0A || s == 0x2028 || s == 0x2029 || (s == 0x0D && byte(i) != 0x0A) {
+            line += 1
+            column = 1
+        } else {
+            column += 1
+        }
+    }
+
+    mutating func problem(at p: SourcePosition, _ message: String) {
+        result.problems.append(LexProblem(position: p, message: message))
+    }
+
+    static func isLineTerminator(_ s: UInt32) -> Bool {
+        s == 0x0A || s == 0x0D || s == 0x2028 || s == 0x2029
+    }
+
+    static func isWhitespace(_ s: UInt32) -> Bool {
+        switch s {
+        case 0x09, 0x0B, 0x0C, 0x20, 0xA0, 0xFEFF: return true
+        case 0..<0x80: return false
+        default:
+            return Unicode.Scalar(s)?.properties.generalCategory == .spaceSeparator
+        }
+    }
+
+    static func isIDStart(_ s: UInt32) -> Bool {
+        switch s {
+        case 0x24, 0x5F, 0x41...0x5A, 0x61...0x7A: return true
+        case 0..<0x80: return false
+        default: return Unicode.Scalar(s)?.properties.isIDStart ?? false
+        }
+    }
+
+    static func isIDPart(_ s: UInt32) -> Bool {
+        switch s {
+        case 0x24, 0x5F, 0x30...0x39, 0x41...0x5A, 0x61...0x7A, 0x200C, 0x200D: return true
+        case 0..<0x80: return false
+        default: return Unicode.Scalar(s)?.properties.isIDContinue ?? false
+        }
+    }
+
+    static func hexValue(_ s: UInt32) -> UInt32? {
+        switch s {
+        case 0x30...0x39: return s - 0x30
+        case 0x41...0x46: return s - 0x41 + 10
+        case 0x61...0x66: return s - 0x61 + 10
+        default: return nil
+        }
+    }
+
+    // MARK: main loop
+
+    mutating func run() {
+        // A hashbang line is a comment (only at the very start).
+        if byte(0) == 0x23 && byte(1) == 0x21 {
+            let start = i
+            while !atEnd && !Self.isLineTerminator(current) { advance() }
+            result.comments.append(JSComment(start: start, end: i, isLine: true))
+        }
+        while true {
+            skipTrivia()
+            if atEnd { break }
+            let c = current
+            let pos = position
+            let start = i
+            let enclosing = stack.last?.0 ?? .none
+            var tok = JSToken(kind: .punctuator, start: start, end: start, line: pos.line,
+                              column: pos.column, scalarIndex: pos.scalarIndex, enclosing: enclosing)
+            if c == 0x60 { // `
+                advance()
+                if !scanTemplate(&tok, templateStart: pos, continuation: false) { break }
+            } else if c == 0x7D, let top = stack.last, top.0 == .substitution { // } closing ${
+                stack.removeLast()
+                advance()
+                if !scanTemplate(&tok, templateStart: top.1, continuation: true) { break }
+            } else if c == 0x22 || c == 0x27 {
+                if !scanString(&tok, quote: c) { break }
+            } else if Self.isIDStart(c) || c == 0x5C {
+                scanIdentifier(&tok)
+            } else if c == 0x23 { // #
+                advance()
+                if !atEnd && (Self.isIDStart(current) || current == 0x5C) {
+                    scanIdentifier(&tok)
+                    tok.kind = .privateName
+                } else {
+                    problem(at: pos, "unexpected character '#'")
+                    continue
+                }
+            } else if (0x30...0x39).contains(c) || (c == 0x2E && (0x30...0x39).contains(peek())) {
+                scanNumber(&tok)
+            } else if c == 0x2F && regexAllowed() {
+                if !scanRegex(&tok) { break }
+            } else if !scanPunctuator(&tok) {
+                problem(at: pos, "unexpected character U+\(String(c, radix: 16, uppercase: true).leftPadded(4))")
+                advance()
+                continue
+            }
+            tok.end = i
+            result.tokens.append(tok)
+        }
+        for (opener, pos) in stack where opener == .substitution {
+            problem(at: pos, "unterminated template literal")
+            break
+        }
+    }
+
+    /// Whitespace, line terminators and comments.
+    mutating func skipTrivia() {
+        while !atEnd {
+            let c = current
+            if Self.isWhitespace(c) || Self.isLineTerminator(c) {
+                advance()
+            } else if c == 0x2F && byte(i + 1) == 0x2F {
+                let start = i
+                while !atEnd && !Self.isLineTerminator(current) { advance() }
+                result.comments.append(JSComment(start: start, end: i, isLine: true))
+            } else if c == 0x2F && byte(i + 1) == 0x2A {
+                let start = i
+                let pos = position
+                advance(); advance()
+                var closed = false
+                while !atEnd {
+                    if byte(i) == 0x2A && byte(i + 1) == 0x2F {
+                        advance(); advance()
+                        closed = true
+                        break
+                    }
+                    advance()
+                }
+                if !closed {
+                    problem(at: pos, "unterminated comment")
+                }
+                result.comments.append(JSComment(start: start, end: i, isLine: false))
+            } else {
+                return
+            }
+        }
+    }
+
+    func regexAllowed() -> Bool {
+        guard let prev = result.tokens.last else { return true }
+        switch prev.kind {
+        case .punctuator:
+            return !(prev.text == ")" || prev.text == "]" || prev.text == "}"
+                     || prev.text == "++" || prev.text == "--")
+        case .identifier:
+            return !prev.hasEscape && regexKeywords.contains(prev.text)
+        case .templateHead, .templateMiddle:
+            return true
+        default:
+            return false
+        }
+    }
+
+    // MARK: token scanners
+
+    /// After the opening backtick or the `}` that closes a substitution.
+    /// Returns false when the input ended inside the template.
+    mutating func scanTemplate(_ tok: inout JSToken, templateStart: SourcePosition, continuation: Bool) -> Bool {
+        var cooked = String.UnicodeScalarView()
+        var valid = true
+        while true {
+            if atEnd {
+                problem(at: templateStart, "unterminated template literal")
+                return false
+            }
+            let c = current
+            if c == 0x60 {
+                advance()
+                tok.kind = continuation ? .templateTail : .templateNoSubstitution
+                break
+            }
+            if c == 0x24 && byte(i + 1) == 0x7B { // ${
+                advance(); advance()
+                tok.kind = continuation ? .templateMiddle : .templateHead
+                stack.append((.substitution, templateStart))
+                break
+            }
+            if c == 0x5C {
+                if !scanEscape(into: &cooked, inTemplate: true) { valid = false }
+                continue
+            }
+            // CR and CRLF in template text cook to LF.
+            if c == 0x0D {
+                advance()
+                if !atEnd && current == 0x0A { advance() }
+                cooked.append("\n")
+                continue
+            }
+            if let u = Unicode.Scalar(c) { cooked.append(u) }
+            advance()
+        }
+        tok.text = String(cooked)
+        tok.cookedValid = valid
+        return true
+    }
+
+    /// Returns false when the string is unterminated.
+    mutating func scanString(_ tok: inout JSToken, quote: UInt32) -> Bool {
+        let pos = position
+        advance()
+        var cooked = String.UnicodeScalarView()
+        var valid = true
+        while true {
+            if atEnd || current == 0x0A || current == 0x0D {
+                problem(at: pos, "unterminated string literal")
+                return false
+            }
+            let c = current
+            if c == quote {
+                advance()
+                break
+            }
+            if c == 0x5C {
+                if !scanEscape(into: &cooked, inTemplate: false) { valid = false }
+                continue
+            }
+            if let u = Unicode.Scalar(c) { cooked.append(u) }
+            advance()
+        }
+        tok.kind = .string
+        tok.text = String(cooked)
+        tok.cookedValid = valid
+        return true
+    }
+
+    /// At a backslash inside a string or template: consumes the escape and
+    /// appends its cooked value. Returns false for a malformed escape (the
+    /// cooked value is then unknown; in a string that is a syntax error the
+    /// engine reports, in a tagged template it is legal).
+    mutating func scanEscape(into cooked: inout String.UnicodeScalarView, inTemplate: Bool) -> Bool {
+        advance() // backslash
+        if atEnd { return false }
+        let c = current
+        func append(_ v: UInt32) -> Bool {
+            guard let u = Unicode.Scalar(v) else { cooked.append("\u{FFFD}"); return false }
+            cooked.append(u)
+            return true
+        }
+        switch c {
+        case 0x0D:
+            advance()
+            if !atEnd && current == 0x0A { advance() }
+            return true
+        case 0x0A, 0x2028, 0x2029:
+            advance()
+            return true
+        case 0x6E: advance(); return append(0x0A)
+        case 0x74: advance(); return append(0x09)
+        case 0x72: advance(); return append(0x0D)
+        case 0x62: advance(); return append(0x08)
+        case 0x66: advance(); return append(0x0C)
+        case 0x76: advance(); return append(0x0B)
+        case 0x78: // \xHH
+            advance()
+            guard let h = Self.hexValue(current), let l = Self.hexValue(peek()) else { return false }
+            advance(); advance()
+            return append(h << 4 | l)
+        case 0x75: // \uHHHH or \u{…}
+            guard let v = scanUnicodeEscapeBody() else { return false }
+            // Surrogate pairs spelled as two escapes.
+            if (0xD800...0xDBFF).contains(v), byte(i) == 0x5C, byte(i + 1) == 0x75 {
+                let save = (i, line, column, scalarIndex)
+                advance()
+                if let lo = scanUnicodeEscapeBody(), (0xDC00...0xDFFF).contains(lo) {
+                    return append(0x10000 + ((v - 0xD800) << 10) + (lo - 0xDC00))
+                }
+                (i, line, column, scalarIndex) = save
+            }
+            return append(v)
+        case 0x30...0x39:
+            if c == 0x30 && !(0x30...0x39).contains(peek()) {
+                advance()
+                return append(0)
+            }
+            // Legacy octal (or \8 \9): not allowed in templates; cooked value
+            // computed for strings in sloppy mode.
+            if inTemplate { advance(); return false }
+            var v: UInt32 = 0
+            var n = 0
+            while n < 3, !atEnd, (0x30...0x37).contains(current), v * 8 + (current - 0x30) <= 0xFF {
+                v = v * 8 + (current - 0x30)
+                advance()
+                n += 1
+            }
+            if n == 0 { let d = current; advance(); return append(d) }
+            return append(v)
+        default:
+            advance()
+            return append(c)
+        }
+    }
+
+    /// At the `u` of a `\u` escape; consumes `uHHHH` or `u{H…}`.
+    mutating func scanUnicodeEscapeBody() -> UInt32? {
+        guard !atEnd, current == 0x75 else { return nil }
+        advance()
+        if !atEnd && current == 0x7B {
+            advance()
+            var v: UInt32 = 0
+            var digits = 0
+            while !atEnd, let h = Self.hexValue(current) {
+                v = v &* 16 &+ h
+                digits += 1
+                if v > 0x10FFFF { break }
+                advance()
+            }
+            guard digits > 0, v <= 0x10FFFF, !atEnd, current == 0x7D else { return nil }
+            advance()
+            return v
+        }
+        var v: UInt32 = 0
+        for _ in 0..<4 {
+            guard !atEnd, let h = Self.hexValue(current) else { return nil }
+            v = v << 4 | h
+            advance()
+        }
+        return v
+    }
+
+    mutating func scanIdentifier(_ tok: inout JSToken) {
+        var name = String.UnicodeScalarView()
+        var first = true
+        while !atEnd {
+            let c = current
+            if c == 0x5C {
+                let pos = position
+                advance()
+                tok.hasEscape = true
+                guard let v = scanUnicodeEscapeBody(), let u = Unicode.Scalar(v),
+                      first ? Self.isIDStart(v) : Self.isIDPart(v) else {
+                    problem(at: pos, "invalid escape in identifier")
+                    name.append("\u{FFFD}")
+                    first = false
+                    continue
+                }
+                name.append(u)
+            } else if first ? Self.isIDStart(c) : Self.isIDPart(c) {
+                if let u = Unicode.Scalar(c) { name.append(u) }
+                advance()
+            } else {
+                break
+            }
+            first = false
+        }
+        tok.kind = .identifier
+        tok.text = String(name)
+    }
+
+    mutating func scanNumber(_ tok: inout JSToken) {
+        func isDigitOrSep(_ s: UInt32) -> Bool { (0x30...0x39).contains(s) || s == 0x5F }
+        tok.kind = .number
+        if current == 0x30, [0x78, 0x58, 0x62, 0x42, 0x6F, 0x4F].contains(peek()) {
+            advance(); advance()
+            while !atEnd && (Self.hexValue(current) != nil || current == 0x5F) { advance() }
+        } else {
+            while !atEnd && isDigitOrSep(current) { advance() }
+            if !atEnd && current == 0x2E {
+                advance()
+                while !atEnd && isDigitOrSep(current) { advance() }
+            }
+            if !atEnd && (current == 0x65 || current == 0x45) {
+                let next = peek()
+                if (0x30...0x39).contains(next)
+                    || ((next == 0x2B || next == 0x2D) && (0x30...0x39).contains(peek(2))) {
+                    advance(); advance()
+                    while !atEnd && isDigitOrSep(current) { advance() }
+                }
+            }
+        }
+        if !atEnd && current == 0x6E { advance() } // BigInt
+    }
+
+    /// Returns false when the regex is unterminated.
+    mutating func scanRegex(_ tok: inout JSToken) -> Bool {
+        let pos = position
+        advance() // /
+        var inClass = false
+        while true {
+            if atEnd || Self.isLineTerminator(current) {
+                problem(at: pos, "unterminated regular expression literal")
+                return false
+            }
+            let c = current
+            advance()
+            if c == 0x5C {
+                if atEnd || Self.isLineTerminator(current) {
+                    problem(at: pos, "unterminated regular expression literal")
+                    return false
+                }
+                advance()
+            } else if c == 0x5B {
+                inClass = true
+            } else if c == 0x5D {
+                inClass = false
+            } else if c == 0x2F && !inClass {
+                break
+            }
+        }
+        while !atEnd && Self.isIDPart(current) { advance() }
+        tok.kind = .regex
+        return true
+    }
+
+    mutating func scanPunctuator(_ tok: inout JSToken) -> Bool {
+        func text(_ n: Int) -> String? {
+            guard i + n <= src.count else { return nil }
+            return String(decoding: src[i..<(i + n)], as: UTF8.self)
+        }
+        var match: String?
+        if let t = text(4), punctuators4.contains(t) {
+            match = t
+        } else if let t = text(3), punctuators3.contains(t) {
+            match = t
+        } else if let t = text(2), punctuators2.contains(t),
+                  !(t == "?." && (0x30...0x39).contains(byte(i + 2))) {
+            match = t
+        } else if punctuators1.contains(byte(i)) {
+            match = String(UnicodeScalar(byte(i)))
+        }
+        guard let p = match else { return false }
+        for _ in 0..<p.utf8.count { advance() }
+        tok.kind = .punctuator
+        tok.text = p
+        switch p {
+        case "(": stack.append((.paren, position))
+        case "[": stack.append((.bracket, position))
+        case "{": stack.append((.brace, position))
+        case ")": if stack.last?.0 == .paren { stack.removeLast() }
+        case "]": if stack.last?.0 == .bracket { stack.removeLast() }
+        case "}": if stack.last?.0 == .brace { stack.removeLast() }
+        default: break
+        }
+        return true
+    }
+}
+
+extension String {
+    func leftPadded(_ n: Int) -> String {
+        count >= n ? self : String(repeating: "0", count: n - count) + self
+    }
+}
