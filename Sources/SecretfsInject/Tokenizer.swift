@@ -108,26 +108,7 @@ struct JSTokenizer {
 
     /// The scalar at byte offset `at` and its length in bytes; invalid UTF-8
     /// reads as U+FFFD of length 1.
-    func scalar(at p: Int) -> (UInt32, Int) {
-        guard p < src.count else { return (0, 0) }
-        let b0 = UInt32(src[p])
-        if b0 < 0x80 { return (b0, 1) }
-        func cont(_ k: Int) -> UInt32? {
-            guard p + k < src.count, src[p + k] & 0xC0 == 0x80 else { return nil }
-            return UInt32(src[p + k] & 0x3F)
-        }
-        if b0 & 0xE0 == 0xC0, let c1 = cont(1) {
-            let v = (b0 & 0x1F) << 6 | c1
-            if v >= 0x80 { return (v, 2) }
-        } else if b0 & 0xF0 == 0xE0, let c1 = cont(1), let c2 = cont(2) {
-            let v = (b0 & 0x0F) << 12 | c1 << 6 | c2
-            if v >= 0x800 && !(0xD800...0xDFFF).contains(v) { return (v, 3) }
-        } else if b0 & 0xF8 == 0xF0, let c1 = cont(1), let c2 = cont(2), let c3 = cont(3) {
-            let v = (b0 & 0x07) << 18 | c1 << 12 | c2 << 6 | c3
-            if v >= 0x10000 && v <= 0x10FFFF { return (v, 4) }
-        }
-        return (0xFFFD, 1)
-    }
+    func scalar(at p: Int) -> (UInt32, Int) { decodeUTF8(src, p) }
 
     var atEnd: Bool { i >= src.count }
     var current: UInt32 { scalar(at: i).0 }
