@@ -71,9 +71,9 @@ public struct InjectionScan: Sendable {
         }
         referencedNames = names.sorted()
         referenceCount = count
-        problems = plan.documentProblems + plan.sites.flatMap { site in
+        problems = (plan.documentProblems + plan.sites.flatMap { site in
             site.analysis.problems.map { plan.problem($0.kind, site: site, at: $0.position, $0.message) }
-        }
+        })
         .sorted { ($0.line, $0.column) < ($1.line, $1.column) }
     }
 

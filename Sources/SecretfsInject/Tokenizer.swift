@@ -187,6 +187,7 @@ struct JSTokenizer {
     // MARK: main loop
 
     mutating func run() {
+        var stoppedEarly = true
         // A hashbang line is a comment (only at the very start).
         if byte(0) == 0x23 && byte(1) == 0x21 {
             let start = i
@@ -195,7 +196,7 @@ struct JSTokenizer {
         }
         while true {
             skipTrivia()
-            if atEnd { break }
+            if atEnd { stoppedEarly = false; break }
             let c = current
             let pos = position
             let start = i
@@ -234,9 +235,10 @@ struct JSTokenizer {
             tok.end = i
             result.tokens.append(tok)
         }
-        for (opener, pos) in stack where opener == .substitution {
-            problem(at: pos, "unterminated template literal")
-            break
+        // An unclosed `${` at the end; not when scanning already stopped at an
+        // unterminated token inside it (that one is the problem to report).
+        if !stoppedEarly, let open = stack.first(where: { $0.0 == .substitution }) {
+            problem(at: open.1, "unterminated template literal")
         }
     }
 
