@@ -57,8 +57,9 @@ extension ByteSink {
         }
     }
 
-    /// JSON string content (RFC 8259), also escaping DEL, U+2028 and U+2029 so
-    /// the text is safe to embed in JavaScript source too.
+    /// JSON string content (RFC 8259), also escaping DEL, U+2028 and U+2029 (so
+    /// the text is safe to embed in JavaScript source too) and U+FEFF, U+FFFE,
+    /// U+FFFF (which some readers drop or reject).
     mutating func putJSONEscaped(_ s: UInt32) {
         switch s {
         case 0x22: put(ascii: "\\\"")
@@ -68,7 +69,7 @@ extension ByteSink {
         case 0x0A: put(ascii: "\\n")
         case 0x0C: put(ascii: "\\f")
         case 0x0D: put(ascii: "\\r")
-        case 0..<0x20, 0x7F, 0x2028, 0x2029:
+        case 0..<0x20, 0x7F, 0x2028, 0x2029, 0xFEFF, 0xFFFE, 0xFFFF:
             put(ascii: "\\u"); putHex(s, digits: 4)
         default:
             putUTF8(s)

@@ -21,7 +21,6 @@ struct FlowReader {
     var pendingSites: [(site: ExpressionSite, path: [Component])] = []
     var problems: [InjectionProblem] = []
     var charCursor = (char: 0, byte: 0)
-    var bomLength = 0
 
     static func read(into doc: inout DocumentPlan) {
         var r = FlowReader(src: doc.source)
@@ -30,13 +29,12 @@ struct FlowReader {
 
     init(src: [UInt8]) {
         self.src = src
-        if src.starts(with: [0xEF, 0xBB, 0xBF]) { bomLength = 3 }
-        charCursor = (0, bomLength)
     }
 
-    /// Byte offset of libyaml's character index (which excludes a BOM).
+    /// Byte offset of libyaml's character index (which counts a BOM as one
+    /// character, and CRLF as two).
     mutating func byteOffset(ofChar index: Int) -> Int {
-        if index < charCursor.char { charCursor = (0, bomLength) }
+        if index < charCursor.char { charCursor = (0, 0) }
         while charCursor.char < index && charCursor.byte < src.count {
             charCursor.byte += decodeUTF8(src, charCursor.byte).1
             charCursor.char += 1

@@ -21,9 +21,12 @@ struct SecretReference {
 /// that starts with `(` can continue the previous line as a call when there is
 /// no semicolon (`f\n("v")` is `f("v")`), while a string cannot. The one place
 /// a bare string changes meaning is a statement of its own at the start of a
-/// body, where it becomes a directive (`"use strict"`): a reference at the
-/// start of the input or right after `{` or `;` is therefore written as
-/// `("v")`, which is never a directive and cannot continue anything there.
+/// body, where it becomes a directive (`"use strict"`): a reference that
+/// starts a statement (start of input, after `{` or `;`) and also ends it
+/// (followed by `;`, `}` or a line break) is therefore written as `("v")`,
+/// which is never a directive and cannot continue anything there. A reference
+/// that is the whole input stays bare: a directive with no code after it
+/// changes nothing and evaluates to the same string.
 struct ExpressionAnalysis {
     var source: [UInt8]
     var references: [SecretReference] = []
@@ -151,7 +154,13 @@ struct ExpressionAnalysis {
                 } else if let prev, prev.isPunctuator("++") || prev.isPunctuator("--") {
                     report(.assignment, t, "secrets.\(name) cannot be assigned to")
                 } else {
-                    let parenthesize = prev == nil || prev!.isPunctuator("{") || prev!.isPunctuator(";")
+                    // A directive is a statement that is only a string literal: at a
+                    // statement start, and ended by `;`, `}`, the end, or a line break.
+                    let statementStart = prev == nil || prev!.isPunctuator("{") || prev!.isPunctuator(";")
+                    let following = tok(last + 1)
+                    let statementEnds = following == nil || following!.isPunctuator(";")
+                        || following!.isPunctuator("}") || following!.line > toks[last].line
+                    let parenthesize = statementStart && statementEnds && following != nil
                     let inner = lex.comments.filter { $0.start >= t.start && $0.end <= end }
                     references.append(SecretReference(
                         name: name, start: t.start, end: end,

@@ -124,6 +124,10 @@ let corpus: [(String, Bool)] = [
     ("(function(){ secrets.US; return this === undefined })()", false),
     ("(function(){ 'x'; secrets.US; return this === undefined })()", false),
     ("(function(){\nsecrets.US\nreturn this === undefined })()", false),
+    ("(function(){ secrets.US }).call(undefined) === undefined", false),
+    ("(function(){ secrets.US\n.length; return this === undefined })()", false),
+    ("(function(){ secrets.US + 1; return this === undefined })()", false),
+    ("(() => { secrets.US; return typeof this })()", false),
     ("(function(){ var f = function(){ return 1 }\nsecrets.A\nreturn typeof f })()", false),
     ("(function(){ var a = 1\nsecrets.A\nreturn a })()", false),
     // every awkward value
@@ -195,8 +199,11 @@ let corpus: [(String, Bool)] = [
     @Test func replacementForm() throws {
         #expect(try rewriteExpr("x + secrets.A", ["A": "v"]).get() == #"x + "v""#)
         // Statement-start positions are parenthesized so they never form a directive.
-        #expect(try rewriteExpr("secrets.A", ["A": "v"]).get() == #"("v")"#)
+        #expect(try rewriteExpr("secrets.A", ["A": "v"]).get() == #""v""#)
+        #expect(try rewriteExpr("secrets.A + 1", ["A": "v"]).get() == #""v" + 1"#)
+        #expect(try rewriteExpr("secrets.A;", ["A": "v"]).get() == #"("v");"#)
         #expect(try rewriteExpr("{ secrets.A; secrets.A }", ["A": "v"]).get() == #"{ ("v"); ("v") }"#)
+        #expect(try rewriteExpr("{ secrets.A\n.length }", ["A": "v"]).get() == "{ (\"v\")\n.length }")
         // Comments inside a reference are kept after the literal.
         #expect(try rewriteExpr("x(secrets /* c */ .A)", ["A": "v"]).get() == #"x("v" /* c */)"#)
         #expect(try rewriteExpr("x(secrets // c\n.A)", ["A": "v"]).get() == "x(\"v\" // c\n)")
