@@ -105,33 +105,92 @@ public final class RedactingStream {
 
     // MARK: - Scanning
 
-    /// Runs the automaton over the chunk, recording matches. The common case
-    /// (a dense state without output) is one table load per byte.
+    /// Runs the automaton over the chunk, recording matches.
+    ///
+    /// The common case (a dense state without output) is one table load per
+    /// byte, but each load depends on the previous one, so a single walk is
+    /// bound by memory latency. A large chunk is therefore cut in two halves
+    /// walked in lockstep (independent loads overlap in the CPU). The second
+    /// walker starts at the root `longestForm` bytes before its half: the
+    /// automaton's state only depends on that many trailing bytes, so it is
+    /// exact from the half's first byte on. Matches are recorded in input
+    /// order: the second walker's are queued until the first one is done.
     private func scan(_ a: Automaton, _ p: UnsafePointer<UInt8>, _ n: Int) {
+        let w = a.maxLength
+        guard n >= 1 << 13, n >= 4 * w else {
+            var i = 0
+            state = walk(a, p, &i, n, state, queue: false)
+            return
+        }
+        let m = (n + w) / 2             // first half [0, m), second [m, n)
+        var s0 = state, s1 = a.root
+        var i0 = 0, i1 = m - w          // i1 < m: warming up, no matches recorded
+        let dense = UnsafePointer(a.dense.base)
+        let cls = UnsafePointer(a.classOf.base)
+        let flags = Automaton.flags
+        queued.removeAll(keepingCapacity: true)
+        while i0 < m && i1 < n {
+            if (s0 | s1) & flags == 0 {
+                s0 = dense[Int(s0) &+ Int(cls[Int(p[i0])])]
+                s1 = dense[Int(s1) &+ Int(cls[Int(p[i1])])]
+                i0 &+= 1
+                i1 &+= 1
+                continue
+            }
+            if s0 & flags != 0 { s0 = slowStep(a, p, &i0, m, s0, queue: false, from: 0) }
+            if s1 & flags != 0 { s1 = slowStep(a, p, &i1, n, s1, queue: true, from: m) }
+        }
+        _ = walk(a, p, &i0, m, s0, queue: false)
+        for (start, end) in queued { addMatch(start: start, end: end) }
+        queued.removeAll(keepingCapacity: true)
+        state = walk(a, p, &i1, n, s1, queue: false, from: m)
+    }
+
+    /// Matches found by the second walker, waiting for the first.
+    private var queued: [(Int, Int)] = []
+
+    /// One walker over p[i..<end]; returns the state (match flag cleared).
+    @inline(__always)
+    private func walk(_ a: Automaton, _ p: UnsafePointer<UInt8>, _ i: inout Int, _ end: Int,
+                      _ state: UInt32, queue: Bool, from: Int = 0) -> UInt32 {
         let dense = UnsafePointer(a.dense.base)
         let cls = UnsafePointer(a.classOf.base)
         let flags = Automaton.flags
         var s = state
-        var i = 0
-        outer: while true {
+        var j = i
+        while true {
             while s & flags == 0 {
-                if i == n { break outer }
-                s = dense[Int(s) &+ Int(cls[Int(p[i])])]
-                i &+= 1
+                if j == end { i = j; return s }
+                s = dense[Int(s) &+ Int(cls[Int(p[j])])]
+                j &+= 1
             }
-            if s & Automaton.matchFlag != 0 {
-                s &= ~Automaton.matchFlag
+            s = slowStep(a, p, &j, end, s, queue: queue, from: from)
+            if j == end && s & flags == 0 { i = j; return s }
+            if j == end && s & Automaton.matchFlag == 0 { i = j; return s }  // sparse, input done
+        }
+    }
+
+    /// Handles a state with flags: records its match (if the match ends at or
+    /// after `from`), then takes one sparse step if the state is sparse and
+    /// input remains. Returns the new state.
+    @inline(never)
+    private func slowStep(_ a: Automaton, _ p: UnsafePointer<UInt8>, _ i: inout Int, _ end: Int,
+                          _ state: UInt32, queue: Bool, from: Int) -> UInt32 {
+        var s = state
+        if s & Automaton.matchFlag != 0 {
+            s &= ~Automaton.matchFlag
+            let e = i - 1
+            if e >= from {
                 let len = Int(a.out.base[a.decode(s)])
-                let end = chunkStart + i - 1
-                addMatch(start: end - len + 1, end: end)
+                let absEnd = chunkStart + e
+                if queue { queued.append((absEnd - len + 1, absEnd)) } else { addMatch(start: absEnd - len + 1, end: absEnd) }
             }
-            if s & flags == 0 { continue }
-            // Sparse state: the slow step.
-            if i == n { break }
+        }
+        if s & Automaton.sparseFlag != 0 && i < end {
             s = a.sparseStep(s, p[i])
             i &+= 1
         }
-        state = s
+        return s
     }
 
     /// Records the match [start, end], merging it with pending runs it

@@ -312,6 +312,20 @@ private func sampleInput() throws -> (Redactor, [UInt8]) {
     }
 }
 
+@Test func largeChunksGiveTheSameResult() throws {
+    // Large writes are scanned by two walkers in lockstep; the result must
+    // match small writes (one walker) exactly, dense or sparse.
+    let (r, sample) = try sampleInput()
+    var input: [UInt8] = []
+    for _ in 0..<20 { input += sample }
+    let small = try redactChunked(r, input, sizes: [1, 700, 3])
+    #expect(r.redact(input) == small)
+    #expect(try redactChunked(r, input, sizes: [9000, 17_000]) == small)
+    let values = ["abcd", "abcdef", "tok_9f8e7d6c5b4a", "multi line\nsecond-line-value", "p@ss w0rd&<>\"'"]
+    let sparse = makeRedactor(values, denseBudget: 64)
+    #expect(sparse.redact(input) == small)
+}
+
 @Test func valueSplitAcrossWritesIsMasked() throws {
     let r = makeRedactor(["split-secret-value"])
     var out: [UInt8] = []
