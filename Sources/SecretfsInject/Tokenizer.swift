@@ -282,6 +282,11 @@ struct JSTokenizer {
             return !(prev.text == ")" || prev.text == "]" || prev.text == "}"
                      || prev.text == "++" || prev.text == "--")
         case .identifier:
+            // A keyword used as a property name (`x.typeof / 2`) is an operand.
+            let count = result.tokens.count
+            if count >= 2, result.tokens[count - 2].isPunctuator(".") || result.tokens[count - 2].isPunctuator("?.") {
+                return false
+            }
             return !prev.hasEscape && regexKeywords.contains(prev.text)
         case .templateHead, .templateMiddle:
             return true

@@ -145,6 +145,8 @@ let corpus: [(String, Bool)] = [
     ("[secrets.A]?.[0]", false),
     ("String(10n / 2n) + secrets.NUM", false),
     ("1_000 / secrets.NUM / 2", false),
+    ("({typeof: 84}).typeof / secrets.NUM / 2", false),
+    ("({in: 84})?.in/secrets.NUM/2", false),
     (#"({ \u0061: secrets.A }).a"#, false),
     ("({secrets: 1})?.secrets", false),
     ("`${'`'}${secrets.BT}${\"`\"}`", false),
