@@ -82,6 +82,16 @@ private func expectMasked(_ r: Redactor, payload: String, mustCover: Range<Int>,
     #expect(r.redact("error: bad token tok_123456 (é)") == "error: bad token [REDACTED] (é)")
 }
 
+@Test func binaryValuesAreMaskedRawAndEncoded() {
+    let value: [UInt8] = [0x00, 0xFF, 0xFE, 0x41, 0x0B, 0x80, 0x42, 0xC3, 0x01]
+    let r = Redactor(secrets: [(name: "BIN", value: secure(value))])
+    #expect(r.redact([0x20] + value + [0x20]) == Array(" [REDACTED] ".utf8))
+    let b64 = Array(Data(value).base64EncodedString().utf8)
+    #expect(r.redact(Array("k=".utf8) + b64) == Array("k=[REDACTED]".utf8))
+    let pct = Array(value.map { String(format: "%%%02X", $0) }.joined().utf8)
+    #expect(r.redact(pct) == Array("[REDACTED]".utf8))
+}
+
 // MARK: - base64
 
 @Test func base64AtEveryAlignment() {
