@@ -60,6 +60,8 @@ let package = Package(
         .testTarget(name: "SecretfsStoreTests", dependencies: ["SecretfsStore"]),
         .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject"]),
         .testTarget(name: "SecretfsRedactTests", dependencies: ["SecretfsRedact"]),
-        .testTarget(name: "SecretfsMountTests", dependencies: ["SecretfsStore", "CShims"]),
+        // Mount tests drive the real `secretfs` binary; depending on it makes
+        // `swift build --build-tests` build it beside the test bundle.
+        .testTarget(name: "SecretfsMountTests", dependencies: ["SecretfsStore", "SecretfsFS", "secretfs"]),
     ]
 )

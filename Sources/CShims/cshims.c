@@ -5,6 +5,9 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <unistd.h>
 
 int secretfs_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
     struct ucred cred;
@@ -32,4 +35,12 @@ int secretfs_unblock_all_signals(void) {
 
 int secretfs_is_dumpable(void) {
     return prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+}
+
+int secretfs_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
+}
+
+short secretfs_spawn_setsid_flag(void) {
+    return POSIX_SPAWN_SETSID;
 }

@@ -140,9 +140,9 @@ func makeOperations() -> fuse_lowlevel_ops {
         do throws(Errno) {
             guard mode & S_IFMT == S_IFREG else { try fs.refuseType(caller: caller(req), operation: "mknod") }
             // mknod(S_IFREG) is `create` without an open file: commit an empty value.
-            let (a, fh) = try fs.create(parent: parent, name: name(cname), flags: O_WRONLY | O_EXCL, caller: caller(req))
+            let (a, fh, _) = try fs.create(parent: parent, name: name(cname), flags: O_WRONLY | O_EXCL, caller: caller(req))
             defer { fs.release(fh: fh) }
-            try fs.flush(fh: fh)
+            try fs.fsync(fh: fh)
             var e = entry(a, timeout: fs.options.cacheTimeout)
             fuse_reply_entry(req, &e)
         } catch { replyError(req, error) }
@@ -199,11 +199,12 @@ func makeOperations() -> fuse_lowlevel_ops {
             guard mode & S_IFMT == S_IFREG || mode & S_IFMT == 0 else {
                 try fs.refuseType(caller: caller(req), operation: "create")
             }
-            let (a, fh) = try fs.create(parent: parent, name: name(cname), flags: fi!.pointee.flags, caller: caller(req))
+            let (a, fh, cacheable) = try fs.create(parent: parent, name: name(cname), flags: fi!.pointee.flags, caller: caller(req))
             fi!.pointee.fh = fh
             fi!.pointee.direct_io = 1
             fi!.pointee.keep_cache = 0
             var e = entry(a, timeout: fs.options.cacheTimeout)
+            if !cacheable { e.entry_timeout = 0 }
             if fuse_reply_create(req, &e, fi) != 0 { fs.release(fh: fh) }
         } catch { replyError(req, error) }
     }
@@ -233,7 +234,7 @@ func makeOperations() -> fuse_lowlevel_ops {
 
     ops.fsync = { req, _, _, fi in
         do throws(Errno) {
-            try filesystem(req).flush(fh: fi!.pointee.fh)
+            try filesystem(req).fsync(fh: fi!.pointee.fh)
             fuse_reply_err(req, 0)
         } catch { replyError(req, error) }
     }

@@ -61,6 +61,12 @@ public final class SecretFilesystem: @unchecked Sendable {
         var buffer: WriteBuffer?
         /// The buffer differs from the stored value and must be committed.
         var dirty = false
+        /// Bytes were written (or the file was resized) since the last commit.
+        /// `flush` commits only then: shells close a duplicate of the fd
+        /// before writing (`echo v > f` flushes twice), and committing the
+        /// empty O_TRUNC buffer at that first flush would briefly store an
+        /// empty value. A truncation with no write is committed at release.
+        var written = false
         /// A failed write (EFBIG) poisons the handle: nothing is committed.
         var failure: Errno?
         /// Who opened it: the audit trail names them for the commit.
@@ -177,7 +183,11 @@ public final class SecretFilesystem: @unchecked Sendable {
         }
     }
 
-    public func create(parent: UInt64, name: String, flags: Int32, caller: Caller) throws(Errno) -> (Attributes, UInt64) {
+    /// Returns the new entry's attributes, its file handle, and whether the
+    /// kernel may cache the entry: a created file is not in the store until
+    /// its first close, and if that fails the name disappears again, so its
+    /// entry must not be cached (timeout 0) or the kernel would keep a stale one.
+    public func create(parent: UInt64, name: String, flags: Int32, caller: Caller) throws(Errno) -> (Attributes, UInt64, cacheable: Bool) {
         try check(caller)
         guard parent == Namespace.rootIno else { throw .notDirectory }
         try validName(name)
@@ -196,7 +206,7 @@ public final class SecretFilesystem: @unchecked Sendable {
                 h.buffer = WriteBuffer(limit: options.sizeLimit + 1)
                 h.dirty = true
             }
-            return (attributes(node), register(h))
+            return (attributes(node), register(h), node.isCommitted)
         }
     }
 
@@ -232,20 +242,36 @@ public final class SecretFilesystem: @unchecked Sendable {
             let b = try ensureBuffer(h)
             // O_APPEND: the kernel believes the file is empty (size 0), so it
             // sends offset 0; appending is this side's job.
-            let ok = h.append ? b.append(data) : b.write(data, at: Int(offset))
+            // The buffer may hold one byte over the limit, for the trailing
+            // newline that is dropped at commit; any other byte over it fails
+            // now, so the writer (not only close) sees EFBIG.
+            let end = (h.append ? b.count : Int(offset)) + data.count
+            let newlineGrace = !options.keepTrailingNewline && end == options.sizeLimit + 1 && data.last == 0x0A
+            let ok = (end <= options.sizeLimit || newlineGrace)
+                && (h.append ? b.append(data) : b.write(data, at: Int(offset)))
             guard ok else {
                 h.failure = .tooBig
                 logger.info("value over the size limit", metadata: ["name": "\(h.node.name ?? "-")", "limit": "\(options.sizeLimit)"])
                 throw .tooBig
             }
             h.dirty = true
+            h.written = true
             return data.count
         }
     }
 
-    /// FLUSH (each close) and FSYNC: commit the buffered value durably. The
-    /// error returned here is what close(2) returns.
+    /// FLUSH (each close): commit what was written, durably. The error
+    /// returned here is what close(2) returns.
     public func flush(fh: UInt64) throws(Errno) {
+        try lock.withLock { _ throws(Errno) in
+            guard let h = handles[fh] else { throw .badHandle }
+            if let failure = h.failure { throw failure }
+            if h.written { try commit(h) }
+        }
+    }
+
+    /// FSYNC: commit whatever differs from the store, written or truncated.
+    public func fsync(fh: UInt64) throws(Errno) {
         try lock.withLock { _ throws(Errno) in
             guard let h = handles[fh] else { throw .badHandle }
             try commit(h)
@@ -269,6 +295,7 @@ public final class SecretFilesystem: @unchecked Sendable {
         do {
             h.node.info = try vault.put(name, value: value, actor: h.actor)
             h.dirty = false
+            h.written = false
             namespace.lastChange = h.node.info!.updatedAt
             logger.info("stored", metadata: ["name": "\(name)", "uid": "\(h.actor.uid)"])
         } catch {
@@ -325,6 +352,7 @@ public final class SecretFilesystem: @unchecked Sendable {
                     let b = try ensureBuffer(h)
                     _ = b.resize(to: Int(size))
                     h.dirty = true
+                    h.written = true
                 } else if let name = n.name {
                     // truncate(2) by path: one commit.
                     let h = OpenFile(node: n, writable: true, append: false, caller: caller)
@@ -384,7 +412,12 @@ public final class SecretFilesystem: @unchecked Sendable {
         guard parent == Namespace.rootIno, newParent == Namespace.rootIno else { throw .notDirectory }
         guard flags & ~(Self.renameNoReplace | Self.renameExchange) == 0,
               flags != Self.renameNoReplace | Self.renameExchange else { throw .invalid }
-        try validName(newName)
+        // EPERM rather than EINVAL: mv reports EINVAL from rename(2) as
+        // "cannot move to a subdirectory of itself", which misleads.
+        guard Names.isValid(newName) else {
+            logger.info("refused name", metadata: ["reason": "invalid secret name"])
+            throw .notPermitted
+        }
         try lock.withLock { _ throws(Errno) in
             guard let source = namespace.node(named: name) else { throw .noEntry }
             let target = namespace.node(named: newName)

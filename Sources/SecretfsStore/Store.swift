@@ -179,6 +179,19 @@ public final class Store: @unchecked Sendable {
         return Store(location: location, db: db, masterKey: masterKey, storeID: storeID)
     }
 
+    /// Opens the store without any key: project names, counts and the audit
+    /// trail can be read, no project can be opened. For `status`, `project
+    /// list` and `audit`, which have no business holding key material.
+    public static func openMetadataOnly(at location: StoreLocation) throws -> Store {
+        Sodium.ensureInitialised()
+        guard exists(at: location) else { throw StoreError.storeMissing(location.directory) }
+        let db = try SQLiteConnection(path: location.databasePath, create: false)
+        try configure(db)
+        try migrate(db)
+        guard let storeID = try getMeta(db, "store_id") else { throw StoreError.corrupt("the store has no identity record") }
+        return Store(location: location, db: db, masterKey: SecureBytes(capacity: 0), storeID: storeID)
+    }
+
     /// Applies the pragmas the design requires on every connection.
     private static func configure(_ db: SQLiteConnection) throws {
         // busy_timeout first: other processes (another mount, the CLI) may hold the lock.
@@ -312,6 +325,7 @@ public final class Store: @unchecked Sendable {
 
     public func createProject(_ name: String, actor: Actor = .current) throws {
         guard Names.isValid(name) else { throw StoreError.invalidProjectName(name) }
+        guard masterKey.count == Envelope.keyBytes else { throw StoreError.keyNotLoaded }
         try lock.withLock { _ in
             try db.transaction("creating project \(name)") {
                 let exists = try db.statement("SELECT 1 FROM projects WHERE name = ?").bind(1, name)
@@ -370,7 +384,8 @@ public final class Store: @unchecked Sendable {
 
     /// Unwraps a project's data key and returns the handle for its secrets.
     public func openProject(_ name: String) throws -> ProjectVault {
-        try lock.withLock { _ in
+        guard masterKey.count == Envelope.keyBytes else { throw StoreError.keyNotLoaded }
+        return try lock.withLock { _ in
             let s = try db.statement("SELECT id, wrapped_key, wrap_nonce FROM projects WHERE name = ?").bind(1, name)
             defer { s.reset() }
             guard try s.step("opening project") else { throw StoreError.projectNotFound(name) }

@@ -12,6 +12,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     case passphraseNotExpected
     case passphraseUnreadable(path: String, errno: Int32)
     case wrongKey
+    case keyNotLoaded
     case keyDerivationFailed
     case projectExists(String)
     case projectNotFound(String)
@@ -36,6 +37,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .passphraseNotExpected: return "this store uses a master key file, not a passphrase"
         case .passphraseUnreadable(let p, let e): return "cannot read passphrase file \(p): \(String(cString: strerror(e)))"
         case .wrongKey: return "the master key does not open this store"
+        case .keyNotLoaded: return "this operation needs the store's master key"
         case .keyDerivationFailed: return "deriving the key from the passphrase failed (out of memory?)"
         case .projectExists(let n): return "project '\(n)' already exists"
         case .projectNotFound(let n): return "no project named '\(n)'"
@@ -63,6 +65,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .passphraseNotExpected: return "drop --passphrase-file"
         case .passphraseUnreadable: return "check the path and its permissions"
         case .wrongKey: return "check that the key file or passphrase belongs to this store"
+        case .keyNotLoaded: return nil
         case .keyDerivationFailed: return "free some memory and try again"
         case .projectExists: return "choose another name, or use the existing project"
         case .projectNotFound: return "list projects with 'secretfs project list', or create it with 'secretfs project create NAME'"

@@ -19,4 +19,11 @@ int secretfs_unblock_all_signals(void);
 
 /// Whether this process is dumpable (for tests of the hardening).
 int secretfs_is_dumpable(void);
+
+
+/// pipe2(O_CLOEXEC), hidden without _GNU_SOURCE.
+int secretfs_pipe_cloexec(int fds[2]);
+
+/// POSIX_SPAWN_SETSID (glibc >= 2.26), hidden without _GNU_SOURCE.
+short secretfs_spawn_setsid_flag(void);
 #endif

@@ -1,0 +1,67 @@
+import ArgumentParser
+import Glibc
+import SecretfsStore
+
+/// Fixed exit statuses, documented in the man page (EXIT STATUS).
+enum Exit: Int32 {
+    case success = 0
+    case failure = 1           // anything not listed below
+    case storeProblem = 10     // no store, store exists, damaged store
+    case keyProblem = 11       // wrong key or passphrase, unreadable key file
+    case projectProblem = 12   // no such project, exists, not empty
+    case mountProblem = 13     // cannot mount, busy mountpoint, not mounted
+    case resolveProblem = 14   // unresolvable references, missing secrets
+    case socketProblem = 15    // project not mounted, socket refused or broken
+    case usage = 64            // bad arguments (ArgumentParser's validation code)
+}
+
+/// The one error voice: `secretfs: error: ...` then `hint: ...`, on stderr.
+struct Failure: Error {
+    var message: String
+    var hint: String?
+    var exitCode: Exit
+
+    init(_ message: String, hint: String? = nil, exit: Exit = .failure) {
+        self.message = message
+        self.hint = hint
+        self.exitCode = exit
+    }
+
+    init(store error: StoreError) {
+        let code: Exit
+        switch error {
+        case .storeExists, .storeMissing, .corrupt, .unsupportedSchema, .sqlite, .io: code = .storeProblem
+        case .keyFileUnreadable, .keyFileInsecure, .keyFileMalformed, .passphraseRequired, .passphraseNotExpected,
+             .passphraseUnreadable, .wrongKey, .keyNotLoaded, .keyDerivationFailed: code = .keyProblem
+        case .projectExists, .projectNotFound, .projectNotEmpty, .invalidProjectName: code = .projectProblem
+        case .invalidSecretName, .secretNotFound, .secretExists: code = .failure
+        }
+        self.init(error.description, hint: error.hint, exit: code)
+    }
+
+    func report() {
+        var text = "secretfs: error: \(message)\n"
+        if let hint { text += "hint: \(hint)\n" }
+        writeStderr(text)
+    }
+}
+
+func writeStderr(_ text: String) {
+    var bytes = Array(text.utf8)
+    var off = 0
+    while off < bytes.count {
+        let n = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress! + off, $0.count - off) }
+        if n <= 0 { return }
+        off += n
+    }
+}
+
+func writeStdout(_ text: String) {
+    let bytes = Array(text.utf8)
+    var off = 0
+    while off < bytes.count {
+        let n = bytes.withUnsafeBytes { Glibc.write(1, $0.baseAddress! + off, $0.count - off) }
+        if n <= 0 { return }
+        off += n
+    }
+}

@@ -1,0 +1,339 @@
+import ArgumentParser
+import CShims
+import Glibc
+import Logging
+import SecretfsFS
+import SecretfsStore
+
+struct MountCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mount",
+        abstract: "Mount a project as a directory of write-only secrets.",
+        discussion: """
+            Returns once the mount answers; the mount process keeps running in the background, \
+            logging to RUNTIME_DIR/PROJECT.log, until `secretfs umount` or `fusermount3 -u`. \
+            With -f it stays in the foreground and logs to stderr.
+
+            Mount options (-o, comma separated; others go to libfuse):
+              group=GROUP        members of GROUP (name or gid) may use the mount too
+              keep_newline       keep the trailing newline that echo adds (default: drop one)
+              max_size=BYTES     largest value accepted (default 64K; suffixes K and M)
+              cache_timeout=SEC  how long the kernel caches names and attributes (default 1)
+            """)
+
+    @OptionGroup var global: GlobalOptions
+
+    @Argument(help: "The project to mount.") var project: String
+    @Argument(help: "An empty directory to mount it on.") var mountpoint: String
+
+    @Flag(name: [.customShort("f"), .long], help: "Stay in the foreground; log to stderr.")
+    var foreground = false
+
+    @Option(name: .customShort("o"), help: ArgumentHelp("Mount options (see above).", valueName: "options"))
+    var options: [String] = []
+
+    @Option(help: ArgumentHelp("A uid (or user name) allowed on the privileged socket; repeatable. Default: the mount's owner.", valueName: "uid"))
+    var resolverUid: [String] = []
+
+    @Option(help: ArgumentHelp("A group whose members are allowed on the privileged socket; repeatable.", valueName: "group"))
+    var resolverGroup: [String] = []
+
+    @Flag(help: "Log every FUSE request (libfuse debug output; names only, never values).")
+    var debug = false
+
+    func validate() throws {
+        guard Names.isValid(project) else { throw ValidationError("'\(project)' is not a valid project name") }
+        _ = try parsedOptions()
+        _ = try resolverPolicy()
+    }
+
+    /// Splits `-o` into secretfs's own options and the ones for libfuse.
+    func parsedOptions() throws -> MountOptions {
+        var result = MountOptions()
+        for item in options.flatMap({ $0.split(separator: ",").map(String.init) }) where !item.isEmpty {
+            let (key, value) = splitOption(item)
+            switch key {
+            case "group":
+                guard let value, let gid = lookupGroup(value) else {
+                    throw ValidationError("-o group needs an existing group name or gid, got '\(value ?? "")'")
+                }
+                result.group = gid
+            case "keep_newline":
+                result.keepTrailingNewline = true
+            case "max_size":
+                guard let value, let n = parseSize(value), n >= 1, n <= 16 << 20 else {
+                    throw ValidationError("-o max_size needs a size from 1 to 16M (e.g. 65536, 64K, 1M), got '\(value ?? "")'")
+                }
+                result.sizeLimit = n
+            case "cache_timeout":
+                guard let value, let t = Double(value), t >= 0, t <= 3600 else {
+                    throw ValidationError("-o cache_timeout needs seconds from 0 to 3600, got '\(value ?? "")'")
+                }
+                result.cacheTimeout = t
+            case "allow_other", "default_permissions", "allow_root":
+                // allow_other is always on (access is decided per request by the
+                // mount's policy); default_permissions would let mode bits
+                // override that policy, and allow_root is a subset of it.
+                continue
+            case "writeback_cache":
+                throw ValidationError("-o writeback_cache is refused: the kernel would read write-only files back")
+            default:
+                result.fuseOptions.append(item)
+            }
+        }
+        return result
+    }
+
+    func resolverPolicy() throws -> (uids: [uid_t], gids: [gid_t]) {
+        var uids: [uid_t] = []
+        for u in resolverUid {
+            guard let uid = lookupUser(u) else { throw ValidationError("--resolver-uid: no user '\(u)'") }
+            uids.append(uid)
+        }
+        var gids: [gid_t] = []
+        for g in resolverGroup {
+            guard let gid = lookupGroup(g) else { throw ValidationError("--resolver-group: no group '\(g)'") }
+            gids.append(gid)
+        }
+        return (uids, gids)
+    }
+
+    func run() throws {
+        let target = absolute(mountpoint)
+        if foreground {
+            try serve(mountpoint: target, daemonized: GlobalOptions.environment("SECRETFS_DAEMONIZED") == "1")
+        } else {
+            try startInBackground(mountpoint: target)
+        }
+    }
+
+    // MARK: The parent: start the mount process and wait until it answers
+
+    private func startInBackground(mountpoint target: String) throws {
+        try global.ensureRuntimeDirectory()
+        let runtime = RuntimeState(directory: global.runtimeDirectory)
+        let logPath = runtime.logFile(project)
+        let logFD = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard logFD >= 0 else {
+            throw Failure("cannot open log file \(logPath): \(String(cString: strerror(errno)))", exit: .mountProblem)
+        }
+        defer { close(logFD) }
+        var pipeFDs: [Int32] = [0, 0]
+        guard secretfs_pipe_cloexec(&pipeFDs) == 0 else { throw Failure("pipe: \(String(cString: strerror(errno)))") }
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, logFD, 1)
+        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        posix_spawnattr_setsigmask(&attr, &noSignals)
+        // A session of its own: the mount survives the terminal that started it.
+        posix_spawnattr_setflags(&attr, secretfs_spawn_setsid_flag() | Int16(POSIX_SPAWN_SETSIGMASK))
+
+        let exe = selfExecutable()
+        var args = [exe] + Array(CommandLine.arguments.dropFirst()) + ["--foreground"]
+        // The child resolves the same relative paths from the same directory.
+        args = args.map { $0 }
+        var env = environmentList().filter { !$0.hasPrefix("SECRETFS_DAEMONIZED=") }
+        env.append("SECRETFS_DAEMONIZED=1")
+        var pid: pid_t = 0
+        let rc = withCStrings(args) { argv in
+            withCStrings(env) { envp in posix_spawn(&pid, exe, &actions, &attr, argv, envp) }
+        }
+        close(pipeFDs[1])
+        guard rc == 0 else {
+            close(pipeFDs[0])
+            throw Failure("cannot start the mount process: \(String(cString: strerror(rc)))", exit: .mountProblem)
+        }
+
+        // The child writes errors to the pipe, and closes it (by moving its
+        // stderr to the log) once it is mounted.
+        var collected: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(pipeFDs[0], &buf, buf.count)
+            if n > 0 { collected += buf[0..<n]; continue }
+            if n < 0 && errno == EINTR { continue }
+            break
+        }
+        close(pipeFDs[0])
+        let message = String(decoding: collected, as: UTF8.self)
+
+        // Either the child exited (failure) or it is mounted.
+        let deadline = monotonicSeconds() + 10
+        while monotonicSeconds() < deadline {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                writeStderr(message)
+                let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 1
+                Glibc.exit(code == 0 ? Exit.mountProblem.rawValue : code)
+            }
+            if MountTable.fuseEntry(at: target) != nil {
+                var st = stat()
+                _ = stat(target, &st)   // returns once the filesystem answers
+                writeStderr(message)
+                writeStdout("mounted project \(project) at \(target) (pid \(pid), log \(logPath))\n")
+                return
+            }
+            usleep(10_000)
+        }
+        kill(pid, SIGTERM)
+        throw Failure("the mount process did not become ready within 10 s", hint: "see \(logPath)", exit: .mountProblem)
+    }
+
+    // MARK: The mount process itself
+
+    private func serve(mountpoint target: String, daemonized: Bool) throws {
+        _ = secretfs_unblock_all_signals()
+        let logger = makeLogger(debug: debug)
+        if secretfs_harden_process() != 0 {
+            logger.warning("could not disable core dumps", metadata: ["errno": "\(errno)"])
+        }
+        var mountOptions = try parsedOptions()
+        let policy = try resolverPolicy()
+        _ = policy  // served by the privileged socket
+
+        try checkMountpoint(target)
+        let store = try global.openStore()
+        let vault = try store.openProject(project)
+        try global.ensureRuntimeDirectory()
+        let runtime = RuntimeState(directory: global.runtimeDirectory)
+        let lockFD = try runtime.acquire(project: project, mountpoint: target)
+        defer { runtime.release(project: project, fd: lockFD) }
+
+        if mountOptions.group != nil && getuid() != 0 && !fuseConfAllowsOther() {
+            throw Failure("-o group needs allow_other, which /etc/fuse.conf does not allow for non-root users",
+                          hint: "add user_allow_other to /etc/fuse.conf, or mount as root", exit: .mountProblem)
+        }
+        var fuseOptions = ["fsname=secretfs:\(project)", "subtype=secretfs"]
+        if getuid() == 0 || fuseConfAllowsOther() { fuseOptions.append("allow_other") }
+        fuseOptions += mountOptions.fuseOptions
+        mountOptions.fuseOptions = fuseOptions
+
+        let filesystem = try SecretFilesystem(vault: vault, options: mountOptions, logger: logger)
+        let session: FuseSession
+        do {
+            session = try FuseSession(filesystem: filesystem, mountpoint: target, fuseOptions: fuseOptions, debug: debug)
+        } catch let e as FuseSession.MountError {
+            throw Failure(e.description, hint: e.hint, exit: .mountProblem)
+        }
+        _ = chdir("/")
+        if daemonized {
+            // Ready: from now on stderr is the log file (already our stdout),
+            // which closes the parent's pipe and lets it return.
+            dup2(1, 2)
+        }
+        logger.info("mounted", metadata: ["project": "\(project)", "mountpoint": "\(target)",
+                                          "secrets": "\(filesystem.secretCount)", "pid": "\(getpid())"])
+        let rc = session.run()
+        session.close()
+        logger.info("unmounted", metadata: ["project": "\(project)", "status": "\(rc)"])
+    }
+
+    private func checkMountpoint(_ target: String) throws {
+        var st = stat()
+        guard stat(target, &st) == 0 else {
+            throw Failure("mountpoint \(target) does not exist", hint: "create it with mkdir -p \(target)", exit: .mountProblem)
+        }
+        guard st.st_mode & S_IFMT == S_IFDIR else {
+            throw Failure("mountpoint \(target) is not a directory", exit: .mountProblem)
+        }
+        if MountTable.isMountpoint(target) {
+            throw Failure("\(target) is already a mount point",
+                          hint: "unmount it first (secretfs umount \(target)) or choose another directory", exit: .mountProblem)
+        }
+        guard let dir = opendir(target) else {
+            throw Failure("cannot open mountpoint \(target): \(String(cString: strerror(errno)))", exit: .mountProblem)
+        }
+        defer { closedir(dir) }
+        while let ent = readdir(dir) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { String(cString: $0.baseAddress!.assumingMemoryBound(to: CChar.self)) }
+            if name != "." && name != ".." {
+                throw Failure("mountpoint \(target) is not empty", hint: "mount on an empty directory: its files would be hidden", exit: .mountProblem)
+            }
+        }
+    }
+}
+
+// MARK: Small process helpers
+
+func splitOption(_ item: String) -> (String, String?) {
+    guard let eq = item.firstIndex(of: "=") else { return (item, nil) }
+    return (String(item[..<eq]), String(item[item.index(after: eq)...]))
+}
+
+func parseSize(_ s: String) -> Int? {
+    let upper = s.uppercased()
+    if upper.hasSuffix("K"), let n = Int(upper.dropLast()) { return n * 1024 }
+    if upper.hasSuffix("M"), let n = Int(upper.dropLast()) { return n * 1024 * 1024 }
+    return Int(upper)
+}
+
+func lookupGroup(_ s: String) -> gid_t? {
+    if let n = UInt32(s) { return n }
+    guard let g = getgrnam(s) else { return nil }
+    return g.pointee.gr_gid
+}
+
+func lookupUser(_ s: String) -> uid_t? {
+    if let n = UInt32(s) { return n }
+    guard let p = getpwnam(s) else { return nil }
+    return p.pointee.pw_uid
+}
+
+func fuseConfAllowsOther() -> Bool {
+    guard let f = fopen("/etc/fuse.conf", "r") else { return false }
+    defer { fclose(f) }
+    var line: UnsafeMutablePointer<CChar>?
+    var cap = 0
+    defer { free(line) }
+    while getline(&line, &cap, f) > 0 {
+        if String(cString: line!).trimmingCharacters(in: " \t\n") == "user_allow_other" { return true }
+    }
+    return false
+}
+
+extension String {
+    func trimmingCharacters(in set: String) -> String {
+        let chars = Set(set)
+        var s = Substring(self)
+        while let c = s.first, chars.contains(c) { s = s.dropFirst() }
+        while let c = s.last, chars.contains(c) { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+func selfExecutable() -> String {
+    var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+    return n > 0 ? String(cString: buf) : CommandLine.arguments[0]
+}
+
+func environmentList() -> [String] {
+    var out: [String] = []
+    var p = environ
+    while let s = p.pointee {
+        out.append(String(cString: s))
+        p += 1
+    }
+    return out
+}
+
+func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+    var cs: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    cs.append(nil)
+    defer { for p in cs { free(p) } }
+    return cs.withUnsafeBufferPointer { body($0.baseAddress!) }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

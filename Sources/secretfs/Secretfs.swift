@@ -1,0 +1,39 @@
+import ArgumentParser
+import Glibc
+import SecretfsStore
+
+@main
+struct Secretfs: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "secretfs",
+        abstract: "Project secrets as a write-only filesystem, with injection and redaction.",
+        discussion: """
+            Each project of the encrypted store is mounted as a directory of write-only files: \
+            `ls` shows the names, writing a file sets a value, reading gives nothing back. \
+            The resolver reads values over the mount's privileged socket, injects them into flow \
+            definitions and keeps them out of logs.
+            """,
+        version: "0.1.0",
+        subcommands: [
+            InitCommand.self, ProjectCommand.self, MountCommand.self, UmountCommand.self,
+            StatusCommand.self, AuditCommand.self,
+        ]
+    )
+
+    /// Runs the command and maps every error to one voice and a fixed exit code.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let failure as Failure {
+            failure.report()
+            Glibc.exit(failure.exitCode.rawValue)
+        } catch let error as StoreError {
+            let failure = Failure(store: error)
+            failure.report()
+            Glibc.exit(failure.exitCode.rawValue)
+        } catch {
+            exit(withError: error)
+        }
+    }
+}

@@ -1,0 +1,227 @@
+import Foundation
+import Glibc
+import SecretfsFS
+import SecretfsStore
+import SecureMemory
+import Testing
+
+/// Everything a mount test needs: its own store, runtime directory and
+/// mountpoint under /tmp/secretfs-test-*, the real `secretfs` binary, shell
+/// commands, and an in-process view of the store to check stored values.
+/// Every fixture unmounts what it mounted in `close()`; mounts left behind by
+/// a crashed run are unmounted by `sweepLeftovers()` before the next run.
+final class MountFixture: @unchecked Sendable {
+    static let prefix = "/tmp/secretfs-test-"
+    let root: String
+    let storeDir: String
+    let runtimeDir: String
+    let mnt: String
+    let project: String
+
+    struct Output {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    /// The secretfs binary, built beside the test bundle.
+    static let binary: String = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        // The bundle may be a directory (…/secretfsPackageTests.xctest) on some layouts.
+        for _ in 0..<3 {
+            let candidate = dir.appendingPathComponent("secretfs").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return "secretfs"
+    }()
+
+    nonisolated(unsafe) private static var swept = false
+    private static let sweepLock = NSLock()
+
+    /// Unmounts FUSE mounts left under the test prefix by an earlier crashed run.
+    static func sweepLeftovers() {
+        sweepLock.lock()
+        defer { sweepLock.unlock() }
+        if swept { return }
+        swept = true
+        for e in MountTable.entries() where e.mountpoint.hasPrefix(prefix) && e.fsType.hasPrefix("fuse") {
+            _ = try? shell("fusermount3 -u -z '\(e.mountpoint)' || umount -l '\(e.mountpoint)'")
+        }
+    }
+
+    init(project: String = "demo", initStore: Bool = true, createProject: Bool = true) throws {
+        Self.sweepLeftovers()
+        var template = Array((Self.prefix + "XXXXXX").utf8CString)
+        guard mkdtemp(&template) != nil else { throw POSIXError(.EIO) }
+        root = String(cString: template)
+        // mkdtemp makes 0700; other uids must reach the mountpoint so that the
+        // mount (not this directory) is what refuses or admits them.
+        chmod(root, 0o755)
+        storeDir = root + "/store"
+        runtimeDir = root + "/run"
+        mnt = root + "/mnt"
+        self.project = project
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        if initStore {
+            try expectOK(secretfs(["init"]))
+            if createProject { try expectOK(secretfs(["project", "create", project])) }
+        }
+    }
+
+    /// Unmounts, kills a stray mount process, deletes the temp tree.
+    func close() {
+        if MountTable.fuseEntry(at: mnt) != nil {
+            _ = try? Self.shell("fusermount3 -u -z '\(mnt)' 2>/dev/null || umount -l '\(mnt)'")
+        }
+        if let pid = mountPID() { kill(pid, SIGKILL) }
+        _ = try? Self.shell("rm -rf --one-file-system '\(root)'")
+    }
+
+    deinit { close() }
+
+    var environment: [String: String] {
+        var env = ProcessInfo.processInfo.environment
+        env["SECRETFS_STORE"] = storeDir
+        env["SECRETFS_RUNTIME_DIR"] = runtimeDir
+        env["SWIFT_BACKTRACE"] = "enable=no"
+        return env
+    }
+
+    // MARK: Running things
+
+    @discardableResult
+    func secretfs(_ args: [String], stdin: String? = nil) throws -> Output {
+        try Self.run(Self.binary, args, environment: environment, stdin: stdin)
+    }
+
+    /// Runs a shell script in the mountpoint directory's parent, with the
+    /// fixture's environment; `MNT` is the mountpoint.
+    @discardableResult
+    func sh(_ script: String, asUID uid: UInt32? = nil, gid: UInt32? = nil, groups: [UInt32]? = nil) throws -> Output {
+        var env = environment
+        env["MNT"] = mnt
+        if let uid {
+            var args = ["--reuid=\(uid)", "--regid=\(gid ?? uid)"]
+            if let groups, !groups.isEmpty {
+                args.append("--groups=" + groups.map(String.init).joined(separator: ","))
+            } else {
+                args.append("--clear-groups")
+            }
+            return try Self.run("/usr/bin/setpriv", args + ["/bin/sh", "-c", "cd / && " + script], environment: env, stdin: nil)
+        }
+        return try Self.run("/bin/sh", ["-c", "cd '\(root)' && " + script], environment: env, stdin: nil)
+    }
+
+    static func shell(_ script: String) throws -> Output {
+        try run("/bin/sh", ["-c", script], environment: ProcessInfo.processInfo.environment, stdin: nil)
+    }
+
+    /// posix_spawn + waitpid, not Foundation's Process: the test runner
+    /// blocks most signals (SIGCHLD included), which Process relies on. The
+    /// child gets an empty signal mask and its output goes to files, never
+    /// pipes, so a mount process started in the background cannot hold the
+    /// runner's pipes open.
+    static func run(_ exe: String, _ args: [String], environment: [String: String], stdin: String?) throws -> Output {
+        let tmp = NSTemporaryDirectory() + "secretfs-io-\(UUID().uuidString)"
+        let inPath = tmp + ".in", outPath = tmp + ".out", errPath = tmp + ".err"
+        try Data((stdin ?? "").utf8).write(to: URL(fileURLWithPath: inPath))
+        defer { for p in [inPath, outPath, errPath] { unlink(p) } }
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, stdin == nil ? "/dev/null" : inPath, O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attr, &none)
+        var dflt = sigset_t()
+        sigfillset(&dflt)
+        posix_spawnattr_setsigdefault(&attr, &dflt)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let argv = [exe] + args
+        let envp = environment.map { "\($0.key)=\($0.value)" }
+        var pid: pid_t = 0
+        let rc = withCStrings(argv) { a in withCStrings(envp) { e in posix_spawn(&pid, exe, &actions, &attr, a, e) } }
+        guard rc == 0 else { throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EIO) }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return Output(status: code,
+                      stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
+                      stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
+    }
+
+    @discardableResult
+    func expectOK(_ o: Output, sourceLocation: SourceLocation = #_sourceLocation) throws -> Output {
+        #expect(o.status == 0, "exit \(o.status): \(o.stderr)", sourceLocation: sourceLocation)
+        if o.status != 0 { throw POSIXError(.EIO) }
+        return o
+    }
+
+    // MARK: Mounting
+
+    func mount(_ extra: [String] = []) throws {
+        try expectOK(secretfs(["mount", project, mnt] + extra))
+        #expect(MountTable.fuseEntry(at: mnt) != nil)
+    }
+
+    func unmount() throws {
+        try expectOK(secretfs(["umount", mnt]))
+        #expect(MountTable.fuseEntry(at: mnt) == nil)
+    }
+
+    func mountPID() -> pid_t? {
+        guard let text = try? String(contentsOfFile: "\(runtimeDir)/\(project).pid", encoding: .utf8),
+              let line = text.split(separator: "\n").first else { return nil }
+        return pid_t(line)
+    }
+
+    var logText: String {
+        (try? String(contentsOfFile: "\(runtimeDir)/\(project).log", encoding: .utf8)) ?? ""
+    }
+
+    // MARK: The store, in process (users have no read path; tests do)
+
+    func openVault() throws -> ProjectVault {
+        try Store.open(at: StoreLocation(directory: storeDir), keySource: .keyFile).openProject(project)
+    }
+
+    /// The stored value as a String (tests only), nil if absent.
+    func storedValue(_ name: String) throws -> String? {
+        guard let v = try openVault().value(name) else { return nil }
+        return v.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+    }
+
+    func storedBytes(_ name: String) throws -> [UInt8]? {
+        guard let v = try openVault().value(name) else { return nil }
+        return v.withUnsafeBytes { Array($0) }
+    }
+
+    func storedNames() throws -> [String] {
+        try openVault().list().map(\.name)
+    }
+
+    /// Waits (briefly) for a condition that depends on an asynchronous RELEASE.
+    func eventually(_ condition: () throws -> Bool) rethrows -> Bool {
+        for _ in 0..<200 {
+            if try condition() { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+}
+
+func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+    var cs: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    cs.append(nil)
+    defer { for p in cs { free(p) } }
+    return cs.withUnsafeBufferPointer { body($0.baseAddress!) }
+}
