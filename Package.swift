@@ -43,6 +43,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SecretfsInject", dependencies: [
+            "SecureMemory",
             .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "SecretfsRedact", dependencies: ["SecureMemory"]),

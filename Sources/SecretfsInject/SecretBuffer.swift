@@ -101,3 +101,9 @@ func assemble<B: SecretBuffer>(_ type: B.Type, _ produce: (inout CountingSink) -
     }
     return out
 }
+
+import SecureMemory
+
+/// Values from the store arrive in locked memory; rewritten output is
+/// assembled there too.
+extension SecureBytes: SecretBuffer {}
