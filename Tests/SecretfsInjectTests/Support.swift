@@ -45,7 +45,10 @@ func rewriteExpr(_ source: String, _ values: [String: String]) -> Result<String,
 let fixturesDirectory: URL = {
     // Tests/SecretfsInjectTests/Support.swift -> repo root -> ../shared/fixtures
     let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    for candidate in [repo.appendingPathComponent("../shared/fixtures"), URL(fileURLWithPath: "/work/shared/fixtures")] {
+    // The shared fixtures are the contract; Tests/Fixtures is a committed copy
+    // for machines that have no shared/ beside the clone.
+    for candidate in [repo.appendingPathComponent("../shared/fixtures"), URL(fileURLWithPath: "/work/shared/fixtures"),
+                      repo.appendingPathComponent("Tests/Fixtures")] {
         if FileManager.default.fileExists(atPath: candidate.path) { return candidate.standardizedFileURL }
     }
     return repo.appendingPathComponent("../shared/fixtures")
