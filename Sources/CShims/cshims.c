@@ -44,3 +44,16 @@ int secretfs_pipe_cloexec(int fds[2]) {
 short secretfs_spawn_setsid_flag(void) {
     return POSIX_SPAWN_SETSID;
 }
+
+int secretfs_peer_groups(int fd, gid_t *groups, int max) {
+    socklen_t len = (socklen_t)(sizeof(gid_t) * (max > 0 ? (size_t)max : 0));
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0) {
+        if (errno == ERANGE) return (int)(len / sizeof(gid_t));
+        return -1;
+    }
+    return (int)(len / sizeof(gid_t));
+}
+
+int secretfs_accept_cloexec(int fd) {
+    return accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+}

@@ -26,4 +26,13 @@ int secretfs_pipe_cloexec(int fds[2]);
 
 /// POSIX_SPAWN_SETSID (glibc >= 2.26), hidden without _GNU_SOURCE.
 short secretfs_spawn_setsid_flag(void);
+
+/// Supplementary groups of the process that connected a Unix socket
+/// (SO_PEERGROUPS, Linux 4.13+). Writes at most `max` gids to `groups` and
+/// returns how many the peer has (which may exceed `max`: call again with a
+/// larger buffer), or -1 with errno set.
+int secretfs_peer_groups(int fd, gid_t *groups, int max);
+
+/// accept4(SOCK_CLOEXEC), hidden without _GNU_SOURCE.
+int secretfs_accept_cloexec(int fd);
 #endif
