@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <fcntl.h>
 #include <spawn.h>
@@ -56,4 +57,8 @@ int secretfs_peer_groups(int fd, gid_t *groups, int max) {
 
 int secretfs_accept_cloexec(int fd) {
     return accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+}
+
+int secretfs_eventfd(int nonblocking) {
+    return eventfd(0, EFD_CLOEXEC | (nonblocking ? EFD_NONBLOCK : 0));
 }

@@ -35,4 +35,7 @@ int secretfs_peer_groups(int fd, gid_t *groups, int max);
 
 /// accept4(SOCK_CLOEXEC), hidden without _GNU_SOURCE.
 int secretfs_accept_cloexec(int fd);
+
+/// eventfd(0, EFD_CLOEXEC [| EFD_NONBLOCK]); sys/eventfd.h is not in Swift's Glibc module.
+int secretfs_eventfd(int nonblocking);
 #endif
