@@ -61,6 +61,7 @@ let package = Package(
         .testTarget(name: "SecretfsStoreTests", dependencies: ["SecretfsStore"]),
         .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject"]),
         .testTarget(name: "SecretfsRedactTests", dependencies: ["SecretfsRedact"]),
+        .testTarget(name: "SecretfsProtocolTests", dependencies: ["SecretfsProtocol", "SecretfsStore", "SecureMemory"]),
         // Mount tests drive the real `secretfs` binary; depending on it makes
         // `swift build --build-tests` build it beside the test bundle.
         .testTarget(name: "SecretfsMountTests", dependencies: ["SecretfsStore", "SecretfsFS", "secretfs"]),

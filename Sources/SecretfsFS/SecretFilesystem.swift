@@ -77,6 +77,12 @@ public final class SecretFilesystem: @unchecked Sendable {
         }
     }
 
+    /// Called with the names concerned after every successful store mutation
+    /// (write, truncate, delete, rename), under `lock`: it must not block or
+    /// call back into this object. Set before mounting; the privileged
+    /// socket's WATCH subscribes through it.
+    public var onChange: (@Sendable ([String]) -> Void)?
+
     public init(vault: ProjectVault, options: MountOptions, logger: Logger) throws {
         self.vault = vault
         self.options = options
@@ -297,6 +303,7 @@ public final class SecretFilesystem: @unchecked Sendable {
             h.dirty = false
             h.written = false
             namespace.lastChange = h.node.info!.updatedAt
+            onChange?([name])
             logger.info("stored", metadata: ["name": "\(name)", "uid": "\(h.actor.uid)"])
         } catch {
             logger.error("commit failed", metadata: ["name": "\(name)", "error": "\(error)"])
@@ -366,6 +373,7 @@ public final class SecretFilesystem: @unchecked Sendable {
                         let value = b.value(keepTrailingNewline: true)
                         defer { value.wipe() }
                         do { n.info = try vault.put(name, value: value, actor: caller.actor) } catch { throw .io }
+                        onChange?([name])
                     } else {
                         try commit(h)
                     }
@@ -389,6 +397,7 @@ public final class SecretFilesystem: @unchecked Sendable {
                     logger.error("delete failed", metadata: ["name": "\(name)", "error": "\(error)"])
                     throw .io
                 }
+                onChange?([name])
             }
             namespace.unlink(n)
             logger.info("deleted", metadata: ["name": "\(name)", "uid": "\(caller.uid)"])
@@ -428,6 +437,7 @@ public final class SecretFilesystem: @unchecked Sendable {
                     guard let target else { throw Errno.noEntry }
                     guard source.isCommitted && target.isCommitted else { throw Errno.invalid }
                     try vault.rename(name, to: newName, mode: .exchange, actor: caller.actor)
+                    onChange?([name, newName])
                     let s = source.info, t = target.info
                     namespace.exchange(source, target)
                     // Refresh metadata: both rows got new versions.
@@ -437,11 +447,13 @@ public final class SecretFilesystem: @unchecked Sendable {
                 }
                 if source.isCommitted {
                     try vault.rename(name, to: newName, mode: .replace, actor: caller.actor)
+                    onChange?([name, newName])
                     source.info = try vault.info(newName)
                 } else if let target, target.isCommitted {
                     // A file still being created replaces a stored one: the
                     // stored one goes now, the new value lands at close.
                     try vault.delete(newName, actor: caller.actor)
+                    onChange?([newName])
                 }
             } catch let e as Errno {
                 throw e

@@ -3,6 +3,7 @@ import CShims
 import Glibc
 import Logging
 import SecretfsFS
+import SecretfsProtocol
 import SecretfsStore
 
 struct MountCommand: ParsableCommand {
@@ -197,7 +198,6 @@ struct MountCommand: ParsableCommand {
         }
         var mountOptions = try parsedOptions()
         let policy = try resolverPolicy()
-        _ = policy  // served by the privileged socket
 
         try checkMountpoint(target)
         let store = try global.openStore()
@@ -223,6 +223,17 @@ struct MountCommand: ParsableCommand {
         } catch let e as FuseSession.MountError {
             throw Failure(e.description, hint: e.hint, exit: .mountProblem)
         }
+        // The privileged socket: empty lists mean the mount's owner only.
+        let server = PrivilegedSocketServer(vault: vault, socketPath: runtime.socketPath(project),
+                                            policy: SocketPolicy(uids: policy.uids, gids: policy.gids),
+                                            logger: logger)
+        do {
+            try server.start()
+        } catch {
+            session.close()
+            throw Failure(error.description, hint: error.hint, exit: .socketProblem)
+        }
+        filesystem.onChange = { [server] names in server.notifyChanged(names) }
         _ = chdir("/")
         if daemonized {
             // Ready: from now on stderr is the log file (already our stdout),
@@ -232,6 +243,7 @@ struct MountCommand: ParsableCommand {
         logger.info("mounted", metadata: ["project": "\(project)", "mountpoint": "\(target)",
                                           "secrets": "\(filesystem.secretCount)", "pid": "\(getpid())"])
         let rc = session.run()
+        server.stop()   // closes connections, unlinks the socket
         session.close()
         logger.info("unmounted", metadata: ["project": "\(project)", "status": "\(rc)"])
     }

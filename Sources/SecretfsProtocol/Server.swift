@@ -1,0 +1,632 @@
+import CShims
+import Glibc
+import Logging
+import SecretfsStore
+import SecureMemory
+import Synchronization
+
+/// Who may use a project's privileged socket: an allow-list of uids and of
+/// groups (a peer matches a group by its primary gid or any supplementary
+/// group, as the kernel recorded them at connect time).
+public struct SocketPolicy: Sendable, Equatable {
+    public var uids: [uid_t]
+    public var gids: [gid_t]
+    /// The group the socket file is given (mode 0660). Default: the first of
+    /// `gids`; with no group the file is 0600 (owner only).
+    public var socketGroup: gid_t?
+
+    /// Empty `uids` and `gids` mean: the mount's owner (this process's uid) only.
+    public init(uids: [uid_t] = [], gids: [gid_t] = [], socketGroup: gid_t? = nil) {
+        self.uids = uids
+        self.gids = gids
+        self.socketGroup = socketGroup
+    }
+
+    /// The uids actually allowed once the default is applied.
+    public var effectiveUIDs: [uid_t] { uids.isEmpty && gids.isEmpty ? [getuid()] : uids }
+
+    public var fileGroup: gid_t? { socketGroup ?? gids.first }
+
+    public func allows(_ peer: PeerCredentials) -> Bool {
+        if effectiveUIDs.contains(peer.uid) { return true }
+        if gids.contains(peer.gid) { return true }
+        return peer.groups.contains { gids.contains($0) }
+    }
+}
+
+/// Bounds on what one server will do for its peers.
+public struct ServerLimits: Sendable {
+    /// Connections served at once (watchers included); more get a `busy` ERROR.
+    public var maxConnections = 64
+    /// Seconds a non-watching connection may sit idle, or take to send one frame.
+    public var idleTimeout: Double = 30
+    /// Seconds a send may block on a peer that does not read.
+    public var sendTimeout: Double = 10
+    /// Largest request frame accepted (bytes after the length prefix).
+    public var maxRequestFrame = Wire.maxRequestFrame
+    /// Largest reply frame built; a GET whose values do not fit gets `reply-too-large`.
+    public var maxReplyFrame = Wire.maxResponseFrame
+    /// Most names in one GET.
+    public var maxNamesPerGet = Wire.maxNamesPerGet
+    /// Changed names queued per watcher before the next CHANGED is sent as
+    /// "incomplete" (drop everything) instead.
+    public var maxQueuedNames = 1024
+
+    public init() {}
+}
+
+/// The privileged socket of one mounted project: LIST, GET and WATCH for the
+/// peers its `SocketPolicy` allows (docs/protocol.md).
+///
+/// One thread accepts; each connection gets its own thread with blocking I/O
+/// (bounded by `ServerLimits.maxConnections`). Lock order: `state` is never
+/// held while calling the store, and the store lock is never held while
+/// taking `state`; `notifyChanged` (called under the filesystem's lock) only
+/// takes `state` and each watcher's queue lock, and never blocks on I/O.
+public final class PrivilegedSocketServer: @unchecked Sendable {
+    // @unchecked: mutable state lives in `state` (a Mutex); the rest is immutable.
+    public let socketPath: String
+    public let policy: SocketPolicy
+    public let limits: ServerLimits
+    public let vault: ProjectVault
+    let logger: Logger
+
+    private struct State {
+        var started = false
+        var stopping = false
+        var connections: [UInt64: Int32] = [:]
+        var watchers: [UInt64: Watcher] = [:]
+        var nextID: UInt64 = 1
+        var runningThreads = 0
+        var socketDevice: UInt64 = 0
+        var socketInode: UInt64 = 0
+    }
+    private let state = Mutex(State())
+    /// Wakes the accept loop at stop (eventfd).
+    private let wakeFD: Int32
+
+    public init(vault: ProjectVault, socketPath: String, policy: SocketPolicy = SocketPolicy(),
+                limits: ServerLimits = ServerLimits(), logger: Logger = Logger(label: "secretfs.socket")) {
+        self.vault = vault
+        self.socketPath = socketPath
+        self.policy = policy
+        self.limits = limits
+        self.logger = logger
+        self.wakeFD = secretfs_eventfd(0)
+    }
+
+    deinit {
+        if wakeFD >= 0 { close(wakeFD) }
+    }
+
+    /// Connections being served now (watchers included).
+    public var connectionCount: Int { state.withLock { $0.connections.count } }
+    /// Connections in WATCH mode now.
+    public var watcherCount: Int { state.withLock { $0.watchers.count } }
+
+    // MARK: Starting
+
+    /// Binds and listens at `socketPath` and starts serving. A socket file left
+    /// by a dead mount is replaced; a live one (something answers) is not.
+    public func start() throws(ProtocolError) {
+        let already = state.withLock { s in
+            if s.started { return true }
+            s.started = true
+            return false
+        }
+        if already { return }
+        guard wakeFD >= 0 else {
+            throw ProtocolError(.system(errno), "eventfd: \(SocketIO.errorText(errno))")
+        }
+        guard var addr = SocketIO.address(socketPath) else {
+            throw ProtocolError.connectFailure(socketPath, errno: ENAMETOOLONG)
+        }
+        try removeStaleSocket()
+
+        let fd = SocketIO.newStreamSocket()
+        guard fd >= 0 else { throw ProtocolError(.system(errno), "socket: \(SocketIO.errorText(errno))") }
+        var ok = false
+        defer { if !ok { close(fd) } }
+        // Narrow before bind (Linux takes the new file's mode from the socket
+        // inode, minus the umask). Nobody can connect before listen() anyway,
+        // so the chmod/chown below happen before the socket is reachable.
+        _ = fchmod(fd, 0o600)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard rc == 0 else {
+            let e = errno
+            if e == EADDRINUSE {
+                throw ProtocolError(.addressInUse, "\(socketPath) appeared while starting (another mount of the project?)")
+            }
+            throw ProtocolError(.system(e), "cannot bind \(socketPath): \(SocketIO.errorText(e))",
+                                hint: "check that the runtime directory is writable")
+        }
+        var bound = false
+        defer { if !ok && bound { unlink(socketPath) } }
+        bound = true
+        let group = policy.fileGroup
+        if let group, lchown(socketPath, uid_t.max, group) != 0 {
+            let e = errno
+            throw ProtocolError(.system(e), "cannot give \(socketPath) to group \(group): \(SocketIO.errorText(e))",
+                                hint: "the mount's owner must be a member of the --resolver-group group (or mount as root)")
+        }
+        let mode: mode_t = group == nil ? 0o600 : 0o660
+        guard chmod(socketPath, mode) == 0 else {
+            let e = errno
+            throw ProtocolError(.system(e), "cannot chmod \(socketPath): \(SocketIO.errorText(e))")
+        }
+        var st = stat()
+        guard lstat(socketPath, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK, st.st_mode & 0o7117 == 0 else {
+            throw ProtocolError(.system(EPERM), "\(socketPath) does not have the expected mode after bind")
+        }
+        guard listen(fd, 64) == 0 else {
+            let e = errno
+            throw ProtocolError(.system(e), "cannot listen on \(socketPath): \(SocketIO.errorText(e))")
+        }
+        state.withLock { s in
+            s.socketDevice = UInt64(st.st_dev)
+            s.socketInode = UInt64(st.st_ino)
+            s.runningThreads += 1
+        }
+        guard startDetachedThread({ [self] in acceptLoop(fd) }) else {
+            state.withLock { $0.runningThreads -= 1 }
+            throw ProtocolError(.system(EAGAIN), "cannot start the socket's accept thread")
+        }
+        ok = true
+        logger.info("privileged socket listening", metadata: [
+            "path": "\(socketPath)", "mode": "\(String(mode, radix: 8))",
+            "uids": "\(policy.effectiveUIDs)", "gids": "\(policy.gids)",
+        ])
+    }
+
+    /// A socket file at the path is replaced only if nothing answers on it;
+    /// anything else at the path is left alone and reported.
+    private func removeStaleSocket() throws(ProtocolError) {
+        var st = stat()
+        guard lstat(socketPath, &st) == 0 else {
+            if errno == ENOENT { return }
+            let e = errno
+            throw ProtocolError(.system(e), "cannot inspect \(socketPath): \(SocketIO.errorText(e))")
+        }
+        guard st.st_mode & S_IFMT == S_IFSOCK else {
+            throw ProtocolError(.notASocket, "\(socketPath) exists and is not a socket; not replacing it",
+                                hint: "remove it if it is yours, or use another --runtime-dir")
+        }
+        let probe = SocketIO.connect(to: socketPath)
+        if probe >= 0 {
+            close(probe)
+            throw ProtocolError(.addressInUse, "another process already serves \(socketPath)",
+                                hint: "is the project mounted already? (secretfs status)")
+        }
+        let e = errno
+        guard e == ECONNREFUSED else {
+            throw ProtocolError(.system(e), "cannot tell whether \(socketPath) is in use: \(SocketIO.errorText(e))")
+        }
+        guard unlink(socketPath) == 0 || errno == ENOENT else {
+            let e = errno
+            throw ProtocolError(.system(e), "cannot remove stale socket \(socketPath): \(SocketIO.errorText(e))")
+        }
+        logger.info("replaced a stale socket", metadata: ["path": "\(socketPath)"])
+    }
+
+    // MARK: Stopping
+
+    /// Stops accepting, removes the socket file (if it is still ours), closes
+    /// every connection and waits (up to `timeout` seconds) for the threads.
+    public func stop(timeout: Double = 3) {
+        let (wasRunning, device, inode) = state.withLock { s -> (Bool, UInt64, UInt64) in
+            guard s.started, !s.stopping else { return (false, 0, 0) }
+            s.stopping = true
+            // Wake every connection thread: blocked reads return 0, sends fail.
+            for fd in s.connections.values { _ = shutdown(fd, Int32(SHUT_RDWR)) }
+            for w in s.watchers.values { w.wake() }
+            return (true, s.socketDevice, s.socketInode)
+        }
+        guard wasRunning else { return }
+        var st = stat()
+        if lstat(socketPath, &st) == 0, UInt64(st.st_dev) == device, UInt64(st.st_ino) == inode {
+            unlink(socketPath)
+        }
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
+        let deadline = SocketIO.monotonicNow() + timeout
+        while state.withLock({ $0.runningThreads }) > 0 && SocketIO.monotonicNow() < deadline {
+            usleep(2_000)
+        }
+        logger.info("privileged socket stopped", metadata: ["path": "\(socketPath)"])
+    }
+
+    private var isStopping: Bool { state.withLock { $0.stopping } }
+
+    // MARK: Change notification
+
+    /// Tells every watcher that `names` changed (created, updated, renamed or
+    /// deleted). Cheap and non-blocking: safe to call from the filesystem's
+    /// commit path; the watchers' own threads do the sending.
+    public func notifyChanged(_ names: [String]) {
+        let watchers = state.withLock { Array($0.watchers.values) }
+        for w in watchers { w.enqueue(names, limit: limits.maxQueuedNames) }
+    }
+
+    // MARK: Accepting
+
+    private func acceptLoop(_ listenFD: Int32) {
+        defer {
+            close(listenFD)
+            state.withLock { $0.runningThreads -= 1 }
+        }
+        while true {
+            var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
+            let rc = poll(&fds, 2, -1)
+            if rc < 0 {
+                if errno == EINTR { continue }
+                logger.error("poll on the privileged socket failed", metadata: ["errno": "\(errno)"])
+                return
+            }
+            if fds[1].revents != 0 || isStopping { return }
+            if fds[0].revents & Int16(POLLNVAL | POLLERR) != 0 {
+                logger.error("the privileged socket's listening descriptor failed")
+                return
+            }
+            let fd = secretfs_accept_cloexec(listenFD)
+            if fd < 0 {
+                switch errno {
+                case EINTR, EAGAIN, ECONNABORTED, EPROTO:
+                    continue
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                    logger.warning("accept: out of resources", metadata: ["errno": "\(errno)"])
+                    usleep(50_000)
+                    continue
+                default:
+                    logger.error("accept failed", metadata: ["errno": "\(errno)"])
+                    usleep(10_000)
+                    continue
+                }
+            }
+            admit(fd)
+        }
+    }
+
+    private func admit(_ fd: Int32) {
+        enum Decision { case serve(UInt64), busy, stopping }
+        let decision = state.withLock { s -> Decision in
+            if s.stopping { return .stopping }
+            if s.connections.count >= limits.maxConnections { return .busy }
+            let id = s.nextID
+            s.nextID += 1
+            s.connections[id] = fd
+            s.runningThreads += 1
+            return .serve(id)
+        }
+        switch decision {
+        case .stopping:
+            close(fd)
+        case .busy:
+            // Never blocks the accept loop: a small frame into an empty buffer.
+            SocketIO.setSendTimeout(fd, seconds: 0.05)
+            SocketIO.sendAll(fd, Wire.errorFrame(.busy, "too many connections (limit \(limits.maxConnections))"))
+            _ = shutdown(fd, Int32(SHUT_WR))
+            close(fd)
+            logger.warning("connection refused: busy", metadata: ["limit": "\(limits.maxConnections)"])
+        case .serve(let id):
+            let started = startDetachedThread { [self] in
+                let linger = serveConnection(id: id, fd: fd)
+                finish(id: id, fd: fd, linger: linger)
+            }
+            if !started {
+                state.withLock { s in
+                    s.connections[id] = nil
+                    s.runningThreads -= 1
+                }
+                close(fd)
+                logger.error("cannot start a connection thread")
+            }
+        }
+    }
+
+    /// Removes the connection, then closes it (in that order: `stop` shuts
+    /// down registered descriptors, and a number closed first could be reused).
+    private func finish(id: UInt64, fd: Int32, linger: Bool) {
+        if linger { Self.drainAfterError(fd) }
+        state.withLock { s in
+            s.connections[id] = nil
+            s.watchers[id] = nil
+        }
+        close(fd)
+        state.withLock { $0.runningThreads -= 1 }
+    }
+
+    /// After a final ERROR frame: stop sending and discard what the peer still
+    /// sends for a moment, so it reads our frame instead of ECONNRESET.
+    private static func drainAfterError(_ fd: Int32) {
+        _ = shutdown(fd, Int32(SHUT_WR))
+        let deadline = SocketIO.monotonicNow() + 0.2
+        var scratch = [UInt8](repeating: 0, count: 4096)  // request bytes only, never values
+        var budget = 1 << 20
+        while budget > 0, SocketIO.waitReadable(fd, deadline: deadline) {
+            let n = read(fd, &scratch, scratch.count)
+            if n <= 0 { break }
+            budget -= n
+        }
+    }
+
+    // MARK: One connection
+
+    /// Serves one connection until it ends. Returns true when the last thing
+    /// sent was an ERROR after which the connection is being closed.
+    private func serveConnection(id: UInt64, fd: Int32) -> Bool {
+        SocketIO.setSendTimeout(fd, seconds: limits.sendTimeout)
+        guard let peer = PeerCredentials.of(fd) else {
+            logger.warning("cannot read peer credentials; closing", metadata: ["errno": "\(errno)"])
+            return false
+        }
+        guard policy.allows(peer) else {
+            refuse(fd, peer)
+            return true
+        }
+        let actor = Actor(uid: peer.uid, pid: peer.pid)
+        while true {
+            let deadline = SocketIO.monotonicNow() + limits.idleTimeout
+            switch SocketIO.readFrame(fd, maxLength: limits.maxRequestFrame, deadline: deadline) {
+            case .closed, .truncated, .failed:
+                return false
+            case .timedOut:
+                sendError(fd, .timeout, "no complete request within \(limits.idleTimeout) s")
+                return true
+            case .badLength(let n):
+                sendError(fd, .frameTooLarge, "frame length \(n) is outside 2...\(limits.maxRequestFrame)")
+                return true
+            case .frame(let frame):
+                guard frame.version == Wire.version else {
+                    sendError(fd, .unsupportedVersion,
+                              "protocol version \(frame.version) is not supported (this mount speaks \(Wire.version))")
+                    return true
+                }
+                switch Wire.MessageType(rawValue: frame.type) {
+                case .list:
+                    guard handleList(fd, frame) else { return false }
+                case .get:
+                    guard handleGet(fd, frame, actor: actor, peer: peer) else { return false }
+                case .watch:
+                    return runWatch(id: id, fd: fd, frame)
+                default:
+                    guard sendError(fd, .unknownType, "message type 0x\(String(frame.type, radix: 16)) is not a request") else {
+                        return false
+                    }
+                }
+            }
+        }
+    }
+
+    @discardableResult
+    private func sendError(_ fd: Int32, _ code: WireErrorCode, _ message: String) -> Bool {
+        SocketIO.sendAll(fd, Wire.errorFrame(code, message))
+    }
+
+    private func refuse(_ fd: Int32, _ peer: PeerCredentials) {
+        sendError(fd, .notAllowed, "uid \(peer.uid) is not allowed on this socket")
+        logger.warning("refused a connection", metadata: ["uid": "\(peer.uid)", "gid": "\(peer.gid)", "pid": "\(peer.pid)"])
+        do {
+            try vault.audit(action: "refused", names: nil,
+                            detail: "privileged socket: uid \(peer.uid) gid \(peer.gid) pid \(peer.pid) not in the allow-list",
+                            actor: Actor(uid: peer.uid, pid: peer.pid))
+        } catch {
+            logger.error("cannot audit a refused connection", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// LIST → LIST_REPLY. False if the connection should end.
+    private func handleList(_ fd: Int32, _ frame: Frame) -> Bool {
+        guard frame.bodyCount == 0 else {
+            return sendError(fd, .malformed, "LIST has no body (\(frame.bodyCount) bytes sent)")
+        }
+        let version: Int64
+        let entries: [SecretInfo]
+        do {
+            // Version first: the reply's version is never newer than its contents.
+            version = try vault.currentVersion()
+            entries = try vault.list()
+        } catch {
+            logger.error("LIST failed", metadata: ["error": "\(error)"])
+            return sendError(fd, .internalError, "the store could not list secrets")
+        }
+        let project = vault.name
+        var size = 8 + Wire.textSize(project) + 4
+        for e in entries { size += Wire.textSize(e.name) + 8 + 8 + 8 + 4 }
+        guard size + Wire.headerSize <= limits.maxReplyFrame else {
+            return sendError(fd, .replyTooLarge, "the listing does not fit one frame")
+        }
+        let b = FrameBuilder(type: .listReply, bodySize: size)
+        b.u64(UInt64(bitPattern: version))
+        b.text(project)
+        b.u32(UInt32(entries.count))
+        for e in entries {
+            b.text(e.name)
+            b.i64(e.version)
+            b.i64(e.createdAt.nanoseconds)
+            b.i64(e.updatedAt.nanoseconds)
+            b.u32(e.updatedBy)
+        }
+        return SocketIO.sendAll(fd, b.finish())
+    }
+
+    /// GET → GET_REPLY (values in request order, then the missing names).
+    private func handleGet(_ fd: Int32, _ frame: Frame, actor: Actor, peer: PeerCredentials) -> Bool {
+        var r = FrameReader(frame)
+        var names: [String] = []
+        do {
+            let count = Int(try r.u16())
+            guard count <= limits.maxNamesPerGet else {
+                return sendError(fd, .tooManyNames, "GET asks for \(count) names (limit \(limits.maxNamesPerGet))")
+            }
+            var seen = Set<String>()
+            for i in 0..<count {
+                guard let n = try r.name() else {
+                    return sendError(fd, .invalidName, "name #\(i + 1) is not a valid secret name")
+                }
+                if seen.insert(n).inserted { names.append(n) }
+            }
+            try r.expectEnd()
+        } catch {
+            return sendError(fd, .malformed, "GET: \(error.reason)")
+        }
+
+        var version: Int64 = 0
+        var values: [String: SecureBytes] = [:]
+        defer { for v in values.values { v.wipe() } }
+        if !names.isEmpty {
+            do {
+                version = try vault.currentVersion()
+                values = try vault.values(names, actor: actor)
+            } catch {
+                logger.error("GET failed", metadata: ["error": "\(error)", "uid": "\(peer.uid)"])
+                return sendError(fd, .internalError, "the store could not read the secrets")
+            }
+        } else {
+            version = (try? vault.currentVersion()) ?? 0
+        }
+        let found = names.filter { values[$0] != nil }
+        let missing = names.filter { values[$0] == nil }
+        var size = 8 + 4 + 4
+        for n in found { size += Wire.textSize(n) + 4 + values[n]!.count }
+        for n in missing { size += Wire.textSize(n) }
+        guard size + Wire.headerSize <= limits.maxReplyFrame else {
+            return sendError(fd, .replyTooLarge,
+                             "the \(found.count) values asked for need \(size) bytes; the limit is \(limits.maxReplyFrame)")
+        }
+        let b = FrameBuilder(type: .getReply, bodySize: size)
+        b.u64(UInt64(bitPattern: version))
+        b.u32(UInt32(found.count))
+        for n in found {
+            b.text(n)
+            b.value(values[n]!)
+        }
+        b.u32(UInt32(missing.count))
+        for n in missing { b.text(n) }
+        let frame = b.finish()
+        defer { frame.wipe() }
+        logger.info("get", metadata: ["uid": "\(peer.uid)", "pid": "\(peer.pid)", "names": "\(names.joined(separator: ","))",
+                                      "found": "\(found.count)"])
+        return SocketIO.sendAll(fd, frame)
+    }
+
+    /// WATCH: WATCHING now, CHANGED whenever `notifyChanged` is called, until
+    /// the peer closes or the server stops. Returns the `linger` flag.
+    private func runWatch(id: UInt64, fd: Int32, _ frame: Frame) -> Bool {
+        guard frame.bodyCount == 0 else {
+            sendError(fd, .malformed, "WATCH has no body (\(frame.bodyCount) bytes sent)")
+            return true
+        }
+        guard let watcher = Watcher() else {
+            sendError(fd, .internalError, "cannot create an event descriptor")
+            return true
+        }
+        // Subscribe before reading the version, so no change falls in between.
+        let subscribed = state.withLock { s -> Bool in
+            guard !s.stopping else { return false }
+            s.watchers[id] = watcher
+            return true
+        }
+        guard subscribed else { return false }
+        defer { _ = state.withLock { $0.watchers.removeValue(forKey: id) } }
+        guard let start = try? vault.currentVersion() else {
+            sendError(fd, .internalError, "the store could not report its version")
+            return true
+        }
+        let b = FrameBuilder(type: .watching, bodySize: 8 + Wire.textSize(vault.name))
+        b.u64(UInt64(bitPattern: start))
+        b.text(vault.name)
+        guard SocketIO.sendAll(fd, b.finish()) else { return false }
+        logger.debug("watching", metadata: ["version": "\(start)"])
+
+        while true {
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: watcher.eventFD, events: Int16(POLLIN), revents: 0)]
+            let rc = poll(&fds, 2, -1)
+            if rc < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            if isStopping { return false }
+            if fds[1].revents != 0 {
+                if let (names, incomplete) = watcher.take() {
+                    let version = (try? vault.currentVersion()) ?? Int64.max
+                    var size = 8 + 1 + 4
+                    for n in names { size += Wire.textSize(n) }
+                    let c = FrameBuilder(type: .changed, bodySize: size)
+                    c.u64(UInt64(bitPattern: version))
+                    c.u8(incomplete ? Wire.changedFlagIncomplete : 0)
+                    c.u32(UInt32(names.count))
+                    for n in names { c.text(n) }
+                    guard SocketIO.sendAll(fd, c.finish()) else { return false }
+                }
+            }
+            if fds[0].revents != 0 {
+                // A watcher only listens. EOF ends it; anything else is an error.
+                var byte: UInt8 = 0
+                let n = read(fd, &byte, 1)
+                if n == 0 { return false }
+                if n < 0 { if errno == EINTR || errno == EAGAIN { continue } else { return false } }
+                sendError(fd, .unexpected, "a watching connection takes no requests; open another connection")
+                return true
+            }
+        }
+    }
+}
+
+/// One WATCH connection's queue of changed names, filled by `notifyChanged`
+/// and emptied by the connection's thread, which an eventfd wakes.
+final class Watcher: @unchecked Sendable {
+    // @unchecked: `pending` is a Mutex; `eventFD` is immutable.
+    let eventFD: Int32
+    private struct Pending {
+        var has = false
+        var names: [String] = []
+        var seen: Set<String> = []
+        var incomplete = false
+    }
+    private let pending = Mutex(Pending())
+
+    init?() {
+        eventFD = secretfs_eventfd(1)
+        if eventFD < 0 { return nil }
+    }
+
+    deinit { close(eventFD) }
+
+    func wake() {
+        var one: UInt64 = 1
+        _ = write(eventFD, &one, 8)
+    }
+
+    func enqueue(_ names: [String], limit: Int) {
+        pending.withLock { p in
+            p.has = true
+            guard !p.incomplete else { return }
+            for n in names where p.seen.insert(n).inserted {
+                p.names.append(n)
+            }
+            if p.names.count > limit {
+                p.incomplete = true
+                p.names = []
+                p.seen = []
+            }
+        }
+        wake()
+    }
+
+    /// What is queued (and clears it), or nil if nothing is.
+    func take() -> ([String], Bool)? {
+        var counter: UInt64 = 0
+        _ = read(eventFD, &counter, 8)
+        return pending.withLock { p -> ([String], Bool)? in
+            guard p.has else { return nil }
+            defer { p = Pending() }
+            return (p.names, p.incomplete)
+        }
+    }
+}

@@ -1,0 +1,256 @@
+import SecretfsStore
+import SecureMemory
+
+/// The privileged socket's wire format (docs/protocol.md is the specification).
+///
+///     frame   = length:u32be  version:u8  type:u8  body
+///     length  = number of bytes after the length field (version + type + body)
+///
+/// Integers are big-endian. A `name` is `u16 length` + UTF-8 bytes of a valid
+/// secret name; a `value` is `u32 length` + raw bytes; a `text` is `u16 length`
+/// + UTF-8 (error messages only, never a value).
+///
+/// Every frame is built in, and read into, a `SecureBytes` buffer: a reply to
+/// GET holds values, and treating every frame the same way means no code path
+/// can forget to.
+public enum Wire {
+    public static let version: UInt8 = 1
+
+    /// Bytes of the length prefix.
+    public static let lengthSize = 4
+    /// version + type.
+    public static let headerSize = 2
+
+    /// Largest frame a server accepts from a client (requests carry names only).
+    public static let maxRequestFrame = 1 << 20
+    /// Largest frame a client accepts from a server: one 16 MiB value (the
+    /// mount's largest `max_size`) plus room for names and framing.
+    public static let maxResponseFrame = (16 << 20) + (1 << 20)
+    /// Most names in one GET request.
+    public static let maxNamesPerGet = 4096
+    /// Longest error message sent (bytes of UTF-8).
+    public static let maxErrorMessage = 1024
+
+    /// Message types. Requests have the high bit clear, replies set.
+    public enum MessageType: UInt8, Sendable {
+        case list = 0x01
+        case get = 0x02
+        case watch = 0x03
+
+        case listReply = 0x81
+        case getReply = 0x82
+        case watching = 0x83
+        case changed = 0x84
+        case error = 0xFF
+    }
+
+    /// CHANGED flag: the names list is incomplete (too many changes queued
+    /// for a slow watcher); drop everything cached for the project.
+    public static let changedFlagIncomplete: UInt8 = 0x01
+}
+
+/// Numeric error codes carried by ERROR frames. Stable: documented in
+/// docs/protocol.md, never renumbered.
+public enum WireErrorCode: UInt16, Sendable, CustomStringConvertible {
+    case malformed = 1           // body does not parse (framing intact)
+    case unsupportedVersion = 2  // version byte is not one the server speaks
+    case unknownType = 3         // type byte is not a request
+    case frameTooLarge = 4       // length prefix over the limit (or zero)
+    case invalidName = 5         // a GET name is not a valid secret name
+    case tooManyNames = 6        // GET with more names than allowed
+    case notAllowed = 7          // peer not in the socket's allow-list
+    case busy = 8                // too many connections
+    case timeout = 9             // idle or slow connection
+    case internalError = 10      // the store failed (details in the mount's log)
+    case replyTooLarge = 11      // the values asked for do not fit one frame
+    case unexpected = 12         // a request not valid in this state (after WATCH)
+
+    public var description: String {
+        switch self {
+        case .malformed: return "malformed"
+        case .unsupportedVersion: return "unsupported-version"
+        case .unknownType: return "unknown-type"
+        case .frameTooLarge: return "frame-too-large"
+        case .invalidName: return "invalid-name"
+        case .tooManyNames: return "too-many-names"
+        case .notAllowed: return "not-allowed"
+        case .busy: return "busy"
+        case .timeout: return "timeout"
+        case .internalError: return "internal-error"
+        case .replyTooLarge: return "reply-too-large"
+        case .unexpected: return "unexpected"
+        }
+    }
+}
+
+// MARK: Building frames
+
+/// Writes one frame into a `SecureBytes` of exactly the right size. The body
+/// size is computed first (see `Wire.size`), so nothing is ever reallocated or
+/// copied through an ordinary array.
+struct FrameBuilder {
+    let buffer: SecureBytes
+
+    init(type: Wire.MessageType, bodySize: Int) {
+        let total = Wire.lengthSize + Wire.headerSize + bodySize
+        buffer = SecureBytes(capacity: total)
+        u32(UInt32(Wire.headerSize + bodySize))
+        u8(Wire.version)
+        u8(type.rawValue)
+    }
+
+    func u8(_ v: UInt8) {
+        withUnsafeBytes(of: v) { _ = buffer.append($0) }
+    }
+    func u16(_ v: UInt16) {
+        withUnsafeBytes(of: v.bigEndian) { _ = buffer.append($0) }
+    }
+    func u32(_ v: UInt32) {
+        withUnsafeBytes(of: v.bigEndian) { _ = buffer.append($0) }
+    }
+    func u64(_ v: UInt64) {
+        withUnsafeBytes(of: v.bigEndian) { _ = buffer.append($0) }
+    }
+    func i64(_ v: Int64) { u64(UInt64(bitPattern: v)) }
+
+    /// u16 length + UTF-8 (names and messages; never values).
+    func text(_ s: String) {
+        var s = s
+        s.withUTF8 { raw in
+            u16(UInt16(raw.count))
+            _ = buffer.append(UnsafeRawBufferPointer(raw))
+        }
+    }
+
+    /// u32 length + the bytes of a value, copied from locked memory to locked memory.
+    func value(_ v: SecureBytes) {
+        u32(UInt32(v.count))
+        v.withUnsafeBytes { _ = buffer.append($0) }
+    }
+
+    func finish() -> SecureBytes {
+        precondition(buffer.count == buffer.capacity, "frame size miscomputed")
+        return buffer
+    }
+}
+
+extension Wire {
+    static func textSize(_ s: String) -> Int { 2 + s.utf8.count }
+
+    /// An error message cut to the limit at a character boundary.
+    static func clippedMessage(_ s: String) -> String {
+        if s.utf8.count <= maxErrorMessage { return s }
+        var out = ""
+        for ch in s {
+            if out.utf8.count + String(ch).utf8.count > maxErrorMessage { break }
+            out.append(ch)
+        }
+        return out
+    }
+
+    static func errorFrame(_ code: WireErrorCode, _ message: String) -> SecureBytes {
+        let m = clippedMessage(message)
+        let b = FrameBuilder(type: .error, bodySize: 2 + textSize(m))
+        b.u16(code.rawValue)
+        b.text(m)
+        return b.finish()
+    }
+
+    static func emptyRequest(_ type: MessageType) -> SecureBytes {
+        FrameBuilder(type: type, bodySize: 0).finish()
+    }
+
+    static func getRequest(_ names: [String]) -> SecureBytes {
+        let size = 2 + names.reduce(0) { $0 + textSize($1) }
+        let b = FrameBuilder(type: .get, bodySize: size)
+        b.u16(UInt16(names.count))
+        for n in names { b.text(n) }
+        return b.finish()
+    }
+}
+
+// MARK: Parsing frames
+
+/// A received frame: version, type and the body, still in locked memory.
+public struct Frame {
+    public let version: UInt8
+    public let type: UInt8
+    /// version + type + body (the bytes after the length prefix).
+    let storage: SecureBytes
+
+    var bodyCount: Int { storage.count - Wire.headerSize }
+}
+
+struct ParseError: Error {
+    var reason: String
+}
+
+/// Reads fields from a frame body, bounds-checked at every step.
+struct FrameReader {
+    let frame: Frame
+    private(set) var offset = Wire.headerSize
+
+    init(_ frame: Frame) { self.frame = frame }
+
+    var remaining: Int { frame.storage.count - offset }
+    var atEnd: Bool { remaining == 0 }
+
+    private mutating func take<T: FixedWidthInteger>(_: T.Type) throws(ParseError) -> T {
+        let n = MemoryLayout<T>.size
+        guard remaining >= n else { throw ParseError(reason: "truncated field at byte \(offset)") }
+        let o = offset
+        let v = frame.storage.withUnsafeBytes { raw -> T in
+            var x: T = 0
+            for i in 0..<n { x = (x << 8) | T(raw[o + i]) }
+            return x
+        }
+        offset += n
+        return v
+    }
+
+    mutating func u8() throws(ParseError) -> UInt8 { try take(UInt8.self) }
+    mutating func u16() throws(ParseError) -> UInt16 { try take(UInt16.self) }
+    mutating func u32() throws(ParseError) -> UInt32 { try take(UInt32.self) }
+    mutating func u64() throws(ParseError) -> UInt64 { try take(UInt64.self) }
+    mutating func i64() throws(ParseError) -> Int64 { Int64(bitPattern: try take(UInt64.self)) }
+
+    /// A secret name: u16 length + bytes that must be a valid name.
+    /// Returns nil (having consumed the field) when the bytes are not a valid name.
+    mutating func name() throws(ParseError) -> String? {
+        let n = Int(try u16())
+        guard remaining >= n else { throw ParseError(reason: "truncated name at byte \(offset)") }
+        let o = offset
+        offset += n
+        return frame.storage.withUnsafeBytes { raw -> String? in
+            let slice = UnsafeRawBufferPointer(rebasing: raw[o..<(o + n)])
+            guard Names.isValid(utf8: slice) else { return nil }
+            return String(decoding: slice, as: UTF8.self)
+        }
+    }
+
+    /// Free text (error messages), decoded leniently.
+    mutating func text() throws(ParseError) -> String {
+        let n = Int(try u16())
+        guard remaining >= n else { throw ParseError(reason: "truncated text at byte \(offset)") }
+        let o = offset
+        offset += n
+        return frame.storage.withUnsafeBytes { raw in
+            String(decoding: UnsafeRawBufferPointer(rebasing: raw[o..<(o + n)]), as: UTF8.self)
+        }
+    }
+
+    /// A value: u32 length + bytes, copied into its own locked buffer.
+    mutating func value() throws(ParseError) -> SecureBytes {
+        let n = Int(try u32())
+        guard remaining >= n else { throw ParseError(reason: "truncated value at byte \(offset)") }
+        let o = offset
+        offset += n
+        return frame.storage.withUnsafeBytes { raw in
+            SecureBytes(copying: UnsafeRawBufferPointer(rebasing: raw[o..<(o + n)]))
+        }
+    }
+
+    func expectEnd() throws(ParseError) {
+        guard atEnd else { throw ParseError(reason: "\(remaining) unexpected bytes after the last field") }
+    }
+}
