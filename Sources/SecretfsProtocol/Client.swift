@@ -22,6 +22,8 @@ public struct SecretListing: Sendable, Equatable {
     public var project: String
     /// The project's version when the listing was taken (never newer than it).
     public var projectVersion: Int64
+    /// The mount's change sequence when the listing was taken (see `SecretValues.sequence`).
+    public var sequence: UInt64
     public var secrets: [SecretEntry]
 }
 
@@ -32,6 +34,10 @@ public struct SecretValues: @unchecked Sendable {
     /// a cache may keep these values only if no CHANGED with a higher version
     /// has been seen.
     public var projectVersion: Int64
+    /// The mount's change sequence read before the values. A cache may keep
+    /// these values only if it has seen no CHANGED with a higher `sequence`
+    /// (the project version does not move on deletes; the sequence does).
+    public var sequence: UInt64
     public var values: [String: SecureBytes]
     public var missing: [String]
 
@@ -43,6 +49,8 @@ public struct SecretValues: @unchecked Sendable {
 public struct ChangeEvent: Sendable, Equatable {
     /// The project's version when the event was sent (at least the change's).
     public var projectVersion: Int64
+    /// The mount's change sequence when the event was sent (at least the change's).
+    public var sequence: UInt64
     /// Names created, updated, renamed (old and new) or deleted.
     public var names: [String]
     /// False when the server dropped names (too many queued): treat every
@@ -88,6 +96,7 @@ public final class PrivilegedClient: @unchecked Sendable {
         var r = FrameReader(frame)
         do throws(ParseError) {
             let version = try r.i64()
+            let sequence = try r.u64()
             let project = try r.text()
             let count = Int(try r.u32())
             var entries: [SecretEntry] = []
@@ -102,7 +111,7 @@ public final class PrivilegedClient: @unchecked Sendable {
                                            updatedAt: Timestamp(nanoseconds: updated), updatedBy: by))
             }
             try r.expectEnd()
-            return SecretListing(project: project, projectVersion: version, secrets: entries)
+            return SecretListing(project: project, projectVersion: version, sequence: sequence, secrets: entries)
         } catch {
             throw malformed("LIST reply: \(error.reason)")
         }
@@ -114,14 +123,14 @@ public final class PrivilegedClient: @unchecked Sendable {
         var unique: [String] = []
         var seen = Set<String>()
         for n in names where seen.insert(n).inserted { unique.append(n) }
-        var result = SecretValues(projectVersion: Int64.max, values: [:], missing: [])
+        var result = SecretValues(projectVersion: Int64.max, sequence: UInt64.max, values: [:], missing: [])
         var start = 0
         while start < unique.count {
             let end = min(start + Wire.maxNamesPerGet, unique.count)
             try getBatch(Array(unique[start..<end]), into: &result)
             start = end
         }
-        if result.projectVersion == Int64.max { result.projectVersion = 0 }
+        if unique.isEmpty { result.projectVersion = 0; result.sequence = 0 }
         return result
     }
 
@@ -142,6 +151,7 @@ public final class PrivilegedClient: @unchecked Sendable {
         let asked = Set(names)
         do throws(ParseError) {
             let version = try r.i64()
+            let sequence = try r.u64()
             let found = Int(try r.u32())
             for _ in 0..<found {
                 guard let name = try r.name(), asked.contains(name) else {
@@ -160,6 +170,7 @@ public final class PrivilegedClient: @unchecked Sendable {
             }
             try r.expectEnd()
             result.projectVersion = min(result.projectVersion, version)
+            result.sequence = min(result.sequence, sequence)
         } catch {
             result.wipe()
             throw malformed("GET reply: \(error.reason)")
@@ -167,17 +178,20 @@ public final class PrivilegedClient: @unchecked Sendable {
     }
 
     /// Turns this connection into a watch: `onStart` gets the project's version
-    /// at subscription, then `handler` gets every CHANGED event until it
+    /// and the mount's change sequence at subscription, then `handler` gets every CHANGED event until it
     /// returns false (then this returns) or the connection ends (then this
     /// throws `.connectionClosed`: the mount went away, drop every cached value).
     /// The connection takes no other request afterwards.
-    public func watch(onStart: (Int64) -> Void = { _ in },
+    public func watch(onStart: (_ projectVersion: Int64, _ sequence: UInt64) -> Void = { _, _ in },
                       _ handler: (ChangeEvent) -> Bool) throws(ProtocolError) {
         let first = try roundTrip(Wire.emptyRequest(.watch), expect: .watching)
         var r = FrameReader(first)
-        let start: Int64
-        do { start = try r.i64() } catch { throw malformed("WATCHING: \(error.reason)") }
-        onStart(start)
+        let start: Int64, sequence: UInt64
+        do {
+            start = try r.i64()
+            sequence = try r.u64()
+        } catch { throw malformed("WATCHING: \(error.reason)") }
+        onStart(start, sequence)
         while true {
             let frame = try receive(deadline: nil)
             guard let event = try Self.changeEvent(frame, path: socketPath) else { continue }
@@ -193,6 +207,7 @@ public final class PrivilegedClient: @unchecked Sendable {
         var r = FrameReader(frame)
         do throws(ParseError) {
             let version = try r.i64()
+            let sequence = try r.u64()
             let flags = try r.u8()
             let count = Int(try r.u32())
             var names: [String] = []
@@ -201,7 +216,7 @@ public final class PrivilegedClient: @unchecked Sendable {
                 names.append(n)
             }
             try r.expectEnd()
-            return ChangeEvent(projectVersion: version, names: names,
+            return ChangeEvent(projectVersion: version, sequence: sequence, names: names,
                                complete: flags & Wire.changedFlagIncomplete == 0)
         } catch {
             throw ProtocolError(.malformedReply, "\(path): CHANGED: \(error.reason)")
@@ -301,13 +316,16 @@ public final class SecretWatch: @unchecked Sendable {
     /// The project's version when the subscription took effect: every change
     /// after it produces an event.
     public let initialVersion: Int64
+    /// The mount's change sequence at subscription.
+    public let initialSequence: UInt64
     public let socketPath: String
     private struct State { var fd: Int32; var cancelled = false }
     private let state: Mutex<State>
 
-    private init(fd: Int32, initialVersion: Int64, socketPath: String) {
+    private init(fd: Int32, initialVersion: Int64, initialSequence: UInt64, socketPath: String) {
         self.state = Mutex(State(fd: fd))
         self.initialVersion = initialVersion
+        self.initialSequence = initialSequence
         self.socketPath = socketPath
     }
 
@@ -326,12 +344,15 @@ public final class SecretWatch: @unchecked Sendable {
             }
             throw fail(ProtocolError(.connectionClosed, "\(socketPath): connection closed by the mount"))
         }
-        let version: Int64
+        let version: Int64, sequence: UInt64
         switch SocketIO.readFrame(fd, maxLength: Wire.maxResponseFrame, deadline: SocketIO.monotonicNow() + timeout) {
         case .frame(let f) where f.type == Wire.MessageType.watching.rawValue:
             var r = FrameReader(f)
-            guard let v = try? r.i64() else { throw fail(ProtocolError(.malformedReply, "\(socketPath): malformed WATCHING")) }
+            guard let v = try? r.i64(), let q = try? r.u64() else {
+                throw fail(ProtocolError(.malformedReply, "\(socketPath): malformed WATCHING"))
+            }
             version = v
+            sequence = q
         case .frame(let f) where f.type == Wire.MessageType.error.rawValue:
             throw fail(PrivilegedClient.errorFromFrame(f, path: socketPath))
         case .timedOut:
@@ -341,7 +362,7 @@ public final class SecretWatch: @unchecked Sendable {
         default:
             throw fail(ProtocolError(.connectionClosed, "\(socketPath): connection closed by the mount"))
         }
-        let watch = SecretWatch(fd: fd, initialVersion: version, socketPath: socketPath)
+        let watch = SecretWatch(fd: fd, initialVersion: version, initialSequence: sequence, socketPath: socketPath)
         guard startDetachedThread({ watch.run(fd: fd, handler: handler) }) else {
             throw fail(ProtocolError(.system(EAGAIN), "cannot start the watch thread"))
         }

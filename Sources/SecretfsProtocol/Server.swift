@@ -15,7 +15,8 @@ public struct SocketPolicy: Sendable, Equatable {
     /// `gids`; with no group the file is 0600 (owner only).
     public var socketGroup: gid_t?
 
-    /// Empty `uids` and `gids` mean: the mount's owner (this process's uid) only.
+    /// Empty `uids` means the mount's owner (this process's uid); `gids`
+    /// add groups on top of the uids, they never replace the default.
     public init(uids: [uid_t] = [], gids: [gid_t] = [], socketGroup: gid_t? = nil) {
         self.uids = uids
         self.gids = gids
@@ -23,7 +24,7 @@ public struct SocketPolicy: Sendable, Equatable {
     }
 
     /// The uids actually allowed once the default is applied.
-    public var effectiveUIDs: [uid_t] { uids.isEmpty && gids.isEmpty ? [getuid()] : uids }
+    public var effectiveUIDs: [uid_t] { uids.isEmpty ? [getuid()] : uids }
 
     public var fileGroup: gid_t? { socketGroup ?? gids.first }
 
@@ -77,6 +78,9 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         var connections: [UInt64: Int32] = [:]
         var watchers: [UInt64: Watcher] = [:]
         var nextID: UInt64 = 1
+        /// Bumped by every `notifyChanged`: unlike the project's version it
+        /// also moves on deletes.
+        var sequence: UInt64 = 0
         var runningThreads = 0
         var socketDevice: UInt64 = 0
         var socketInode: UInt64 = 0
@@ -101,6 +105,9 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
 
     /// Connections being served now (watchers included).
     public var connectionCount: Int { state.withLock { $0.connections.count } }
+    /// The change sequence: how many `notifyChanged` calls this server has seen.
+    public var changeSequence: UInt64 { state.withLock { $0.sequence } }
+
     /// Connections in WATCH mode now.
     public var watcherCount: Int { state.withLock { $0.watchers.count } }
 
@@ -176,7 +183,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
             throw ProtocolError(.system(EAGAIN), "cannot start the socket's accept thread")
         }
         ok = true
-        logger.info("privileged socket listening", metadata: [
+        logger.debug("privileged socket listening", metadata: [
             "path": "\(socketPath)", "mode": "\(String(mode, radix: 8))",
             "uids": "\(policy.effectiveUIDs)", "gids": "\(policy.gids)",
         ])
@@ -247,7 +254,10 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
     /// deleted). Cheap and non-blocking: safe to call from the filesystem's
     /// commit path; the watchers' own threads do the sending.
     public func notifyChanged(_ names: [String]) {
-        let watchers = state.withLock { Array($0.watchers.values) }
+        let watchers = state.withLock { s -> [Watcher] in
+            s.sequence += 1
+            return Array(s.watchers.values)
+        }
         for w in watchers { w.enqueue(names, limit: limits.maxQueuedNames) }
     }
 
@@ -426,8 +436,9 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         }
         let version: Int64
         let entries: [SecretInfo]
+        // Sequence and version first: a reply's stamps are never newer than its contents.
+        let sequence = changeSequence
         do {
-            // Version first: the reply's version is never newer than its contents.
             version = try vault.currentVersion()
             entries = try vault.list()
         } catch {
@@ -435,13 +446,14 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
             return sendError(fd, .internalError, "the store could not list secrets")
         }
         let project = vault.name
-        var size = 8 + Wire.textSize(project) + 4
+        var size = 8 + 8 + Wire.textSize(project) + 4
         for e in entries { size += Wire.textSize(e.name) + 8 + 8 + 8 + 4 }
         guard size + Wire.headerSize <= limits.maxReplyFrame else {
             return sendError(fd, .replyTooLarge, "the listing does not fit one frame")
         }
         let b = FrameBuilder(type: .listReply, bodySize: size)
-        b.u64(UInt64(bitPattern: version))
+        b.i64(version)
+        b.u64(sequence)
         b.text(project)
         b.u32(UInt32(entries.count))
         for e in entries {
@@ -476,6 +488,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         }
 
         var version: Int64 = 0
+        let sequence = changeSequence
         var values: [String: SecureBytes] = [:]
         defer { for v in values.values { v.wipe() } }
         if !names.isEmpty {
@@ -491,7 +504,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         }
         let found = names.filter { values[$0] != nil }
         let missing = names.filter { values[$0] == nil }
-        var size = 8 + 4 + 4
+        var size = 8 + 8 + 4 + 4
         for n in found { size += Wire.textSize(n) + 4 + values[n]!.count }
         for n in missing { size += Wire.textSize(n) }
         guard size + Wire.headerSize <= limits.maxReplyFrame else {
@@ -499,7 +512,8 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
                              "the \(found.count) values asked for need \(size) bytes; the limit is \(limits.maxReplyFrame)")
         }
         let b = FrameBuilder(type: .getReply, bodySize: size)
-        b.u64(UInt64(bitPattern: version))
+        b.i64(version)
+        b.u64(sequence)
         b.u32(UInt32(found.count))
         for n in found {
             b.text(n)
@@ -533,12 +547,14 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         }
         guard subscribed else { return false }
         defer { _ = state.withLock { $0.watchers.removeValue(forKey: id) } }
+        let sequence = changeSequence
         guard let start = try? vault.currentVersion() else {
             sendError(fd, .internalError, "the store could not report its version")
             return true
         }
-        let b = FrameBuilder(type: .watching, bodySize: 8 + Wire.textSize(vault.name))
-        b.u64(UInt64(bitPattern: start))
+        let b = FrameBuilder(type: .watching, bodySize: 8 + 8 + Wire.textSize(vault.name))
+        b.i64(start)
+        b.u64(sequence)
         b.text(vault.name)
         guard SocketIO.sendAll(fd, b.finish()) else { return false }
         logger.debug("watching", metadata: ["version": "\(start)"])
@@ -554,11 +570,13 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
             if isStopping { return false }
             if fds[1].revents != 0 {
                 if let (names, incomplete) = watcher.take() {
+                    let sequence = changeSequence
                     let version = (try? vault.currentVersion()) ?? Int64.max
-                    var size = 8 + 1 + 4
+                    var size = 8 + 8 + 1 + 4
                     for n in names { size += Wire.textSize(n) }
                     let c = FrameBuilder(type: .changed, bodySize: size)
-                    c.u64(UInt64(bitPattern: version))
+                    c.i64(version)
+                    c.u64(sequence)
                     c.u8(incomplete ? Wire.changedFlagIncomplete : 0)
                     c.u32(UInt32(names.count))
                     for n in names { c.text(n) }

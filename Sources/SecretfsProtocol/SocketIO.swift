@@ -5,9 +5,9 @@ import SecureMemory
 /// Thin blocking-I/O helpers shared by the server and the client. Every
 /// function reports failure as a value (no Swift error allocation on the hot
 /// path) and never raises SIGPIPE (sends use MSG_NOSIGNAL).
-enum SocketIO {
+public enum SocketIO {
     /// Outcome of reading one frame.
-    enum ReadResult {
+    public enum ReadResult {
         case frame(Frame)
         /// The peer closed before the first byte of a frame.
         case closed
@@ -20,7 +20,7 @@ enum SocketIO {
         case failed(Int32)
     }
 
-    static func monotonicNow() -> Double {
+    public static func monotonicNow() -> Double {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
@@ -28,7 +28,7 @@ enum SocketIO {
 
     /// Waits until `fd` is readable or `deadline` (monotonic seconds; nil:
     /// forever) passes. Returns false on timeout.
-    static func waitReadable(_ fd: Int32, deadline: Double?) -> Bool {
+    public static func waitReadable(_ fd: Int32, deadline: Double?) -> Bool {
         while true {
             var timeout: Int32 = -1
             if let deadline {
@@ -46,7 +46,7 @@ enum SocketIO {
 
     /// Reads exactly `count` bytes into `dest`. Returns the bytes read before
     /// EOF, or -1 with `err` on timeout (ETIMEDOUT) or error.
-    static func readExactly(_ fd: Int32, _ dest: UnsafeMutableRawPointer, count: Int,
+    public static func readExactly(_ fd: Int32, _ dest: UnsafeMutableRawPointer, count: Int,
                             deadline: Double?, err: inout Int32) -> Int {
         var got = 0
         while got < count {
@@ -62,7 +62,7 @@ enum SocketIO {
     }
 
     /// Reads one frame: the length prefix, then the rest into locked memory.
-    static func readFrame(_ fd: Int32, maxLength: Int, deadline: Double?) -> ReadResult {
+    public static func readFrame(_ fd: Int32, maxLength: Int, deadline: Double?) -> ReadResult {
         var header: UInt32 = 0
         var err: Int32 = 0
         let n = withUnsafeMutableBytes(of: &header) { raw in
@@ -85,7 +85,7 @@ enum SocketIO {
 
     /// Sends all of `bytes`; false if the peer went away or the send timed out.
     @discardableResult
-    static func sendAll(_ fd: Int32, _ bytes: SecureBytes) -> Bool {
+    public static func sendAll(_ fd: Int32, _ bytes: SecureBytes) -> Bool {
         bytes.withUnsafeBytes { raw in
             var off = 0
             while off < raw.count {
@@ -98,13 +98,13 @@ enum SocketIO {
         }
     }
 
-    static func setSendTimeout(_ fd: Int32, seconds: Double) {
+    public static func setSendTimeout(_ fd: Int32, seconds: Double) {
         var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1e6))
         _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
     /// A `sockaddr_un` for `path`, or nil if the path does not fit.
-    static func address(_ path: String) -> sockaddr_un? {
+    public static func address(_ path: String) -> sockaddr_un? {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
@@ -116,14 +116,14 @@ enum SocketIO {
         return addr
     }
 
-    static var maxPathLength: Int { MemoryLayout.size(ofValue: sockaddr_un().sun_path) - 1 }
+    public static var maxPathLength: Int { MemoryLayout.size(ofValue: sockaddr_un().sun_path) - 1 }
 
-    static func newStreamSocket() -> Int32 {
+    public static func newStreamSocket() -> Int32 {
         socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     }
 
     /// connect(2) to `path`; returns the fd, or -1 with errno set.
-    static func connect(to path: String) -> Int32 {
+    public static func connect(to path: String) -> Int32 {
         guard var addr = address(path) else { errno = ENAMETOOLONG; return -1 }
         let fd = newStreamSocket()
         guard fd >= 0 else { return -1 }
@@ -142,7 +142,7 @@ enum SocketIO {
         }
     }
 
-    static func errorText(_ code: Int32) -> String { String(cString: strerror(code)) }
+    public static func errorText(_ code: Int32) -> String { String(cString: strerror(code)) }
 }
 
 /// The credentials the kernel recorded when the peer connected.
@@ -159,7 +159,7 @@ public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String { "uid \(uid) gid \(gid) pid \(pid)" }
 
-    static func of(_ fd: Int32) -> PeerCredentials? {
+    public static func of(_ fd: Int32) -> PeerCredentials? {
         var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0
         guard secretfs_peer_credentials(fd, &pid, &uid, &gid) == 0 else { return nil }
         var groups = [gid_t](repeating: 0, count: 64)
@@ -175,7 +175,7 @@ public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
 
 /// Starts a detached pthread running `body`. False if the thread could not be
 /// created (the caller cleans up).
-func startDetachedThread(_ body: @escaping @Sendable () -> Void) -> Bool {
+public func startDetachedThread(_ body: @escaping @Sendable () -> Void) -> Bool {
     final class Box { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
     let box = Unmanaged.passRetained(Box(body)).toOpaque()
     var attr = pthread_attr_t()

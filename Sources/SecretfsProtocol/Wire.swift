@@ -88,33 +88,38 @@ public enum WireErrorCode: UInt16, Sendable, CustomStringConvertible {
 /// Writes one frame into a `SecureBytes` of exactly the right size. The body
 /// size is computed first (see `Wire.size`), so nothing is ever reallocated or
 /// copied through an ordinary array.
-struct FrameBuilder {
-    let buffer: SecureBytes
+public struct FrameBuilder {
+    public let buffer: SecureBytes
 
     init(type: Wire.MessageType, bodySize: Int) {
+        self.init(rawType: type.rawValue, bodySize: bodySize)
+    }
+
+    /// A frame of any type byte (the resolver daemon's protocol shares this framing).
+    public init(rawType: UInt8, bodySize: Int) {
         let total = Wire.lengthSize + Wire.headerSize + bodySize
         buffer = SecureBytes(capacity: total)
         u32(UInt32(Wire.headerSize + bodySize))
         u8(Wire.version)
-        u8(type.rawValue)
+        u8(rawType)
     }
 
-    func u8(_ v: UInt8) {
+    public func u8(_ v: UInt8) {
         withUnsafeBytes(of: v) { _ = buffer.append($0) }
     }
-    func u16(_ v: UInt16) {
+    public func u16(_ v: UInt16) {
         withUnsafeBytes(of: v.bigEndian) { _ = buffer.append($0) }
     }
-    func u32(_ v: UInt32) {
+    public func u32(_ v: UInt32) {
         withUnsafeBytes(of: v.bigEndian) { _ = buffer.append($0) }
     }
-    func u64(_ v: UInt64) {
+    public func u64(_ v: UInt64) {
         withUnsafeBytes(of: v.bigEndian) { _ = buffer.append($0) }
     }
-    func i64(_ v: Int64) { u64(UInt64(bitPattern: v)) }
+    public func i64(_ v: Int64) { u64(UInt64(bitPattern: v)) }
 
     /// u16 length + UTF-8 (names and messages; never values).
-    func text(_ s: String) {
+    public func text(_ s: String) {
         var s = s
         s.withUTF8 { raw in
             u16(UInt16(raw.count))
@@ -123,22 +128,22 @@ struct FrameBuilder {
     }
 
     /// u32 length + the bytes of a value, copied from locked memory to locked memory.
-    func value(_ v: SecureBytes) {
+    public func value(_ v: SecureBytes) {
         u32(UInt32(v.count))
         v.withUnsafeBytes { _ = buffer.append($0) }
     }
 
-    func finish() -> SecureBytes {
+    public func finish() -> SecureBytes {
         precondition(buffer.count == buffer.capacity, "frame size miscomputed")
         return buffer
     }
 }
 
 extension Wire {
-    static func textSize(_ s: String) -> Int { 2 + s.utf8.count }
+    public static func textSize(_ s: String) -> Int { 2 + s.utf8.count }
 
     /// An error message cut to the limit at a character boundary.
-    static func clippedMessage(_ s: String) -> String {
+    public static func clippedMessage(_ s: String) -> String {
         if s.utf8.count <= maxErrorMessage { return s }
         var out = ""
         for ch in s {
@@ -176,24 +181,25 @@ public struct Frame {
     public let version: UInt8
     public let type: UInt8
     /// version + type + body (the bytes after the length prefix).
-    let storage: SecureBytes
+    public let storage: SecureBytes
 
-    var bodyCount: Int { storage.count - Wire.headerSize }
+    public var bodyCount: Int { storage.count - Wire.headerSize }
 }
 
-struct ParseError: Error {
-    var reason: String
+public struct ParseError: Error {
+    public var reason: String
+    public init(reason: String) { self.reason = reason }
 }
 
 /// Reads fields from a frame body, bounds-checked at every step.
-struct FrameReader {
-    let frame: Frame
-    private(set) var offset = Wire.headerSize
+public struct FrameReader {
+    public let frame: Frame
+    public private(set) var offset = Wire.headerSize
 
-    init(_ frame: Frame) { self.frame = frame }
+    public init(_ frame: Frame) { self.frame = frame }
 
-    var remaining: Int { frame.storage.count - offset }
-    var atEnd: Bool { remaining == 0 }
+    public var remaining: Int { frame.storage.count - offset }
+    public var atEnd: Bool { remaining == 0 }
 
     private mutating func take<T: FixedWidthInteger>(_: T.Type) throws(ParseError) -> T {
         let n = MemoryLayout<T>.size
@@ -208,15 +214,15 @@ struct FrameReader {
         return v
     }
 
-    mutating func u8() throws(ParseError) -> UInt8 { try take(UInt8.self) }
-    mutating func u16() throws(ParseError) -> UInt16 { try take(UInt16.self) }
-    mutating func u32() throws(ParseError) -> UInt32 { try take(UInt32.self) }
-    mutating func u64() throws(ParseError) -> UInt64 { try take(UInt64.self) }
-    mutating func i64() throws(ParseError) -> Int64 { Int64(bitPattern: try take(UInt64.self)) }
+    public mutating func u8() throws(ParseError) -> UInt8 { try take(UInt8.self) }
+    public mutating func u16() throws(ParseError) -> UInt16 { try take(UInt16.self) }
+    public mutating func u32() throws(ParseError) -> UInt32 { try take(UInt32.self) }
+    public mutating func u64() throws(ParseError) -> UInt64 { try take(UInt64.self) }
+    public mutating func i64() throws(ParseError) -> Int64 { Int64(bitPattern: try take(UInt64.self)) }
 
     /// A secret name: u16 length + bytes that must be a valid name.
     /// Returns nil (having consumed the field) when the bytes are not a valid name.
-    mutating func name() throws(ParseError) -> String? {
+    public mutating func name() throws(ParseError) -> String? {
         let n = Int(try u16())
         guard remaining >= n else { throw ParseError(reason: "truncated name at byte \(offset)") }
         let o = offset
@@ -229,7 +235,7 @@ struct FrameReader {
     }
 
     /// Free text (error messages), decoded leniently.
-    mutating func text() throws(ParseError) -> String {
+    public mutating func text() throws(ParseError) -> String {
         let n = Int(try u16())
         guard remaining >= n else { throw ParseError(reason: "truncated text at byte \(offset)") }
         let o = offset
@@ -240,7 +246,7 @@ struct FrameReader {
     }
 
     /// A value: u32 length + bytes, copied into its own locked buffer.
-    mutating func value() throws(ParseError) -> SecureBytes {
+    public mutating func value() throws(ParseError) -> SecureBytes {
         let n = Int(try u32())
         guard remaining >= n else { throw ParseError(reason: "truncated value at byte \(offset)") }
         let o = offset
@@ -250,7 +256,7 @@ struct FrameReader {
         }
     }
 
-    func expectEnd() throws(ParseError) {
+    public func expectEnd() throws(ParseError) {
         guard atEnd else { throw ParseError(reason: "\(remaining) unexpected bytes after the last field") }
     }
 }

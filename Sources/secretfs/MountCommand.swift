@@ -223,7 +223,7 @@ struct MountCommand: ParsableCommand {
         } catch let e as FuseSession.MountError {
             throw Failure(e.description, hint: e.hint, exit: .mountProblem)
         }
-        // The privileged socket: empty lists mean the mount's owner only.
+        // The privileged socket: without --resolver-uid, the mount's owner's uid is allowed.
         let server = PrivilegedSocketServer(vault: vault, socketPath: runtime.socketPath(project),
                                             policy: SocketPolicy(uids: policy.uids, gids: policy.gids),
                                             logger: logger)
@@ -241,7 +241,8 @@ struct MountCommand: ParsableCommand {
             dup2(1, 2)
         }
         logger.info("mounted", metadata: ["project": "\(project)", "mountpoint": "\(target)",
-                                          "secrets": "\(filesystem.secretCount)", "pid": "\(getpid())"])
+                                          "secrets": "\(filesystem.secretCount)", "pid": "\(getpid())",
+                                          "socket": "\(server.socketPath)"])
         let rc = session.run()
         server.stop()   // closes connections, unlinks the socket
         session.close()

@@ -71,6 +71,7 @@ struct ProtocolTests {
         let events = Mutex<[SecretWatch.Event]>([])
         let watch = try SecretWatch.start(socketPath: f.socketPath) { e in events.withLock { $0.append(e) } }
         #expect(watch.initialVersion == (try f.vault.currentVersion()))
+        #expect(watch.initialSequence == 0)
         #expect(f.server.watcherCount == 1)
 
         try f.put("A", "two")
@@ -82,14 +83,27 @@ struct ProtocolTests {
         #expect(c.names == ["A"])
         #expect(c.complete)
         #expect(c.projectVersion == (try f.vault.currentVersion()))
+        #expect(c.sequence == 1)
 
         try f.vault.rename("A", to: "B", actor: .current)
         f.server.notifyChanged(["A", "B"])
         try waitUntil { events.withLock { $0.count } == 2 }
-        if case .changed(let c)? = events.withLock({ $0.last }) { #expect(c.names == ["A", "B"]) }
+        if case .changed(let c)? = events.withLock({ $0.last }) { #expect(c.names == ["A", "B"] && c.sequence == 2) }
+
+        // A delete does not move the project's version; the sequence still moves,
+        // so a GET answered before it (sequence 2) is recognisably older.
+        let before = try PrivilegedClient(socketPath: f.socketPath).values(["B"])
+        #expect(before.sequence == 2)
+        let version = try f.vault.currentVersion()
+        try f.vault.delete("B", actor: .current)
+        f.server.notifyChanged(["B"])
+        try waitUntil { events.withLock { $0.count } == 3 }
+        if case .changed(let c)? = events.withLock({ $0.last }) {
+            #expect(c.projectVersion == version && c.sequence == 3 && c.sequence > before.sequence)
+        }
 
         watch.cancel()
-        try waitUntil { events.withLock { $0.count } == 3 }
+        try waitUntil { events.withLock { $0.count } == 4 }
         if case .ended(let e)? = events.withLock({ $0.last }) { #expect(e == nil) } else { Issue.record("no end") }
         try waitUntil { f.server.watcherCount == 0 }
     }
@@ -243,6 +257,22 @@ struct ProtocolTests {
         #expect(gets.count == 2)
         #expect(gets.allSatisfy { $0.uid == 65534 })
         #expect(gets.first?.names == "TOKEN,NOPE")
+    }
+
+    @Test func policyDefaultsToTheOwnerAndGroupsAddToIt() {
+        let me = getuid()
+        let owner = PeerCredentials(uid: me, gid: 1, pid: 1)
+        let stranger = PeerCredentials(uid: 65534, gid: 65534, pid: 1)
+        #expect(SocketPolicy().allows(owner))
+        #expect(!SocketPolicy().allows(stranger))
+        #expect(SocketPolicy(gids: [4242]).allows(owner))
+        #expect(SocketPolicy(gids: [4242]).allows(PeerCredentials(uid: 65534, gid: 4242, pid: 1)))
+        #expect(SocketPolicy(gids: [4242]).allows(PeerCredentials(uid: 65534, gid: 65534, pid: 1, groups: [7, 4242])))
+        #expect(!SocketPolicy(gids: [4242]).allows(stranger))
+        #expect(SocketPolicy(uids: [65534]).allows(stranger))
+        #expect(!SocketPolicy(uids: [65534]).allows(owner))
+        #expect(SocketPolicy(gids: [4242]).fileGroup == 4242)
+        #expect(SocketPolicy().fileGroup == nil)
     }
 
     // MARK: Malformed input
