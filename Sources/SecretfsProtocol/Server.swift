@@ -122,6 +122,14 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
             return false
         }
         if already { return }
+        var ok = false
+        // A failed start can be retried (after removing the cause).
+        defer { if !ok { state.withLock { $0.started = false } } }
+        try bindAndListen()
+        ok = true
+    }
+
+    private func bindAndListen() throws(ProtocolError) {
         guard wakeFD >= 0 else {
             throw ProtocolError(.system(errno), "eventfd: \(SocketIO.errorText(errno))")
         }

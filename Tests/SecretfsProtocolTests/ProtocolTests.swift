@@ -189,6 +189,12 @@ struct ProtocolTests {
         let e3 = #expect(throws: ProtocolError.self) { try third.start() }
         #expect(e3?.kind == .notASocket)
         #expect(FileManager.default.fileExists(atPath: plain))
+        // Once the cause is gone, the same server starts.
+        #expect(unlink(plain) == 0)
+        try third.start()
+        _ = try PrivilegedClient(socketPath: plain).list()
+        third.stop()
+        #expect(access(plain, F_OK) != 0)
     }
 
     @Test func clientErrorsNameTheSocket() throws {
