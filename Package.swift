@@ -62,6 +62,7 @@ let package = Package(
         .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject"]),
         .testTarget(name: "SecretfsRedactTests", dependencies: ["SecretfsRedact"]),
         .testTarget(name: "SecretfsProtocolTests", dependencies: ["SecretfsProtocol", "SecretfsStore", "SecureMemory"]),
+        .testTarget(name: "SecretfsResolverTests", dependencies: ["SecretfsResolver", "SecretfsStore", "SecretfsProtocol", "SecureMemory"]),
         // Mount tests drive the real `secretfs` binary; depending on it makes
         // `swift build --build-tests` build it beside the test bundle.
         .testTarget(name: "SecretfsMountTests", dependencies: ["SecretfsStore", "SecretfsFS", "secretfs"]),

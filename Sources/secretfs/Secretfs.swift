@@ -17,6 +17,7 @@ struct Secretfs: ParsableCommand {
         subcommands: [
             InitCommand.self, ProjectCommand.self, MountCommand.self, UmountCommand.self,
             StatusCommand.self, AuditCommand.self,
+            ResolverCommand.self,
         ]
     )
 

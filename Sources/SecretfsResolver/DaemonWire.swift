@@ -1,0 +1,356 @@
+import Glibc
+import SecretfsInject
+import SecretfsProtocol
+import SecureMemory
+
+/// The resolver daemon's wire format (docs/protocol.md, "Resolver daemon
+/// protocol"). It shares the privileged socket's framing (`Wire`,
+/// `FrameBuilder`, `FrameReader`, `SocketIO`):
+///
+///     frame = length:u32be  version:u8 (1)  type:u8  body
+///
+/// with its own message types, so that a client pointed at the wrong socket
+/// gets `unknown-type` instead of a misread reply.
+public enum DaemonWire {
+    public static let version: UInt8 = Wire.version
+
+    public enum MessageType: UInt8, Sendable {
+        // Requests (high bit clear).
+        case resolve = 0x11
+        case values = 0x12
+        case names = 0x13
+        case watch = 0x14
+        case redact = 0x15
+        case data = 0x16
+        case end = 0x17
+
+        // Replies (high bit set).
+        case resolved = 0x91
+        case problems = 0x92
+        case valuesReply = 0x93
+        case namesReply = 0x94
+        case watching = 0x95
+        case changed = 0x96
+        case redacting = 0x97
+        case redacted = 0x98
+        case ended = 0x99
+        case error = 0xFF
+    }
+
+    /// Largest request frame the daemon accepts (a document, or a DATA chunk).
+    public static let maxRequestFrame = 16 << 20
+    /// Largest reply frame a client accepts.
+    public static let maxReplyFrame = 64 << 20
+    /// Largest DATA chunk a REDACT client should send (the daemon accepts up to `maxRequestFrame`).
+    public static let dataChunk = 64 << 10
+    /// Longest REDACT mask.
+    public static let maxMask = 256
+    /// Longest problem context or message carried (bytes of UTF-8).
+    public static let maxProblemText = 8192
+
+    /// CHANGED flag: the names list is not the whole story (the mount went
+    /// away, came back, or dropped names): treat every value as changed.
+    public static let changedFlagIncomplete: UInt8 = 0x01
+
+    static func formatCode(_ f: InjectionFormat) -> UInt8 {
+        switch f {
+        case .flow: return 1
+        case .config: return 2
+        case .expr: return 3
+        }
+    }
+
+    static func format(_ code: UInt8) -> InjectionFormat? {
+        switch code {
+        case 1: return .flow
+        case 2: return .config
+        case 3: return .expr
+        default: return nil
+        }
+    }
+
+    static func outputCode(_ o: ResolveOutput) -> UInt8 { o == .document ? 1 : 2 }
+    static func output(_ code: UInt8) -> ResolveOutput? {
+        switch code {
+        case 1: return .document
+        case 2: return .bindings
+        default: return nil
+        }
+    }
+
+    /// A text field cut to `limit` bytes at a character boundary.
+    static func clip(_ s: String, _ limit: Int) -> String {
+        if s.utf8.count <= limit { return s }
+        var out = ""
+        for ch in s {
+            if out.utf8.count + String(ch).utf8.count > limit { break }
+            out.append(ch)
+        }
+        return out
+    }
+
+    // MARK: Building
+
+    static func errorFrame(_ code: DaemonErrorCode, _ message: String) -> SecureBytes {
+        let m = Wire.clippedMessage(message)
+        let b = FrameBuilder(rawType: MessageType.error.rawValue, bodySize: 2 + Wire.textSize(m))
+        b.u16(code.rawValue)
+        b.text(m)
+        return b.finish()
+    }
+
+    static func projectRequest(_ type: MessageType, project: String) -> SecureBytes {
+        let b = FrameBuilder(rawType: type.rawValue, bodySize: Wire.textSize(project))
+        b.text(project)
+        return b.finish()
+    }
+
+    static func resolveRequest(project: String, format: InjectionFormat, output: ResolveOutput,
+                               document: [UInt8]) -> SecureBytes {
+        let b = FrameBuilder(rawType: MessageType.resolve.rawValue,
+                             bodySize: Wire.textSize(project) + 1 + 1 + 4 + document.count)
+        b.text(project)
+        b.u8(formatCode(format))
+        b.u8(outputCode(output))
+        b.u32(UInt32(document.count))
+        document.withUnsafeBytes { _ = b.buffer.append($0) }
+        return b.finish()
+    }
+
+    static func valuesRequest(project: String, names: [String]) -> SecureBytes {
+        let b = FrameBuilder(rawType: MessageType.values.rawValue,
+                             bodySize: Wire.textSize(project) + 2 + names.reduce(0) { $0 + Wire.textSize($1) })
+        b.text(project)
+        b.u16(UInt16(names.count))
+        for n in names { b.text(n) }
+        return b.finish()
+    }
+
+    static func redactRequest(project: String, minimumLength: Int, mask: String) -> SecureBytes {
+        let b = FrameBuilder(rawType: MessageType.redact.rawValue,
+                             bodySize: Wire.textSize(project) + 2 + Wire.textSize(mask))
+        b.text(project)
+        b.u16(UInt16(clamping: minimumLength))
+        b.text(mask)
+        return b.finish()
+    }
+
+    static func problemsSize(_ problems: [InjectionProblem]) -> Int {
+        var size = 4
+        for p in problems {
+            size += Wire.textSize(p.kind.rawValue) + Wire.textSize(clip(p.context, maxProblemText)) + 4 + 4
+                + Wire.textSize(clip(p.message, maxProblemText)) + 1 + (p.secretName.map(Wire.textSize) ?? 0)
+        }
+        return size
+    }
+
+    /// PROBLEMS: every problem with its location; never a value (problems carry none).
+    static func problemsFrame(_ problems: [InjectionProblem]) -> SecureBytes {
+        let b = FrameBuilder(rawType: MessageType.problems.rawValue, bodySize: problemsSize(problems))
+        b.u32(UInt32(problems.count))
+        for p in problems {
+            b.text(p.kind.rawValue)
+            b.text(clip(p.context, maxProblemText))
+            b.u32(UInt32(clamping: p.line))
+            b.u32(UInt32(clamping: p.column))
+            b.text(clip(p.message, maxProblemText))
+            if let n = p.secretName {
+                b.u8(1)
+                b.text(n)
+            } else {
+                b.u8(0)
+            }
+        }
+        return b.finish()
+    }
+
+    static func parseProblems(_ frame: Frame) throws(ParseError) -> [InjectionProblem] {
+        var r = FrameReader(frame)
+        let count = Int(try r.u32())
+        var out: [InjectionProblem] = []
+        out.reserveCapacity(min(count, 4096))
+        for _ in 0..<count {
+            let kindText = try r.text()
+            guard let kind = InjectionProblem.Kind(rawValue: kindText) else {
+                throw ParseError(reason: "unknown problem kind '\(kindText)'")
+            }
+            let context = try r.text()
+            let line = Int(try r.u32())
+            let column = Int(try r.u32())
+            let message = try r.text()
+            let hasName = try r.u8()
+            let name: String? = hasName == 0 ? nil : try r.text()
+            out.append(InjectionProblem(kind: kind, context: context, line: line, column: column,
+                                        message: message, secretName: name))
+        }
+        try r.expectEnd()
+        return out
+    }
+}
+
+/// Codes carried by the daemon's ERROR frames (`u16 code, text message`).
+/// 1–12 mean what they mean on the mount's socket; 20 and up are the
+/// daemon's own. Stable: documented, never renumbered.
+public enum DaemonErrorCode: UInt16, Sendable, CustomStringConvertible {
+    case malformed = 1
+    case unsupportedVersion = 2
+    case unknownType = 3
+    case frameTooLarge = 4
+    case invalidName = 5
+    case tooManyNames = 6
+    case notAllowed = 7
+    case busy = 8
+    case timeout = 9
+    case internalError = 10
+    case replyTooLarge = 11
+    case unexpected = 12
+    /// No mount answers for the project (no socket, or a stale one).
+    case notMounted = 20
+    /// The project's mount refused the daemon (its allow-list lacks the daemon's uid).
+    case mountRefused = 21
+    /// Anything else that went wrong talking to the mount.
+    case mountFailed = 22
+    /// The project name is not a valid name.
+    case invalidProject = 23
+    /// A field of the request has a value the daemon does not know (format, output, mask).
+    case invalidRequest = 24
+
+    public var description: String {
+        switch self {
+        case .malformed: return "malformed"
+        case .unsupportedVersion: return "unsupported-version"
+        case .unknownType: return "unknown-type"
+        case .frameTooLarge: return "frame-too-large"
+        case .invalidName: return "invalid-name"
+        case .tooManyNames: return "too-many-names"
+        case .notAllowed: return "not-allowed"
+        case .busy: return "busy"
+        case .timeout: return "timeout"
+        case .internalError: return "internal-error"
+        case .replyTooLarge: return "reply-too-large"
+        case .unexpected: return "unexpected"
+        case .notMounted: return "not-mounted"
+        case .mountRefused: return "mount-refused"
+        case .mountFailed: return "mount-failed"
+        case .invalidProject: return "invalid-project"
+        case .invalidRequest: return "invalid-request"
+        }
+    }
+}
+
+/// Everything that can go wrong between a client and the resolver daemon
+/// (and when starting the daemon). Messages name paths, projects, secret
+/// names and numbers; never a value.
+public struct DaemonError: Error, Sendable, CustomStringConvertible, Equatable {
+    public enum Kind: Sendable, Equatable {
+        /// No socket at the path: no daemon runs there.
+        case notRunning
+        /// A socket file exists but nothing answers (the daemon died).
+        case connectionRefused
+        /// The socket file's mode does not let this user connect.
+        case permissionDenied
+        /// The path does not fit in a Unix socket address.
+        case pathTooLong
+        /// The daemon answered with an ERROR frame.
+        case server(DaemonErrorCode)
+        /// The connection closed or broke before a complete reply.
+        case connectionClosed
+        /// No reply within the timeout.
+        case timedOut
+        /// The reply did not parse, or was not the expected type.
+        case malformedReply
+        /// Starting the daemon: another process already serves the path.
+        case addressInUse
+        /// Starting the daemon: something other than a socket is at the path.
+        case notASocket
+        /// Any other system call failure.
+        case system(Int32)
+    }
+
+    public var kind: Kind
+    public var message: String
+    public var hint: String?
+
+    public init(_ kind: Kind, _ message: String, hint: String? = nil) {
+        self.kind = kind
+        self.message = message
+        self.hint = hint
+    }
+
+    public var description: String { message }
+
+    /// The daemon's code, when the error came in an ERROR frame.
+    public var serverCode: DaemonErrorCode? {
+        if case .server(let c) = kind { return c }
+        return nil
+    }
+
+    static func connectFailure(_ path: String, errno code: Int32) -> DaemonError {
+        switch code {
+        case ENOENT, ENOTDIR:
+            return DaemonError(.notRunning, "no resolver daemon listens on \(path)",
+                               hint: "start one with `secretfs resolver --listen \(path)`, or drop --resolver")
+        case ECONNREFUSED:
+            return DaemonError(.connectionRefused, "nothing answers on \(path) (stale socket)",
+                               hint: "the resolver daemon is gone; start it again")
+        case EACCES, EPERM:
+            return DaemonError(.permissionDenied, "permission denied connecting to \(path)",
+                               hint: "the daemon allows only its owner by default; start it with --allow-uid or --allow-group")
+        case ENAMETOOLONG:
+            return DaemonError(.pathTooLong, "socket path too long (at most \(SocketIO.maxPathLength) bytes): \(path)")
+        default:
+            return DaemonError(.system(code), "cannot connect to \(path): \(SocketIO.errorText(code))")
+        }
+    }
+
+    static func fromServer(_ code: UInt16, _ text: String, path: String) -> DaemonError {
+        guard let c = DaemonErrorCode(rawValue: code) else {
+            return DaemonError(.malformedReply, "\(path): resolver daemon error \(code): \(text)")
+        }
+        var hint: String?
+        switch c {
+        case .notAllowed: hint = "the daemon's allow-list does not include this user; start it with --allow-uid or --allow-group"
+        case .busy: hint = "too many connections to the resolver daemon; retry shortly"
+        case .unsupportedVersion: hint = "the client and the daemon are different secretfs versions"
+        case .notMounted: hint = "mount the project (secretfs mount PROJECT DIR) with the daemon's --runtime-dir"
+        case .mountRefused: hint = "mount the project with --resolver-uid or --resolver-group for the daemon's user"
+        case .mountFailed, .internalError: hint = "see the resolver daemon's log"
+        default: break
+        }
+        return DaemonError(.server(c), "resolver daemon: \(text) (\(c))", hint: hint)
+    }
+}
+
+// MARK: Sending without an extra copy
+
+enum DaemonIO {
+    /// Sends one frame: the 6-byte header, then `body` straight from the
+    /// caller's (locked) buffer, so a large reply is not copied into a second
+    /// buffer first. False if the peer went away or the send timed out.
+    static func sendFrame(_ fd: Int32, type: DaemonWire.MessageType, prefix: [UInt8] = [],
+                          body: UnsafeRawBufferPointer) -> Bool {
+        let length = UInt32(Wire.headerSize + prefix.count + body.count)
+        var header: [UInt8] = [UInt8(length >> 24), UInt8((length >> 16) & 0xff), UInt8((length >> 8) & 0xff),
+                               UInt8(length & 0xff), DaemonWire.version, type.rawValue]
+        header += prefix   // lengths and counts only, never secret bytes
+        let more = body.count > 0 ? Int32(MSG_MORE) : 0
+        guard header.withUnsafeBytes({ sendRaw(fd, $0, flags: more) }) else { return false }
+        return body.count == 0 || sendRaw(fd, body, flags: 0)
+    }
+
+    static func sendRaw(_ fd: Int32, _ raw: UnsafeRawBufferPointer, flags: Int32) -> Bool {
+        var off = 0
+        while off < raw.count {
+            let n = send(fd, raw.baseAddress! + off, raw.count - off, Int32(MSG_NOSIGNAL) | flags)
+            if n > 0 { off += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            return false
+        }
+        return true
+    }
+
+    static func be32(_ v: Int) -> [UInt8] {
+        let u = UInt32(v)
+        return [UInt8(u >> 24), UInt8((u >> 16) & 0xff), UInt8((u >> 8) & 0xff), UInt8(u & 0xff)]
+    }
+}

@@ -1,0 +1,729 @@
+import Glibc
+import Logging
+import SecretfsInject
+import SecretfsProtocol
+import SecretfsRedact
+import SecureMemory
+import Synchronization
+
+/// Bounds on what the daemon does for its clients.
+public struct ResolverDaemonLimits: Sendable {
+    /// Connections served at once (watchers and redaction streams included);
+    /// more get a `busy` ERROR.
+    public var maxConnections = 128
+    /// Seconds a connection may sit idle between requests (or take to send
+    /// one frame) before it gets a `timeout` ERROR and is closed.
+    public var idleTimeout: Double = 300
+    /// Seconds a send may block on a client that does not read.
+    public var sendTimeout: Double = 10
+    /// Seconds to wait for the mount's socket.
+    public var mountTimeout: Double = 10
+    /// Largest request frame (a document or a DATA chunk).
+    public var maxRequestFrame = DaemonWire.maxRequestFrame
+    /// Largest reply frame built; bigger results get `reply-too-large`.
+    public var maxReplyFrame = DaemonWire.maxReplyFrame
+
+    public init() {}
+}
+
+/// The resolver daemon: serves flow runtimes over its own Unix socket
+/// (docs/protocol.md, "Resolver daemon protocol") with RESOLVE, VALUES,
+/// NAMES, WATCH and streaming REDACT, for any project whose mount socket is
+/// at `RUNTIME_DIR/PROJECT.sock`.
+///
+/// One thread accepts; each connection gets its own thread with blocking I/O,
+/// bounded by `ResolverDaemonLimits.maxConnections`. Every connection is
+/// checked with SO_PEERCRED against `policy` before anything is read from it.
+/// Values live only in `ProjectCache` (locked memory) and in the frames that
+/// carry them (locked memory, wiped after sending). Logs carry projects,
+/// names, uids and errors; never a value.
+///
+/// Lock order: `state` → (nothing). A `ProjectCache`'s lock is a leaf; the
+/// daemon never holds `state` while calling into a cache.
+public final class ResolverDaemon: @unchecked Sendable {
+    // @unchecked: mutable state lives in `state` (a Mutex); the rest is immutable.
+    public let socketPath: String
+    public let runtimeDirectory: String
+    public let policy: SocketPolicy
+    public let limits: ResolverDaemonLimits
+    let logger: Logger
+    /// The socket file's mode (0600 owner only, 0660 with a group, 0666 when
+    /// other uids are allowed: the SO_PEERCRED check is what admits them).
+    public let socketMode: mode_t
+
+    private struct State {
+        var started = false
+        var stopping = false
+        var connections: [UInt64: Int32] = [:]
+        var nextID: UInt64 = 1
+        var runningThreads = 0
+        var projects: [String: ProjectCache] = [:]
+        var socketDevice: UInt64 = 0
+        var socketInode: UInt64 = 0
+    }
+    private let state = Mutex(State())
+    private var wakePipe: [Int32] = [-1, -1]
+
+    public init(socketPath: String, runtimeDirectory: String, policy: SocketPolicy = SocketPolicy(),
+                limits: ResolverDaemonLimits = ResolverDaemonLimits(),
+                logger: Logger = Logger(label: "secretfs.resolver")) {
+        self.socketPath = socketPath
+        self.runtimeDirectory = runtimeDirectory
+        self.policy = policy
+        self.limits = limits
+        self.logger = logger
+        let others = policy.uids.contains { $0 != getuid() }
+        socketMode = others ? 0o666 : (policy.fileGroup == nil ? 0o600 : 0o660)
+    }
+
+    deinit {
+        for fd in wakePipe where fd >= 0 { close(fd) }
+    }
+
+    /// The mount socket the daemon uses for `project`.
+    public func mountSocketPath(_ project: String) -> String { "\(runtimeDirectory)/\(project).sock" }
+
+    /// Connections being served now.
+    public var connectionCount: Int { state.withLock { $0.connections.count } }
+
+    /// For tests: the project's cached value count, the number of events that
+    /// dropped cached values, and whether the mount is being watched.
+    public func cacheStats(project: String) -> (cachedValues: Int, invalidations: Int, watching: Bool)? {
+        state.withLock { $0.projects[project] }?.stats
+    }
+
+    // MARK: Starting and stopping
+
+    /// Binds and listens at `socketPath` (replacing a stale socket file, never
+    /// a live one) and starts serving.
+    public func start() throws(DaemonError) {
+        let already = state.withLock { s -> Bool in
+            defer { s.started = true }
+            return s.started
+        }
+        if already { return }
+        guard pipe(&wakePipe) == 0 else {
+            throw DaemonError(.system(errno), "pipe: \(SocketIO.errorText(errno))")
+        }
+        for fd in wakePipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        guard var addr = SocketIO.address(socketPath) else {
+            throw DaemonError.connectFailure(socketPath, errno: ENAMETOOLONG)
+        }
+        try removeStaleSocket()
+        let fd = SocketIO.newStreamSocket()
+        guard fd >= 0 else { throw DaemonError(.system(errno), "socket: \(SocketIO.errorText(errno))") }
+        var ok = false
+        defer { if !ok { close(fd) } }
+        _ = fchmod(fd, 0o600)   // narrow before bind; widened below, before listen()
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard rc == 0 else {
+            let e = errno
+            if e == EADDRINUSE { throw DaemonError(.addressInUse, "\(socketPath) appeared while starting") }
+            throw DaemonError(.system(e), "cannot bind \(socketPath): \(SocketIO.errorText(e))",
+                              hint: "check that the directory exists and is writable")
+        }
+        defer { if !ok { unlink(socketPath) } }
+        if let group = policy.fileGroup, socketMode == 0o660, lchown(socketPath, uid_t.max, group) != 0 {
+            let e = errno
+            throw DaemonError(.system(e), "cannot give \(socketPath) to group \(group): \(SocketIO.errorText(e))",
+                              hint: "the daemon's user must be a member of the --allow-group group (or run as root)")
+        }
+        guard chmod(socketPath, socketMode) == 0 else {
+            let e = errno
+            throw DaemonError(.system(e), "cannot chmod \(socketPath): \(SocketIO.errorText(e))")
+        }
+        var st = stat()
+        guard lstat(socketPath, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else {
+            throw DaemonError(.system(EPERM), "\(socketPath) is not the socket just bound")
+        }
+        guard listen(fd, 128) == 0 else {
+            let e = errno
+            throw DaemonError(.system(e), "cannot listen on \(socketPath): \(SocketIO.errorText(e))")
+        }
+        state.withLock { s in
+            s.socketDevice = UInt64(st.st_dev)
+            s.socketInode = UInt64(st.st_ino)
+            s.runningThreads += 1
+        }
+        guard startDetachedThread({ [self] in acceptLoop(fd) }) else {
+            state.withLock { $0.runningThreads -= 1 }
+            throw DaemonError(.system(EAGAIN), "cannot start the accept thread")
+        }
+        ok = true
+        logger.info("resolver daemon listening", metadata: [
+            "path": "\(socketPath)", "mode": "\(String(socketMode, radix: 8))", "runtime-dir": "\(runtimeDirectory)",
+            "uids": "\(policy.effectiveUIDs)", "gids": "\(policy.gids)",
+        ])
+    }
+
+    private func removeStaleSocket() throws(DaemonError) {
+        var st = stat()
+        guard lstat(socketPath, &st) == 0 else {
+            if errno == ENOENT { return }
+            let e = errno
+            throw DaemonError(.system(e), "cannot inspect \(socketPath): \(SocketIO.errorText(e))")
+        }
+        guard st.st_mode & S_IFMT == S_IFSOCK else {
+            throw DaemonError(.notASocket, "\(socketPath) exists and is not a socket; not replacing it",
+                              hint: "remove it if it is yours, or listen elsewhere")
+        }
+        let probe = SocketIO.connect(to: socketPath)
+        if probe >= 0 {
+            close(probe)
+            throw DaemonError(.addressInUse, "another process already serves \(socketPath)",
+                              hint: "is a resolver daemon running there already?")
+        }
+        let e = errno
+        guard e == ECONNREFUSED else {
+            throw DaemonError(.system(e), "cannot tell whether \(socketPath) is in use: \(SocketIO.errorText(e))")
+        }
+        guard unlink(socketPath) == 0 || errno == ENOENT else {
+            let e = errno
+            throw DaemonError(.system(e), "cannot remove stale socket \(socketPath): \(SocketIO.errorText(e))")
+        }
+        logger.info("replaced a stale socket", metadata: ["path": "\(socketPath)"])
+    }
+
+    /// Stops accepting, removes the socket file (if still ours), closes every
+    /// connection, stops every watch and drops every cached value, then waits
+    /// (up to `timeout` seconds) for the threads.
+    public func stop(timeout: Double = 3) {
+        let (wasRunning, device, inode, projects) = state.withLock { s -> (Bool, UInt64, UInt64, [ProjectCache]) in
+            guard s.started, !s.stopping else { return (false, 0, 0, []) }
+            s.stopping = true
+            for fd in s.connections.values { _ = shutdown(fd, Int32(SHUT_RDWR)) }
+            defer { s.projects.removeAll() }
+            return (true, s.socketDevice, s.socketInode, Array(s.projects.values))
+        }
+        guard wasRunning else { return }
+        for p in projects { p.stop() }
+        var st = stat()
+        if lstat(socketPath, &st) == 0, UInt64(st.st_dev) == device, UInt64(st.st_ino) == inode {
+            unlink(socketPath)
+        }
+        var one: UInt8 = 1
+        _ = write(wakePipe[1], &one, 1)
+        let deadline = SocketIO.monotonicNow() + timeout
+        while state.withLock({ $0.runningThreads }) > 0 && SocketIO.monotonicNow() < deadline {
+            usleep(2_000)
+        }
+        logger.info("resolver daemon stopped", metadata: ["path": "\(socketPath)"])
+    }
+
+    private var isStopping: Bool { state.withLock { $0.stopping } }
+
+    // MARK: Accepting
+
+    private func acceptLoop(_ listenFD: Int32) {
+        defer {
+            close(listenFD)
+            state.withLock { $0.runningThreads -= 1 }
+        }
+        while true {
+            var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: wakePipe[0], events: Int16(POLLIN), revents: 0)]
+            let rc = poll(&fds, 2, -1)
+            if rc < 0 {
+                if errno == EINTR { continue }
+                logger.error("poll on the daemon socket failed", metadata: ["errno": "\(errno)"])
+                return
+            }
+            if fds[1].revents != 0 || isStopping { return }
+            if fds[0].revents & Int16(POLLNVAL | POLLERR) != 0 {
+                logger.error("the daemon socket's listening descriptor failed")
+                return
+            }
+            let fd = accept(listenFD, nil, nil)
+            if fd < 0 {
+                switch errno {
+                case EINTR, EAGAIN, ECONNABORTED, EPROTO: continue
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                    logger.warning("accept: out of resources", metadata: ["errno": "\(errno)"])
+                    usleep(50_000)
+                    continue
+                default:
+                    logger.error("accept failed", metadata: ["errno": "\(errno)"])
+                    usleep(10_000)
+                    continue
+                }
+            }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            admit(fd)
+        }
+    }
+
+    private func admit(_ fd: Int32) {
+        enum Decision { case serve(UInt64), busy, stopping }
+        let decision = state.withLock { s -> Decision in
+            if s.stopping { return .stopping }
+            if s.connections.count >= limits.maxConnections { return .busy }
+            let id = s.nextID
+            s.nextID += 1
+            s.connections[id] = fd
+            s.runningThreads += 1
+            return .serve(id)
+        }
+        switch decision {
+        case .stopping:
+            close(fd)
+        case .busy:
+            SocketIO.setSendTimeout(fd, seconds: 0.05)
+            SocketIO.sendAll(fd, DaemonWire.errorFrame(.busy, "too many connections (limit \(limits.maxConnections))"))
+            _ = shutdown(fd, Int32(SHUT_WR))
+            close(fd)
+            logger.warning("connection refused: busy", metadata: ["limit": "\(limits.maxConnections)"])
+        case .serve(let id):
+            let started = startDetachedThread { [self] in
+                let linger = serveConnection(id: id, fd: fd)
+                finish(id: id, fd: fd, linger: linger)
+            }
+            if !started {
+                state.withLock { s in
+                    s.connections[id] = nil
+                    s.runningThreads -= 1
+                }
+                close(fd)
+                logger.error("cannot start a connection thread")
+            }
+        }
+    }
+
+    private func finish(id: UInt64, fd: Int32, linger: Bool) {
+        if linger {
+            // Let the peer read our last ERROR instead of ECONNRESET.
+            _ = shutdown(fd, Int32(SHUT_WR))
+            let deadline = SocketIO.monotonicNow() + 0.2
+            var scratch = [UInt8](repeating: 0, count: 4096)
+            var budget = 1 << 20
+            while budget > 0, SocketIO.waitReadable(fd, deadline: deadline) {
+                let n = read(fd, &scratch, scratch.count)
+                if n <= 0 { break }
+                budget -= n
+            }
+            scratch.withUnsafeMutableBytes { $0.initializeMemory(as: UInt8.self, repeating: 0) }
+        }
+        state.withLock { $0.connections[id] = nil }
+        close(fd)
+        state.withLock { $0.runningThreads -= 1 }
+    }
+
+    // MARK: Projects
+
+    private func cache(for project: String) -> ProjectCache? {
+        state.withLock { s -> ProjectCache? in
+            if s.stopping { return nil }
+            if let c = s.projects[project] { return c }
+            let c = ProjectCache(project: project, socketPath: mountSocketPath(project), logger: logger,
+                                 fetchTimeout: limits.mountTimeout)
+            s.projects[project] = c
+            return c
+        }
+    }
+
+    // MARK: One connection
+
+    /// Serves one connection until it ends. True when the last thing sent was
+    /// an ERROR after which the connection is closed.
+    private func serveConnection(id: UInt64, fd: Int32) -> Bool {
+        SocketIO.setSendTimeout(fd, seconds: limits.sendTimeout)
+        guard let peer = PeerCredentials.of(fd) else {
+            logger.warning("cannot read peer credentials; closing", metadata: ["errno": "\(errno)"])
+            return false
+        }
+        guard policy.allows(peer) else {
+            SocketIO.sendAll(fd, DaemonWire.errorFrame(.notAllowed, "uid \(peer.uid) is not allowed on this socket"))
+            logger.warning("refused a connection", metadata: ["uid": "\(peer.uid)", "gid": "\(peer.gid)", "pid": "\(peer.pid)"])
+            return true
+        }
+        let conn = Connection(fd: fd, peer: peer)
+        while true {
+            switch readRequest(fd, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
+            case .end(let linger):
+                return linger
+            case .frame(let frame):
+                let keepGoing: Bool
+                switch DaemonWire.MessageType(rawValue: frame.type) {
+                case .resolve: keepGoing = handleResolve(conn, frame)
+                case .values: keepGoing = handleValues(conn, frame)
+                case .names: keepGoing = handleNames(conn, frame)
+                case .watch: return runWatch(id: id, conn, frame)
+                case .redact:
+                    switch runRedact(conn, frame) {
+                    case .next: keepGoing = true
+                    case .close(let linger): return linger
+                    }
+                case .data, .end:
+                    keepGoing = sendError(fd, .unexpected, "DATA and END belong to a REDACT stream")
+                default:
+                    keepGoing = sendError(fd, .unknownType, "message type 0x\(String(frame.type, radix: 16)) is not a request")
+                }
+                if !keepGoing { return false }
+            }
+        }
+    }
+
+    private struct Connection {
+        let fd: Int32
+        let peer: PeerCredentials
+    }
+
+    private enum RequestRead {
+        case frame(Frame)
+        case end(linger: Bool)
+    }
+
+    /// One request frame, or how the connection ends (with the ERROR sent).
+    private func readRequest(_ fd: Int32, deadline: Double?) -> RequestRead {
+        switch SocketIO.readFrame(fd, maxLength: limits.maxRequestFrame, deadline: deadline) {
+        case .closed, .truncated, .failed:
+            return .end(linger: false)
+        case .timedOut:
+            sendError(fd, .timeout, "no complete request within \(limits.idleTimeout) s")
+            return .end(linger: true)
+        case .badLength(let n):
+            sendError(fd, .frameTooLarge, "frame length \(n) is outside 2...\(limits.maxRequestFrame)")
+            return .end(linger: true)
+        case .frame(let frame):
+            guard frame.version == DaemonWire.version else {
+                sendError(fd, .unsupportedVersion,
+                          "protocol version \(frame.version) is not supported (this daemon speaks \(DaemonWire.version))")
+                return .end(linger: true)
+            }
+            return .frame(frame)
+        }
+    }
+
+    @discardableResult
+    private func sendError(_ fd: Int32, _ code: DaemonErrorCode, _ message: String) -> Bool {
+        SocketIO.sendAll(fd, DaemonWire.errorFrame(code, message))
+    }
+
+    private func upstreamError(_ conn: Connection, _ project: String, _ e: UpstreamFailure) -> Bool {
+        logger.warning("mount request failed", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)",
+                                                          "error": "\(e.message)"])
+        return sendError(conn.fd, e.code, "project \(project): \(e.message)")
+    }
+
+    /// Reads the project name that starts every request; sends the ERROR and
+    /// returns nil when it is not a valid name.
+    private func readProject(_ r: inout FrameReader, _ fd: Int32, sent: inout Bool) throws(ParseError) -> String? {
+        let name = try r.text()
+        guard isValidSecretName(name) else {
+            sent = sendError(fd, .invalidProject, "'\(DaemonWire.clip(name, 64))' is not a valid project name")
+            return nil
+        }
+        return name
+    }
+
+    // MARK: RESOLVE
+
+    private func handleResolve(_ conn: Connection, _ frame: Frame) -> Bool {
+        let fd = conn.fd
+        var r = FrameReader(frame)
+        let project: String
+        let format: InjectionFormat
+        let output: ResolveOutput
+        let document: [UInt8]
+        do throws(ParseError) {
+            var sent = true
+            guard let p = try readProject(&r, fd, sent: &sent) else { return sent }
+            project = p
+            let f = try r.u8()
+            let o = try r.u8()
+            guard let ff = DaemonWire.format(f) else { return sendError(fd, .invalidRequest, "format \(f) is not 1 (flow), 2 (config) or 3 (expr)") }
+            guard let oo = DaemonWire.output(o) else { return sendError(fd, .invalidRequest, "output \(o) is not 1 (document) or 2 (bindings)") }
+            format = ff
+            output = oo
+            let n = Int(try r.u32())
+            guard r.remaining == n else { throw ParseError(reason: "document length \(n) does not match the \(r.remaining) bytes sent") }
+            let start = r.offset
+            // The document is not secret (it holds references, not values).
+            document = frame.storage.withUnsafeBytes { Array($0[start..<(start + n)]) }
+        } catch {
+            return sendError(fd, .malformed, "RESOLVE: \(error.reason)")
+        }
+        guard let cache = cache(for: project) else { return false }
+
+        let scan = Injector.scan(document, format: format)
+        if !scan.problems.isEmpty { return sendProblems(conn, project, scan.problems) }
+        var values: [String: SecureBytes] = [:]
+        if !scan.referencedNames.isEmpty {
+            do { values = try cache.values(scan.referencedNames).values } catch { return upstreamError(conn, project, error) }
+        }
+        let result: SecureBytes
+        do {
+            switch output {
+            case .document: result = try scan.rewrite { (name: String) -> SecureBytes? in values[name] }
+            case .bindings: result = try scan.bindings { (name: String) -> SecureBytes? in values[name] }
+            }
+        } catch {
+            return sendProblems(conn, project, error.problems)
+        }
+        defer { result.wipe() }
+        guard result.count + 4 + Wire.headerSize <= limits.maxReplyFrame else {
+            return sendError(fd, .replyTooLarge, "the result (\(result.count) bytes) does not fit one frame")
+        }
+        logger.debug("resolved", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "pid": "\(conn.peer.pid)",
+                                            "format": "\(format.rawValue)", "names": "\(scan.referencedNames.joined(separator: ","))"])
+        return result.withUnsafeBytes { DaemonIO.sendFrame(fd, type: .resolved, prefix: DaemonIO.be32($0.count), body: $0) }
+    }
+
+    private func sendProblems(_ conn: Connection, _ project: String, _ problems: [InjectionProblem]) -> Bool {
+        logger.info("document not resolvable", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)",
+                                                          "problems": "\(problems.count)"])
+        guard DaemonWire.problemsSize(problems) + Wire.headerSize <= limits.maxReplyFrame else {
+            return sendError(conn.fd, .replyTooLarge, "\(problems.count) problems do not fit one frame")
+        }
+        return SocketIO.sendAll(conn.fd, DaemonWire.problemsFrame(problems))
+    }
+
+    // MARK: VALUES and NAMES
+
+    private func handleValues(_ conn: Connection, _ frame: Frame) -> Bool {
+        let fd = conn.fd
+        var r = FrameReader(frame)
+        let project: String
+        var names: [String] = []
+        do throws(ParseError) {
+            var sent = true
+            guard let p = try readProject(&r, fd, sent: &sent) else { return sent }
+            project = p
+            let count = Int(try r.u16())
+            guard count <= Wire.maxNamesPerGet else {
+                return sendError(fd, .tooManyNames, "VALUES asks for \(count) names (limit \(Wire.maxNamesPerGet))")
+            }
+            var seen = Set<String>()
+            for i in 0..<count {
+                let n = try r.text()
+                guard isValidSecretName(n) else { return sendError(fd, .invalidName, "name #\(i + 1) is not a valid secret name") }
+                if seen.insert(n).inserted { names.append(n) }
+            }
+            try r.expectEnd()
+        } catch {
+            return sendError(fd, .malformed, "VALUES: \(error.reason)")
+        }
+        guard let cache = cache(for: project) else { return false }
+        let got: (values: [String: SecureBytes], missing: [String])
+        do { got = try cache.values(names) } catch { return upstreamError(conn, project, error) }
+        let found = names.filter { got.values[$0] != nil }
+        let missing = names.filter { got.values[$0] == nil }
+        var size = 4 + 4
+        for n in found { size += Wire.textSize(n) + 4 + got.values[n]!.count }
+        for n in missing { size += Wire.textSize(n) }
+        guard size + Wire.headerSize <= limits.maxReplyFrame else {
+            return sendError(fd, .replyTooLarge, "the \(found.count) values asked for do not fit one frame")
+        }
+        let b = FrameBuilder(rawType: DaemonWire.MessageType.valuesReply.rawValue, bodySize: size)
+        b.u32(UInt32(found.count))
+        for n in found {
+            b.text(n)
+            b.value(got.values[n]!)
+        }
+        b.u32(UInt32(missing.count))
+        for n in missing { b.text(n) }
+        let reply = b.finish()
+        defer { reply.wipe() }
+        logger.info("values", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "pid": "\(conn.peer.pid)",
+                                         "names": "\(names.joined(separator: ","))", "found": "\(found.count)"])
+        return SocketIO.sendAll(fd, reply)
+    }
+
+    private func handleNames(_ conn: Connection, _ frame: Frame) -> Bool {
+        let fd = conn.fd
+        var r = FrameReader(frame)
+        let project: String
+        do throws(ParseError) {
+            var sent = true
+            guard let p = try readProject(&r, fd, sent: &sent) else { return sent }
+            project = p
+            try r.expectEnd()
+        } catch {
+            return sendError(fd, .malformed, "NAMES: \(error.reason)")
+        }
+        guard let cache = cache(for: project) else { return false }
+        let names: [String]
+        do { names = try cache.names() } catch { return upstreamError(conn, project, error) }
+        let size = 4 + names.reduce(0) { $0 + Wire.textSize($1) }
+        guard size + Wire.headerSize <= limits.maxReplyFrame else {
+            return sendError(fd, .replyTooLarge, "the name list does not fit one frame")
+        }
+        let b = FrameBuilder(rawType: DaemonWire.MessageType.namesReply.rawValue, bodySize: size)
+        b.u32(UInt32(names.count))
+        for n in names { b.text(n) }
+        return SocketIO.sendAll(fd, b.finish())
+    }
+
+    // MARK: WATCH
+
+    /// WATCHING now, then CHANGED for every change the mount reports (and an
+    /// incomplete CHANGED when the mount goes away or comes back), until the
+    /// client closes. Returns the linger flag.
+    private func runWatch(id: UInt64, _ conn: Connection, _ frame: Frame) -> Bool {
+        let fd = conn.fd
+        var r = FrameReader(frame)
+        let project: String
+        do throws(ParseError) {
+            var sent = true
+            guard let p = try readProject(&r, fd, sent: &sent) else { return true }
+            project = p
+            try r.expectEnd()
+        } catch {
+            sendError(fd, .malformed, "WATCH: \(error.reason)")
+            return true
+        }
+        guard let cache = cache(for: project), let queue = DaemonWatcherQueue() else {
+            sendError(fd, .internalError, "cannot watch now")
+            return true
+        }
+        cache.addWatcher(id, queue)   // before the mount's watch starts: no event is missed
+        defer { cache.removeWatcher(id) }
+        cache.ensureWatch(retryInterval: 0)
+        let watching = cache.stats.watching
+        let b = FrameBuilder(rawType: DaemonWire.MessageType.watching.rawValue, bodySize: 1)
+        b.u8(watching ? 1 : 0)
+        guard SocketIO.sendAll(fd, b.finish()) else { return false }
+        logger.info("client watching", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "mount-watched": "\(watching)"])
+
+        while true {
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: queue.readFD, events: Int16(POLLIN), revents: 0)]
+            let rc = poll(&fds, 2, 1000)
+            if rc < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            if isStopping { return false }
+            // The mount may have come back: watch it again (this tells the
+            // client, with an incomplete CHANGED, if a watch had been lost).
+            cache.ensureWatch(retryInterval: 1)
+            if fds[1].revents != 0 || rc == 0, let (names, complete) = queue.take() {
+                var size = 1 + 4
+                for n in names { size += Wire.textSize(n) }
+                let c = FrameBuilder(rawType: DaemonWire.MessageType.changed.rawValue, bodySize: size)
+                c.u8(complete ? 0 : DaemonWire.changedFlagIncomplete)
+                c.u32(UInt32(names.count))
+                for n in names { c.text(n) }
+                guard SocketIO.sendAll(fd, c.finish()) else { return false }
+            }
+            if fds[0].revents != 0 {
+                var byte: UInt8 = 0
+                let n = read(fd, &byte, 1)
+                if n == 0 { return false }
+                if n < 0 { if errno == EINTR || errno == EAGAIN { continue } else { return false } }
+                sendError(fd, .unexpected, "a watching connection takes no requests; open another connection")
+                return true
+            }
+        }
+    }
+
+    // MARK: REDACT
+
+    private enum StreamEnd {
+        case next
+        case close(linger: Bool)
+    }
+
+    /// REDACTING, then each DATA in → one REDACTED out (everything that can
+    /// no longer be part of a match, so at least every complete line; maybe
+    /// empty), END → ENDED carrying the rest. The redactor follows the
+    /// project's changes between chunks.
+    private func runRedact(_ conn: Connection, _ frame: Frame) -> StreamEnd {
+        let fd = conn.fd
+        var r = FrameReader(frame)
+        let project: String
+        let key: ProjectCache.RedactorKey
+        do throws(ParseError) {
+            var sent = true
+            guard let p = try readProject(&r, fd, sent: &sent) else { return sent ? .next : .close(linger: false) }
+            project = p
+            let minimum = Int(try r.u16())
+            let mask = try r.text()
+            try r.expectEnd()
+            guard minimum >= 1, !mask.isEmpty, mask.utf8.count <= DaemonWire.maxMask else {
+                return sendError(fd, .invalidRequest, "REDACT needs a minimum length of at least 1 and a mask of 1...\(DaemonWire.maxMask) bytes")
+                    ? .next : .close(linger: false)
+            }
+            key = ProjectCache.RedactorKey(minimumLength: minimum, mask: mask)
+        } catch {
+            return sendError(fd, .malformed, "REDACT: \(error.reason)") ? .next : .close(linger: false)
+        }
+        guard let cache = cache(for: project) else { return .close(linger: false) }
+        var (redactor, generation): (Redactor, UInt64)
+        do { (redactor, generation) = try cache.redactor(key) } catch {
+            return upstreamError(conn, project, error) ? .next : .close(linger: false)
+        }
+        var size = 4
+        for s in redactor.skipped { size += Wire.textSize(s.name) + Wire.textSize(DaemonWire.clip(s.reason, 1024)) }
+        let hello = FrameBuilder(rawType: DaemonWire.MessageType.redacting.rawValue, bodySize: size)
+        hello.u32(UInt32(redactor.skipped.count))
+        for s in redactor.skipped {
+            hello.text(s.name)
+            hello.text(DaemonWire.clip(s.reason, 1024))
+        }
+        guard SocketIO.sendAll(fd, hello.finish()) else { return .close(linger: false) }
+        logger.info("redaction stream", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "pid": "\(conn.peer.pid)"])
+
+        // What the stream releases for one chunk, sent as one REDACTED frame.
+        // The input may hold values, so the output buffer is locked memory too.
+        let out = OutputBuffer()
+        let stream = RedactingStream(redactor: redactor) { bytes in out.append(bytes) }
+        func flush(_ type: DaemonWire.MessageType) -> Bool {
+            defer { out.reset() }
+            return out.withBytes { DaemonIO.sendFrame(fd, type: type, body: $0) }
+        }
+        while true {
+            switch readRequest(fd, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
+            case .end(let linger):
+                return .close(linger: linger)
+            case .frame(let f):
+                switch DaemonWire.MessageType(rawValue: f.type) {
+                case .data:
+                    if cache.generation != generation, let fresh = try? cache.redactor(key) {
+                        (redactor, generation) = fresh
+                        try? stream.replaceRedactor(redactor)
+                    }
+                    f.storage.withUnsafeBytes { raw in
+                        try? stream.write(UnsafeRawBufferPointer(rebasing: raw[Wire.headerSize...]))
+                    }
+                    // Exactly one REDACTED per DATA (possibly empty): clients
+                    // can work in lock-step without a reader thread.
+                    if !flush(.redacted) { return .close(linger: false) }
+                case .end:
+                    try? stream.finish()
+                    return flush(.ended) ? .next : .close(linger: false)
+                default:
+                    sendError(fd, .unexpected, "a REDACT stream takes DATA and END only")
+                    return .close(linger: true)
+                }
+            }
+        }
+    }
+}
+
+/// A growable locked buffer (for REDACTED frames).
+final class OutputBuffer {
+    private var buffer = SecureBytes(capacity: 64 << 10)
+    var count: Int { buffer.count }
+
+    func append(_ bytes: UnsafeRawBufferPointer) {
+        if !buffer.append(bytes) {
+            let bigger = buffer.copy(capacity: max(buffer.capacity * 2, buffer.count + bytes.count))
+            buffer = bigger   // the old buffer is wiped by sodium_free
+            buffer.append(bytes)
+        }
+    }
+
+    func withBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R { buffer.withUnsafeBytes(body) }
+
+    func reset() { buffer.setCount(0) }
+
+    /// The bytes in a buffer of their own (this one is left empty).
+    func take() -> SecureBytes {
+        defer { reset() }
+        return buffer.copy()
+    }
+}

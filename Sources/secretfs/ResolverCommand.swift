@@ -1,0 +1,85 @@
+import ArgumentParser
+import CShims
+import Glibc
+import SecretfsProtocol
+import SecretfsResolver
+
+struct ResolverCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "resolver",
+        abstract: "Serve flow runtimes: resolve documents, hand out values and redact streams over a Unix socket.",
+        discussion: """
+            Runs in the foreground until SIGTERM or SIGINT. Clients (flow runtimes, `secretfs resolve \
+            --resolver SOCKET`, `secretfs redact --resolver SOCKET`) send RESOLVE, VALUES, NAMES, WATCH and \
+            REDACT requests for any project mounted with this --runtime-dir (the daemon uses \
+            RUNTIME_DIR/PROJECT.sock, so the mount must allow the daemon's user). Values are fetched only \
+            when a request needs them, cached in locked memory, and dropped the moment the mount reports a \
+            change or goes away. Each connection is checked with SO_PEERCRED: by default only the daemon's \
+            own user is served; --allow-uid and --allow-group widen that (with --allow-uid the socket file \
+            is mode 0666 and the credential check alone decides). The protocol is in docs/protocol.md \
+            ("Resolver daemon protocol"). Logs on stderr carry projects, names and errors; never a value.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: ArgumentHelp("The daemon's socket.", valueName: "socket"))
+    var listen: String
+    @Option(name: .customLong("allow-uid"), help: ArgumentHelp("Also serve this user (name or uid; repeatable).", valueName: "uid"))
+    var allowUid: [String] = []
+    @Option(name: .customLong("allow-group"), help: ArgumentHelp("Also serve members of this group (name or gid; repeatable). The socket file is given the first group, mode 0660.", valueName: "group"))
+    var allowGroup: [String] = []
+    @Flag(help: "Log every request (names, never values).") var debug = false
+
+    func validate() throws {
+        _ = try policy()
+    }
+
+    func policy() throws -> SocketPolicy {
+        var uids: [uid_t] = []
+        for u in allowUid {
+            guard let uid = lookupUser(u) else { throw ValidationError("--allow-uid: no user '\(u)'") }
+            uids.append(uid)
+        }
+        var gids: [gid_t] = []
+        for g in allowGroup {
+            guard let gid = lookupGroup(g) else { throw ValidationError("--allow-group: no group '\(g)'") }
+            gids.append(gid)
+        }
+        // Naming other users or groups keeps the daemon's own user in.
+        if !uids.isEmpty || !gids.isEmpty, !uids.contains(getuid()) { uids.insert(getuid(), at: 0) }
+        return SocketPolicy(uids: uids, gids: gids)
+    }
+
+    func run() throws {
+        let logger = makeLogger(label: "secretfs.resolver", debug: debug)
+        // The daemon holds values: no core dumps, no ptrace by other processes.
+        if secretfs_harden_process() != 0 {
+            throw Failure("cannot disable core dumps and ptrace for the resolver daemon: \(String(cString: strerror(errno)))")
+        }
+        // Block the stop signals before any thread starts (threads inherit
+        // the mask), then wait for them here.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&stopSignals, s) }
+        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+
+        let daemon = ResolverDaemon(socketPath: absolute(listen), runtimeDirectory: global.runtimeDirectory,
+                                    policy: try policy(), logger: logger)
+        do {
+            try daemon.start()
+        } catch {
+            throw Failure(error.message, hint: error.hint, exit: .socketProblem)
+        }
+        var signal: Int32 = 0
+        while sigwait(&stopSignals, &signal) != 0 {}
+        logger.info("stopping", metadata: ["signal": "\(signal)"])
+        daemon.stop()
+    }
+}
+
+extension Failure {
+    /// A resolver daemon error in the one voice (exit 15, like the mount's socket).
+    init(daemon error: DaemonError) {
+        self.init(error.message, hint: error.hint, exit: .socketProblem)
+    }
+}

@@ -1,0 +1,183 @@
+import Foundation
+import Glibc
+import Logging
+import SecretfsProtocol
+import SecretfsResolver
+import SecretfsStore
+import SecureMemory
+import Synchronization
+
+/// Every log line, for proving that no value is ever logged.
+final class LogCapture: @unchecked Sendable {
+    let lines = Mutex<[String]>([])
+    var all: String { lines.withLock { $0.joined(separator: "\n") } }
+    func append(_ s: String) { lines.withLock { $0.append(s) } }
+}
+
+struct CapturingLogHandler: LogHandler {
+    let capture: LogCapture
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?,
+             source: String, file: String, function: String, line: UInt) {
+        var all = metadata
+        if let extra { all.merge(extra) { $1 } }
+        capture.append("\(level) \(message) " + all.keys.sorted().map { "\($0)=\(all[$0]!)" }.joined(separator: " "))
+    }
+}
+
+/// A temp store with project `demo`, its mount socket (a real
+/// `PrivilegedSocketServer`) at RUNTIME/demo.sock, and a resolver daemon in
+/// this process on DIR/resolver.sock, both logging into `log`.
+final class DaemonFixture: @unchecked Sendable {
+    let dir: String
+    let runtime: String
+    let store: Store
+    let vault: ProjectVault
+    let server: PrivilegedSocketServer
+    let daemon: ResolverDaemon
+    let daemonSocket: String
+    let log = LogCapture()
+
+    init(policy: SocketPolicy = SocketPolicy()) throws {
+        var template = Array("/tmp/sfs-resolver-XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw POSIXError(.EIO) }
+        dir = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        chmod(dir, 0o755)   // setpriv'd clients (uid 65534) must reach the daemon's socket
+        runtime = dir + "/run"
+        mkdir(runtime, 0o755)
+        store = try Store.create(at: StoreLocation(directory: dir + "/store"), keySource: .keyFile)
+        try store.createProject("demo")
+        vault = try store.openProject("demo")
+        let capture = log
+        var logger = Logger(label: "test") { _ in CapturingLogHandler(capture: capture) }
+        logger.logLevel = .trace
+        var limits = ServerLimits()
+        limits.idleTimeout = 5
+        server = PrivilegedSocketServer(vault: vault, socketPath: runtime + "/demo.sock", limits: limits, logger: logger)
+        try server.start()
+        daemonSocket = dir + "/resolver.sock"
+        daemon = ResolverDaemon(socketPath: daemonSocket, runtimeDirectory: runtime, policy: policy, logger: logger)
+        try daemon.start()
+    }
+
+    deinit {
+        daemon.stop()
+        server.stop()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    func put(_ name: String, _ value: [UInt8]) throws {
+        let b = value.withUnsafeBytes { SecureBytes(copying: $0) }
+        defer { b.wipe() }
+        _ = try vault.put(name, value: b, actor: .current)
+    }
+
+    func put(_ name: String, _ value: String) throws { try put(name, Array(value.utf8)) }
+
+    /// A value changed the way the mount changes it: store, then notify.
+    func change(_ name: String, _ value: String) throws {
+        try put(name, value)
+        server.notifyChanged([name])
+    }
+
+    func gets() throws -> [AuditEvent] {
+        try store.auditEvents(project: "demo").filter { $0.action == "get" }
+    }
+
+    /// Values through the mount's socket directly (what local resolution uses).
+    final class MountSource: ValueSource {
+        let client: PrivilegedClient
+        init(_ path: String) throws { client = try PrivilegedClient(socketPath: path) }
+        func values(_ names: [String]) throws -> [String: SecureBytes] { try client.values(names).values }
+        func names() throws -> [String] { try client.list().secrets.map(\.name) }
+    }
+
+    func mountSource() throws -> MountSource { try MountSource(runtime + "/demo.sock") }
+}
+
+func text(_ b: SecureBytes) -> String { b.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } }
+func bytes(_ b: SecureBytes) -> [UInt8] { b.withUnsafeBytes { Array($0) } }
+
+func contains(_ hay: [UInt8], _ needle: [UInt8]) -> Bool {
+    guard !needle.isEmpty, hay.count >= needle.count else { return false }
+    for i in 0...(hay.count - needle.count) where hay[i] == needle[0] {
+        if Array(hay[i..<(i + needle.count)]) == needle { return true }
+    }
+    return false
+}
+
+func waitUntil(_ timeout: Double = 3, _ condition: () throws -> Bool) throws -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if try condition() { return true }
+        usleep(5_000)
+    }
+    return try condition()
+}
+
+let fixtures: URL = {
+    let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    return repo.appendingPathComponent("Tests/Fixtures")
+}()
+
+func fixture(_ name: String) throws -> [UInt8] {
+    Array(try Data(contentsOf: fixtures.appendingPathComponent(name)))
+}
+
+/// A tiny Python client of the daemon run under `setpriv`: sends RESOLVE
+/// (project demo, format expr, output document) for `document`, prints the
+/// hex of every byte received, or "connect-error ERRNO".
+let pythonResolveClient = #"""
+import socket, struct, sys
+path, doc = sys.argv[1], sys.argv[2].encode()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(5)
+try:
+    s.connect(path)
+except OSError as e:
+    print("connect-error", e.errno); sys.exit(0)
+body = struct.pack(">BB", 1, 0x11) + struct.pack(">H", 4) + b"demo" + struct.pack(">BBI", 3, 1, len(doc)) + doc
+try:
+    s.sendall(struct.pack(">I", len(body)) + body)
+except OSError:
+    pass
+data = b""
+try:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+except OSError:
+    pass
+print(data.hex())
+"""#
+
+func runAs(uid: UInt32, gid: UInt32, socket: String, document: String) throws -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+    p.arguments = ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "/usr/bin/python3", "-c", pythonResolveClient,
+                   socket, document]
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+func hexBytes(_ s: String) -> [UInt8] {
+    var out: [UInt8] = []
+    var it = s.utf8.makeIterator()
+    while let a = it.next(), let b = it.next() {
+        func v(_ c: UInt8) -> UInt8 { c >= 97 ? c - 87 : c - 48 }
+        out.append(v(a) << 4 | v(b))
+    }
+    return out
+}
