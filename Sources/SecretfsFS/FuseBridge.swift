@@ -276,9 +276,9 @@ func makeOperations() -> fuse_lowlevel_ops {
         } catch { replyError(req, error) }
     }
 
-    ops.access = { req, ino, _ in
+    ops.access = { req, ino, mask in
         do throws(Errno) {
-            try filesystem(req).access(ino: ino, caller: caller(req))
+            try filesystem(req).access(ino: ino, mask: mask, caller: caller(req))
             fuse_reply_err(req, 0)
         } catch { replyError(req, error) }
     }
@@ -287,25 +287,25 @@ func makeOperations() -> fuse_lowlevel_ops {
     // access still get EACCES first.
     ops.getxattr = { req, ino, _, _ in
         do throws(Errno) {
-            try filesystem(req).access(ino: ino, caller: caller(req))
+            try filesystem(req).access(ino: ino, mask: F_OK, caller: caller(req))
             replyError(req, .noData)
         } catch { replyError(req, error) }
     }
     ops.listxattr = { req, ino, size in
         do throws(Errno) {
-            try filesystem(req).access(ino: ino, caller: caller(req))
+            try filesystem(req).access(ino: ino, mask: F_OK, caller: caller(req))
             if size == 0 { fuse_reply_xattr(req, 0) } else { fuse_reply_buf(req, nil, 0) }
         } catch { replyError(req, error) }
     }
     ops.setxattr = { req, ino, _, _, _, _ in
         do throws(Errno) {
-            try filesystem(req).access(ino: ino, caller: caller(req))
+            try filesystem(req).access(ino: ino, mask: F_OK, caller: caller(req))
             replyError(req, .notSupported)
         } catch { replyError(req, error) }
     }
     ops.removexattr = { req, ino, _ in
         do throws(Errno) {
-            try filesystem(req).access(ino: ino, caller: caller(req))
+            try filesystem(req).access(ino: ino, mask: F_OK, caller: caller(req))
             replyError(req, .noData)
         } catch { replyError(req, error) }
     }

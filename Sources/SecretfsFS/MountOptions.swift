@@ -14,7 +14,7 @@ public struct MountOptions: Sendable, Equatable {
     /// How long the kernel may cache names and attributes (seconds). Only this
     /// process changes the project while it is mounted, so caching is safe.
     public var cacheTimeout: Double = 1.0
-    /// Extra options handed to libfuse as `-o` (e.g. `fsname=...`, `ro` is refused by the CLI).
+    /// Extra options handed to libfuse as `-o` (e.g. `fsname=...`).
     public var fuseOptions: [String] = []
 
     public init(ownerUID: uid_t = getuid(), ownerGID: gid_t = getgid()) {

@@ -49,6 +49,7 @@ public final class SecretFilesystem: @unchecked Sendable {
     private var namespace: Namespace
     private var handles: [UInt64: OpenFile] = [:]
     private var directoryListings: [UInt64: [Node]] = [:]
+    private var sortedListing: (generation: UInt64, nodes: [Node]) = (UInt64.max, [])
     private var nextHandle: UInt64 = 1
     private let mountedAt = Timestamp.now()
 
@@ -258,6 +259,12 @@ public final class SecretFilesystem: @unchecked Sendable {
             guard ok else {
                 h.failure = .tooBig
                 logger.info("value over the size limit", metadata: ["name": "\(h.node.name ?? "-")", "limit": "\(options.sizeLimit)"])
+                // An append (or a write at an offset) that fails here says
+                // something about the stored value's length; probing for it
+                // takes many such failures, so each one is audited.
+                if h.node.isCommitted, h.append || offset > 0 {
+                    try? vault.audit(action: "refused-size", names: h.node.name, detail: "limit \(options.sizeLimit)", actor: h.actor)
+                }
                 throw .tooBig
             }
             h.dirty = true
@@ -474,8 +481,13 @@ public final class SecretFilesystem: @unchecked Sendable {
         return lock.withLock { _ in
             let fh = nextHandle
             nextHandle += 1
-            // A snapshot: offsets into it stay meaningful while the directory changes.
-            directoryListings[fh] = namespace.sortedNodes()
+            // A snapshot: offsets into it stay meaningful while the directory
+            // changes. Sorting 10k names costs milliseconds, so the sorted
+            // listing is reused until the namespace changes.
+            if sortedListing.generation != namespace.generation {
+                sortedListing = (namespace.generation, namespace.sortedNodes())
+            }
+            directoryListings[fh] = sortedListing.nodes
             return fh
         }
     }
@@ -525,10 +537,15 @@ public final class SecretFilesystem: @unchecked Sendable {
         return lock.withLock { _ in (namespace.count, Names.maximumLength) }
     }
 
-    public func access(ino: UInt64, caller: Caller) throws(Errno) {
+    /// access(2): the mount's policy first, then the mode bits as shown, so
+    /// `test -r NAME` agrees with `ls -l` (write-only) even though `cat`
+    /// is allowed to open the file and read nothing.
+    public func access(ino: UInt64, mask: Int32, caller: Caller) throws(Errno) {
         try check(caller)
         try lock.withLock { _ throws(Errno) in
-            if ino != Namespace.rootIno && namespace.node(ino: ino) == nil { throw .noEntry }
+            if ino == Namespace.rootIno { return }
+            guard namespace.node(ino: ino) != nil else { throw .noEntry }
+            if mask & (R_OK | X_OK) != 0 { throw .accessDenied }
         }
     }
 

@@ -107,6 +107,11 @@ public final class Store: @unchecked Sendable {
         if mkdir(location.directory, 0o700) != 0 && errno != EEXIST {
             throw StoreError.io(path: location.directory, errno: errno, action: "create directory")
         }
+        // The directory is the store's outer wall: SQLite creates its files
+        // 0644, so only a 0700 directory keeps other users from the ciphertexts.
+        if chmod(location.directory, 0o700) != 0 {
+            throw StoreError.io(path: location.directory, errno: errno, action: "restrict the permissions of")
+        }
         let masterKey: SecureBytes
         var kdf: KeyDerivation?
         switch keySource {
@@ -306,7 +311,7 @@ public final class Store: @unchecked Sendable {
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw StoreError.passphraseUnreadable(path: path, errno: errno) }
         defer { close(fd) }
-        let buf = SecureBytes(capacity: 4096)
+        let buf = SecureBytes(capacity: 4097)
         var total = 0
         while total < buf.capacity {
             let n = buf.withUnsafeMutableCapacity { Glibc.read(fd, $0.baseAddress! + total, $0.count - total) }
@@ -314,6 +319,9 @@ public final class Store: @unchecked Sendable {
             if n == 0 { break }
             total += n
         }
+        // 4096 bytes is plenty; a longer file is more likely the wrong file
+        // than a passphrase, and silently using a prefix would hide that.
+        if total > 4096 { throw StoreError.passphraseUnreadable(path: path, errno: EFBIG) }
         buf.setCount(total)
         let trimmed = buf.withUnsafeBytes { $0.last == 0x0A } ? total - 1 : total
         buf.setCount(trimmed)

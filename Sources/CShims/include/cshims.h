@@ -8,8 +8,8 @@
 /// Returns 0, or -1 with errno set.
 int secretfs_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 
-/// Make this process undumpable (PR_SET_DUMPABLE 0: no core file, no ptrace by
-/// other uids, /proc/self/mem closed) and set RLIMIT_CORE to 0.
+/// Make this process undumpable (PR_SET_DUMPABLE 0: no core file, no ptrace
+/// or /proc/PID/mem access even by processes of the same uid) and set RLIMIT_CORE to 0.
 /// Returns 0, or -1 with errno set.
 int secretfs_harden_process(void);
 
