@@ -111,6 +111,10 @@ struct MountCommand: ParsableCommand {
     // MARK: The parent: start the mount process and wait until it answers
 
     private func startInBackground(mountpoint target: String) throws {
+        // Checked here too (the mount process checks again): readiness below
+        // is "a FUSE mount appeared at the target", which an existing mount
+        // there would fake.
+        try checkMountpoint(target)
         try global.ensureRuntimeDirectory()
         let runtime = RuntimeState(directory: global.runtimeDirectory)
         let logPath = runtime.logFile(project)
@@ -193,8 +197,11 @@ struct MountCommand: ParsableCommand {
     private func serve(mountpoint target: String, daemonized: Bool) throws {
         _ = secretfs_unblock_all_signals()
         let logger = makeLogger(debug: debug)
+        // The mount process is the only one holding key material: refuse to
+        // run it where a core dump or ptrace could expose that.
         if secretfs_harden_process() != 0 {
-            logger.warning("could not disable core dumps", metadata: ["errno": "\(errno)"])
+            throw Failure("cannot disable core dumps and ptrace for the mount process: \(String(cString: strerror(errno)))",
+                          exit: .mountProblem)
         }
         var mountOptions = try parsedOptions()
         let policy = try resolverPolicy()
