@@ -106,6 +106,20 @@ public struct InjectionScan: Sendable {
         return assemble(B.self, { emitBindings(into: &$0, values) }, { emitBindings(into: &$0, values) })
     }
 
+    /// A missing-secret problem at each reference to a name not in
+    /// `existing`. Lets a caller report missing secrets together with the
+    /// phase-1 problems, knowing only the project's names (no values).
+    public func missingSecretProblems(existing: Set<String>) -> [InjectionProblem] {
+        var found: [InjectionProblem] = []
+        for site in plan.sites {
+            for r in site.analysis.references where !existing.contains(r.name) {
+                found.append(plan.problem(.missingSecret, site: site, at: r.position,
+                                          "secret \(r.name) does not exist in the project", secret: r.name))
+            }
+        }
+        return found
+    }
+
     private func resolve<B: SecretBuffer>(_ lookup: (String) -> B?) throws(InjectionError) -> [String: B] {
         guard problems.isEmpty else { throw InjectionError(problems: problems) }
         var values: [String: B] = [:]

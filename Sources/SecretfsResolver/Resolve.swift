@@ -22,7 +22,15 @@ public enum Resolver {
     public static func resolve(_ document: [UInt8], format: InjectionFormat, output: ResolveOutput,
                                source: ValueSource) throws -> SecureBytes {
         let scan = Injector.scan(document, format: format)
-        if !scan.problems.isEmpty { throw ResolveFailure(problems: scan.problems) }
+        if !scan.problems.isEmpty {
+            // Report every problem at once: missing secrets too, found from
+            // the project's names alone (no value is fetched for a document
+            // that will not be written).
+            let existing = Set(try source.names())
+            let all = (scan.problems + scan.missingSecretProblems(existing: existing))
+                .sorted { ($0.line, $0.column) < ($1.line, $1.column) }
+            throw ResolveFailure(problems: all)
+        }
         let values = scan.referencedNames.isEmpty ? [:] : try source.values(scan.referencedNames)
         defer { for v in values.values { v.wipe() } }
         do {
