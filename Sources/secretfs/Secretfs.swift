@@ -17,7 +17,7 @@ struct Secretfs: ParsableCommand {
         subcommands: [
             InitCommand.self, ProjectCommand.self, MountCommand.self, UmountCommand.self,
             StatusCommand.self, AuditCommand.self,
-            ResolverCommand.self,
+            ResolveCommand.self, ResolverCommand.self, RedactCommand.self, RunCommand.self,
         ]
     )
 
@@ -34,7 +34,16 @@ struct Secretfs: ParsableCommand {
             failure.report()
             Glibc.exit(failure.exitCode.rawValue)
         } catch {
-            exit(withError: error)
+            // --help and --version arrive as errors with exit code 0.
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }
+            // Usage errors in the one voice, with the way to the usage text.
+            let subcommands: Set<String> = ["init", "project", "create", "list", "delete", "mount", "umount", "status",
+                                            "audit", "resolve", "resolver", "redact", "run"]
+            let command = CommandLine.arguments.dropFirst().prefix { subcommands.contains($0) }.joined(separator: " ")
+            writeStderr("secretfs: error: \(message(for: error))\n"
+                        + "hint: see 'secretfs \(command.isEmpty ? "" : command + " ")--help'\n")
+            Glibc.exit(code.rawValue)
         }
     }
 }

@@ -1,0 +1,94 @@
+import ArgumentParser
+import Glibc
+import SecretfsInject
+import SecretfsResolver
+import SecureMemory
+
+struct ResolveCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "resolve",
+        abstract: "Inject a project's secrets into a flow definition, an installation config or one expression.",
+        discussion: """
+            Every static reference (secrets.NAME, secrets?.NAME, secrets["NAME"], secrets['NAME']) inside \
+            an expression becomes a JavaScript string literal of the value; everything else is written \
+            back unchanged. Only the referenced secrets are fetched. On any problem (a missing secret, \
+            a reference that cannot be resolved statically, an expression that does not tokenize, a value \
+            that is not UTF-8) every problem is reported with its location, nothing is written to stdout, \
+            and the exit status is 14.
+
+            Formats: flow (YAML; only !expr scalars are expressions), config (JSON object of field -> \
+            expression source), expr (one expression). The default comes from the file extension \
+            (.yaml/.yml flow, .json config).
+            """)
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: "The project whose secrets to inject.") var project: String
+    @Option(help: ArgumentHelp("flow, config or expr (default: from the file extension).", valueName: "format"))
+    var format: String?
+    @Option(help: ArgumentHelp("Go through a resolver daemon listening on this socket instead of the mount's socket.", valueName: "socket"))
+    var resolver: String?
+    @Flag(help: "Print a JSON object of the referenced names and their values instead of the rewritten document.")
+    var bindings = false
+    @Argument(help: "The document to resolve, or - for stdin.") var file: String = "-"
+
+    func validate() throws {
+        if let format, InjectionFormat(rawValue: format) == nil {
+            throw ValidationError("--format must be flow, config or expr, not '\(format)'")
+        }
+        if format == nil && file == "-" {
+            throw ValidationError("--format is needed when the document comes from stdin")
+        }
+        if format == nil && InjectionFormat.forPath(file) == nil {
+            throw ValidationError("cannot tell the format of '\(file)' from its extension; pass --format flow|config|expr")
+        }
+    }
+
+    func run() throws {
+        let fmt = format.flatMap(InjectionFormat.init(rawValue:)) ?? InjectionFormat.forPath(file)!
+        let document = try readDocument(file)
+        let output: SecureBytes
+        do {
+            output = try resolveDocument(document, format: fmt, output: bindings ? .bindings : .document,
+                                         global: global, project: project, resolver: resolver)
+        } catch let failure as ResolveFailure {
+            for p in failure.problems { writeStderr("secretfs: error: \(file == "-" ? "stdin" : file): \(p)\n") }
+            writeStderr("hint: \(failure.problems.count) problem\(failure.problems.count == 1 ? "" : "s"); nothing was written\n")
+            Glibc.exit(Exit.resolveProblem.rawValue)
+        }
+        defer { output.wipe() }
+        try writeAll(fd: 1, output)
+    }
+}
+
+/// Reads a whole document (never secret) from a path or stdin.
+func readDocument(_ path: String) throws -> [UInt8] {
+    let fd = path == "-" ? 0 : open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else {
+        throw Failure("cannot read \(path): \(String(cString: strerror(errno)))", exit: .failure)
+    }
+    defer { if fd != 0 { close(fd) } }
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &buf, buf.count)
+        if n < 0 && errno == EINTR { continue }
+        guard n >= 0 else { throw Failure("cannot read \(path): \(String(cString: strerror(errno)))") }
+        if n == 0 { break }
+        out += buf[0..<n]
+    }
+    return out
+}
+
+/// Writes locked bytes straight to a descriptor (no intermediate copies).
+func writeAll(fd: Int32, _ bytes: SecureBytes) throws {
+    try bytes.withUnsafeBytes { raw in
+        var off = 0
+        while off < raw.count {
+            let n = write(fd, raw.baseAddress! + off, raw.count - off)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw Failure("cannot write the output: \(String(cString: strerror(errno)))") }
+            off += n
+        }
+    }
+}

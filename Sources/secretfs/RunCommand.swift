@@ -1,0 +1,159 @@
+import ArgumentParser
+import Glibc
+import SecretfsRedact
+import SecretfsResolver
+import SecureMemory
+import CShims
+import Synchronization
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a command with secrets in its environment and its output redacted.",
+        discussion: """
+            Each --env VAR=NAME puts the value of secret NAME into the command's environment as VAR \
+            (--env NAME is short for NAME=NAME). The command's stdout and stderr pass through the same \
+            redaction as `secretfs redact`, masking every value of the project, and its exit status is \
+            passed through (128+N when it is killed by signal N).
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "The project.") var project: String
+    @Option(help: ArgumentHelp("Get the values through a resolver daemon listening on this socket.", valueName: "socket"))
+    var resolver: String?
+    @Option(name: .customLong("env"), help: ArgumentHelp("VAR=NAME: set VAR to the value of secret NAME (repeatable).", valueName: "VAR=NAME"))
+    var env: [String] = []
+    @Option(help: "Values shorter than this many bytes are not masked (reported on stderr).") var minLength = 4
+    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (after --).") var command: [String] = []
+
+    var bindings: [(variable: String, name: String)] {
+        env.map { item in
+            let (k, v) = splitOption(item)
+            return (k, v ?? k)
+        }
+    }
+
+    var commandLine: [String] { command.first == "--" ? Array(command.dropFirst()) : command }
+
+    func validate() throws {
+        guard !commandLine.isEmpty else { throw ValidationError("give the command to run after --") }
+        for b in bindings {
+            guard !b.variable.isEmpty, !b.variable.contains("="), isValidSecretNameForRun(b.name) else {
+                throw ValidationError("--env needs VAR=NAME with a valid secret name, got '\(b.variable)=\(b.name)'")
+            }
+        }
+    }
+
+    func run() throws {
+        let feed = try RedactorFeed(global: global, project: project, resolver: resolver,
+                                    options: RedactionOptions(minimumLength: minLength))
+        let source = feed.source
+        let wanted = Array(Set(bindings.map(\.name))).sorted()
+        let values = wanted.isEmpty ? [:] : try source.values(wanted)
+        let missing = wanted.filter { values[$0] == nil }
+        guard missing.isEmpty else {
+            throw Failure("project '\(project)' has no secret named \(missing.map { "'\($0)'" }.joined(separator: ", "))",
+                          hint: "list names with ls on the mount", exit: .resolveProblem)
+        }
+        // Environment entries with values are built in locked memory and
+        // handed to posix_spawn as pointers into it.
+        var secretEntries: [SecureBytes] = []
+        for b in bindings {
+            let v = values[b.name]!
+            let e = SecureBytes(capacity: b.variable.utf8.count + 1 + v.count + 1)
+            Array(b.variable.utf8 + [UInt8(ascii: "=")]).withUnsafeBytes { _ = e.append($0) }
+            v.withUnsafeBytes { _ = e.append($0) }
+            [UInt8(0)].withUnsafeBytes { _ = e.append($0) }
+            secretEntries.append(e)
+        }
+        for v in values.values { v.wipe() }
+        let overridden = Set(bindings.map(\.variable))
+        let plainEnv = environmentList().filter { entry in
+            !overridden.contains(String(entry.prefix { $0 != "=" }))
+        }
+
+        var outPipe: [Int32] = [0, 0], errPipe: [Int32] = [0, 0]
+        guard secretfs_pipe_cloexec(&outPipe) == 0, secretfs_pipe_cloexec(&errPipe) == 0 else {
+            throw Failure("pipe: \(String(cString: strerror(errno)))")
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attr, &none)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
+
+        var pid: pid_t = 0
+        let plainC: [UnsafeMutablePointer<CChar>?] = plainEnv.map { strdup($0) }
+        defer { for p in plainC { free(p) } }
+        var envp: [UnsafeMutablePointer<CChar>?] = plainC
+        for e in secretEntries {
+            envp.append(e.withUnsafeMutableBytes { $0.baseAddress!.assumingMemoryBound(to: CChar.self) })
+        }
+        envp.append(nil)
+        let rc = withCStrings(commandLine) { argv in
+            envp.withUnsafeBufferPointer { posix_spawnp(&pid, commandLine[0], &actions, &attr, argv, $0.baseAddress!) }
+        }
+        close(outPipe[1]); close(errPipe[1])
+        for e in secretEntries { e.wipe() }
+        guard rc == 0 else {
+            close(outPipe[0]); close(errPipe[0])
+            throw Failure("cannot run \(commandLine[0]): \(String(cString: strerror(rc)))",
+                          hint: "check the command name and PATH", exit: .failure)
+        }
+
+        // Forward the child's signals-to-be: Ctrl-C reaches it through the
+        // process group; here the two streams are copied through redaction.
+        let pumps = [(outPipe[0], Int32(1)), (errPipe[0], Int32(2))].map { (from, to) in
+            let t = PumpThread(from: from, to: to, feed: feed)
+            t.start()
+            return t
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        for p in pumps { p.join() }
+        let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        Glibc.exit(code)
+    }
+}
+
+private func isValidSecretNameForRun(_ name: String) -> Bool {
+    guard let first = name.utf8.first, !(48...57).contains(first), name.utf8.count <= 255 else { return false }
+    return name.utf8.allSatisfy { ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 95 }
+}
+
+/// Copies one of the child's streams to ours through a redacting stream.
+final class PumpThread: @unchecked Sendable {
+    let from: Int32
+    let to: Int32
+    let feed: RedactorFeed
+    private var thread = pthread_t()
+
+    init(from: Int32, to: Int32, feed: RedactorFeed) {
+        self.from = from; self.to = to; self.feed = feed
+    }
+
+    func start() {
+        let box = Unmanaged.passRetained(self).toOpaque()
+        pthread_create(&thread, nil, { arg in
+            let me = Unmanaged<PumpThread>.fromOpaque(arg!).takeRetainedValue()
+            me.copyThrough()
+            return nil
+        }, box)
+    }
+
+    func join() { pthread_join(thread, nil) }
+
+    private func copyThrough() {
+        let to = self.to
+        let stream = RedactingStream(redactor: feed.current()) { bytes in try writeRaw(fd: to, bytes) }
+        try? pump(from: from, through: stream, feed: feed)
+        close(from)
+    }
+}

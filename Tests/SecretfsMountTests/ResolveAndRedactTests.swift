@@ -1,0 +1,151 @@
+import Foundation
+import Glibc
+import SecretfsFS
+import Testing
+
+/// `resolve`, `redact` and `run` end to end: values set through a real mount,
+/// read back over its privileged socket by the real binary.
+@Suite(.serialized)
+struct ResolveAndRedactTests {
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures").path
+
+    func mountedDemo() throws -> MountFixture {
+        let f = try MountFixture()
+        try f.mount()
+        try f.expectOK(f.sh("""
+            printf 'xoxb-bot-token-1234' > $MNT/DEMO_BOT_SLACK_BOT_TOKEN
+            printf 'signing "secret" \\\\ with quotes' > $MNT/DEMO_BOT_SLACK_SIGNING_SECRET
+            printf 'sk-ant-api-key-5678' > $MNT/ANTHROPIC_API_KEY
+            printf 'api-token-`${x}`' > $MNT/API_TOKEN
+            printf 'never-referenced-value' > $MNT/UNUSED
+            """))
+        return f
+    }
+
+    @Test func resolvesTheFlowFixtureFetchingOnlyReferencedNames() throws {
+        let f = try mountedDemo()
+        defer { f.close() }
+        let o = try f.expectOK(f.secretfs(["resolve", "--project", "demo", Self.fixtures + "/demo-bot.flow.yaml"]))
+        #expect(o.stdout.contains(#"botToken: !expr "\"xoxb-bot-token-1234\"""#), "\(o.stdout)")
+        #expect(o.stdout.contains("sk-ant-api-key-5678"))
+        #expect(o.stdout.contains("defaultChannel: \"#alerts\""), "literals are unchanged")
+        #expect(o.stdout.contains("Secrets are referenced as secrets.NAME; this note is plain text"))
+        #expect(!o.stdout.contains("never-referenced-value"))
+        let input = try String(contentsOfFile: Self.fixtures + "/demo-bot.flow.yaml", encoding: .utf8)
+        #expect(o.stdout.components(separatedBy: "!expr").count == input.components(separatedBy: "!expr").count,
+                "every tag is kept")
+        let audit = try f.expectOK(f.secretfs(["audit", "demo"]))
+        let gets = audit.stdout.split(separator: "\n").filter { $0.contains("  get  ") }
+        #expect(gets.count == 1, "\(audit.stdout)")
+        #expect(gets.first?.contains("API_TOKEN") == true)
+        #expect(gets.first?.contains("UNUSED") == false, "only referenced secrets are fetched")
+    }
+
+    @Test func configAndExpressionAndBindings() throws {
+        let f = try mountedDemo()
+        defer { f.close() }
+        let config = try f.expectOK(f.secretfs(["resolve", "--project", "demo", Self.fixtures + "/demo-bot.installation.json"]))
+        let json = try JSONSerialization.jsonObject(with: Data(config.stdout.utf8)) as? [String: String]
+        #expect(json?["botToken"] == #""xoxb-bot-token-1234""#)
+        #expect(json?["team"] == #""T0123ABCD""#)
+        let expr = try f.expectOK(f.secretfs(["resolve", "--project", "demo", "--format", "expr", "-"],
+                                             stdin: "`Bearer ${secrets.ANTHROPIC_API_KEY}` + secrets['API_TOKEN']"))
+        let node = try f.sh("node -e 'process.stdout.write(String(eval(process.argv[1])))' '\(expr.stdout)'")
+        #expect(node.stdout == "Bearer sk-ant-api-key-5678api-token-`${x}`", "\(expr.stdout) -> \(node.stdout) \(node.stderr)")
+        let bindings = try f.expectOK(f.secretfs(["resolve", "--project", "demo", "--bindings", "--format", "expr", "-"],
+                                                 stdin: "secrets.API_TOKEN + secrets.DEMO_BOT_SLACK_SIGNING_SECRET"))
+        let b = try JSONSerialization.jsonObject(with: Data(bindings.stdout.utf8)) as? [String: String]
+        #expect(b == ["API_TOKEN": "api-token-`${x}`", "DEMO_BOT_SLACK_SIGNING_SECRET": #"signing "secret" \ with quotes"#])
+    }
+
+    @Test func problemsAreAllReportedWithLocationsAndNothingOnStdout() throws {
+        let f = try mountedDemo()
+        defer { f.close() }
+        try f.expectOK(f.sh("printf 'bad-\\377-utf8' > $MNT/NOT_UTF8"))
+        let doc = """
+            blocks:
+              - name: First
+                config:
+                  a: !expr secrets.MISSING_ONE
+                  b: !expr 'secrets[key] + secrets.NOT_UTF8'
+                  c: not an expression secrets.ALSO_MISSING
+            """
+        let o = try f.secretfs(["resolve", "--project", "demo", "--format", "flow", "-"], stdin: doc)
+        #expect(o.status == 14)
+        #expect(o.stdout.isEmpty)
+        #expect(o.stderr.contains("MISSING_ONE") && o.stderr.contains("blocks[0]") && o.stderr.contains("4:"), "\(o.stderr)")
+        #expect(o.stderr.contains("secrets[key]") || o.stderr.contains("statically"), "\(o.stderr)")
+        #expect(!o.stderr.contains("ALSO_MISSING"), "literals are not expressions")
+        #expect(!o.stderr.contains("bad-"), "no value in errors")
+        let utf = try f.secretfs(["resolve", "--project", "demo", "--format", "expr", "-"], stdin: "secrets.NOT_UTF8")
+        #expect(utf.status == 14)
+        #expect(utf.stderr.contains("NOT_UTF8") && !utf.stderr.contains("bad-"), "\(utf.stderr)")
+    }
+
+    @Test func anUnmountedProjectNamesTheSocketTried() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        let o = try f.secretfs(["resolve", "--project", "demo", "--format", "expr", "-"], stdin: "secrets.A")
+        #expect(o.status == 15)
+        #expect(o.stderr.contains(f.runtimeDir + "/demo.sock"), "\(o.stderr)")
+        #expect(o.stderr.contains("hint: "))
+    }
+
+    @Test func redactMasksValuesAndEncodingsAndReportsShortOnes() throws {
+        let f = try mountedDemo()
+        defer { f.close() }
+        try f.expectOK(f.sh("printf 'abc' > $MNT/TOO_SHORT"))
+        let input = """
+            plain line stays
+            token=sk-ant-api-key-5678 and again sk-ant-api-key-5678
+            basic \(Data("user:sk-ant-api-key-5678".utf8).base64EncodedString())
+            json {"k":"signing \\"secret\\" \\\\ with quotes"}
+            short abc stays
+
+            """
+        let o = try f.expectOK(f.secretfs(["redact", "--project", "demo"], stdin: input))
+        #expect(o.stdout.hasPrefix("plain line stays\ntoken=[REDACTED] and again [REDACTED]\n"), "\(o.stdout)")
+        #expect(!o.stdout.contains("sk-ant"))
+        #expect(!o.stdout.contains(String(Data("user:sk-ant-api-key-5678".utf8).base64EncodedString().dropFirst(8).prefix(12))))
+        #expect(!o.stdout.contains("with quotes"), "\(o.stdout)")
+        #expect(o.stdout.contains("short abc stays"))
+        #expect(o.stderr.contains("TOO_SHORT"), "the short value is reported, not silently skipped: \(o.stderr)")
+        #expect(!o.stderr.contains("abc"))
+    }
+
+    @Test func runInjectsAndRedactsAndPassesTheExitStatus() throws {
+        let f = try mountedDemo()
+        defer { f.close() }
+        let o = try f.secretfs(["run", "--project", "demo", "--env", "TOKEN=ANTHROPIC_API_KEY", "--env", "API_TOKEN", "--",
+                                "sh", "-c", #"echo "out $TOKEN"; printf '%s' "$TOKEN" | base64; echo "err $API_TOKEN" >&2; [ -n "$API_TOKEN" ] && exit 3"#])
+        #expect(o.status == 3)
+        #expect(o.stdout.hasPrefix("out [REDACTED]\n"), "\(o.stdout)")
+        #expect(!o.stdout.contains("sk-ant") && !o.stdout.contains(Data("sk-ant-api-key-5678".utf8).base64EncodedString().prefix(12)))
+        #expect(o.stderr.contains("err [REDACTED]"), "\(o.stderr)")
+        let missing = try f.secretfs(["run", "--project", "demo", "--env", "X=NOPE", "--", "true"])
+        #expect(missing.status == 14)
+        #expect(missing.stderr.contains("NOPE"))
+    }
+
+    @Test func redactPicksUpChangedValuesWhileRunning() throws {
+        let f = try mountedDemo()
+        defer { f.close() }
+        // The redactor reads from a FIFO; a value set after it started is masked too.
+        let script = """
+            mkfifo feed
+            "$SECRETFS" redact --project demo < feed > redacted.txt 2>redact.err &
+            exec 3> feed
+            echo 'before sk-ant-api-key-5678' >&3
+            sleep 0.5
+            printf 'brand-new-secret-value' > $MNT/NEW_ONE
+            sleep 0.5
+            echo 'after brand-new-secret-value' >&3
+            exec 3>&-
+            wait
+            cat redacted.txt
+            """
+        let o = try f.expectOK(f.sh("SECRETFS='\(MountFixture.binary)'; " + script))
+        #expect(o.stdout == "before [REDACTED]\nafter [REDACTED]\n", "\(o.stdout)")
+    }
+}
