@@ -123,6 +123,24 @@ struct ResolveAndRedactTests {
         #expect(o.stdout.hasPrefix("out [REDACTED]\n"), "\(o.stdout)")
         #expect(!o.stdout.contains("sk-ant") && !o.stdout.contains(Data("sk-ant-api-key-5678".utf8).base64EncodedString().prefix(12)))
         #expect(o.stderr.contains("err [REDACTED]"), "\(o.stderr)")
+        // The same value in several encodings, all masked.
+        let encoded = try f.secretfs(["run", "--project", "demo", "--env", "SIGNING=DEMO_BOT_SLACK_SIGNING_SECRET", "--",
+                                      "python3", "-c", """
+            import os, json, base64, urllib.parse, html
+            v = os.environ["SIGNING"]
+            print("plain", v)
+            print("json", json.dumps({"s": v}))
+            print("url", urllib.parse.quote(v), urllib.parse.quote_plus(v))
+            print("b64", base64.b64encode(("user:" + v).encode()).decode(), base64.urlsafe_b64encode(v.encode()).decode())
+            print("html", html.escape(v))
+            """])
+        #expect(encoded.status == 0, "\(encoded.stderr)")
+        let lines = encoded.stdout.split(separator: "\n")
+        #expect(lines.count == 5)
+        for line in lines {
+            #expect(!line.contains("quotes") && !line.contains("signing"), "\(line)")
+            #expect(line.contains("[REDACTED]"), "\(line)")
+        }
         let missing = try f.secretfs(["run", "--project", "demo", "--env", "X=NOPE", "--", "true"])
         #expect(missing.status == 14)
         #expect(missing.stderr.contains("NOPE"))
