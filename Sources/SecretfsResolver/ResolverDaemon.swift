@@ -357,7 +357,8 @@ public final class ResolverDaemon: @unchecked Sendable {
                     case .close(let linger): return linger
                     }
                 case .data, .end:
-                    keepGoing = sendError(fd, .unexpected, "DATA and END belong to a REDACT stream")
+                    sendError(fd, .unexpected, "DATA and END belong to a REDACT stream")
+                    return true
                 default:
                     keepGoing = sendError(fd, .unknownType, "message type 0x\(String(frame.type, radix: 16)) is not a request")
                 }
@@ -448,8 +449,17 @@ public final class ResolverDaemon: @unchecked Sendable {
         }
         guard let cache = cache(for: project) else { return false }
 
+        // Same steps as `Resolver.resolve` (tests hold the two to the same
+        // output), with values borrowed from the cache instead of copied.
         let scan = Injector.scan(document, format: format)
-        if !scan.problems.isEmpty { return sendProblems(conn, project, scan.problems) }
+        if !scan.problems.isEmpty {
+            // Every problem at once: missing secrets too, from the names alone.
+            let existing: [String]
+            do { existing = try cache.names() } catch { return upstreamError(conn, project, error) }
+            let all = (scan.problems + scan.missingSecretProblems(existing: Set(existing)))
+                .sorted { ($0.line, $0.column) < ($1.line, $1.column) }
+            return sendProblems(conn, project, all)
+        }
         var values: [String: SecureBytes] = [:]
         if !scan.referencedNames.isEmpty {
             do { values = try cache.values(scan.referencedNames).values } catch { return upstreamError(conn, project, error) }

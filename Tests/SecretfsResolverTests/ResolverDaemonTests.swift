@@ -93,9 +93,9 @@ import Testing
                                          format: .flow, output: .document)
         }
         #expect(remote?.problems == local?.problems)
-        #expect(remote?.problems.count == 1)   // phase 1 (static) problems come first
-        #expect(remote?.problems.first?.kind == .notStatic)
-        #expect(remote?.problems.first?.line == 10)
+        // Static problems, and the missing secret found from the names alone.
+        #expect(remote?.problems.map(\.kind) == [.missingSecret, .notStatic])
+        #expect(remote?.problems.map(\.line) == [6, 10])
 
         // Phase 2: missing secret and a value that is not UTF-8, each located.
         let doc2 = Array(doc.split(separator: UInt8(ascii: "\n")).prefix(7).joined(separator: [10]))
