@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import SecretfsResolver
 import SecretfsStore
 
 @main
@@ -27,6 +28,10 @@ struct Secretfs: ParsableCommand {
             var command = try parseAsRoot()
             try command.run()
         } catch let failure as Failure {
+            failure.report()
+            Glibc.exit(failure.exitCode.rawValue)
+        } catch let error as DaemonError {
+            let failure = Failure(daemon: error)
             failure.report()
             Glibc.exit(failure.exitCode.rawValue)
         } catch let error as StoreError {

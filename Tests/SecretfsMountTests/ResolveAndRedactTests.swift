@@ -166,4 +166,46 @@ struct ResolveAndRedactTests {
         let o = try f.expectOK(f.sh("SECRETFS='\(MountFixture.binary)'; " + script))
         #expect(o.stdout == "before [REDACTED]\nafter [REDACTED]\n", "\(o.stdout)")
     }
+
+    @Test func throughTheResolverDaemon() throws {
+        let f = try mountedDemo()
+        defer { f.close() }
+        let sock = f.root + "/resolver.sock"
+        // The daemon runs in the background for the length of the script; its
+        // log goes to a file that is checked for values afterwards.
+        let script = """
+            "$SECRETFS" resolver --listen \(sock) > resolver.log 2>&1 &
+            daemon=$!
+            for i in $(seq 50); do [ -S \(sock) ] && break; sleep 0.1; done
+            "$SECRETFS" resolve --project demo --resolver \(sock) --format expr - <<'EOF2' > out1.txt
+            `Bearer ${secrets.ANTHROPIC_API_KEY}`
+            EOF2
+            printf 'rotated-key-0000' > $MNT/ANTHROPIC_API_KEY
+            sleep 0.3
+            "$SECRETFS" resolve --project demo --resolver \(sock) --format expr - <<'EOF2' > out2.txt
+            `Bearer ${secrets.ANTHROPIC_API_KEY}`
+            EOF2
+            echo 'log rotated-key-0000 line' | "$SECRETFS" redact --project demo --resolver \(sock) > out3.txt
+            "$SECRETFS" resolve --project demo --resolver \(sock) --format expr - <<'EOF2' > out4.txt 2> err4.txt
+            secrets.NOPE
+            EOF2
+            echo "missing=$?"
+            kill $daemon; wait $daemon
+            """
+        let o = try f.expectOK(f.sh("SECRETFS='\(MountFixture.binary)'; " + script))
+        func read(_ name: String) -> String { (try? String(contentsOfFile: f.root + "/" + name, encoding: .utf8)) ?? "" }
+        #expect(read("out1.txt").contains("sk-ant-api-key-5678"), "\(read("out1.txt")) \(read("resolver.log"))")
+        #expect(read("out2.txt").contains("rotated-key-0000"), "the daemon dropped its cached value on change")
+        #expect(read("out3.txt") == "log [REDACTED] line\n")
+        #expect(o.stdout.contains("missing=14"))
+        #expect(read("err4.txt").contains("NOPE"))
+        let log = read("resolver.log")
+        #expect(!log.contains("sk-ant") && !log.contains("rotated-key"), "no value in the daemon's log")
+        // Another uid is refused on the daemon's socket.
+        let other = try f.sh("chmod 755 \(f.root); '\(MountFixture.binary)' resolver --listen \(sock) > r2.log 2>&1 & sleep 0.5; " +
+                             "echo secrets.API_TOKEN | setpriv --reuid=65534 --regid=65534 --clear-groups '\(MountFixture.binary)' " +
+                             "resolve --project demo --resolver \(sock) --format expr -; echo rc=$?; kill %1")
+        #expect(other.stdout == "rc=15\n", "\(other.stdout) \(other.stderr)")
+        #expect(other.stderr.contains("permission denied") && !other.stderr.contains("api-token"), "\(other.stderr)")
+    }
 }
