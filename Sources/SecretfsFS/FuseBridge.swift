@@ -283,20 +283,11 @@ func makeOperations() -> fuse_lowlevel_ops {
         } catch { replyError(req, error) }
     }
 
-    // Extended attributes: none exist and none can be set, but callers without
-    // access still get EACCES first.
-    ops.getxattr = { req, ino, _, _ in
-        do throws(Errno) {
-            try filesystem(req).access(ino: ino, mask: F_OK, caller: caller(req))
-            replyError(req, .noData)
-        } catch { replyError(req, error) }
-    }
-    ops.listxattr = { req, ino, size in
-        do throws(Errno) {
-            try filesystem(req).access(ino: ino, mask: F_OK, caller: caller(req))
-            if size == 0 { fuse_reply_xattr(req, 0) } else { fuse_reply_buf(req, nil, 0) }
-        } catch { replyError(req, error) }
-    }
+    // Extended attributes: none exist. getxattr and listxattr are left
+    // unimplemented on purpose: the kernel then learns once (ENOSYS) that
+    // there are none, instead of asking for security.capability on every
+    // open(O_TRUNC) and for ACLs on every `ls -l`. Callers see EOPNOTSUPP.
+    // setxattr/removexattr still answer, so callers without access get EACCES.
     ops.setxattr = { req, ino, _, _, _, _ in
         do throws(Errno) {
             try filesystem(req).access(ino: ino, mask: F_OK, caller: caller(req))

@@ -50,6 +50,8 @@ public final class SecretFilesystem: @unchecked Sendable {
     private var handles: [UInt64: OpenFile] = [:]
     private var directoryListings: [UInt64: [Node]] = [:]
     private var sortedListing: (generation: UInt64, nodes: [Node]) = (UInt64.max, [])
+    /// Small locked buffers reused by write handles (see WriteBuffer).
+    private let pool = BufferPool()
     private var nextHandle: UInt64 = 1
     private let mountedAt = Timestamp.now()
 
@@ -183,7 +185,7 @@ public final class SecretFilesystem: @unchecked Sendable {
             if writable && flags & O_TRUNC != 0 {
                 // Atomic O_TRUNC: the old value stays in the store until the
                 // new one is committed at close.
-                h.buffer = WriteBuffer(limit: options.sizeLimit + 1)
+                h.buffer = WriteBuffer(limit: options.sizeLimit + 1, pool: pool)
                 h.dirty = true
             }
             return register(h)
@@ -210,7 +212,7 @@ public final class SecretFilesystem: @unchecked Sendable {
             node.lookups += 1
             let h = OpenFile(node: node, writable: true, append: flags & O_APPEND != 0, caller: caller)
             if !node.isCommitted || flags & O_TRUNC != 0 {
-                h.buffer = WriteBuffer(limit: options.sizeLimit + 1)
+                h.buffer = WriteBuffer(limit: options.sizeLimit + 1, pool: pool)
                 h.dirty = true
             }
             return (attributes(node), register(h), node.isCommitted)
@@ -236,7 +238,7 @@ public final class SecretFilesystem: @unchecked Sendable {
                 throw .io
             }
         }
-        let b = WriteBuffer(limit: options.sizeLimit + 1, initial: current)
+        let b = WriteBuffer(limit: options.sizeLimit + 1, initial: current, pool: pool)
         current?.wipe()
         h.buffer = b
         return b
@@ -299,14 +301,15 @@ public final class SecretFilesystem: @unchecked Sendable {
             h.dirty = false
             return
         }
-        let value = buffer.value(keepTrailingNewline: options.keepTrailingNewline)
-        defer { value.wipe() }
-        guard value.count <= options.sizeLimit else {
+        guard buffer.valueCount(keepTrailingNewline: options.keepTrailingNewline) <= options.sizeLimit else {
             h.failure = .tooBig
             throw .tooBig
         }
         do {
-            h.node.info = try vault.put(name, value: value, actor: h.actor)
+            // Sealed straight from the write buffer: no copy of the value.
+            h.node.info = try buffer.withValue(keepTrailingNewline: options.keepTrailingNewline) {
+                try vault.put(name, bytes: $0, actor: h.actor)
+            }
             h.dirty = false
             h.written = false
             namespace.lastChange = h.node.info!.updatedAt
@@ -370,16 +373,18 @@ public final class SecretFilesystem: @unchecked Sendable {
                 } else if let name = n.name {
                     // truncate(2) by path: one commit.
                     let h = OpenFile(node: n, writable: true, append: false, caller: caller)
-                    let b = size == 0 ? WriteBuffer(limit: options.sizeLimit + 1) : try ensureBuffer(h)
+                    let b = size == 0 ? WriteBuffer(limit: options.sizeLimit + 1, pool: pool) : try ensureBuffer(h)
                     h.buffer = b
                     _ = b.resize(to: Int(size))
                     h.dirty = true
                     defer { b.wipe() }
                     if !options.keepTrailingNewline && size > 0 {
                         // truncate by length keeps bytes exactly: commit without dropping.
-                        let value = b.value(keepTrailingNewline: true)
-                        defer { value.wipe() }
-                        do { n.info = try vault.put(name, value: value, actor: caller.actor) } catch { throw .io }
+                        do {
+                            n.info = try b.withValue(keepTrailingNewline: true) {
+                                try vault.put(name, bytes: $0, actor: caller.actor)
+                            }
+                        } catch { throw .io }
                         onChange?([name])
                     } else {
                         try commit(h)

@@ -7,13 +7,20 @@ import SecureMemory
 final class WriteBuffer {
     private(set) var bytes: SecureBytes
     let limit: Int
+    private let pool: BufferPool?
+    private var released = false
 
-    init(limit: Int, initial: SecureBytes? = nil) {
+    /// `pool` lends the first (small) buffer: allocating locked memory costs
+    /// a dozen system calls, more than the rest of a small write.
+    init(limit: Int, initial: SecureBytes? = nil, pool: BufferPool? = nil) {
         self.limit = limit
+        self.pool = pool
         if let initial {
-            bytes = initial.copy(capacity: max(initial.count, min(limit, 4096)))
+            bytes = initial.copy(capacity: max(initial.count, min(limit, BufferPool.bufferSize)))
+        } else if let lent = pool?.take(), lent.capacity >= min(limit, BufferPool.bufferSize) {
+            bytes = lent
         } else {
-            bytes = SecureBytes(capacity: min(limit, 4096))
+            bytes = SecureBytes(capacity: min(limit, BufferPool.bufferSize))
         }
     }
 
@@ -25,7 +32,9 @@ final class WriteBuffer {
         if needed <= bytes.capacity { return true }
         var cap = bytes.capacity
         while cap < needed { cap = min(limit, cap * 2) }
-        bytes = bytes.copy(capacity: cap)  // the old buffer is wiped when freed
+        let grown = bytes.copy(capacity: cap)
+        release(bytes)
+        bytes = grown
         return true
     }
 
@@ -49,14 +58,46 @@ final class WriteBuffer {
         return zeros.withUnsafeBytes { bytes.write($0, at: bytes.count) }
     }
 
-    /// The value to store: a copy without one trailing newline unless kept.
-    func value(keepTrailingNewline: Bool) -> SecureBytes {
-        let out = bytes.copy()
-        if !keepTrailingNewline, out.withUnsafeBytes({ $0.last == 0x0A }) {
-            out.setCount(out.count - 1)
+    /// The value to store, in place: without one trailing newline unless kept.
+    func withValue<R>(keepTrailingNewline: Bool, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try bytes.withUnsafeBytes { raw in
+            let drop = !keepTrailingNewline && raw.last == 0x0A
+            return try body(UnsafeRawBufferPointer(rebasing: raw[0..<(raw.count - (drop ? 1 : 0))]))
         }
-        return out
     }
 
-    func wipe() { bytes.wipe() }
+    /// Length of the value that `withValue` would store.
+    func valueCount(keepTrailingNewline: Bool) -> Int {
+        withValue(keepTrailingNewline: keepTrailingNewline) { $0.count }
+    }
+
+    /// Wipes the bytes and gives a pooled buffer back. The buffer must not
+    /// be used afterwards (the pool may lend its memory to another file).
+    func wipe() {
+        guard !released else { return }
+        released = true
+        release(bytes)
+    }
+
+    private func release(_ b: SecureBytes) {
+        b.wipe()
+        if b.capacity == BufferPool.bufferSize { pool?.give(b) }
+    }
+}
+
+/// A few small locked buffers kept for reuse by write handles, always wiped
+/// before they go back. Not thread-safe: used under the filesystem's lock.
+final class BufferPool {
+    static let bufferSize = 4096
+    private var free: [SecureBytes] = []
+    private let maximum: Int
+
+    init(maximum: Int = 16) { self.maximum = maximum }
+
+    func take() -> SecureBytes? { free.popLast() }
+
+    func give(_ b: SecureBytes) {
+        precondition(b.isEmpty, "a pooled buffer must be wiped first")
+        if free.count < maximum { free.append(b) }
+    }
 }

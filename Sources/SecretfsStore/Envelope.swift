@@ -20,19 +20,22 @@ enum Envelope {
     }
 
     static func seal(_ plaintext: SecureBytes, key: SecureBytes, associatedData: [UInt8]) -> Sealed {
+        plaintext.withUnsafeBytes { seal($0, key: key, associatedData: associatedData) }
+    }
+
+    /// Seals bytes that live in the caller's locked memory (no copy).
+    static func seal(_ msg: UnsafeRawBufferPointer, key: SecureBytes, associatedData: [UInt8]) -> Sealed {
         precondition(key.count == keyBytes)
         var nonce = [UInt8](repeating: 0, count: nonceBytes)
         randombytes_buf(&nonce, nonceBytes)
-        var out = [UInt8](repeating: 0, count: plaintext.count + tagBytes)
+        var out = [UInt8](repeating: 0, count: msg.count + tagBytes)
         var outLen: UInt64 = 0
-        plaintext.withUnsafeBytes { msg in
-            key.withUnsafeBytes { k in
-                _ = crypto_aead_xchacha20poly1305_ietf_encrypt(
-                    &out, &outLen,
-                    msg.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(msg.count),
-                    associatedData, UInt64(associatedData.count),
-                    nil, nonce, k.baseAddress!.assumingMemoryBound(to: UInt8.self))
-            }
+        key.withUnsafeBytes { k in
+            _ = crypto_aead_xchacha20poly1305_ietf_encrypt(
+                &out, &outLen,
+                msg.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(msg.count),
+                associatedData, UInt64(associatedData.count),
+                nil, nonce, k.baseAddress!.assumingMemoryBound(to: UInt8.self))
         }
         return Sealed(ciphertext: out, nonce: nonce)
     }

@@ -99,6 +99,11 @@ public final class ProjectVault: @unchecked Sendable {
     }
 
     private func writeRowLocked(_ name: String, value: SecureBytes, actor: Actor, createdAt: Timestamp?) throws -> SecretInfo {
+        try value.withUnsafeBytes { try writeRowLocked(name, bytes: $0, actor: actor, createdAt: createdAt) }
+    }
+
+    private func writeRowLocked(_ name: String, bytes value: UnsafeRawBufferPointer, actor: Actor,
+                                createdAt: Timestamp?) throws -> SecretInfo {
         let version = try nextVersion()
         let sealed = Envelope.seal(value, key: dataKey,
                                    associatedData: Envelope.valueAD(projectID: id, version: version, name: name))
@@ -122,11 +127,18 @@ public final class ProjectVault: @unchecked Sendable {
     /// Creates or replaces a value, durably, in one transaction.
     @discardableResult
     public func put(_ name: String, value: SecureBytes, actor: Actor) throws -> SecretInfo {
+        try value.withUnsafeBytes { try put(name, bytes: $0, actor: actor) }
+    }
+
+    /// Creates or replaces a value from bytes in the caller's locked memory
+    /// (the filesystem commits straight from its write buffer, no copy).
+    @discardableResult
+    public func put(_ name: String, bytes value: UnsafeRawBufferPointer, actor: Actor) throws -> SecretInfo {
         guard Names.isValid(name) else { throw StoreError.invalidSecretName(name) }
         return try store.lock.withLock { _ in
             try db.transaction("writing secret \(name)") {
                 let existed = try infoLocked(name) != nil
-                let info = try writeRowLocked(name, value: value, actor: actor, createdAt: nil)
+                let info = try writeRowLocked(name, bytes: value, actor: actor, createdAt: nil)
                 try store.insertAudit(project: self.name, actor: actor, action: existed ? "update" : "create",
                                       names: name, detail: nil)
                 return info
