@@ -1,3 +1,4 @@
+import Glibc
 import SecretfsStore
 
 /// One name in the mounted directory, as the kernel knows it (an inode).
@@ -38,9 +39,11 @@ struct Namespace {
     static let rootIno: UInt64 = 1
     private(set) var byName: [String: Node] = [:]
     private var byIno: [UInt64: Node] = [:]
+    /// Named nodes in byte order of their names, kept sorted as names come
+    /// and go (a binary search and a memmove of pointers per change), so a
+    /// listing never sorts: `opendir` of 10k names costs nothing extra.
+    private var sorted: [Node] = []
     private var nextIno: UInt64 = 2
-    /// Bumped on every change of the listing; lets `readdir` offsets stay stable.
-    private(set) var generation: UInt64 = 0
     /// Last change of the directory (for the directory's mtime).
     var lastChange = Timestamp.now()
 
@@ -66,14 +69,47 @@ struct Namespace {
         nextIno += 1
         byName[name] = n
         byIno[n.ino] = n
+        sorted.insert(n, at: position(of: name))
         touch()
         return n
+    }
+
+    /// Index of `name` in `sorted`, or where it would be inserted.
+    private func position(of name: String) -> Int {
+        var lo = 0, hi = sorted.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if Self.precedes(sorted[mid].name ?? "", name) { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+
+    private mutating func removeSorted(_ node: Node) {
+        guard let name = node.name else { return }
+        let i = position(of: name)
+        if i < sorted.count && sorted[i] === node { sorted.remove(at: i) }
+    }
+
+    /// Byte order (names are ASCII, so this is `ls`'s order in the C locale),
+    /// compared with memcmp rather than String's Unicode-aware ordering.
+    static func precedes(_ a: String, _ b: String) -> Bool {
+        var a = a, b = b
+        return a.withUTF8 { pa in
+            b.withUTF8 { pb in
+                let n = min(pa.count, pb.count)
+                let c = n == 0 ? 0 : memcmp(pa.baseAddress!, pb.baseAddress!, n)
+                return c < 0 || (c == 0 && pa.count < pb.count)
+            }
+        }
     }
 
     /// Detaches the node from its name; it stays reachable by inode until
     /// the kernel forgets it and no file is open on it.
     mutating func unlink(_ node: Node) {
-        if let name = node.name, byName[name] === node { byName[name] = nil }
+        if let name = node.name, byName[name] === node {
+            byName[name] = nil
+            removeSorted(node)
+        }
         node.name = nil
         collect(node)
         touch()
@@ -82,17 +118,23 @@ struct Namespace {
     /// Moves `node` to `newName`, detaching whatever held that name.
     mutating func move(_ node: Node, to newName: String) {
         if let old = byName[newName], old !== node { unlink(old) }
-        if let name = node.name, byName[name] === node { byName[name] = nil }
+        if let name = node.name, byName[name] === node {
+            byName[name] = nil
+            removeSorted(node)
+        }
         node.name = newName
         byName[newName] = node
+        sorted.insert(node, at: position(of: newName))
         touch()
     }
 
     /// Swaps the names of two nodes (RENAME_EXCHANGE).
     mutating func exchange(_ a: Node, _ b: Node) {
         guard let an = a.name, let bn = b.name else { return }
+        let ia = position(of: an), ib = position(of: bn)
         a.name = bn; b.name = an
         byName[bn] = a; byName[an] = b
+        sorted.swapAt(ia, ib)
         touch()
     }
 
@@ -109,17 +151,10 @@ struct Namespace {
         collect(n)
     }
 
-    /// Names in a stable (sorted) order, for a directory listing.
-    func sortedNodes() -> [Node] {
-        // Names are ASCII: byte order is the order `ls` shows in the C
-        // locale, and comparing bytes is far cheaper than String's Unicode order.
-        byName.map { ($0.key, $0.value) }
-            .sorted { $0.0.utf8.lexicographicallyPrecedes($1.0.utf8) }
-            .map(\.1)
-    }
+    /// Named nodes in byte order of their names, for a directory listing.
+    func sortedNodes() -> [Node] { sorted }
 
     private mutating func touch() {
-        generation &+= 1
         lastChange = Timestamp.now()
     }
 }

@@ -49,7 +49,6 @@ public final class SecretFilesystem: @unchecked Sendable {
     private var namespace: Namespace
     private var handles: [UInt64: OpenFile] = [:]
     private var directoryListings: [UInt64: [Node]] = [:]
-    private var sortedListing: (generation: UInt64, nodes: [Node]) = (UInt64.max, [])
     /// Small locked buffers reused by write handles (see WriteBuffer).
     private let pool = BufferPool()
     private var nextHandle: UInt64 = 1
@@ -486,13 +485,9 @@ public final class SecretFilesystem: @unchecked Sendable {
         return lock.withLock { _ in
             let fh = nextHandle
             nextHandle += 1
-            // A snapshot: offsets into it stay meaningful while the directory
-            // changes. Sorting 10k names costs milliseconds, so the sorted
-            // listing is reused until the namespace changes.
-            if sortedListing.generation != namespace.generation {
-                sortedListing = (namespace.generation, namespace.sortedNodes())
-            }
-            directoryListings[fh] = sortedListing.nodes
+            // A snapshot (copy-on-write, so free until the directory next
+            // changes): offsets into it stay meaningful while names change.
+            directoryListings[fh] = namespace.sortedNodes()
             return fh
         }
     }
