@@ -211,7 +211,11 @@ public final class Store: @unchecked Sendable {
 
     /// Versioned schema migrations; `PRAGMA user_version` is the schema version.
     private static let migrations: [String] = [
-        // 1: the first schema. See docs/store-format.md.
+        // 1: the first schema. See docs/store-format.md. Each commit of a
+        // value writes the secret's page, its project's page (the version
+        // counter) and the audit page: no AUTOINCREMENT (its sqlite_sequence
+        // page; audit rows are never deleted, so plain rowids only grow) and
+        // no audit index (another page per commit, for a rarely run report).
         """
         CREATE TABLE meta (
             key   TEXT PRIMARY KEY,
@@ -237,7 +241,7 @@ public final class Store: @unchecked Sendable {
             PRIMARY KEY (project_id, name)
         ) WITHOUT ROWID;
         CREATE TABLE audit (
-            id       INTEGER PRIMARY KEY AUTOINCREMENT,
+            id       INTEGER PRIMARY KEY,
             project  TEXT NOT NULL,
             at       INTEGER NOT NULL,
             uid      INTEGER NOT NULL,
@@ -246,7 +250,6 @@ public final class Store: @unchecked Sendable {
             names    TEXT,
             detail   TEXT
         );
-        CREATE INDEX audit_by_project ON audit(project, at);
         """,
     ]
 
