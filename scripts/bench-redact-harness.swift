@@ -181,7 +181,12 @@ case "gen" where args.count == 4: gen(args[2], megabytes: Int(args[3])!)
 case "patterns" where args.count == 4: patterns(Int(args[2])!, args[3])
 case "run" where args.count == 4: run(args[2], Int(args[3])!)
 case "adversarial" where args.count == 3: adversarial(megabytes: Int(args[2])!)
+case "values" where args.count == 4:
+    // One file per generated value (SECRET_i), to load the same secrets into a mount.
+    for (i, v) in secretValues(Int(args[2])!).enumerated() {
+        _ = FileManager.default.createFile(atPath: "\(args[3])/SECRET_\(i)", contents: Data(v))
+    }
 default:
-    FileHandle.standardError.write("usage: harness gen LOG MB | patterns N FILE | run LOG N | adversarial MB\n".data(using: .utf8)!)
+    FileHandle.standardError.write("usage: harness gen LOG MB | patterns N FILE | run LOG N | adversarial MB | values N DIR\n".data(using: .utf8)!)
     exit(2)
 }
