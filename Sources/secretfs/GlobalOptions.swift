@@ -63,7 +63,7 @@ func absolute(_ path: String) -> String {
     if path.hasPrefix("/") { return normalise(path) }
     var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
     guard getcwd(&buf, buf.count) != nil else { return path }
-    return normalise(String(cString: buf) + "/" + path)
+    return normalise(cString(buf) + "/" + path)
 }
 
 /// Removes `.`, empty components and a trailing slash (not `..`: symlinks).
@@ -79,5 +79,10 @@ func iso8601(_ t: Timestamp) -> String {
     gmtime_r(&secs, &tmv)
     var buf = [CChar](repeating: 0, count: 32)
     strftime(&buf, buf.count, "%Y-%m-%dT%H:%M:%SZ", &tmv)
-    return String(cString: buf)
+    return cString(buf)
+}
+
+/// The NUL-terminated text in a C buffer.
+func cString(_ buf: [CChar]) -> String {
+    buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
 }

@@ -20,11 +20,10 @@ struct StderrLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    func log(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?,
-             source: String, file: String, function: String, line: UInt) {
+    func log(event: LogEvent) {
         var all = metadata
-        if let extra { all.merge(extra) { $1 } }
-        var text = "\(timestampNow()) \(level) \(label): \(message)"
+        if let extra = event.metadata { all.merge(extra) { $1 } }
+        var text = "\(timestampNow()) \(event.level) \(label): \(event.message)"
         for key in all.keys.sorted() { text += " \(key)=\(all[key]!)" }
         text += "\n"
         writeStderr(text)
@@ -39,7 +38,7 @@ struct StderrLogHandler: LogHandler {
         var buf = [CChar](repeating: 0, count: 32)
         strftime(&buf, buf.count, "%Y-%m-%dT%H:%M:%S", &tmv)
         let ms = ts.tv_nsec / 1_000_000
-        return String(cString: buf) + "." + String(repeating: "0", count: ms < 10 ? 2 : ms < 100 ? 1 : 0) + String(ms) + "Z"
+        return cString(buf) + "." + String(repeating: "0", count: ms < 10 ? 2 : ms < 100 ? 1 : 0) + String(ms) + "Z"
     }
 }
 

@@ -332,7 +332,7 @@ extension String {
 func selfExecutable() -> String {
     var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
     let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-    return n > 0 ? String(cString: buf) : CommandLine.arguments[0]
+    return n > 0 ? cString(buf) : CommandLine.arguments[0]
 }
 
 func environmentList() -> [String] {

@@ -53,7 +53,7 @@ struct RuntimeState {
         var buf = [CChar](repeating: 0, count: 8192)
         let n = read(fd, &buf, buf.count - 1)
         guard n > 0 else { return nil }
-        let lines = String(cString: buf).split(separator: "\n", omittingEmptySubsequences: false)
+        let lines = cString(buf).split(separator: "\n", omittingEmptySubsequences: false)
         guard lines.count >= 2, let pid = Int32(lines[0]) else { return nil }
         return ActiveMount(project: project, pid: pid, mountpoint: String(lines[1]))
     }
