@@ -47,21 +47,21 @@ public struct ProtocolError: Error, Sendable, CustomStringConvertible, Equatable
     }
 
     static func connectFailure(_ path: String, errno code: Int32) -> ProtocolError {
-        switch code {
-        case ENOENT, ENOTDIR:
+        let failure = ConnectFailure(path: path, errno: code)
+        switch failure.reason {
+        case .absent:
             return ProtocolError(.notMounted, "project not mounted (tried \(path))",
                                  hint: "mount it with `secretfs mount PROJECT DIR`, or pass the right --runtime-dir")
-        case ECONNREFUSED:
-            return ProtocolError(.connectionRefused, "nothing answers on \(path) (stale socket)",
+        case .refused:
+            return ProtocolError(.connectionRefused, failure.message,
                                  hint: "the mount process is gone; unmount and mount the project again")
-        case EACCES, EPERM:
-            return ProtocolError(.permissionDenied, "permission denied connecting to \(path)",
+        case .denied:
+            return ProtocolError(.permissionDenied, failure.message,
                                  hint: "the mount allows only its owner by default; mount with --resolver-uid or --resolver-group")
-        case ENAMETOOLONG:
-            return ProtocolError(.pathTooLong, "socket path too long (at most \(SocketIO.maxPathLength) bytes): \(path)",
-                                 hint: "use a shorter --runtime-dir")
-        default:
-            return ProtocolError(.system(code), "cannot connect to \(path): \(SocketIO.errorText(code))")
+        case .pathTooLong:
+            return ProtocolError(.pathTooLong, failure.message, hint: "use a shorter --runtime-dir")
+        case .other(let e):
+            return ProtocolError(.system(e), failure.message)
         }
     }
 
@@ -80,5 +80,47 @@ public struct ProtocolError: Error, Sendable, CustomStringConvertible, Equatable
         default: break
         }
         return ProtocolError(.server(c), "\(path): \(text) (\(c))", hint: hint)
+    }
+}
+
+/// Why connect(2) to a Unix socket failed, sorted the way both clients (the
+/// mount's and the resolver daemon's) report it, with the message they
+/// share. Each client names what is missing when nothing is at the path
+/// (`absent`), and gives its own error kinds and hints.
+package struct ConnectFailure {
+    package enum Reason: Equatable {
+        /// No socket at the path (ENOENT, ENOTDIR).
+        case absent
+        /// A socket file, but nothing answers (ECONNREFUSED).
+        case refused
+        /// The socket file's mode does not let this user connect (EACCES, EPERM).
+        case denied
+        /// The path does not fit in a Unix socket address (ENAMETOOLONG).
+        case pathTooLong
+        case other(Int32)
+    }
+
+    package let reason: Reason
+    /// The message for every reason but `absent` (empty for `absent`).
+    package let message: String
+
+    package init(path: String, errno code: Int32) {
+        switch code {
+        case ENOENT, ENOTDIR:
+            reason = .absent
+            message = ""
+        case ECONNREFUSED:
+            reason = .refused
+            message = "nothing answers on \(path) (stale socket)"
+        case EACCES, EPERM:
+            reason = .denied
+            message = "permission denied connecting to \(path)"
+        case ENAMETOOLONG:
+            reason = .pathTooLong
+            message = "socket path too long (at most \(SocketIO.maxPathLength) bytes): \(path)"
+        default:
+            reason = .other(code)
+            message = "cannot connect to \(path): \(SocketIO.errorText(code))"
+        }
     }
 }

@@ -59,11 +59,13 @@ public struct ServerLimits: Sendable {
 /// The privileged socket of one mounted project: LIST, GET and WATCH for the
 /// peers its `SocketPolicy` allows (docs/protocol.md).
 ///
-/// One thread accepts; each connection gets its own thread with blocking I/O
-/// (bounded by `ServerLimits.maxConnections`). Lock order: `state` is never
-/// held while calling the store, and the store lock is never held while
-/// taking `state`; `notifyChanged` (called under the filesystem's lock) only
-/// takes `state` and each watcher's queue lock, and never blocks on I/O.
+/// A `UnixSocketListener` owns the socket file, the accept thread and the
+/// connections (bounded by `ServerLimits.maxConnections`); each connection
+/// gets its own thread with blocking I/O, running `serveConnection`. Lock
+/// order: `state` is never held while calling the store, and the store lock
+/// is never held while taking `state`; `notifyChanged` (called under the
+/// filesystem's lock) only takes `state` and each watcher's queue lock, and
+/// never blocks on I/O. The listener's lock is a leaf.
 public final class PrivilegedSocketServer: @unchecked Sendable {
     // @unchecked: mutable state lives in `state` (a Mutex); the rest is immutable.
     public let socketPath: String
@@ -71,23 +73,17 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
     public let limits: ServerLimits
     public let vault: ProjectVault
     let logger: Logger
+    private let listener: UnixSocketListener
 
     private struct State {
-        var started = false
+        /// Set once the listener has stopped admitting, with every watcher woken.
         var stopping = false
-        var connections: [UInt64: Int32] = [:]
         var watchers: [UInt64: Watcher] = [:]
-        var nextID: UInt64 = 1
         /// Bumped by every `notifyChanged`: unlike the project's version it
         /// also moves on deletes.
         var sequence: UInt64 = 0
-        var runningThreads = 0
-        var socketDevice: UInt64 = 0
-        var socketInode: UInt64 = 0
     }
     private let state = Mutex(State())
-    /// Wakes the accept loop at stop (eventfd).
-    private let wakeFD: Int32
 
     public init(vault: ProjectVault, socketPath: String, policy: SocketPolicy = SocketPolicy(),
                 limits: ServerLimits = ServerLimits(), logger: Logger = Logger(label: "secretfs.socket")) {
@@ -96,15 +92,20 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         self.policy = policy
         self.limits = limits
         self.logger = logger
-        self.wakeFD = secretfs_eventfd(0)
-    }
-
-    deinit {
-        if wakeFD >= 0 { close(wakeFD) }
+        let group = policy.fileGroup
+        listener = UnixSocketListener(UnixSocketListener.Configuration(
+            path: socketPath, name: "privileged socket",
+            mode: group == nil ? 0o600 : 0o660, group: group,
+            // Owner and group may read and write; nobody executes, nothing else.
+            forbiddenModeBits: 0o7117,
+            backlog: 64, maxConnections: limits.maxConnections, sendTimeout: limits.sendTimeout, policy: policy,
+            refusalFrame: { refusal, message in
+                Wire.errorFrame(refusal == .busy ? .busy : .notAllowed, message)
+            }), logger: logger)
     }
 
     /// Connections being served now (watchers included).
-    public var connectionCount: Int { state.withLock { $0.connections.count } }
+    public var connectionCount: Int { listener.connectionCount }
     /// The change sequence: how many `notifyChanged` calls this server has seen.
     public var changeSequence: UInt64 { state.withLock { $0.sequence } }
 
@@ -115,116 +116,43 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
 
     /// Binds and listens at `socketPath` and starts serving. A socket file left
     /// by a dead mount is replaced; a live one (something answers) is not.
+    /// A failed start can be retried (after removing the cause).
     public func start() throws(ProtocolError) {
-        let already = state.withLock { s in
-            if s.started { return true }
-            s.started = true
-            return false
+        let started: Bool
+        do {
+            started = try listener.start(serve: { [self] in serveConnection($0) },
+                                         refused: { [self] in auditRefusal($0) })
+        } catch {
+            throw startFailure(error)
         }
-        if already { return }
-        var ok = false
-        // A failed start can be retried (after removing the cause).
-        defer { if !ok { state.withLock { $0.started = false } } }
-        try bindAndListen()
-        ok = true
-    }
-
-    private func bindAndListen() throws(ProtocolError) {
-        guard wakeFD >= 0 else {
-            throw ProtocolError(.system(errno), "eventfd: \(SocketIO.errorText(errno))")
-        }
-        guard var addr = SocketIO.address(socketPath) else {
-            throw ProtocolError.connectFailure(socketPath, errno: ENAMETOOLONG)
-        }
-        try removeStaleSocket()
-
-        let fd = SocketIO.newStreamSocket()
-        guard fd >= 0 else { throw ProtocolError(.system(errno), "socket: \(SocketIO.errorText(errno))") }
-        var ok = false
-        defer { if !ok { close(fd) } }
-        // Narrow before bind (Linux takes the new file's mode from the socket
-        // inode, minus the umask). Nobody can connect before listen() anyway,
-        // so the chmod/chown below happen before the socket is reachable.
-        _ = fchmod(fd, 0o600)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard rc == 0 else {
-            let e = errno
-            if e == EADDRINUSE {
-                throw ProtocolError(.addressInUse, "\(socketPath) appeared while starting (another mount of the project?)")
-            }
-            throw ProtocolError(.system(e), "cannot bind \(socketPath): \(SocketIO.errorText(e))",
-                                hint: "check that the runtime directory is writable")
-        }
-        var bound = false
-        defer { if !ok && bound { unlink(socketPath) } }
-        bound = true
-        let group = policy.fileGroup
-        if let group, lchown(socketPath, uid_t.max, group) != 0 {
-            let e = errno
-            throw ProtocolError(.system(e), "cannot give \(socketPath) to group \(group): \(SocketIO.errorText(e))",
-                                hint: "the mount's owner must be a member of the --resolver-group group (or mount as root)")
-        }
-        let mode: mode_t = group == nil ? 0o600 : 0o660
-        guard chmod(socketPath, mode) == 0 else {
-            let e = errno
-            throw ProtocolError(.system(e), "cannot chmod \(socketPath): \(SocketIO.errorText(e))")
-        }
-        var st = stat()
-        guard lstat(socketPath, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK, st.st_mode & 0o7117 == 0 else {
-            throw ProtocolError(.system(EPERM), "\(socketPath) does not have the expected mode after bind")
-        }
-        guard listen(fd, 64) == 0 else {
-            let e = errno
-            throw ProtocolError(.system(e), "cannot listen on \(socketPath): \(SocketIO.errorText(e))")
-        }
-        state.withLock { s in
-            s.socketDevice = UInt64(st.st_dev)
-            s.socketInode = UInt64(st.st_ino)
-            s.runningThreads += 1
-        }
-        guard startDetachedThread({ [self] in acceptLoop(fd) }) else {
-            state.withLock { $0.runningThreads -= 1 }
-            throw ProtocolError(.system(EAGAIN), "cannot start the socket's accept thread")
-        }
-        ok = true
+        guard started else { return }
         logger.debug("privileged socket listening", metadata: [
-            "path": "\(socketPath)", "mode": "\(String(mode, radix: 8))",
+            "path": "\(socketPath)", "mode": "\(String(listener.configuration.mode, radix: 8))",
             "uids": "\(policy.effectiveUIDs)", "gids": "\(policy.gids)",
         ])
     }
 
-    /// A socket file at the path is replaced only if nothing answers on it;
-    /// anything else at the path is left alone and reported.
-    private func removeStaleSocket() throws(ProtocolError) {
-        var st = stat()
-        guard lstat(socketPath, &st) == 0 else {
-            if errno == ENOENT { return }
-            let e = errno
-            throw ProtocolError(.system(e), "cannot inspect \(socketPath): \(SocketIO.errorText(e))")
+    /// The listener's failure in the mount's words.
+    private func startFailure(_ f: UnixSocketListener.Failure) -> ProtocolError {
+        switch f.step {
+        case .address:
+            return ProtocolError.connectFailure(socketPath, errno: ENAMETOOLONG)
+        case .notASocket:
+            return ProtocolError(.notASocket, f.message, hint: "remove it if it is yours, or use another --runtime-dir")
+        case .live:
+            return ProtocolError(.addressInUse, f.message, hint: "is the project mounted already? (secretfs status)")
+        case .appeared:
+            return ProtocolError(.addressInUse, f.message + " (another mount of the project?)")
+        case .bind:
+            return ProtocolError(.system(f.errno), f.message, hint: "check that the runtime directory is writable")
+        case .group:
+            return ProtocolError(.system(f.errno), f.message,
+                                 hint: "the mount's owner must be a member of the --resolver-group group (or mount as root)")
+        case .thread:
+            return ProtocolError(.system(f.errno), "cannot start the socket's accept thread")
+        case .wake, .inspect, .probe, .removeStale, .socket, .chmod, .mode, .listen:
+            return ProtocolError(.system(f.errno), f.message)
         }
-        guard st.st_mode & S_IFMT == S_IFSOCK else {
-            throw ProtocolError(.notASocket, "\(socketPath) exists and is not a socket; not replacing it",
-                                hint: "remove it if it is yours, or use another --runtime-dir")
-        }
-        let probe = SocketIO.connect(to: socketPath)
-        if probe >= 0 {
-            close(probe)
-            throw ProtocolError(.addressInUse, "another process already serves \(socketPath)",
-                                hint: "is the project mounted already? (secretfs status)")
-        }
-        let e = errno
-        guard e == ECONNREFUSED else {
-            throw ProtocolError(.system(e), "cannot tell whether \(socketPath) is in use: \(SocketIO.errorText(e))")
-        }
-        guard unlink(socketPath) == 0 || errno == ENOENT else {
-            let e = errno
-            throw ProtocolError(.system(e), "cannot remove stale socket \(socketPath): \(SocketIO.errorText(e))")
-        }
-        logger.info("replaced a stale socket", metadata: ["path": "\(socketPath)"])
     }
 
     // MARK: Stopping
@@ -232,25 +160,15 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
     /// Stops accepting, removes the socket file (if it is still ours), closes
     /// every connection and waits (up to `timeout` seconds) for the threads.
     public func stop(timeout: Double = 3) {
-        let (wasRunning, device, inode) = state.withLock { s -> (Bool, UInt64, UInt64) in
-            guard s.started, !s.stopping else { return (false, 0, 0) }
-            s.stopping = true
-            // Wake every connection thread: blocked reads return 0, sends fail.
-            for fd in s.connections.values { _ = shutdown(fd, Int32(SHUT_RDWR)) }
-            for w in s.watchers.values { w.wake() }
-            return (true, s.socketDevice, s.socketInode)
+        let stopped = listener.stop(timeout: timeout) {
+            // Under `state`, so a WATCH either subscribed already (and is
+            // woken here) or sees `stopping` and does not subscribe.
+            state.withLock { s in
+                s.stopping = true
+                for w in s.watchers.values { w.wake() }
+            }
         }
-        guard wasRunning else { return }
-        var st = stat()
-        if lstat(socketPath, &st) == 0, UInt64(st.st_dev) == device, UInt64(st.st_ino) == inode {
-            unlink(socketPath)
-        }
-        var one: UInt64 = 1
-        _ = write(wakeFD, &one, 8)
-        let deadline = SocketIO.monotonicNow() + timeout
-        while state.withLock({ $0.runningThreads }) > 0 && SocketIO.monotonicNow() < deadline {
-            usleep(2_000)
-        }
+        guard stopped else { return }
         logger.info("privileged socket stopped", metadata: ["path": "\(socketPath)"])
     }
 
@@ -269,123 +187,12 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         for w in watchers { w.enqueue(names, limit: limits.maxQueuedNames) }
     }
 
-    // MARK: Accepting
-
-    private func acceptLoop(_ listenFD: Int32) {
-        defer {
-            close(listenFD)
-            state.withLock { $0.runningThreads -= 1 }
-        }
-        while true {
-            var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
-            let rc = poll(&fds, 2, -1)
-            if rc < 0 {
-                if errno == EINTR { continue }
-                logger.error("poll on the privileged socket failed", metadata: ["errno": "\(errno)"])
-                return
-            }
-            if fds[1].revents != 0 || isStopping { return }
-            if fds[0].revents & Int16(POLLNVAL | POLLERR) != 0 {
-                logger.error("the privileged socket's listening descriptor failed")
-                return
-            }
-            let fd = secretfs_accept_cloexec(listenFD)
-            if fd < 0 {
-                switch errno {
-                case EINTR, EAGAIN, ECONNABORTED, EPROTO:
-                    continue
-                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
-                    logger.warning("accept: out of resources", metadata: ["errno": "\(errno)"])
-                    usleep(50_000)
-                    continue
-                default:
-                    logger.error("accept failed", metadata: ["errno": "\(errno)"])
-                    usleep(10_000)
-                    continue
-                }
-            }
-            admit(fd)
-        }
-    }
-
-    private func admit(_ fd: Int32) {
-        enum Decision { case serve(UInt64), busy, stopping }
-        let decision = state.withLock { s -> Decision in
-            if s.stopping { return .stopping }
-            if s.connections.count >= limits.maxConnections { return .busy }
-            let id = s.nextID
-            s.nextID += 1
-            s.connections[id] = fd
-            s.runningThreads += 1
-            return .serve(id)
-        }
-        switch decision {
-        case .stopping:
-            close(fd)
-        case .busy:
-            // Never blocks the accept loop: a small frame into an empty buffer.
-            SocketIO.setSendTimeout(fd, seconds: 0.05)
-            SocketIO.sendAll(fd, Wire.errorFrame(.busy, "too many connections (limit \(limits.maxConnections))"))
-            _ = shutdown(fd, Int32(SHUT_WR))
-            close(fd)
-            logger.warning("connection refused: busy", metadata: ["limit": "\(limits.maxConnections)"])
-        case .serve(let id):
-            let started = startDetachedThread { [self] in
-                let linger = serveConnection(id: id, fd: fd)
-                finish(id: id, fd: fd, linger: linger)
-            }
-            if !started {
-                state.withLock { s in
-                    s.connections[id] = nil
-                    s.runningThreads -= 1
-                }
-                close(fd)
-                logger.error("cannot start a connection thread")
-            }
-        }
-    }
-
-    /// Removes the connection, then closes it (in that order: `stop` shuts
-    /// down registered descriptors, and a number closed first could be reused).
-    private func finish(id: UInt64, fd: Int32, linger: Bool) {
-        if linger { Self.drainAfterError(fd) }
-        state.withLock { s in
-            s.connections[id] = nil
-            s.watchers[id] = nil
-        }
-        close(fd)
-        state.withLock { $0.runningThreads -= 1 }
-    }
-
-    /// After a final ERROR frame: stop sending and discard what the peer still
-    /// sends for a moment, so it reads our frame instead of ECONNRESET.
-    private static func drainAfterError(_ fd: Int32) {
-        _ = shutdown(fd, Int32(SHUT_WR))
-        let deadline = SocketIO.monotonicNow() + 0.2
-        var scratch = [UInt8](repeating: 0, count: 4096)  // request bytes only, never values
-        var budget = 1 << 20
-        while budget > 0, SocketIO.waitReadable(fd, deadline: deadline) {
-            let n = read(fd, &scratch, scratch.count)
-            if n <= 0 { break }
-            budget -= n
-        }
-    }
-
     // MARK: One connection
 
-    /// Serves one connection until it ends. Returns true when the last thing
-    /// sent was an ERROR after which the connection is being closed.
-    private func serveConnection(id: UInt64, fd: Int32) -> Bool {
-        SocketIO.setSendTimeout(fd, seconds: limits.sendTimeout)
-        guard let peer = PeerCredentials.of(fd) else {
-            logger.warning("cannot read peer credentials; closing", metadata: ["errno": "\(errno)"])
-            return false
-        }
-        guard policy.allows(peer) else {
-            refuse(fd, peer)
-            return true
-        }
+    /// Serves one admitted connection until it ends. Returns true when the
+    /// last thing sent was an ERROR after which the connection is being closed.
+    private func serveConnection(_ conn: UnixSocketListener.Connection) -> Bool {
+        let (id, fd, peer) = (conn.id, conn.fd, conn.peer)
         let actor = Actor(uid: peer.uid, pid: peer.pid)
         while true {
             let deadline = SocketIO.monotonicNow() + limits.idleTimeout
@@ -425,9 +232,9 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         SocketIO.sendAll(fd, Wire.errorFrame(code, message))
     }
 
-    private func refuse(_ fd: Int32, _ peer: PeerCredentials) {
-        sendError(fd, .notAllowed, "uid \(peer.uid) is not allowed on this socket")
-        logger.warning("refused a connection", metadata: ["uid": "\(peer.uid)", "gid": "\(peer.gid)", "pid": "\(peer.pid)"])
+    /// After the listener refused a peer outside the allow-list (it sent the
+    /// ERROR and logged it): the audit trail records the attempt.
+    private func auditRefusal(_ peer: PeerCredentials) {
         do {
             try vault.audit(action: "refused", names: nil,
                             detail: "privileged socket: uid \(peer.uid) gid \(peer.gid) pid \(peer.pid) not in the allow-list",

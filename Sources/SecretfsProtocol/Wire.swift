@@ -143,20 +143,30 @@ extension Wire {
     public static func textSize(_ s: String) -> Int { 2 + s.utf8.count }
 
     /// An error message cut to the limit at a character boundary.
-    public static func clippedMessage(_ s: String) -> String {
-        if s.utf8.count <= maxErrorMessage { return s }
+    public static func clippedMessage(_ s: String) -> String { clip(s, maxErrorMessage) }
+
+    /// A text field cut to `limit` bytes at a character boundary.
+    package static func clip(_ s: String, _ limit: Int) -> String {
+        if s.utf8.count <= limit { return s }
         var out = ""
         for ch in s {
-            if out.utf8.count + String(ch).utf8.count > maxErrorMessage { break }
+            if out.utf8.count + String(ch).utf8.count > limit { break }
             out.append(ch)
         }
         return out
     }
 
     static func errorFrame(_ code: WireErrorCode, _ message: String) -> SecureBytes {
+        errorFrame(code: code.rawValue, message)
+    }
+
+    /// An ERROR frame (type 0xFF, `u16 code, text message`, the message
+    /// clipped): the resolver daemon's ERROR has the same layout, with its
+    /// own codes.
+    package static func errorFrame(code: UInt16, _ message: String) -> SecureBytes {
         let m = clippedMessage(message)
         let b = FrameBuilder(type: .error, bodySize: 2 + textSize(m))
-        b.u16(code.rawValue)
+        b.u16(code)
         b.text(m)
         return b.finish()
     }

@@ -79,24 +79,12 @@ public enum DaemonWire {
     }
 
     /// A text field cut to `limit` bytes at a character boundary.
-    static func clip(_ s: String, _ limit: Int) -> String {
-        if s.utf8.count <= limit { return s }
-        var out = ""
-        for ch in s {
-            if out.utf8.count + String(ch).utf8.count > limit { break }
-            out.append(ch)
-        }
-        return out
-    }
+    static func clip(_ s: String, _ limit: Int) -> String { Wire.clip(s, limit) }
 
     // MARK: Building
 
     static func errorFrame(_ code: DaemonErrorCode, _ message: String) -> SecureBytes {
-        let m = Wire.clippedMessage(message)
-        let b = FrameBuilder(rawType: MessageType.error.rawValue, bodySize: 2 + Wire.textSize(m))
-        b.u16(code.rawValue)
-        b.text(m)
-        return b.finish()
+        Wire.errorFrame(code: code.rawValue, message)
     }
 
     static func projectRequest(_ type: MessageType, project: String) -> SecureBytes {
@@ -217,23 +205,15 @@ public enum DaemonErrorCode: UInt16, Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .malformed: return "malformed"
-        case .unsupportedVersion: return "unsupported-version"
-        case .unknownType: return "unknown-type"
-        case .frameTooLarge: return "frame-too-large"
-        case .invalidName: return "invalid-name"
-        case .tooManyNames: return "too-many-names"
-        case .notAllowed: return "not-allowed"
-        case .busy: return "busy"
-        case .timeout: return "timeout"
-        case .internalError: return "internal-error"
-        case .replyTooLarge: return "reply-too-large"
-        case .unexpected: return "unexpected"
         case .notMounted: return "not-mounted"
         case .mountRefused: return "mount-refused"
         case .mountFailed: return "mount-failed"
         case .invalidProject: return "invalid-project"
         case .invalidRequest: return "invalid-request"
+        case .malformed, .unsupportedVersion, .unknownType, .frameTooLarge, .invalidName, .tooManyNames,
+             .notAllowed, .busy, .timeout, .internalError, .replyTooLarge, .unexpected:
+            // 1–12 are the mount's codes, named as the mount names them.
+            return WireErrorCode(rawValue: rawValue).map(String.init(describing:)) ?? "\(rawValue)"
         }
     }
 }
@@ -286,20 +266,20 @@ public struct DaemonError: Error, Sendable, CustomStringConvertible, Equatable {
     }
 
     static func connectFailure(_ path: String, errno code: Int32) -> DaemonError {
-        switch code {
-        case ENOENT, ENOTDIR:
+        let failure = ConnectFailure(path: path, errno: code)
+        switch failure.reason {
+        case .absent:
             return DaemonError(.notRunning, "no resolver daemon listens on \(path)",
                                hint: "start one with `secretfs resolver --listen \(path)`, or drop --resolver")
-        case ECONNREFUSED:
-            return DaemonError(.connectionRefused, "nothing answers on \(path) (stale socket)",
-                               hint: "the resolver daemon is gone; start it again")
-        case EACCES, EPERM:
-            return DaemonError(.permissionDenied, "permission denied connecting to \(path)",
+        case .refused:
+            return DaemonError(.connectionRefused, failure.message, hint: "the resolver daemon is gone; start it again")
+        case .denied:
+            return DaemonError(.permissionDenied, failure.message,
                                hint: "the daemon allows only its owner by default; start it with --allow-uid or --allow-group")
-        case ENAMETOOLONG:
-            return DaemonError(.pathTooLong, "socket path too long (at most \(SocketIO.maxPathLength) bytes): \(path)")
-        default:
-            return DaemonError(.system(code), "cannot connect to \(path): \(SocketIO.errorText(code))")
+        case .pathTooLong:
+            return DaemonError(.pathTooLong, failure.message)
+        case .other(let e):
+            return DaemonError(.system(e), failure.message)
         }
     }
 

@@ -31,15 +31,17 @@ public struct ResolverDaemonLimits: Sendable {
 /// NAMES, WATCH and streaming REDACT, for any project whose mount socket is
 /// at `RUNTIME_DIR/PROJECT.sock`.
 ///
-/// One thread accepts; each connection gets its own thread with blocking I/O,
-/// bounded by `ResolverDaemonLimits.maxConnections`. Every connection is
-/// checked with SO_PEERCRED against `policy` before anything is read from it.
+/// A `UnixSocketListener` owns the socket file, the accept thread and the
+/// connections (bounded by `ResolverDaemonLimits.maxConnections`); each
+/// connection gets its own thread with blocking I/O, and is checked with
+/// SO_PEERCRED against `policy` before anything is read from it.
 /// Values live only in `ProjectCache` (locked memory) and in the frames that
 /// carry them (locked memory, wiped after sending). Logs carry projects,
 /// names, uids and errors; never a value.
 ///
-/// Lock order: `state` → (nothing). A `ProjectCache`'s lock is a leaf; the
-/// daemon never holds `state` while calling into a cache.
+/// Lock order: `state` → (nothing). A `ProjectCache`'s lock and the
+/// listener's lock are leaves; the daemon never holds `state` while calling
+/// into a cache or the listener.
 public final class ResolverDaemon: @unchecked Sendable {
     // @unchecked: mutable state lives in `state` (a Mutex); the rest is immutable.
     public let socketPath: String
@@ -50,19 +52,15 @@ public final class ResolverDaemon: @unchecked Sendable {
     /// The socket file's mode (0600 owner only, 0660 with a group, 0666 when
     /// other uids are allowed: the SO_PEERCRED check is what admits them).
     public let socketMode: mode_t
+    private let listener: UnixSocketListener
 
     private struct State {
+        /// Set by the first `start`, even one that fails: the daemon starts once.
         var started = false
         var stopping = false
-        var connections: [UInt64: Int32] = [:]
-        var nextID: UInt64 = 1
-        var runningThreads = 0
         var projects: [String: ProjectCache] = [:]
-        var socketDevice: UInt64 = 0
-        var socketInode: UInt64 = 0
     }
     private let state = Mutex(State())
-    private var wakePipe: [Int32] = [-1, -1]
 
     public init(socketPath: String, runtimeDirectory: String, policy: SocketPolicy = SocketPolicy(),
                 limits: ResolverDaemonLimits = ResolverDaemonLimits(),
@@ -73,18 +71,22 @@ public final class ResolverDaemon: @unchecked Sendable {
         self.limits = limits
         self.logger = logger
         let others = policy.uids.contains { $0 != getuid() }
-        socketMode = others ? 0o666 : (policy.fileGroup == nil ? 0o600 : 0o660)
-    }
-
-    deinit {
-        for fd in wakePipe where fd >= 0 { close(fd) }
+        let mode: mode_t = others ? 0o666 : (policy.fileGroup == nil ? 0o600 : 0o660)
+        socketMode = mode
+        listener = UnixSocketListener(UnixSocketListener.Configuration(
+            path: socketPath, name: "daemon socket", mode: mode,
+            group: mode == 0o660 ? policy.fileGroup : nil,
+            backlog: 128, maxConnections: limits.maxConnections, sendTimeout: limits.sendTimeout, policy: policy,
+            refusalFrame: { refusal, message in
+                DaemonWire.errorFrame(refusal == .busy ? .busy : .notAllowed, message)
+            }), logger: logger)
     }
 
     /// The mount socket the daemon uses for `project`.
     public func mountSocketPath(_ project: String) -> String { "\(runtimeDirectory)/\(project).sock" }
 
     /// Connections being served now.
-    public var connectionCount: Int { state.withLock { $0.connections.count } }
+    public var connectionCount: Int { listener.connectionCount }
 
     /// For tests: the project's cached value count, the number of events that
     /// dropped cached values, and whether the mount is being watched.
@@ -102,214 +104,59 @@ public final class ResolverDaemon: @unchecked Sendable {
             return s.started
         }
         if already { return }
-        guard pipe(&wakePipe) == 0 else {
-            throw DaemonError(.system(errno), "pipe: \(SocketIO.errorText(errno))")
+        do {
+            try listener.start(serve: { [self] in serveConnection($0) })
+        } catch {
+            throw startFailure(error)
         }
-        for fd in wakePipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        guard var addr = SocketIO.address(socketPath) else {
-            throw DaemonError.connectFailure(socketPath, errno: ENAMETOOLONG)
-        }
-        try removeStaleSocket()
-        let fd = SocketIO.newStreamSocket()
-        guard fd >= 0 else { throw DaemonError(.system(errno), "socket: \(SocketIO.errorText(errno))") }
-        var ok = false
-        defer { if !ok { close(fd) } }
-        _ = fchmod(fd, 0o600)   // narrow before bind; widened below, before listen()
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard rc == 0 else {
-            let e = errno
-            if e == EADDRINUSE { throw DaemonError(.addressInUse, "\(socketPath) appeared while starting") }
-            throw DaemonError(.system(e), "cannot bind \(socketPath): \(SocketIO.errorText(e))",
-                              hint: "check that the directory exists and is writable")
-        }
-        defer { if !ok { unlink(socketPath) } }
-        if let group = policy.fileGroup, socketMode == 0o660, lchown(socketPath, uid_t.max, group) != 0 {
-            let e = errno
-            throw DaemonError(.system(e), "cannot give \(socketPath) to group \(group): \(SocketIO.errorText(e))",
-                              hint: "the daemon's user must be a member of the --allow-group group (or run as root)")
-        }
-        guard chmod(socketPath, socketMode) == 0 else {
-            let e = errno
-            throw DaemonError(.system(e), "cannot chmod \(socketPath): \(SocketIO.errorText(e))")
-        }
-        var st = stat()
-        guard lstat(socketPath, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else {
-            throw DaemonError(.system(EPERM), "\(socketPath) is not the socket just bound")
-        }
-        guard listen(fd, 128) == 0 else {
-            let e = errno
-            throw DaemonError(.system(e), "cannot listen on \(socketPath): \(SocketIO.errorText(e))")
-        }
-        state.withLock { s in
-            s.socketDevice = UInt64(st.st_dev)
-            s.socketInode = UInt64(st.st_ino)
-            s.runningThreads += 1
-        }
-        guard startDetachedThread({ [self] in acceptLoop(fd) }) else {
-            state.withLock { $0.runningThreads -= 1 }
-            throw DaemonError(.system(EAGAIN), "cannot start the accept thread")
-        }
-        ok = true
         logger.info("resolver daemon listening", metadata: [
             "path": "\(socketPath)", "mode": "\(String(socketMode, radix: 8))", "runtime-dir": "\(runtimeDirectory)",
             "uids": "\(policy.effectiveUIDs)", "gids": "\(policy.gids)",
         ])
     }
 
-    private func removeStaleSocket() throws(DaemonError) {
-        var st = stat()
-        guard lstat(socketPath, &st) == 0 else {
-            if errno == ENOENT { return }
-            let e = errno
-            throw DaemonError(.system(e), "cannot inspect \(socketPath): \(SocketIO.errorText(e))")
+    /// The listener's failure in the daemon's words.
+    private func startFailure(_ f: UnixSocketListener.Failure) -> DaemonError {
+        switch f.step {
+        case .address:
+            return DaemonError.connectFailure(socketPath, errno: ENAMETOOLONG)
+        case .notASocket:
+            return DaemonError(.notASocket, f.message, hint: "remove it if it is yours, or listen elsewhere")
+        case .live:
+            return DaemonError(.addressInUse, f.message, hint: "is a resolver daemon running there already?")
+        case .appeared:
+            return DaemonError(.addressInUse, f.message)
+        case .bind:
+            return DaemonError(.system(f.errno), f.message, hint: "check that the directory exists and is writable")
+        case .group:
+            return DaemonError(.system(f.errno), f.message,
+                               hint: "the daemon's user must be a member of the --allow-group group (or run as root)")
+        case .mode:
+            return DaemonError(.system(f.errno), "\(socketPath) is not the socket just bound")
+        case .wake, .inspect, .probe, .removeStale, .socket, .chmod, .listen, .thread:
+            return DaemonError(.system(f.errno), f.message)
         }
-        guard st.st_mode & S_IFMT == S_IFSOCK else {
-            throw DaemonError(.notASocket, "\(socketPath) exists and is not a socket; not replacing it",
-                              hint: "remove it if it is yours, or listen elsewhere")
-        }
-        let probe = SocketIO.connect(to: socketPath)
-        if probe >= 0 {
-            close(probe)
-            throw DaemonError(.addressInUse, "another process already serves \(socketPath)",
-                              hint: "is a resolver daemon running there already?")
-        }
-        let e = errno
-        guard e == ECONNREFUSED else {
-            throw DaemonError(.system(e), "cannot tell whether \(socketPath) is in use: \(SocketIO.errorText(e))")
-        }
-        guard unlink(socketPath) == 0 || errno == ENOENT else {
-            let e = errno
-            throw DaemonError(.system(e), "cannot remove stale socket \(socketPath): \(SocketIO.errorText(e))")
-        }
-        logger.info("replaced a stale socket", metadata: ["path": "\(socketPath)"])
     }
 
     /// Stops accepting, removes the socket file (if still ours), closes every
     /// connection, stops every watch and drops every cached value, then waits
     /// (up to `timeout` seconds) for the threads.
     public func stop(timeout: Double = 3) {
-        let (wasRunning, device, inode, projects) = state.withLock { s -> (Bool, UInt64, UInt64, [ProjectCache]) in
-            guard s.started, !s.stopping else { return (false, 0, 0, []) }
+        let (wasStarted, projects) = state.withLock { s -> (Bool, [ProjectCache]) in
+            guard s.started, !s.stopping else { return (false, []) }
             s.stopping = true
-            for fd in s.connections.values { _ = shutdown(fd, Int32(SHUT_RDWR)) }
             defer { s.projects.removeAll() }
-            return (true, s.socketDevice, s.socketInode, Array(s.projects.values))
+            return (true, Array(s.projects.values))
         }
-        guard wasRunning else { return }
-        for p in projects { p.stop() }
-        var st = stat()
-        if lstat(socketPath, &st) == 0, UInt64(st.st_dev) == device, UInt64(st.st_ino) == inode {
-            unlink(socketPath)
-        }
-        var one: UInt8 = 1
-        _ = write(wakePipe[1], &one, 1)
-        let deadline = SocketIO.monotonicNow() + timeout
-        while state.withLock({ $0.runningThreads }) > 0 && SocketIO.monotonicNow() < deadline {
-            usleep(2_000)
+        guard wasStarted else { return }
+        // After the connections are shut down, before the socket file goes.
+        listener.stop(timeout: timeout) {
+            for p in projects { p.stop() }
         }
         logger.info("resolver daemon stopped", metadata: ["path": "\(socketPath)"])
     }
 
     private var isStopping: Bool { state.withLock { $0.stopping } }
-
-    // MARK: Accepting
-
-    private func acceptLoop(_ listenFD: Int32) {
-        defer {
-            close(listenFD)
-            state.withLock { $0.runningThreads -= 1 }
-        }
-        while true {
-            var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: wakePipe[0], events: Int16(POLLIN), revents: 0)]
-            let rc = poll(&fds, 2, -1)
-            if rc < 0 {
-                if errno == EINTR { continue }
-                logger.error("poll on the daemon socket failed", metadata: ["errno": "\(errno)"])
-                return
-            }
-            if fds[1].revents != 0 || isStopping { return }
-            if fds[0].revents & Int16(POLLNVAL | POLLERR) != 0 {
-                logger.error("the daemon socket's listening descriptor failed")
-                return
-            }
-            let fd = accept(listenFD, nil, nil)
-            if fd < 0 {
-                switch errno {
-                case EINTR, EAGAIN, ECONNABORTED, EPROTO: continue
-                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
-                    logger.warning("accept: out of resources", metadata: ["errno": "\(errno)"])
-                    usleep(50_000)
-                    continue
-                default:
-                    logger.error("accept failed", metadata: ["errno": "\(errno)"])
-                    usleep(10_000)
-                    continue
-                }
-            }
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            admit(fd)
-        }
-    }
-
-    private func admit(_ fd: Int32) {
-        enum Decision { case serve(UInt64), busy, stopping }
-        let decision = state.withLock { s -> Decision in
-            if s.stopping { return .stopping }
-            if s.connections.count >= limits.maxConnections { return .busy }
-            let id = s.nextID
-            s.nextID += 1
-            s.connections[id] = fd
-            s.runningThreads += 1
-            return .serve(id)
-        }
-        switch decision {
-        case .stopping:
-            close(fd)
-        case .busy:
-            SocketIO.setSendTimeout(fd, seconds: 0.05)
-            SocketIO.sendAll(fd, DaemonWire.errorFrame(.busy, "too many connections (limit \(limits.maxConnections))"))
-            _ = shutdown(fd, Int32(SHUT_WR))
-            close(fd)
-            logger.warning("connection refused: busy", metadata: ["limit": "\(limits.maxConnections)"])
-        case .serve(let id):
-            let started = startDetachedThread { [self] in
-                let linger = serveConnection(id: id, fd: fd)
-                finish(id: id, fd: fd, linger: linger)
-            }
-            if !started {
-                state.withLock { s in
-                    s.connections[id] = nil
-                    s.runningThreads -= 1
-                }
-                close(fd)
-                logger.error("cannot start a connection thread")
-            }
-        }
-    }
-
-    private func finish(id: UInt64, fd: Int32, linger: Bool) {
-        if linger {
-            // Let the peer read our last ERROR instead of ECONNRESET.
-            _ = shutdown(fd, Int32(SHUT_WR))
-            let deadline = SocketIO.monotonicNow() + 0.2
-            var scratch = [UInt8](repeating: 0, count: 4096)
-            var budget = 1 << 20
-            while budget > 0, SocketIO.waitReadable(fd, deadline: deadline) {
-                let n = read(fd, &scratch, scratch.count)
-                if n <= 0 { break }
-                budget -= n
-            }
-            scratch.withUnsafeMutableBytes { $0.initializeMemory(as: UInt8.self, repeating: 0) }
-        }
-        state.withLock { $0.connections[id] = nil }
-        close(fd)
-        state.withLock { $0.runningThreads -= 1 }
-    }
 
     // MARK: Projects
 
@@ -326,20 +173,11 @@ public final class ResolverDaemon: @unchecked Sendable {
 
     // MARK: One connection
 
-    /// Serves one connection until it ends. True when the last thing sent was
-    /// an ERROR after which the connection is closed.
-    private func serveConnection(id: UInt64, fd: Int32) -> Bool {
-        SocketIO.setSendTimeout(fd, seconds: limits.sendTimeout)
-        guard let peer = PeerCredentials.of(fd) else {
-            logger.warning("cannot read peer credentials; closing", metadata: ["errno": "\(errno)"])
-            return false
-        }
-        guard policy.allows(peer) else {
-            SocketIO.sendAll(fd, DaemonWire.errorFrame(.notAllowed, "uid \(peer.uid) is not allowed on this socket"))
-            logger.warning("refused a connection", metadata: ["uid": "\(peer.uid)", "gid": "\(peer.gid)", "pid": "\(peer.pid)"])
-            return true
-        }
-        let conn = Connection(fd: fd, peer: peer)
+    /// Serves one admitted connection until it ends. True when the last
+    /// thing sent was an ERROR after which the connection is closed.
+    private func serveConnection(_ admitted: UnixSocketListener.Connection) -> Bool {
+        let (id, fd) = (admitted.id, admitted.fd)
+        let conn = Connection(fd: fd, peer: admitted.peer)
         while true {
             switch readRequest(fd, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
             case .end(let linger):
