@@ -1,3 +1,4 @@
+import SecureMemory
 /// The buffer type that carries secret values into the injector and the
 /// rewritten output back out.
 ///
@@ -20,17 +21,7 @@ public protocol SecretBuffer: AnyObject {
 extension SecretBuffer {
     /// Whether the bytes are valid UTF-8, decided without making a `String`.
     var isValidUTF8Value: Bool {
-        withUnsafeBytes { raw in
-            var it = raw.makeIterator()
-            var decoder = UTF8()
-            while true {
-                switch decoder.decode(&it) {
-                case .scalarValue: continue
-                case .emptyInput: return true
-                case .error: return false
-                }
-            }
-        }
+        withUnsafeBytes(SecretfsUTF8.isValid)
     }
 }
 
@@ -102,7 +93,6 @@ func assemble<B: SecretBuffer>(_ type: B.Type, _ produce: (inout CountingSink) -
     return out
 }
 
-import SecureMemory
 
 /// Values from the store arrive in locked memory; rewritten output is
 /// assembled there too.

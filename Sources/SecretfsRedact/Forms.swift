@@ -1,3 +1,4 @@
+import SecureMemory
 /// Generation of the registered forms of a secret value.
 ///
 /// Every form is built in locked scratch memory and handed to `emit`, which
@@ -248,15 +249,7 @@ struct FormGenerator {
     }
 
     private func isValidUTF8(_ v: UnsafeRawBufferPointer) -> Bool {
-        var it = v.makeIterator()
-        var decoder = UTF8()
-        while true {
-            switch decoder.decode(&it) {
-            case .scalarValue: continue
-            case .emptyInput: return true
-            case .error: return false
-            }
-        }
+        SecretfsUTF8.isValid(v)
     }
 
     private func decodeUTF8(_ v: UnsafeRawBufferPointer, at i: Int) -> (UInt32, Int) {

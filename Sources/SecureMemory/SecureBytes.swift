@@ -134,15 +134,21 @@ public final class SecureBytes: @unchecked Sendable {
 
     /// Whether the bytes are valid UTF-8 (without making a String of them).
     public var isValidUTF8: Bool {
-        withUnsafeBytes { raw in
-            var it = raw.makeIterator()
-            var decoder = UTF8()
-            while true {
-                switch decoder.decode(&it) {
-                case .scalarValue: continue
-                case .emptyInput: return true
-                case .error: return false
-                }
+        withUnsafeBytes(SecretfsUTF8.isValid)
+    }
+}
+
+/// UTF-8 validation over raw bytes, without a String: values must not become
+/// Swift strings just to be checked.
+public enum SecretfsUTF8 {
+    public static func isValid(_ raw: UnsafeRawBufferPointer) -> Bool {
+        var it = raw.makeIterator()
+        var decoder = UTF8()
+        while true {
+            switch decoder.decode(&it) {
+            case .scalarValue: continue
+            case .emptyInput: return true
+            case .error: return false
             }
         }
     }

@@ -55,7 +55,7 @@ final class MountFixture: @unchecked Sendable {
         Self.sweepLeftovers()
         var template = Array((Self.prefix + "XXXXXX").utf8CString)
         guard mkdtemp(&template) != nil else { throw POSIXError(.EIO) }
-        root = String(cString: template)
+        root = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         // mkdtemp makes 0700; other uids must reach the mountpoint so that the
         // mount (not this directory) is what refuses or admits them.
         chmod(root, 0o755)

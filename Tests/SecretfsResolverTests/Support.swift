@@ -22,11 +22,10 @@ struct CapturingLogHandler: LogHandler {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
-    func log(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?,
-             source: String, file: String, function: String, line: UInt) {
+    func log(event: LogEvent) {
         var all = metadata
-        if let extra { all.merge(extra) { $1 } }
-        capture.append("\(level) \(message) " + all.keys.sorted().map { "\($0)=\(all[$0]!)" }.joined(separator: " "))
+        if let extra = event.metadata { all.merge(extra) { $1 } }
+        capture.append("\(event.level) \(event.message) " + all.keys.sorted().map { "\($0)=\(all[$0]!)" }.joined(separator: " "))
     }
 }
 
