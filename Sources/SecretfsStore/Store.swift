@@ -436,6 +436,13 @@ public final class Store: @unchecked Sendable {
         }
     }
 
+    /// Wipes the master key. A mount needs only its project's data key once
+    /// it is unwrapped, so it drops the key that opens every project;
+    /// afterwards `openProject` and `createProject` fail with `keyNotLoaded`.
+    public func discardMasterKey() {
+        lock.withLock { _ in masterKey.wipe() }
+    }
+
     /// Forces the WAL into the main database file (used by tests and `status`).
     public func checkpoint() throws {
         try lock.withLock { _ in try db.execute("PRAGMA wal_checkpoint(TRUNCATE)", context: "checkpointing") }

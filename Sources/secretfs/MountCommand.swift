@@ -209,6 +209,7 @@ struct MountCommand: ParsableCommand {
         try checkMountpoint(target)
         let store = try global.openStore()
         let vault = try store.openProject(project)
+        store.discardMasterKey()
         try global.ensureRuntimeDirectory()
         let runtime = RuntimeState(directory: global.runtimeDirectory)
         let lockFD = try runtime.acquire(project: project, mountpoint: target)

@@ -10,7 +10,7 @@ struct EnvelopeTests {
     func makeStore() throws -> (Store, String) {
         var template = Array("/tmp/secretfs-store-test-XXXXXX".utf8CString)
         _ = mkdtemp(&template)
-        let dir = String(cString: template) + "/store"
+        let dir = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) } + "/store"
         return (try Store.create(at: StoreLocation(directory: dir), keySource: .keyFile), dir)
     }
 
@@ -129,5 +129,16 @@ struct EnvelopeTests {
         } catch {
             #expect(!"\(error)".contains("Top-Secret"))
         }
+    }
+
+    @Test func aDiscardedMasterKeyOpensNothingMore() throws {
+        let (store, _) = try makeStore()
+        try store.createProject("alpha")
+        let vault = try store.openProject("alpha")
+        store.discardMasterKey()
+        try vault.put("A", value: bytes("still works"), actor: .current)
+        #expect(string(try vault.value("A")) == "still works", "the data key is separate")
+        #expect(throws: StoreError.keyNotLoaded) { _ = try store.openProject("alpha") }
+        #expect(throws: StoreError.keyNotLoaded) { try store.createProject("beta") }
     }
 }
