@@ -108,8 +108,12 @@ struct RunCommand: ParsableCommand {
                           hint: "check the command name and PATH", exit: .failure)
         }
 
-        // Forward the child's signals-to-be: Ctrl-C reaches it through the
-        // process group; here the two streams are copied through redaction.
+        // Signals: Ctrl-C reaches the child through the terminal's process
+        // group, so this process ignores SIGINT and stays to pass the rest of
+        // the output and the exit status through; SIGTERM and SIGHUP (from a
+        // supervisor, aimed at this process only) are forwarded to the child.
+        forwardSignals(to: pid)
+        // The child's two streams are copied through redaction.
         let pumps = [(outPipe[0], Int32(1)), (errPipe[0], Int32(2))].map { (from, to) in
             let t = PumpThread(from: from, to: to, feed: feed)
             t.start()
@@ -120,6 +124,18 @@ struct RunCommand: ParsableCommand {
         for p in pumps { p.join() }
         let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         Glibc.exit(code)
+    }
+}
+
+/// The child that SIGTERM/SIGHUP are passed on to (read by the handler).
+nonisolated(unsafe) private var forwardedChild: pid_t = 0
+
+private func forwardSignals(to pid: pid_t) {
+    forwardedChild = pid
+    signal(SIGINT, SIG_IGN)
+    for sig in [SIGTERM, SIGHUP] {
+        // kill(2) is async-signal-safe; the handler touches nothing else.
+        signal(sig) { received in if forwardedChild > 0 { kill(forwardedChild, received) } }
     }
 }
 
