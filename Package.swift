@@ -58,13 +58,15 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
+        // Helpers shared by the test targets (spawning processes, seeded RNG).
+        .target(name: "SecretfsTestSupport", path: "Tests/SecretfsTestSupport"),
         .testTarget(name: "SecretfsStoreTests", dependencies: ["SecretfsStore"]),
-        .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject"]),
-        .testTarget(name: "SecretfsRedactTests", dependencies: ["SecretfsRedact"]),
-        .testTarget(name: "SecretfsProtocolTests", dependencies: ["SecretfsProtocol", "SecretfsStore", "SecureMemory"]),
-        .testTarget(name: "SecretfsResolverTests", dependencies: ["SecretfsResolver", "SecretfsStore", "SecretfsProtocol", "SecureMemory"]),
+        .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject", "SecretfsTestSupport"]),
+        .testTarget(name: "SecretfsRedactTests", dependencies: ["SecretfsRedact", "SecretfsTestSupport"]),
+        .testTarget(name: "SecretfsProtocolTests", dependencies: ["SecretfsProtocol", "SecretfsStore", "SecureMemory", "SecretfsTestSupport"]),
+        .testTarget(name: "SecretfsResolverTests", dependencies: ["SecretfsResolver", "SecretfsStore", "SecretfsProtocol", "SecureMemory", "SecretfsTestSupport"]),
         // Mount tests drive the real `secretfs` binary; depending on it makes
         // `swift build --build-tests` build it beside the test bundle.
-        .testTarget(name: "SecretfsMountTests", dependencies: ["SecretfsStore", "SecretfsFS", "secretfs"]),
+        .testTarget(name: "SecretfsMountTests", dependencies: ["SecretfsStore", "SecretfsFS", "secretfs", "SecretfsTestSupport"]),
     ]
 )

@@ -1,3 +1,4 @@
+import SecretfsTestSupport
 import Foundation
 @testable import SecretfsInject
 
@@ -32,18 +33,12 @@ enum NodeJudge {
         try JSONSerialization.data(withJSONObject: payload).write(to: casesFile)
         try script.write(to: scriptFile, atomically: true, encoding: .utf8)
 
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["node", scriptFile.path, casesFile.path]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0,
+        let run = try Processes.run("/usr/bin/env", ["node", scriptFile.path, casesFile.path])
+        let data = Data(run.stdout.utf8)
+        guard run.status == 0,
               let list = try JSONSerialization.jsonObject(with: data) as? [[String: Any]] else {
-            throw NSError(domain: "node", code: Int(p.terminationStatus),
-                          userInfo: [NSLocalizedDescriptionKey: String(decoding: data, as: UTF8.self)])
+            throw NSError(domain: "node", code: Int(run.status),
+                          userInfo: [NSLocalizedDescriptionKey: run.stdout + run.stderr])
         }
         return list.map {
             NodeVerdict(label: $0["label"] as? String ?? "?", ok: $0["ok"] as? Bool ?? false,

@@ -3,6 +3,7 @@ import Glibc
 import SecretfsFS
 import SecretfsStore
 import SecureMemory
+import SecretfsTestSupport
 import Testing
 
 /// Everything a mount test needs: its own store, runtime directory and
@@ -18,11 +19,7 @@ final class MountFixture: @unchecked Sendable {
     let mnt: String
     let project: String
 
-    struct Output {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
+    typealias Output = ProcessOutput
 
     /// The secretfs binary, built beside the test bundle.
     static let binary: String = {
@@ -118,45 +115,8 @@ final class MountFixture: @unchecked Sendable {
         try run("/bin/sh", ["-c", script], environment: ProcessInfo.processInfo.environment, stdin: nil)
     }
 
-    /// posix_spawn + waitpid, not Foundation's Process: the test runner
-    /// blocks most signals (SIGCHLD included), which Process relies on. The
-    /// child gets an empty signal mask and its output goes to files, never
-    /// pipes, so a mount process started in the background cannot hold the
-    /// runner's pipes open.
     static func run(_ exe: String, _ args: [String], environment: [String: String], stdin: String?) throws -> Output {
-        let tmp = NSTemporaryDirectory() + "secretfs-io-\(UUID().uuidString)"
-        let inPath = tmp + ".in", outPath = tmp + ".out", errPath = tmp + ".err"
-        try Data((stdin ?? "").utf8).write(to: URL(fileURLWithPath: inPath))
-        defer { for p in [inPath, outPath, errPath] { unlink(p) } }
-
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, stdin == nil ? "/dev/null" : inPath, O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var none = sigset_t()
-        sigemptyset(&none)
-        posix_spawnattr_setsigmask(&attr, &none)
-        var dflt = sigset_t()
-        sigfillset(&dflt)
-        posix_spawnattr_setsigdefault(&attr, &dflt)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-        let argv = [exe] + args
-        let envp = environment.map { "\($0.key)=\($0.value)" }
-        var pid: pid_t = 0
-        let rc = withCStrings(argv) { a in withCStrings(envp) { e in posix_spawn(&pid, exe, &actions, &attr, a, e) } }
-        guard rc == 0 else { throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EIO) }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return Output(status: code,
-                      stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
-                      stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
+        try Processes.run(exe, args, environment: environment, stdin: stdin)
     }
 
     @discardableResult
@@ -219,9 +179,3 @@ final class MountFixture: @unchecked Sendable {
     }
 }
 
-func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
-    var cs: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
-    cs.append(nil)
-    defer { for p in cs { free(p) } }
-    return cs.withUnsafeBufferPointer { body($0.baseAddress!) }
-}

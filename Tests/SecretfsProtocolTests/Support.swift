@@ -1,3 +1,4 @@
+@_exported import SecretfsTestSupport
 import Foundation
 import Glibc
 import SecretfsProtocol
@@ -186,40 +187,6 @@ print(data.hex())
 
 /// Runs the Python client as `uid` with primary group `gid` and `groups`.
 func runAs(uid: UInt32, gid: UInt32, groups: [UInt32] = [], socket: String, names: [String]) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-    var args = ["--reuid=\(uid)", "--regid=\(gid)"]
-    args += groups.isEmpty ? ["--clear-groups"] : ["--groups=" + groups.map(String.init).joined(separator: ",")]
-    args += ["/usr/bin/python3", "-c", pythonClient, socket] + names
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-}
-
-func hexBytes(_ s: String) -> [UInt8] {
-    var out: [UInt8] = []
-    var it = s.utf8.makeIterator()
-    while let a = it.next(), let b = it.next() {
-        func v(_ c: UInt8) -> UInt8 { c >= 97 ? c - 87 : c - 48 }
-        out.append(v(a) << 4 | v(b))
-    }
-    return out
-}
-
-/// SplitMix64: a small seeded generator, so a fuzz failure can be replayed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    try Processes.runAs(uid: uid, gid: gid, groups: groups, "/usr/bin/python3", ["-c", pythonClient, socket] + names)
+        .stdout.trimmingCharacters(in: .whitespacesAndNewlines)
 }

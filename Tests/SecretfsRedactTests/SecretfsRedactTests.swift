@@ -1,3 +1,4 @@
+import SecretfsTestSupport
 import Foundation
 import Testing
 import SecureMemory
@@ -277,7 +278,7 @@ private func lowerHex(_ s: String) -> String {
 
 @Test func cleanBytesPassThroughIncludingInvalidUTF8() throws {
     let r = makeRedactor(["QWxhZGRpbjpvcGVu-secret"])
-    var rng = SplitMix(seed: 7)
+    var rng = SplitMix64(seed: 7)
     var input: [UInt8] = [0xFF, 0xFE, 0xC3, 0x28, 0xE2, 0x82, 0x0A, 0x80, 0x00, 0x0D, 0x0A]
     for _ in 0..<100_000 { input.append(UInt8(truncatingIfNeeded: rng.next())) }
     #expect(r.redact(input) == input)
@@ -292,7 +293,7 @@ private func lowerHex(_ s: String) -> String {
 private func sampleInput() throws -> (Redactor, [UInt8]) {
     let values = ["abcd", "abcdef", "tok_9f8e7d6c5b4a", "multi line\nsecond-line-value", "p@ss w0rd&<>\"'"]
     let r = makeRedactor(values)
-    var rng = SplitMix(seed: 42)
+    var rng = SplitMix64(seed: 42)
     var input: [UInt8] = []
     let fillers: [[UInt8]] = [Array("INFO request ok id=42\n".utf8), Array(" ab".utf8), Array("abc".utf8),
                               [0xFF, 0xC3, 0x0A], Array("\n".utf8), Array("aaaaabcd".utf8)]
@@ -430,7 +431,7 @@ private func streamTime(_ r: Redactor, _ input: [UInt8]) -> Double {
     let value = String(repeating: "a", count: 2000) + "b"
     let run = [UInt8](repeating: UInt8(ascii: "a"), count: size)
     var clean = [UInt8](repeating: 0, count: size)
-    var rng = SplitMix(seed: 1)
+    var rng = SplitMix64(seed: 1)
     for i in 0..<size { clean[i] = UInt8(ascii: "c") + UInt8(rng.next() % 20) }
     // The usual configuration: as fast as clean text.
     let r = makeRedactor([value])
@@ -445,15 +446,3 @@ private func streamTime(_ r: Redactor, _ input: [UInt8]) -> Double {
     #expect(tFull < 3 * tHalf + 0.05, "sparse: \(tFull)s for 2N vs \(tHalf)s for N")
 }
 
-/// Small deterministic PRNG for reproducible inputs.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

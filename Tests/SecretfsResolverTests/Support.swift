@@ -1,3 +1,4 @@
+@_exported import SecretfsTestSupport
 import Foundation
 import Glibc
 import Logging
@@ -158,25 +159,6 @@ print(data.hex())
 """#
 
 func runAs(uid: UInt32, gid: UInt32, socket: String, document: String) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-    p.arguments = ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "/usr/bin/python3", "-c", pythonResolveClient,
-                   socket, document]
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-}
-
-func hexBytes(_ s: String) -> [UInt8] {
-    var out: [UInt8] = []
-    var it = s.utf8.makeIterator()
-    while let a = it.next(), let b = it.next() {
-        func v(_ c: UInt8) -> UInt8 { c >= 97 ? c - 87 : c - 48 }
-        out.append(v(a) << 4 | v(b))
-    }
-    return out
+    try Processes.runAs(uid: uid, gid: gid, "/usr/bin/python3", ["-c", pythonResolveClient, socket, document])
+        .stdout.trimmingCharacters(in: .whitespacesAndNewlines)
 }
