@@ -46,22 +46,11 @@ struct Failure: Error {
     }
 }
 
-func writeStderr(_ text: String) {
-    var bytes = Array(text.utf8)
-    var off = 0
-    while off < bytes.count {
-        let n = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress! + off, $0.count - off) }
-        if n <= 0 { return }
-        off += n
-    }
-}
+func writeStderr(_ text: String) { writeText(fd: 2, text) }
 
-func writeStdout(_ text: String) {
-    let bytes = Array(text.utf8)
-    var off = 0
-    while off < bytes.count {
-        let n = bytes.withUnsafeBytes { Glibc.write(1, $0.baseAddress! + off, $0.count - off) }
-        if n <= 0 { return }
-        off += n
-    }
+func writeStdout(_ text: String) { writeText(fd: 1, text) }
+
+/// Messages only (never values): a failed write has nowhere to be reported.
+private func writeText(fd: Int32, _ text: String) {
+    Array(text.utf8).withUnsafeBytes { try? writeRaw(fd: fd, $0) }
 }
