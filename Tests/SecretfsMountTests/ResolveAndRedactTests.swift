@@ -160,7 +160,7 @@ struct ResolveAndRedactTests {
             echo 'before sk-ant-api-key-5678' >&3
             sleep 0.5
             printf 'brand-new-secret-value' > $MNT/NEW_ONE
-            sleep 0.5
+            sleep 1.5
             echo 'after brand-new-secret-value' >&3
             exec 3>&-
             wait
@@ -184,10 +184,14 @@ struct ResolveAndRedactTests {
             `Bearer ${secrets.ANTHROPIC_API_KEY}`
             EOF2
             printf 'rotated-key-0000' > $MNT/ANTHROPIC_API_KEY
-            sleep 0.3
-            "$SECRETFS" resolve --project demo --resolver \(sock) --format expr - <<'EOF2' > out2.txt
-            `Bearer ${secrets.ANTHROPIC_API_KEY}`
-            EOF2
+            # The change reaches the daemon asynchronously (milliseconds);
+            # allow a loaded machine up to 5 s before calling it stale.
+            for i in $(seq 50); do
+              echo '`Bearer ${secrets.ANTHROPIC_API_KEY}`' |
+                "$SECRETFS" resolve --project demo --resolver \(sock) --format expr - > out2.txt
+              grep -q rotated-key out2.txt && break
+              sleep 0.1
+            done
             echo 'log rotated-key-0000 line' | "$SECRETFS" redact --project demo --resolver \(sock) > out3.txt
             "$SECRETFS" resolve --project demo --resolver \(sock) --format expr - <<'EOF2' > out4.txt 2> err4.txt
             secrets.NOPE
@@ -205,9 +209,11 @@ struct ResolveAndRedactTests {
         let log = read("resolver.log")
         #expect(!log.contains("sk-ant") && !log.contains("rotated-key"), "no value in the daemon's log")
         // Another uid is refused on the daemon's socket.
-        let other = try f.sh("chmod 755 \(f.root); '\(MountFixture.binary)' resolver --listen \(sock) > r2.log 2>&1 & sleep 0.5; " +
+        let sock2 = f.root + "/resolver2.sock"
+        let other = try f.sh("chmod 755 \(f.root); '\(MountFixture.binary)' resolver --listen \(sock2) > r2.log 2>&1 & " +
+                             "for i in $(seq 50); do [ -S \(sock2) ] && break; sleep 0.1; done; " +
                              "echo secrets.API_TOKEN | setpriv --reuid=65534 --regid=65534 --clear-groups '\(MountFixture.binary)' " +
-                             "resolve --project demo --resolver \(sock) --format expr -; echo rc=$?; kill %1")
+                             "resolve --project demo --resolver \(sock2) --format expr -; echo rc=$?; kill %1")
         #expect(other.stdout == "rc=15\n", "\(other.stdout) \(other.stderr)")
         #expect(other.stderr.contains("permission denied") && !other.stderr.contains("api-token"), "\(other.stderr)")
     }
