@@ -171,7 +171,7 @@ final class MountFixture: @unchecked Sendable {
 
     /// Waits (briefly) for a condition that depends on an asynchronous RELEASE.
     func eventually(_ condition: () throws -> Bool) rethrows -> Bool {
-        for _ in 0..<200 {
+        for _ in 0..<500 {   // up to 5 s: generous for a loaded CI machine
             if try condition() { return true }
             usleep(10_000)
         }
