@@ -210,10 +210,10 @@ struct ResolveAndRedactTests {
         #expect(!log.contains("sk-ant") && !log.contains("rotated-key"), "no value in the daemon's log")
         // Another uid is refused on the daemon's socket.
         let sock2 = f.root + "/resolver2.sock"
-        let other = try f.sh("chmod 755 \(f.root); '\(MountFixture.binary)' resolver --listen \(sock2) > r2.log 2>&1 & " +
+        let other = try f.sh("chmod 755 \(f.root); '\(MountFixture.binary)' resolver --listen \(sock2) > r2.log 2>&1 & d2=$!; " +
                              "for i in $(seq 50); do [ -S \(sock2) ] && break; sleep 0.1; done; " +
                              "echo secrets.API_TOKEN | setpriv --reuid=65534 --regid=65534 --clear-groups '\(MountFixture.binary)' " +
-                             "resolve --project demo --resolver \(sock2) --format expr -; echo rc=$?; kill %1")
+                             "resolve --project demo --resolver \(sock2) --format expr -; echo rc=$?; kill $d2; wait $d2")
         #expect(other.stdout == "rc=15\n", "\(other.stdout) \(other.stderr)")
         #expect(other.stderr.contains("permission denied") && !other.stderr.contains("api-token"), "\(other.stderr)")
     }
