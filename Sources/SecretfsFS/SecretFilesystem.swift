@@ -328,8 +328,11 @@ public final class SecretFilesystem: @unchecked Sendable {
             if h.dirty && h.failure == nil { try? commit(h) }
             h.buffer?.wipe()
             h.node.openHandles -= 1
-            if !h.node.isCommitted && h.node.openHandles == 0 && h.node.name != nil {
+            if !h.node.isCommitted && h.node.openHandles == 0, let name = h.node.name {
+                // A created file that never got a value disappears; if it had
+                // been renamed over a stored secret, that secret shows again.
                 namespace.unlink(h.node)
+                if let stored = try? vault.info(name) { _ = namespace.add(name: name, info: stored) }
             }
             namespace.collect(h.node)
         }
@@ -403,12 +406,13 @@ public final class SecretFilesystem: @unchecked Sendable {
         guard parent == Namespace.rootIno else { throw .notDirectory }
         try lock.withLock { _ throws(Errno) in
             guard let n = namespace.node(named: name) else { throw .noEntry }
-            if n.isCommitted {
-                do { _ = try vault.delete(name, actor: caller.actor) } catch {
-                    logger.error("delete failed", metadata: ["name": "\(name)", "error": "\(error)"])
-                    throw .io
-                }
-                onChange?([name])
+            // Even a file that has no value yet may stand over a stored one
+            // (renamed onto it while being written): the name goes entirely.
+            do {
+                if try vault.delete(name, actor: caller.actor) { onChange?([name]) }
+            } catch {
+                logger.error("delete failed", metadata: ["name": "\(name)", "error": "\(error)"])
+                throw .io
             }
             namespace.unlink(n)
             logger.info("deleted", metadata: ["name": "\(name)", "uid": "\(caller.uid)"])
@@ -460,12 +464,11 @@ public final class SecretFilesystem: @unchecked Sendable {
                     try vault.rename(name, to: newName, mode: .replace, actor: caller.actor)
                     onChange?([name, newName])
                     source.info = try vault.info(newName)
-                } else if let target, target.isCommitted {
-                    // A file still being created replaces a stored one: the
-                    // stored one goes now, the new value lands at close.
-                    try vault.delete(newName, actor: caller.actor)
-                    onChange?([newName])
                 }
+                // A file still being created (no value yet) moved over a
+                // stored one: the stored value stays in the store until the
+                // new one is committed over it at close. If that never happens
+                // (EFBIG, an error), release puts the stored one back in view.
             } catch let e as Errno {
                 throw e
             } catch {

@@ -263,4 +263,21 @@ struct FilesystemContractTests {
         try f.mount()
         #expect(try f.expectOK(f.sh("ls -f $MNT | grep -v '^\\.'")).stdout == listed)
     }
+
+    @Test func aFileRenamedOverAStoredSecretWhileBeingWrittenNeverLosesBoth() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount(["-o", "max_size=10"])
+        try f.expectOK(f.sh("printf kept > $MNT/TARGET && printf old > $MNT/OTHER"))
+        // Created and renamed while open; the write then fails (over the limit).
+        try f.sh("exec 3> $MNT/PENDING; mv $MNT/PENDING $MNT/TARGET; head -c 20 /dev/zero >&3; exec 3>&-")
+        #expect(try f.eventually { try f.storedValue("TARGET") == "kept" }, "the stored value survives a failed replacement")
+        #expect(try f.eventually { try f.sh("ls $MNT").stdout == "OTHER\nTARGET\n" })
+        // The same with a write that fits: the new value replaces the old.
+        try f.expectOK(f.sh("exec 3> $MNT/PENDING; mv $MNT/PENDING $MNT/OTHER; printf new >&3; exec 3>&-"))
+        #expect(try f.storedValue("OTHER") == "new")
+        // rm of a name whose new value is still being written removes the stored one too.
+        try f.expectOK(f.sh("exec 3> $MNT/PENDING; mv $MNT/PENDING $MNT/TARGET; rm $MNT/TARGET; exec 3>&-"))
+        #expect(try f.eventually { try f.storedNames() == ["OTHER"] })
+    }
 }
