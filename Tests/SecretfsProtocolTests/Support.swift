@@ -155,38 +155,14 @@ func errorCode(_ body: [UInt8]) -> UInt16? {
 
 // MARK: A client of another uid
 
-/// A tiny Python client run under `setpriv`: connects, sends GET for `names`,
-/// prints one line: "connect-error ERRNO" or the hex of every byte received.
-let pythonClient = #"""
-import socket, struct, sys
-path, names = sys.argv[1], sys.argv[2:]
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(5)
-try:
-    s.connect(path)
-except OSError as e:
-    print("connect-error", e.errno); sys.exit(0)
-body = struct.pack(">BBH", 1, 2, len(names)) + b"".join(struct.pack(">H", len(n)) + n.encode() for n in names)
-try:
-    s.sendall(struct.pack(">I", len(body)) + body)
-except OSError:
-    pass
-data = b""
-try:
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        data += d
-        if len(data) >= 4 and len(data) >= 4 + struct.unpack(">I", data[:4])[0]:
-            break
-except OSError:
-    pass
-print(data.hex())
-"""#
-
-/// Runs the Python client as `uid` with primary group `gid` and `groups`.
+/// Sends GET for `names` as `uid` (primary group `gid`, supplementary
+/// `groups`) and returns "connect-error ERRNO" or the hex of the first reply frame.
 func runAs(uid: UInt32, gid: UInt32, groups: [UInt32] = [], socket: String, names: [String]) throws -> String {
-    try Processes.runAs(uid: uid, gid: gid, groups: groups, "/usr/bin/python3", ["-c", pythonClient, socket] + names)
-        .stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    // A GET: version 1, type 2, name count, then each name length-prefixed.
+    var body: [UInt8] = [1, 2, UInt8(names.count >> 8), UInt8(names.count & 0xff)]
+    for n in names {
+        let b = Array(n.utf8)
+        body += [UInt8(b.count >> 8), UInt8(b.count & 0xff)] + b
+    }
+    return try ForeignClient.exchange(asUID: uid, gid: gid, groups: groups, socket: socket, body: body)
 }

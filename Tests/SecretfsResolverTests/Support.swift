@@ -129,36 +129,15 @@ func fixture(_ name: String) throws -> [UInt8] {
     Array(try Data(contentsOf: fixtures.appendingPathComponent(name)))
 }
 
-/// A tiny Python client of the daemon run under `setpriv`: sends RESOLVE
-/// (project demo, format expr, output document) for `document`, prints the
-/// hex of every byte received, or "connect-error ERRNO".
-let pythonResolveClient = #"""
-import socket, struct, sys
-path, doc = sys.argv[1], sys.argv[2].encode()
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(5)
-try:
-    s.connect(path)
-except OSError as e:
-    print("connect-error", e.errno); sys.exit(0)
-body = struct.pack(">BB", 1, 0x11) + struct.pack(">H", 4) + b"demo" + struct.pack(">BBI", 3, 1, len(doc)) + doc
-try:
-    s.sendall(struct.pack(">I", len(body)) + body)
-except OSError:
-    pass
-data = b""
-try:
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        data += d
-except OSError:
-    pass
-print(data.hex())
-"""#
-
+/// Sends RESOLVE (project demo, format expr, output document) for
+/// `document` as `uid`, and returns the hex of every byte received, or
+/// "connect-error ERRNO".
 func runAs(uid: UInt32, gid: UInt32, socket: String, document: String) throws -> String {
-    try Processes.runAs(uid: uid, gid: gid, "/usr/bin/python3", ["-c", pythonResolveClient, socket, document])
-        .stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    // A RESOLVE of project "demo": version 1, type 0x11, the project, format
+    // expr (3), output document (1), then the document length-prefixed.
+    let doc = Array(document.utf8)
+    let n = UInt32(doc.count)
+    let body: [UInt8] = [1, 0x11, 0, 4] + Array("demo".utf8) + [3, 1]
+        + [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + doc
+    return try ForeignClient.exchange(asUID: uid, gid: gid, socket: socket, body: body, untilEOF: true)
 }

@@ -92,3 +92,45 @@ public struct SplitMix64: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+/// A minimal client in Python, run as another user, for tests of who a socket
+/// admits: it connects, sends one length-prefixed frame, and prints what came
+/// back as hex (the first complete frame, or everything until EOF), or
+/// `connect-error ERRNO`. Python, not this process, so the peer really has
+/// another uid.
+public enum ForeignClient {
+    static let script = #"""
+    import socket, struct, sys
+    path, body, until_eof = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3] == "eof"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(path)
+    except OSError as e:
+        print("connect-error", e.errno); sys.exit(0)
+    try:
+        s.sendall(struct.pack(">I", len(body)) + body)
+    except OSError:
+        pass
+    data = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+            if not until_eof and len(data) >= 4 and len(data) >= 4 + struct.unpack(">I", data[:4])[0]:
+                break
+    except OSError:
+        pass
+    print(data.hex())
+    """#
+
+    public static func exchange(asUID uid: UInt32, gid: UInt32, groups: [UInt32] = [], socket: String,
+                                body: [UInt8], untilEOF: Bool = false) throws -> String {
+        let hex = body.map { String(format: "%02x", $0) }.joined()
+        return try Processes.runAs(uid: uid, gid: gid, groups: groups, "/usr/bin/python3",
+                                   ["-c", script, socket, hex, untilEOF ? "eof" : "frame"])
+            .stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
