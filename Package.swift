@@ -3,6 +3,7 @@ import PackageDescription
 
 // One target per layer; the dependency arrows only point down this list.
 //   C modules (CFuse, CSodium, CSQLite, CShims)  libc / Debian libraries
+//   SecretfsNames      the one naming rule (names are bytes)
 //   SecureMemory       locked, wiped buffers for keys and values
 //   SecretfsStore      encrypted SQLite store (envelope encryption, audit)
 //   SecretfsFS         FUSE low-level adapter: the write-only directory contract
@@ -29,30 +30,31 @@ let package = Package(
         .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "CShims"),
 
+        .target(name: "SecretfsNames"),
         .target(name: "SecureMemory", dependencies: ["CSodium"]),
         .target(name: "SecretfsStore", dependencies: [
-            "CSQLite", "CSodium", "SecureMemory",
+            "CSQLite", "CSodium", "SecretfsNames", "SecureMemory",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SecretfsFS", dependencies: [
-            "CFuse", "CShims", "SecretfsStore", "SecureMemory",
+            "CFuse", "CShims", "SecretfsNames", "SecretfsStore", "SecureMemory",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SecretfsProtocol", dependencies: [
-            "CShims", "SecureMemory", "SecretfsStore",
+            "CShims", "SecretfsNames", "SecureMemory", "SecretfsStore",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SecretfsInject", dependencies: [
-            "SecureMemory",
+            "SecretfsNames", "SecureMemory",
             .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "SecretfsRedact", dependencies: ["SecureMemory"]),
         .target(name: "SecretfsResolver", dependencies: [
-            "SecretfsProtocol", "SecretfsInject", "SecretfsRedact", "SecureMemory",
+            "SecretfsNames", "SecretfsProtocol", "SecretfsInject", "SecretfsRedact", "SecureMemory",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "secretfs", dependencies: [
-            "CShims", "SecretfsStore", "SecretfsFS", "SecretfsProtocol",
+            "CShims", "SecretfsNames", "SecretfsStore", "SecretfsFS", "SecretfsProtocol",
             "SecretfsResolver", "SecretfsRedact",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -61,9 +63,9 @@ let package = Package(
         // Helpers shared by the test targets (spawning processes, seeded RNG).
         .target(name: "SecretfsTestSupport", path: "Tests/SecretfsTestSupport"),
         .testTarget(name: "SecretfsStoreTests", dependencies: ["SecretfsStore"]),
-        .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject", "SecretfsTestSupport"]),
+        .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject", "SecretfsNames", "SecretfsTestSupport"]),
         .testTarget(name: "SecretfsRedactTests", dependencies: ["SecretfsRedact", "SecretfsTestSupport"]),
-        .testTarget(name: "SecretfsProtocolTests", dependencies: ["SecretfsProtocol", "SecretfsStore", "SecureMemory", "SecretfsTestSupport"]),
+        .testTarget(name: "SecretfsProtocolTests", dependencies: ["CShims", "SecretfsProtocol", "SecretfsNames", "SecretfsStore", "SecureMemory", "SecretfsTestSupport"]),
         .testTarget(name: "SecretfsResolverTests", dependencies: ["SecretfsResolver", "SecretfsStore", "SecretfsProtocol", "SecureMemory", "SecretfsTestSupport"]),
         // Mount tests drive the real `secretfs` binary; depending on it makes
         // `swift build --build-tests` build it beside the test bundle.

@@ -220,7 +220,7 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.write = { req, _, buf, size, off, fi in
         do throws(Errno) {
             let n = try filesystem(req).write(fh: fi!.pointee.fh, data: UnsafeRawBufferPointer(start: buf, count: size),
-                                              offset: Int64(off))
+                                              offset: Int64(off), flags: fi!.pointee.flags)
             fuse_reply_write(req, n)
         } catch { replyError(req, error) }
     }

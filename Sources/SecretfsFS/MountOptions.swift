@@ -14,6 +14,11 @@ public struct MountOptions: Sendable, Equatable {
     /// How long the kernel may cache names and attributes (seconds). Only this
     /// process changes the project while it is mounted, so caching is safe.
     public var cacheTimeout: Double = 1.0
+    /// Write handles open at once on this mount, and per uid: each holds a
+    /// locked buffer, so a member opening files in a loop gets EMFILE
+    /// instead of exhausting the mount's (locked) memory.
+    public var maxWriteHandles = 1024
+    public var maxWriteHandlesPerUID = 128
     /// Extra options handed to libfuse as `-o` (e.g. `fsname=...`).
     public var fuseOptions: [String] = []
 
@@ -41,4 +46,6 @@ public struct Errno: Error, Equatable, CustomStringConvertible, Sendable {
     public static let badHandle = Errno(EBADF)
     public static let noData = Errno(ENODATA)
     public static let notSupported = Errno(EOPNOTSUPP)
+    public static let noMemory = Errno(ENOMEM)
+    public static let tooManyOpen = Errno(EMFILE)
 }

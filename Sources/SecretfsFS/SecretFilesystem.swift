@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import SecretfsNames
 import SecretfsStore
 import SecureMemory
 import Synchronization
@@ -143,6 +144,8 @@ public final class SecretFilesystem: @unchecked Sendable {
     public func lookup(parent: UInt64, name: String, caller: Caller) throws(Errno) -> Attributes {
         try check(caller)
         guard parent == Namespace.rootIno else { throw .notDirectory }
+        // Bytes first: no invalid name is ever compared with a stored one.
+        guard Names.isValid(name) else { throw .noEntry }
         return try lock.withLock { _ throws(Errno) in
             guard let n = namespace.node(named: name) else { throw .noEntry }
             n.lookups += 1
@@ -180,11 +183,12 @@ public final class SecretFilesystem: @unchecked Sendable {
             guard let n = namespace.node(ino: ino), n.name != nil else { throw .noEntry }
             let access = flags & O_ACCMODE
             let writable = access == O_WRONLY || access == O_RDWR
+            if writable { try checkWriteHandleLimits(caller) }
             let h = OpenFile(node: n, writable: writable, append: flags & O_APPEND != 0, caller: caller)
             if writable && flags & O_TRUNC != 0 {
                 // Atomic O_TRUNC: the old value stays in the store until the
                 // new one is committed at close.
-                h.buffer = WriteBuffer(limit: options.sizeLimit + 1, pool: pool)
+                h.buffer = try newBuffer()
                 h.dirty = true
             }
             return register(h)
@@ -200,21 +204,40 @@ public final class SecretFilesystem: @unchecked Sendable {
         guard parent == Namespace.rootIno else { throw .notDirectory }
         try validName(name)
         return try lock.withLock { _ throws(Errno) in
+            try checkWriteHandleLimits(caller)
             let node: Node
+            var added = false
             if let existing = namespace.node(named: name) {
                 if flags & O_EXCL != 0 { throw .exists }
                 node = existing
             } else {
+                added = true
                 // Not in the store until the first close commits it.
                 node = namespace.add(name: name, info: nil)
             }
             node.lookups += 1
             let h = OpenFile(node: node, writable: true, append: flags & O_APPEND != 0, caller: caller)
             if !node.isCommitted || flags & O_TRUNC != 0 {
-                h.buffer = WriteBuffer(limit: options.sizeLimit + 1, pool: pool)
+                do throws(Errno) { h.buffer = try newBuffer() } catch {
+                    node.lookups -= 1
+                    if added { namespace.unlink(node); namespace.collect(node) }
+                    throw error
+                }
                 h.dirty = true
             }
             return (attributes(node), register(h), node.isCommitted)
+        }
+    }
+
+    /// Write handles open now, in all and per uid (see the limits in MountOptions).
+    private var writeHandles = 0
+    private var writeHandlesByUID: [uid_t: Int] = [:]
+
+    /// EMFILE when the mount's or the caller's write handles are all in use.
+    private func checkWriteHandleLimits(_ caller: Caller) throws(Errno) {
+        if writeHandles >= options.maxWriteHandles || writeHandlesByUID[caller.uid, default: 0] >= options.maxWriteHandlesPerUID {
+            logger.warning("write handle limit reached", metadata: ["uid": "\(caller.uid)", "open": "\(writeHandles)"])
+            throw .tooManyOpen
         }
     }
 
@@ -223,7 +246,28 @@ public final class SecretFilesystem: @unchecked Sendable {
         nextHandle += 1
         handles[fh] = h
         h.node.openHandles += 1
+        if h.writable {
+            writeHandles += 1
+            writeHandlesByUID[h.actor.uid, default: 0] += 1
+        }
         return fh
+    }
+
+    private func unregister(_ h: OpenFile) {
+        h.node.openHandles -= 1
+        guard h.writable else { return }
+        writeHandles -= 1
+        let left = writeHandlesByUID[h.actor.uid, default: 1] - 1
+        writeHandlesByUID[h.actor.uid] = left > 0 ? left : nil
+    }
+
+    /// A new empty write buffer, or ENOMEM.
+    private func newBuffer() throws(Errno) -> WriteBuffer {
+        guard let b = WriteBuffer(limit: options.sizeLimit + 1, pool: pool) else {
+            logger.error("out of locked memory for a write buffer")
+            throw .noMemory
+        }
+        return b
     }
 
     /// Loads the stored value into the handle's buffer (for writes that do not
@@ -237,33 +281,53 @@ public final class SecretFilesystem: @unchecked Sendable {
                 throw .io
             }
         }
-        let b = WriteBuffer(limit: options.sizeLimit + 1, initial: current, pool: pool)
+        let made = WriteBuffer(limit: options.sizeLimit + 1, initial: current, pool: pool)
         current?.wipe()
+        guard let b = made else {
+            logger.error("out of locked memory for a write buffer")
+            throw .noMemory
+        }
         h.buffer = b
         return b
     }
 
-    public func write(fh: UInt64, data: UnsafeRawBufferPointer, offset: Int64) throws(Errno) -> Int {
+    /// `flags` are the file's status flags at the time of this write (the
+    /// kernel sends them with each WRITE), so an O_APPEND set later with
+    /// fcntl(F_SETFL) is honoured as well as one given to open.
+    public func write(fh: UInt64, data: UnsafeRawBufferPointer, offset: Int64, flags: Int32 = 0) throws(Errno) -> Int {
         try lock.withLock { _ throws(Errno) in
             guard let h = handles[fh], h.writable else { throw .badHandle }
             if let failure = h.failure { throw failure }
+            guard offset >= 0 else { throw .invalid }
             let b = try ensureBuffer(h)
             // O_APPEND: the kernel believes the file is empty (size 0), so it
             // sends offset 0; appending is this side's job.
+            let append = h.append || flags & O_APPEND != 0
             // The buffer may hold one byte over the limit, for the trailing
             // newline that is dropped at commit; any other byte over it fails
             // now, so the writer (not only close) sees EFBIG.
-            let end = (h.append ? b.count : Int(offset)) + data.count
+            let (end, overflow) = (append ? b.count : Int(offset)).addingReportingOverflow(data.count)
             let newlineGrace = !options.keepTrailingNewline && end == options.sizeLimit + 1 && data.last == 0x0A
-            let ok = (end <= options.sizeLimit || newlineGrace)
-                && (h.append ? b.append(data) : b.write(data, at: Int(offset)))
-            guard ok else {
+            var failure: Errno? = overflow || !(end <= options.sizeLimit || newlineGrace) ? .tooBig : nil
+            if failure == nil {
+                do throws(Errno) {
+                    if append { try b.append(data) } else { try b.write(data, at: Int(offset)) }
+                } catch {
+                    failure = error
+                }
+            }
+            if failure == .noMemory {
+                // Not the writer's fault and not final: nothing was changed.
+                logger.error("out of locked memory growing a write buffer", metadata: ["name": "\(h.node.name ?? "-")"])
+                throw .noMemory
+            }
+            guard failure == nil else {
                 h.failure = .tooBig
                 logger.info("value over the size limit", metadata: ["name": "\(h.node.name ?? "-")", "limit": "\(options.sizeLimit)"])
                 // An append (or a write at an offset) that fails here says
                 // something about the stored value's length; probing for it
                 // takes many such failures, so each one is audited.
-                if h.node.isCommitted, h.append || offset > 0 {
+                if h.node.isCommitted, append || offset > 0 {
                     try? vault.audit(action: "refused-size", names: h.node.name, detail: "limit \(options.sizeLimit)", actor: h.actor)
                 }
                 throw .tooBig
@@ -327,7 +391,7 @@ public final class SecretFilesystem: @unchecked Sendable {
             guard let h = handles.removeValue(forKey: fh) else { return }
             if h.dirty && h.failure == nil { try? commit(h) }
             h.buffer?.wipe()
-            h.node.openHandles -= 1
+            unregister(h)
             if !h.node.isCommitted && h.node.openHandles == 0, let name = h.node.name {
                 // A created file that never got a value disappears; if it had
                 // been renamed over a stored secret, that secret shows again.
@@ -369,17 +433,17 @@ public final class SecretFilesystem: @unchecked Sendable {
                 if let fh, let h = handles[fh], h.writable {
                     // ftruncate on an open file (dd does this): change the buffer.
                     let b = try ensureBuffer(h)
-                    _ = b.resize(to: Int(size))
+                    try b.resize(to: Int(size))
                     h.dirty = true
                     h.written = true
                 } else if let name = n.name {
                     // truncate(2) by path: one commit.
                     let h = OpenFile(node: n, writable: true, append: false, caller: caller)
-                    let b = size == 0 ? WriteBuffer(limit: options.sizeLimit + 1, pool: pool) : try ensureBuffer(h)
+                    let b = size == 0 ? try newBuffer() : try ensureBuffer(h)
                     h.buffer = b
-                    _ = b.resize(to: Int(size))
-                    h.dirty = true
                     defer { b.wipe() }
+                    try b.resize(to: Int(size))
+                    h.dirty = true
                     if !options.keepTrailingNewline && size > 0 {
                         // truncate by length keeps bytes exactly: commit without dropping.
                         do {
@@ -404,6 +468,7 @@ public final class SecretFilesystem: @unchecked Sendable {
     public func unlink(parent: UInt64, name: String, caller: Caller) throws(Errno) {
         try check(caller)
         guard parent == Namespace.rootIno else { throw .notDirectory }
+        guard Names.isValid(name) else { throw .noEntry }
         try lock.withLock { _ throws(Errno) in
             guard let n = namespace.node(named: name) else { throw .noEntry }
             // Even a file that has no value yet may stand over a stored one
@@ -421,6 +486,7 @@ public final class SecretFilesystem: @unchecked Sendable {
 
     public func rmdir(parent: UInt64, name: String, caller: Caller) throws(Errno) {
         try check(caller)
+        guard Names.isValid(name) else { throw .noEntry }
         try lock.withLock { _ throws(Errno) in
             guard namespace.node(named: name) != nil else { throw .noEntry }
             throw .notDirectory
@@ -438,6 +504,7 @@ public final class SecretFilesystem: @unchecked Sendable {
               flags != Self.renameNoReplace | Self.renameExchange else { throw .invalid }
         // EPERM rather than EINVAL: mv reports EINVAL from rename(2) as
         // "cannot move to a subdirectory of itself", which misleads.
+        guard Names.isValid(name) else { throw .noEntry }
         guard Names.isValid(newName) else {
             logger.info("refused name", metadata: ["reason": "invalid secret name"])
             throw .notPermitted

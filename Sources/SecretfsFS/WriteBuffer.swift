@@ -1,3 +1,4 @@
+import Glibc
 import SecureMemory
 
 /// The bytes written through one open file, held in locked memory until the
@@ -11,51 +12,56 @@ final class WriteBuffer {
     private var released = false
 
     /// `pool` lends the first (small) buffer: allocating locked memory costs
-    /// a dozen system calls, more than the rest of a small write.
-    init(limit: Int, initial: SecureBytes? = nil, pool: BufferPool? = nil) {
+    /// a dozen system calls, more than the rest of a small write. Nil when
+    /// no locked memory can be had (the caller answers ENOMEM).
+    init?(limit: Int, initial: SecureBytes? = nil, pool: BufferPool? = nil) {
         self.limit = limit
         self.pool = pool
         if let initial {
-            bytes = initial.copy(capacity: max(initial.count, min(limit, BufferPool.bufferSize)))
+            guard let b = initial.copyIfPossible(capacity: max(initial.count, min(limit, BufferPool.bufferSize))) else { return nil }
+            bytes = b
         } else if let lent = pool?.take(), lent.capacity >= min(limit, BufferPool.bufferSize) {
             bytes = lent
         } else {
-            bytes = SecureBytes(capacity: min(limit, BufferPool.bufferSize))
+            guard let b = SecureBytes(allocating: min(limit, BufferPool.bufferSize)) else { return nil }
+            bytes = b
         }
     }
 
     var count: Int { bytes.count }
 
-    /// Makes room for `needed` bytes; false when that is over the limit.
-    private func reserve(_ needed: Int) -> Bool {
-        guard needed <= limit else { return false }
-        if needed <= bytes.capacity { return true }
+    /// Makes room for `needed` bytes: EFBIG over the limit, ENOMEM when the
+    /// bigger buffer cannot be allocated (nothing changes then).
+    private func reserve(_ needed: Int) throws(Errno) {
+        guard needed <= limit else { throw .tooBig }
+        if needed <= bytes.capacity { return }
         var cap = bytes.capacity
         while cap < needed { cap = min(limit, cap * 2) }
-        let grown = bytes.copy(capacity: cap)
+        guard let grown = bytes.copyIfPossible(capacity: cap) else { throw .noMemory }
         release(bytes)
         bytes = grown
-        return true
     }
 
-    /// Writes at `offset` (zero-filling a gap); false when over the limit.
-    func write(_ data: UnsafeRawBufferPointer, at offset: Int) -> Bool {
+    /// Writes at `offset` (zero-filling a gap).
+    func write(_ data: UnsafeRawBufferPointer, at offset: Int) throws(Errno) {
         let (end, overflow) = offset.addingReportingOverflow(data.count)
-        guard !overflow, reserve(end) else { return false }
-        return bytes.write(data, at: offset)
+        guard !overflow else { throw .tooBig }
+        try reserve(end)
+        guard bytes.write(data, at: offset) else { throw .tooBig }
     }
 
-    func append(_ data: UnsafeRawBufferPointer) -> Bool {
-        write(data, at: bytes.count)
+    func append(_ data: UnsafeRawBufferPointer) throws(Errno) {
+        try write(data, at: bytes.count)
     }
 
-    /// Truncates or extends (with zeros) to `size`; false when over the limit.
-    func resize(to size: Int) -> Bool {
-        guard size >= 0 else { return false }
-        if size <= bytes.count { bytes.setCount(size); return true }
-        guard reserve(size) else { return false }
+    /// Truncates or extends (with zeros) to `size`.
+    func resize(to size: Int) throws(Errno) {
+        guard size >= 0 else { throw .invalid }
+        if size <= bytes.count { bytes.setCount(size); return }
+        try reserve(size)
         let zeros = [UInt8](repeating: 0, count: size - bytes.count)
-        return zeros.withUnsafeBytes { bytes.write($0, at: bytes.count) }
+        let ok = zeros.withUnsafeBytes { bytes.write($0, at: bytes.count) }
+        guard ok else { throw .tooBig }
     }
 
     /// The value to store, in place: without one trailing newline unless kept.

@@ -57,18 +57,6 @@ public struct InjectionError: Error, Sendable, CustomStringConvertible {
     public var description: String { problems.map(\.description).joined(separator: "\n") }
 }
 
-/// Secret names: `[A-Za-z_][A-Za-z0-9_]*`, at most 255 bytes (DESIGN.md).
-public func isValidSecretName(_ name: String) -> Bool {
-    let u = Array(name.utf8)
-    guard !u.isEmpty, u.count <= 255 else { return false }
-    for (k, b) in u.enumerated() {
-        let letter = (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x5F
-        let digit = b >= 0x30 && b <= 0x39
-        if !(letter || (k > 0 && digit)) { return false }
-    }
-    return true
-}
-
 /// Quoted, length-limited display form of source text for messages.
 func displayQuoted(_ s: String, limit: Int = 60) -> String {
     var t = s

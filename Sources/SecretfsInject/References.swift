@@ -1,3 +1,5 @@
+import SecretfsNames
+
 /// A static reference to one secret inside an expression.
 struct SecretReference {
     var name: String
@@ -147,7 +149,7 @@ struct ExpressionAnalysis {
 
             if let name {
                 let end = toks[last].end
-                if !isValidSecretName(name) {
+                if !Names.isValid(name) {
                     report(.invalidName, t, "invalid secret name \(displayQuoted(name)); names match [A-Za-z_][A-Za-z0-9_]*")
                 } else if let after = tok(last + 1), after.kind == .punctuator, Self.assignmentOperators.contains(after.text) {
                     report(.assignment, t, "secrets.\(name) cannot be assigned to")

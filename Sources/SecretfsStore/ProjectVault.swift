@@ -1,4 +1,5 @@
 import CSQLite
+import SecretfsNames
 import SecureMemory
 
 /// One project's secrets, with its data key unwrapped in locked memory.

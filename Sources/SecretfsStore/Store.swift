@@ -1,6 +1,7 @@
-import CSodium
 import CSQLite
+import CSodium
 import Glibc
+import SecretfsNames
 import SecureMemory
 import Synchronization
 

@@ -83,25 +83,3 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         }
     }
 }
-
-/// The naming rule shared by secrets and projects: a JavaScript identifier
-/// that `secrets.NAME` can reach, ASCII only, 1...255 bytes.
-public enum Names {
-    public static let maximumLength = 255
-
-    public static func isValid(_ name: String) -> Bool {
-        isValid(utf8: name.utf8)
-    }
-
-    public static func isValid<C: Collection>(utf8 bytes: C) -> Bool where C.Element == UInt8 {
-        guard !bytes.isEmpty, bytes.count <= maximumLength else { return false }
-        var first = true
-        for b in bytes {
-            let letter = (b >= 65 && b <= 90) || (b >= 97 && b <= 122) || b == 95
-            let digit = b >= 48 && b <= 57
-            if !(letter || (!first && digit)) { return false }
-            first = false
-        }
-        return true
-    }
-}

@@ -42,6 +42,19 @@ public final class SecureBytes: @unchecked Sendable {
         self.count = count
     }
 
+    /// A zero-filled buffer, or nil when `sodium_malloc` fails (the address
+    /// space or memory is exhausted). Servers allocate what a peer's input
+    /// sizes through this, and answer nil with an error instead of trapping.
+    public init?(allocating capacity: Int, count: Int = 0) {
+        Sodium.ensureInitialised()
+        guard count >= 0, count <= capacity, capacity >= 0,
+              let p = sodium_malloc(max(capacity, 1)) else { return nil }
+        sodium_memzero(p, max(capacity, 1))
+        self.base = p
+        self.capacity = capacity
+        self.count = count
+    }
+
     /// Copies `bytes` into a new buffer of exactly that size. The caller should
     /// wipe its own copy.
     public convenience init(copying bytes: UnsafeRawBufferPointer) {
@@ -121,6 +134,14 @@ public final class SecureBytes: @unchecked Sendable {
     public func copy(capacity newCapacity: Int? = nil) -> SecureBytes {
         let cap = max(newCapacity ?? count, count)
         let out = SecureBytes(capacity: cap, count: count)
+        if count > 0 { out.base.copyMemory(from: base, byteCount: count) }
+        return out
+    }
+
+    /// Like `copy(capacity:)`, or nil when the new buffer cannot be allocated.
+    public func copyIfPossible(capacity newCapacity: Int? = nil) -> SecureBytes? {
+        let cap = max(newCapacity ?? count, count)
+        guard let out = SecureBytes(allocating: cap, count: count) else { return nil }
         if count > 0 { out.base.copyMemory(from: base, byteCount: count) }
         return out
     }

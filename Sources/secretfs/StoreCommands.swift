@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import SecretfsNames
 import SecretfsStore
 
 struct InitCommand: ParsableCommand {
