@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/xattr.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <unistd.h>
@@ -61,4 +62,12 @@ int secretfs_accept_cloexec(int fd) {
 
 int secretfs_eventfd(int nonblocking) {
     return eventfd(0, EFD_CLOEXEC | (nonblocking ? EFD_NONBLOCK : 0));
+}
+
+int secretfs_set_access_acl(const char *path, const void *value, unsigned long size) {
+    return lsetxattr(path, "system.posix_acl_access", value, size, 0);
+}
+
+long secretfs_get_access_acl(const char *path, void *value, unsigned long size) {
+    return (long)lgetxattr(path, "system.posix_acl_access", value, size);
 }

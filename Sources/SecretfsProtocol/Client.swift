@@ -1,4 +1,5 @@
 import Glibc
+import SecretfsNames
 import SecretfsStore
 import SecureMemory
 import Synchronization
@@ -58,41 +59,30 @@ public struct ChangeEvent: Sendable, Equatable {
     public var complete: Bool
 }
 
-/// A connection to a project's privileged socket. Requests are answered in
-/// order on one connection; use one client per thread (or serialise calls).
+/// A client of a project's privileged socket: LIST and GET on one
+/// connection, made again whenever the mount has dropped it (idle timeout,
+/// remount). Calls are serialised; share it between threads if you like.
 public final class PrivilegedClient: @unchecked Sendable {
-    // @unchecked: `fd` is only touched by the calling thread (see above).
+    // @unchecked: the connection lives in a `SocketClient` (its own lock).
     public let socketPath: String
-    /// Seconds to wait for a reply.
-    public var timeout: Double
-    private var fd: Int32
+    private let client: SocketClient
 
-    /// Connects. Fails with `.notMounted`, `.connectionRefused`,
-    /// `.permissionDenied` (with hints) when there is no usable socket. A peer
-    /// the server does not allow learns it from the first request's error.
+    /// Connects. Fails with `.notListening`, `.connectionRefused`,
+    /// `.permissionDenied`, `.untrustedServer` (with hints) when there is no
+    /// usable socket. A peer the server does not allow learns it from the
+    /// first request's error.
     public init(socketPath: String, timeout: Double = 30) throws(ProtocolError) {
         self.socketPath = socketPath
-        self.timeout = timeout
-        let fd = SocketIO.connect(to: socketPath)
-        guard fd >= 0 else { throw ProtocolError.connectFailure(socketPath, errno: errno) }
-        SocketIO.setSendTimeout(fd, seconds: timeout)
-        self.fd = fd
+        client = try SocketClient(socketPath: socketPath, service: .mount, timeout: timeout)
     }
 
-    deinit { close() }
-
-    public func close() {
-        if fd >= 0 {
-            Glibc.close(fd)
-            fd = -1
-        }
-    }
+    public func close() { client.close() }
 
     // MARK: Requests
 
     /// Names, versions and times of every secret of the project.
     public func list() throws(ProtocolError) -> SecretListing {
-        let frame = try roundTrip(Wire.emptyRequest(.list), expect: .listReply)
+        let frame = try client.request(expect: [Wire.MessageType.listReply.rawValue]) { Wire.emptyRequest(.list) }
         var r = FrameReader(frame)
         do throws(ParseError) {
             let version = try r.i64()
@@ -136,11 +126,11 @@ public final class PrivilegedClient: @unchecked Sendable {
 
     private func getBatch(_ names: [String], into result: inout SecretValues) throws(ProtocolError) {
         for n in names where !Names.isValid(n) {
-            throw ProtocolError(.server(.invalidName), "'\(n)' is not a valid secret name")
+            throw ProtocolError(.server(.invalidName), "'\(Wire.printable(Wire.clip(n, 64)))' is not a valid secret name")
         }
         let frame: Frame
         do {
-            frame = try roundTrip(Wire.getRequest(names), expect: .getReply)
+            frame = try client.request(expect: [Wire.MessageType.getReply.rawValue]) { Wire.getRequest(names) }
         } catch let e where e.serverCode == .replyTooLarge && names.count > 1 {
             let half = names.count / 2
             try getBatch(Array(names[..<half]), into: &result)
@@ -177,236 +167,46 @@ public final class PrivilegedClient: @unchecked Sendable {
         }
     }
 
-    /// Turns this connection into a watch: `onStart` gets the project's version
-    /// and the mount's change sequence at subscription, then `handler` gets every CHANGED event until it
-    /// returns false (then this returns) or the connection ends (then this
-    /// throws `.connectionClosed`: the mount went away, drop every cached value).
-    /// The connection takes no other request afterwards.
-    public func watch(onStart: (_ projectVersion: Int64, _ sequence: UInt64) -> Void = { _, _ in },
-                      _ handler: (ChangeEvent) -> Bool) throws(ProtocolError) {
-        let first = try roundTrip(Wire.emptyRequest(.watch), expect: .watching)
-        var r = FrameReader(first)
-        let start: Int64, sequence: UInt64
-        do {
-            start = try r.i64()
-            sequence = try r.u64()
-        } catch { throw malformed("WATCHING: \(error.reason)") }
-        onStart(start, sequence)
-        while true {
-            let frame = try receive(deadline: nil)
-            guard let event = try Self.changeEvent(frame, path: socketPath) else { continue }
-            if !handler(event) { return }
-        }
-    }
-
-    static func changeEvent(_ frame: Frame, path: String) throws(ProtocolError) -> ChangeEvent? {
-        if frame.type == Wire.MessageType.error.rawValue { throw errorFromFrame(frame, path: path) }
-        guard frame.type == Wire.MessageType.changed.rawValue else {
-            throw ProtocolError(.malformedReply, "\(path): unexpected message 0x\(String(frame.type, radix: 16)) while watching")
-        }
-        var r = FrameReader(frame)
-        do throws(ParseError) {
-            let version = try r.i64()
-            let sequence = try r.u64()
-            let flags = try r.u8()
-            let count = Int(try r.u32())
-            var names: [String] = []
-            for _ in 0..<count {
-                guard let n = try r.name() else { throw ParseError(reason: "invalid name") }
-                names.append(n)
-            }
-            try r.expectEnd()
-            return ChangeEvent(projectVersion: version, sequence: sequence, names: names,
-                               complete: flags & Wire.changedFlagIncomplete == 0)
-        } catch {
-            throw ProtocolError(.malformedReply, "\(path): CHANGED: \(error.reason)")
-        }
-    }
-
-    // MARK: Framing
-
     private func malformed(_ what: String) -> ProtocolError {
-        close()
+        client.close()
         return ProtocolError(.malformedReply, "\(socketPath): \(what)", hint: "the client and the mount may be different secretfs versions")
     }
 
-    private func roundTrip(_ request: SecureBytes, expect: Wire.MessageType) throws(ProtocolError) -> Frame {
-        guard fd >= 0 else { throw ProtocolError(.connectionClosed, "\(socketPath): the connection is closed") }
-        defer { request.wipe() }
-        if !SocketIO.sendAll(fd, request) {
-            // The server may have refused us and closed: its ERROR is still readable.
-            let sendErrno = errno
-            if let frame = try? receive(deadline: SocketIO.monotonicNow() + 1),
-               frame.type == Wire.MessageType.error.rawValue {
-                close()
-                throw Self.errorFromFrame(frame, path: socketPath)
-            }
-            close()
-            if sendErrno == EAGAIN || sendErrno == EWOULDBLOCK {
-                throw ProtocolError(.timedOut, "\(socketPath): the mount did not accept the request within \(timeout) s")
-            }
-            throw ProtocolError(.connectionClosed, "\(socketPath): connection closed by the mount")
-        }
-        let frame = try receive(deadline: SocketIO.monotonicNow() + timeout)
-        if frame.type == Wire.MessageType.error.rawValue {
-            let e = Self.errorFromFrame(frame, path: socketPath)
-            if case .server(let c) = e.kind, [.notAllowed, .busy, .timeout, .frameTooLarge, .unsupportedVersion, .unexpected].contains(c) {
-                close()   // the server closes these connections
-            }
-            throw e
-        }
-        guard frame.type == expect.rawValue else {
-            throw malformed("expected message 0x\(String(expect.rawValue, radix: 16)), got 0x\(String(frame.type, radix: 16))")
-        }
-        return frame
+    // MARK: Watching
+
+    /// A `ChangeFeed` on the mount's socket: every change of the project,
+    /// and `.lost`/`.restored` around every reconnection.
+    public static func changeFeed(socketPath: String, timeout: Double = 30,
+                                  handler: @escaping @Sendable (ChangeFeed.Event) -> Bool) throws(ProtocolError) -> ChangeFeed {
+        try ChangeFeed.start(subscription(socketPath: socketPath, timeout: timeout), handler: handler)
     }
 
-    private func receive(deadline: Double?) throws(ProtocolError) -> Frame {
-        guard fd >= 0 else { throw ProtocolError(.connectionClosed, "\(socketPath): the connection is closed") }
-        switch SocketIO.readFrame(fd, maxLength: Wire.maxResponseFrame, deadline: deadline) {
-        case .frame(let f):
-            guard f.version == Wire.version else {
-                throw malformed("reply in protocol version \(f.version) (this client speaks \(Wire.version))")
-            }
-            return f
-        case .closed, .truncated:
-            close()
-            throw ProtocolError(.connectionClosed, "\(socketPath): connection closed by the mount",
-                                hint: "the project may have been unmounted")
-        case .timedOut:
-            close()
-            throw ProtocolError(.timedOut, "\(socketPath): no reply within \(timeout) s")
-        case .badLength(let n):
-            close()
-            throw ProtocolError(.malformedReply, "\(socketPath): reply length \(n) is outside the protocol's limits")
-        case .failed(let e):
-            close()
-            throw ProtocolError(.system(e), "\(socketPath): \(SocketIO.errorText(e))")
-        }
+    /// How to watch a mount's socket (WATCH, WATCHING, CHANGED).
+    public static func subscription(socketPath: String, timeout: Double = 30) -> ChangeFeed.Subscription {
+        ChangeFeed.Subscription(
+            socketPath: socketPath, service: .mount, timeout: timeout,
+            request: { Wire.emptyRequest(.watch) },
+            acknowledgement: Wire.MessageType.watching.rawValue, changed: Wire.MessageType.changed.rawValue,
+            parse: { frame throws(ParseError) in
+                let e = try changeEvent(frame)
+                return (e.names, e.complete)
+            })
     }
 
-    static func errorFromFrame(_ frame: Frame, path: String) -> ProtocolError {
+    /// A CHANGED frame's fields.
+    public static func changeEvent(_ frame: Frame) throws(ParseError) -> ChangeEvent {
         var r = FrameReader(frame)
-        guard let code = try? r.u16(), let text = try? r.text() else {
-            return ProtocolError(.malformedReply, "\(path): malformed ERROR frame")
+        let version = try r.i64()
+        let sequence = try r.u64()
+        let flags = try r.u8()
+        let count = Int(try r.u32())
+        var names: [String] = []
+        for _ in 0..<count {
+            guard let n = try r.name() else { throw ParseError(reason: "invalid name") }
+            names.append(n)
         }
-        return ProtocolError.fromServer(code, text, path: path)
-    }
-}
-
-/// A watch on its own connection and thread, for daemons that cache values.
-///
-///     let watch = try SecretWatch.start(socketPath: path) { event in
-///         switch event {
-///         case .changed(let c): cache.drop(c.complete ? c.names : nil)
-///         case .ended: cache.dropAll()   // reconnect later
-///         }
-///     }
-///     ...
-///     watch.cancel()
-///
-/// Events arrive on the watch's thread, in order; `.ended` is the last one.
-public final class SecretWatch: @unchecked Sendable {
-    public enum Event: Sendable {
-        case changed(ChangeEvent)
-        /// The watch is over: nil after `cancel()`, else why it ended.
-        case ended(ProtocolError?)
-    }
-
-    /// The project's version when the subscription took effect: every change
-    /// after it produces an event.
-    public let initialVersion: Int64
-    /// The mount's change sequence at subscription.
-    public let initialSequence: UInt64
-    public let socketPath: String
-    private struct State { var fd: Int32; var cancelled = false }
-    private let state: Mutex<State>
-
-    private init(fd: Int32, initialVersion: Int64, initialSequence: UInt64, socketPath: String) {
-        self.state = Mutex(State(fd: fd))
-        self.initialVersion = initialVersion
-        self.initialSequence = initialSequence
-        self.socketPath = socketPath
-    }
-
-    /// Connects, subscribes (waiting up to `timeout` for the server's
-    /// acknowledgement), then delivers events to `handler` on a new thread.
-    public static func start(socketPath: String, timeout: Double = 30,
-                             handler: @escaping @Sendable (Event) -> Void) throws(ProtocolError) -> SecretWatch {
-        let fd = SocketIO.connect(to: socketPath)
-        guard fd >= 0 else { throw ProtocolError.connectFailure(socketPath, errno: errno) }
-        SocketIO.setSendTimeout(fd, seconds: timeout)
-        func fail(_ e: ProtocolError) -> ProtocolError { Glibc.close(fd); return e }
-        guard SocketIO.sendAll(fd, Wire.emptyRequest(.watch)) else {
-            if case .frame(let f) = SocketIO.readFrame(fd, maxLength: Wire.maxResponseFrame, deadline: SocketIO.monotonicNow() + 1),
-               f.type == Wire.MessageType.error.rawValue {
-                throw fail(PrivilegedClient.errorFromFrame(f, path: socketPath))
-            }
-            throw fail(ProtocolError(.connectionClosed, "\(socketPath): connection closed by the mount"))
-        }
-        let version: Int64, sequence: UInt64
-        switch SocketIO.readFrame(fd, maxLength: Wire.maxResponseFrame, deadline: SocketIO.monotonicNow() + timeout) {
-        case .frame(let f) where f.type == Wire.MessageType.watching.rawValue:
-            var r = FrameReader(f)
-            guard let v = try? r.i64(), let q = try? r.u64() else {
-                throw fail(ProtocolError(.malformedReply, "\(socketPath): malformed WATCHING"))
-            }
-            version = v
-            sequence = q
-        case .frame(let f) where f.type == Wire.MessageType.error.rawValue:
-            throw fail(PrivilegedClient.errorFromFrame(f, path: socketPath))
-        case .timedOut:
-            throw fail(ProtocolError(.timedOut, "\(socketPath): no reply within \(timeout) s"))
-        case .frame:
-            throw fail(ProtocolError(.malformedReply, "\(socketPath): unexpected reply to WATCH"))
-        default:
-            throw fail(ProtocolError(.connectionClosed, "\(socketPath): connection closed by the mount"))
-        }
-        let watch = SecretWatch(fd: fd, initialVersion: version, initialSequence: sequence, socketPath: socketPath)
-        guard startDetachedThread({ watch.run(fd: fd, handler: handler) }) else {
-            throw fail(ProtocolError(.system(EAGAIN), "cannot start the watch thread"))
-        }
-        return watch
-    }
-
-    private func run(fd: Int32, handler: @Sendable (Event) -> Void) {
-        var ending: ProtocolError?
-        loop: while true {
-            switch SocketIO.readFrame(fd, maxLength: Wire.maxResponseFrame, deadline: nil) {
-            case .frame(let f):
-                do {
-                    if let e = try PrivilegedClient.changeEvent(f, path: socketPath) { handler(.changed(e)) }
-                } catch {
-                    ending = error
-                    break loop
-                }
-            case .closed, .truncated:
-                ending = ProtocolError(.connectionClosed, "\(socketPath): the mount closed the watch",
-                                       hint: "the project may have been unmounted")
-                break loop
-            case .badLength(let n):
-                ending = ProtocolError(.malformedReply, "\(socketPath): frame length \(n) is outside the protocol's limits")
-                break loop
-            case .failed(let e):
-                ending = ProtocolError(.system(e), "\(socketPath): \(SocketIO.errorText(e))")
-                break loop
-            case .timedOut:
-                continue
-            }
-        }
-        let cancelled = state.withLock { s -> Bool in
-            Glibc.close(s.fd)
-            s.fd = -1
-            return s.cancelled
-        }
-        handler(.ended(cancelled ? nil : ending))
-    }
-
-    /// Ends the watch; the handler then gets `.ended(nil)` (from its thread).
-    public func cancel() {
-        state.withLock { s in
-            s.cancelled = true
-            if s.fd >= 0 { _ = shutdown(s.fd, Int32(SHUT_RDWR)) }
-        }
+        try r.expectEnd()
+        return ChangeEvent(projectVersion: version, sequence: sequence, names: names,
+                           complete: flags & Wire.changedFlagIncomplete == 0)
     }
 }

@@ -1,29 +1,51 @@
 import Glibc
 
-/// Everything that can go wrong on the privileged socket, from either side.
-/// Messages name paths, names and numbers; never a value.
+/// Which kind of secretfs server a socket belongs to. Both speak the same
+/// framing; this decides the words of messages and hints, and how large a
+/// reply a client accepts.
+public enum SocketService: Sendable, Equatable {
+    /// A mounted project's privileged socket (`RUNTIME_DIR/PROJECT.sock`).
+    case mount
+    /// The resolver daemon's socket (`secretfs resolver --listen PATH`).
+    case daemon
+
+    /// "the mount" / "the resolver daemon", for messages.
+    public var noun: String { self == .mount ? "the mount" : "the resolver daemon" }
+
+    /// Largest reply frame a client accepts from this kind of server.
+    public var maxReplyFrame: Int { self == .mount ? Wire.maxResponseFrame : Wire.maxDaemonReplyFrame }
+}
+
+/// Everything that can go wrong on a secretfs socket, from either side and
+/// for either service: the one error type of the socket layer. Messages name
+/// paths, projects, names and numbers; never a value.
 public struct ProtocolError: Error, Sendable, CustomStringConvertible, Equatable {
     public enum Kind: Sendable, Equatable {
-        /// No socket at the path: the project is not mounted.
-        case notMounted
-        /// A socket file exists but nothing answers (the mount process died).
+        /// No socket at the path: the project is not mounted, or no daemon runs there.
+        case notListening
+        /// A socket file exists but nothing answers (the server died).
         case connectionRefused
         /// The socket file's mode does not let this user connect.
         case permissionDenied
         /// The path does not fit in a Unix socket address.
         case pathTooLong
+        /// The process serving the socket runs as a uid this client does not
+        /// trust (not root, not ourselves, not the owner of the socket's directory).
+        case untrustedServer
         /// The server answered with an ERROR frame.
         case server(WireErrorCode)
         /// The connection closed or broke before a complete reply.
         case connectionClosed
-        /// No reply within the timeout.
+        /// No reply (or no connection) within the timeout.
         case timedOut
         /// The reply did not parse, or was not the expected type.
         case malformedReply
-        /// The server (start): another process already serves the path.
+        /// Starting a server: another process already serves the path.
         case addressInUse
-        /// The server (start): something other than a socket is at the path.
+        /// Starting a server: something other than a socket is at the path.
         case notASocket
+        /// Out of (locked) memory for a frame.
+        case outOfMemory
         /// Any other system call failure.
         case system(Int32)
     }
@@ -40,87 +62,74 @@ public struct ProtocolError: Error, Sendable, CustomStringConvertible, Equatable
 
     public var description: String { message }
 
-    /// The server's numeric code, when the error came in an ERROR frame.
+    /// The server's code, when the error came in an ERROR frame.
     public var serverCode: WireErrorCode? {
         if case .server(let c) = kind { return c }
         return nil
     }
 
-    static func connectFailure(_ path: String, errno code: Int32) -> ProtocolError {
-        let failure = ConnectFailure(path: path, errno: code)
-        switch failure.reason {
-        case .absent:
-            return ProtocolError(.notMounted, "project not mounted (tried \(path))",
-                                 hint: "mount it with `secretfs mount PROJECT DIR`, or pass the right --runtime-dir")
-        case .refused:
-            return ProtocolError(.connectionRefused, failure.message,
-                                 hint: "the mount process is gone; unmount and mount the project again")
-        case .denied:
-            return ProtocolError(.permissionDenied, failure.message,
-                                 hint: "the mount allows only its owner by default; mount with --resolver-uid or --resolver-group")
-        case .pathTooLong:
-            return ProtocolError(.pathTooLong, failure.message, hint: "use a shorter --runtime-dir")
-        case .other(let e):
-            return ProtocolError(.system(e), failure.message)
+    /// Whether a fresh connection may succeed where this one failed: the
+    /// server closed an idle connection, restarted, or went away for a moment.
+    /// Every request but a REDACT stream is idempotent, so clients retry these.
+    public var isConnectionLoss: Bool {
+        switch kind {
+        case .connectionClosed, .notListening, .connectionRefused: return true
+        case .server(.timeout): return true   // our idle connection was closed by the server
+        default: return false
         }
     }
 
-    static func fromServer(_ code: UInt16, _ text: String, path: String) -> ProtocolError {
-        guard let c = WireErrorCode(rawValue: code) else {
-            return ProtocolError(.malformedReply, "\(path): server error \(code): \(text)")
-        }
-        var hint: String?
-        switch c {
-        case .notAllowed:
-            hint = "the mount's allow-list does not include this user; mount with --resolver-uid or --resolver-group"
-        case .busy: hint = "too many connections to the mount; retry shortly"
-        case .unsupportedVersion: hint = "the client and the mount are different secretfs versions"
-        case .internalError: hint = "see the mount's log (RUNTIME_DIR/PROJECT.log)"
-        case .replyTooLarge: hint = "ask for fewer names at a time"
-        default: break
-        }
-        return ProtocolError(.server(c), "\(path): \(text) (\(c))", hint: hint)
-    }
-}
-
-/// Why connect(2) to a Unix socket failed, sorted the way both clients (the
-/// mount's and the resolver daemon's) report it, with the message they
-/// share. Each client names what is missing when nothing is at the path
-/// (`absent`), and gives its own error kinds and hints.
-package struct ConnectFailure {
-    package enum Reason: Equatable {
-        /// No socket at the path (ENOENT, ENOTDIR).
-        case absent
-        /// A socket file, but nothing answers (ECONNREFUSED).
-        case refused
-        /// The socket file's mode does not let this user connect (EACCES, EPERM).
-        case denied
-        /// The path does not fit in a Unix socket address (ENAMETOOLONG).
-        case pathTooLong
-        case other(Int32)
-    }
-
-    package let reason: Reason
-    /// The message for every reason but `absent` (empty for `absent`).
-    package let message: String
-
-    package init(path: String, errno code: Int32) {
+    /// Why connect(2) to `path` failed, in `service`'s words.
+    public static func connectFailure(_ path: String, errno code: Int32, service: SocketService) -> ProtocolError {
         switch code {
         case ENOENT, ENOTDIR:
-            reason = .absent
-            message = ""
+            return service == .mount
+                ? ProtocolError(.notListening, "project not mounted (tried \(path))",
+                                hint: "mount it with `secretfs mount PROJECT DIR`, or pass the right --runtime-dir")
+                : ProtocolError(.notListening, "no resolver daemon listens on \(path)",
+                                hint: "start one with `secretfs resolver --listen \(path)`, or drop --resolver")
         case ECONNREFUSED:
-            reason = .refused
-            message = "nothing answers on \(path) (stale socket)"
+            return ProtocolError(.connectionRefused, "nothing answers on \(path) (stale socket)",
+                                 hint: service == .mount ? "the mount process is gone; unmount and mount the project again"
+                                                         : "the resolver daemon is gone; start it again")
         case EACCES, EPERM:
-            reason = .denied
-            message = "permission denied connecting to \(path)"
+            return ProtocolError(.permissionDenied, "permission denied connecting to \(path)",
+                                 hint: service == .mount
+                                    ? "the mount allows only its owner by default; mount with --resolver-uid or --resolver-group"
+                                    : "the daemon allows only its owner by default; start it with --allow-uid or --allow-group")
         case ENAMETOOLONG:
-            reason = .pathTooLong
-            message = "socket path too long (at most \(SocketIO.maxPathLength) bytes): \(path)"
+            return ProtocolError(.pathTooLong, "socket path too long (at most \(SocketIO.maxPathLength) bytes): \(path)",
+                                 hint: "use a shorter --runtime-dir")
+        case ETIMEDOUT, EAGAIN:
+            return ProtocolError(.timedOut, "\(path): \(service.noun) did not accept the connection in time",
+                                 hint: "it may be overloaded; retry shortly")
         default:
-            reason = .other(code)
-            message = "cannot connect to \(path): \(SocketIO.errorText(code))"
+            return ProtocolError(.system(code), "cannot connect to \(path): \(SocketIO.errorText(code))")
         }
+    }
+
+    /// An ERROR frame's code and text, in `service`'s words.
+    static func fromServer(_ code: UInt16, _ text: String, path: String, service: SocketService) -> ProtocolError {
+        guard let c = WireErrorCode(rawValue: code) else {
+            return ProtocolError(.malformedReply, "\(path): server error \(code): \(Wire.printable(text))")
+        }
+        let text = Wire.printable(text)
+        var hint: String?
+        switch (c, service) {
+        case (.notAllowed, .mount):
+            hint = "the mount's allow-list does not include this user; mount with --resolver-uid or --resolver-group"
+        case (.notAllowed, .daemon):
+            hint = "the daemon's allow-list does not include this user; start it with --allow-uid or --allow-group"
+        case (.busy, _): hint = "too many connections to \(service.noun); retry shortly"
+        case (.unsupportedVersion, _): hint = "the client and \(service.noun) are different secretfs versions"
+        case (.internalError, .mount): hint = "see the mount's log (RUNTIME_DIR/PROJECT.log)"
+        case (.internalError, .daemon), (.mountFailed, _): hint = "see the resolver daemon's log"
+        case (.replyTooLarge, _): hint = "ask for fewer names at a time"
+        case (.notMounted, _): hint = "mount the project (secretfs mount PROJECT DIR) with the daemon's --runtime-dir"
+        case (.mountRefused, _): hint = "mount the project with --resolver-uid or --resolver-group for the daemon's user"
+        default: break
+        }
+        let prefix = service == .mount ? "\(path): " : "resolver daemon: "
+        return ProtocolError(.server(c), "\(prefix)\(text) (\(c))", hint: hint)
     }
 }

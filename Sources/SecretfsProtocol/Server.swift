@@ -5,36 +5,6 @@ import SecretfsStore
 import SecureMemory
 import Synchronization
 
-/// Who may use a project's privileged socket: an allow-list of uids and of
-/// groups (a peer matches a group by its primary gid or any supplementary
-/// group, as the kernel recorded them at connect time).
-public struct SocketPolicy: Sendable, Equatable {
-    public var uids: [uid_t]
-    public var gids: [gid_t]
-    /// The group the socket file is given (mode 0660). Default: the first of
-    /// `gids`; with no group the file is 0600 (owner only).
-    public var socketGroup: gid_t?
-
-    /// Empty `uids` means the mount's owner (this process's uid); `gids`
-    /// add groups on top of the uids, they never replace the default.
-    public init(uids: [uid_t] = [], gids: [gid_t] = [], socketGroup: gid_t? = nil) {
-        self.uids = uids
-        self.gids = gids
-        self.socketGroup = socketGroup
-    }
-
-    /// The uids actually allowed once the default is applied.
-    public var effectiveUIDs: [uid_t] { uids.isEmpty ? [getuid()] : uids }
-
-    public var fileGroup: gid_t? { socketGroup ?? gids.first }
-
-    public func allows(_ peer: PeerCredentials) -> Bool {
-        if effectiveUIDs.contains(peer.uid) { return true }
-        if gids.contains(peer.gid) { return true }
-        return peer.groups.contains { gids.contains($0) }
-    }
-}
-
 /// Bounds on what one server will do for its peers.
 public struct ServerLimits: Sendable {
     /// Connections served at once (watchers included); more get a `busy` ERROR.
@@ -78,7 +48,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
     private struct State {
         /// Set once the listener has stopped admitting, with every watcher woken.
         var stopping = false
-        var watchers: [UInt64: Watcher] = [:]
+        var watchers: [UInt64: ChangeQueue] = [:]
         /// Bumped by every `notifyChanged`: unlike the project's version it
         /// also moves on deletes.
         var sequence: UInt64 = 0
@@ -92,12 +62,8 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         self.policy = policy
         self.limits = limits
         self.logger = logger
-        let group = policy.fileGroup
         listener = UnixSocketListener(UnixSocketListener.Configuration(
             path: socketPath, name: "privileged socket",
-            mode: group == nil ? 0o600 : 0o660, group: group,
-            // Owner and group may read and write; nobody executes, nothing else.
-            forbiddenModeBits: 0o7117,
             backlog: 64, maxConnections: limits.maxConnections, sendTimeout: limits.sendTimeout, policy: policy,
             refusalFrame: { refusal, message in
                 Wire.errorFrame(refusal == .busy ? .busy : .notAllowed, message)
@@ -127,7 +93,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         }
         guard started else { return }
         logger.debug("privileged socket listening", metadata: [
-            "path": "\(socketPath)", "mode": "\(String(listener.configuration.mode, radix: 8))",
+            "path": "\(socketPath)", "mode": "\(String(listener.configuration.access.mode, radix: 8))",
             "uids": "\(policy.effectiveUIDs)", "gids": "\(policy.gids)",
         ])
     }
@@ -136,7 +102,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
     private func startFailure(_ f: UnixSocketListener.Failure) -> ProtocolError {
         switch f.step {
         case .address:
-            return ProtocolError.connectFailure(socketPath, errno: ENAMETOOLONG)
+            return ProtocolError.connectFailure(socketPath, errno: ENAMETOOLONG, service: .mount)
         case .notASocket:
             return ProtocolError(.notASocket, f.message, hint: "remove it if it is yours, or use another --runtime-dir")
         case .live:
@@ -150,7 +116,10 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
                                  hint: "the mount's owner must be a member of the --resolver-group group (or mount as root)")
         case .thread:
             return ProtocolError(.system(f.errno), "cannot start the socket's accept thread")
-        case .wake, .inspect, .probe, .removeStale, .socket, .chmod, .mode, .listen:
+        case .acl:
+            return ProtocolError(.system(f.errno), f.message,
+                                 hint: "--resolver-uid and a second --resolver-group need a runtime directory on a filesystem with POSIX ACLs (ext4, tmpfs)")
+        case .wake, .inspect, .probe, .removeStale, .socket, .mode, .listen:
             return ProtocolError(.system(f.errno), f.message)
         }
     }
@@ -180,11 +149,11 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
     /// deleted). Cheap and non-blocking: safe to call from the filesystem's
     /// commit path; the watchers' own threads do the sending.
     public func notifyChanged(_ names: [String]) {
-        let watchers = state.withLock { s -> [Watcher] in
+        let watchers = state.withLock { s -> [ChangeQueue] in
             s.sequence += 1
             return Array(s.watchers.values)
         }
-        for w in watchers { w.enqueue(names, limit: limits.maxQueuedNames) }
+        for w in watchers { w.enqueue(names) }
     }
 
     // MARK: One connection
@@ -350,7 +319,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
             sendError(fd, .malformed, "WATCH has no body (\(frame.bodyCount) bytes sent)")
             return true
         }
-        guard let watcher = Watcher() else {
+        guard let watcher = ChangeQueue(limit: limits.maxQueuedNames) else {
             sendError(fd, .internalError, "cannot create an event descriptor")
             return true
         }
@@ -384,7 +353,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
             }
             if isStopping { return false }
             if fds[1].revents != 0 {
-                if let (names, incomplete) = watcher.take() {
+                if let (names, complete) = watcher.take() {
                     let sequence = changeSequence
                     let version = (try? vault.currentVersion()) ?? Int64.max
                     var size = 8 + 8 + 1 + 4
@@ -392,7 +361,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
                     let c = FrameBuilder(type: .changed, bodySize: size)
                     c.i64(version)
                     c.u64(sequence)
-                    c.u8(incomplete ? Wire.changedFlagIncomplete : 0)
+                    c.u8(complete ? 0 : Wire.changedFlagIncomplete)
                     c.u32(UInt32(names.count))
                     for n in names { c.text(n) }
                     guard SocketIO.sendAll(fd, c.finish()) else { return false }
@@ -407,59 +376,6 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
                 sendError(fd, .unexpected, "a watching connection takes no requests; open another connection")
                 return true
             }
-        }
-    }
-}
-
-/// One WATCH connection's queue of changed names, filled by `notifyChanged`
-/// and emptied by the connection's thread, which an eventfd wakes.
-final class Watcher: @unchecked Sendable {
-    // @unchecked: `pending` is a Mutex; `eventFD` is immutable.
-    let eventFD: Int32
-    private struct Pending {
-        var has = false
-        var names: [String] = []
-        var seen: Set<String> = []
-        var incomplete = false
-    }
-    private let pending = Mutex(Pending())
-
-    init?() {
-        eventFD = secretfs_eventfd(1)
-        if eventFD < 0 { return nil }
-    }
-
-    deinit { close(eventFD) }
-
-    func wake() {
-        var one: UInt64 = 1
-        _ = write(eventFD, &one, 8)
-    }
-
-    func enqueue(_ names: [String], limit: Int) {
-        pending.withLock { p in
-            p.has = true
-            guard !p.incomplete else { return }
-            for n in names where p.seen.insert(n).inserted {
-                p.names.append(n)
-            }
-            if p.names.count > limit {
-                p.incomplete = true
-                p.names = []
-                p.seen = []
-            }
-        }
-        wake()
-    }
-
-    /// What is queued (and clears it), or nil if nothing is.
-    func take() -> ([String], Bool)? {
-        var counter: UInt64 = 0
-        _ = read(eventFD, &counter, 8)
-        return pending.withLock { p -> ([String], Bool)? in
-            guard p.has else { return nil }
-            defer { p = Pending() }
-            return (p.names, p.incomplete)
         }
     }
 }

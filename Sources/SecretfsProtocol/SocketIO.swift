@@ -73,7 +73,9 @@ public enum SocketIO {
         if n < 4 { return .truncated }
         let length = UInt32(bigEndian: header)
         guard length >= UInt32(Wire.headerSize), Int(length) <= maxLength else { return .badLength(length) }
-        let storage = SecureBytes(capacity: Int(length), count: Int(length))
+        // Sized by the peer (within `maxLength`): an allocation failure is an
+        // error for this connection, never a trap for the whole server.
+        guard let storage = SecureBytes(allocating: Int(length), count: Int(length)) else { return .failed(ENOMEM) }
         let m = storage.withUnsafeMutableBytes { raw in
             readExactly(fd, raw.baseAddress!, count: Int(length), deadline: deadline, err: &err)
         }
@@ -122,11 +124,15 @@ public enum SocketIO {
         socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     }
 
-    /// connect(2) to `path`; returns the fd, or -1 with errno set.
-    public static func connect(to path: String) -> Int32 {
+    /// connect(2) to `path`; returns the fd, or -1 with errno set. With a
+    /// timeout, a server whose backlog is full makes it fail with ETIMEDOUT
+    /// after that long instead of blocking for ever (Linux bounds a Unix
+    /// socket's connect by the socket's send timeout).
+    public static func connect(to path: String, timeout: Double? = nil) -> Int32 {
         guard var addr = address(path) else { errno = ENAMETOOLONG; return -1 }
         let fd = newStreamSocket()
         guard fd >= 0 else { return -1 }
+        if let timeout { setSendTimeout(fd, seconds: timeout) }
         while true {
             let rc = withUnsafePointer(to: &addr) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -137,7 +143,7 @@ public enum SocketIO {
             if errno == EINTR { continue }
             let saved = errno
             close(fd)
-            errno = saved
+            errno = (saved == EAGAIN && timeout != nil) ? ETIMEDOUT : saved
             return -1
         }
     }

@@ -39,37 +39,31 @@ package final class UnixSocketListener: @unchecked Sendable {
         package var path: String
         /// How log lines name the socket ("privileged socket", "daemon socket").
         package var name: String
-        /// The socket file's mode, set before listen().
-        package var mode: mode_t
-        /// The group the socket file is given; nil leaves the creator's.
-        package var group: gid_t?
-        /// Mode bits that must be clear after the chmod, or the start fails.
-        package var forbiddenModeBits: mode_t = 0
         package var backlog: Int32
         /// Connections served at once; more get a busy ERROR.
         package var maxConnections: Int
         /// Seconds a send may block on a peer that does not read (set on
         /// every admitted connection before anything is sent).
         package var sendTimeout: Double
-        /// Who is admitted; checked with SO_PEERCRED before anything is read.
+        /// Who is admitted: the kernel (the file's mode, group and ACL) and
+        /// SO_PEERCRED, checked on the accept thread before a slot is taken.
         package var policy: SocketPolicy
         /// The owner's ERROR frame for a refusal, with the message given.
         package var refusalFrame: @Sendable (Refusal, String) -> SecureBytes
 
-        package init(path: String, name: String, mode: mode_t, group: gid_t?, forbiddenModeBits: mode_t = 0,
-                     backlog: Int32, maxConnections: Int, sendTimeout: Double, policy: SocketPolicy,
-                     refusalFrame: @escaping @Sendable (Refusal, String) -> SecureBytes) {
+        package init(path: String, name: String, backlog: Int32, maxConnections: Int, sendTimeout: Double,
+                     policy: SocketPolicy, refusalFrame: @escaping @Sendable (Refusal, String) -> SecureBytes) {
             self.path = path
             self.name = name
-            self.mode = mode
-            self.group = group
-            self.forbiddenModeBits = forbiddenModeBits
             self.backlog = backlog
             self.maxConnections = maxConnections
             self.sendTimeout = sendTimeout
             self.policy = policy
             self.refusalFrame = refusalFrame
         }
+
+        /// The socket file's mode, group and ACL.
+        package var access: SocketFileAccess { policy.fileAccess }
     }
 
     /// An admitted connection, handed to the owner's handler on its own thread.
@@ -85,7 +79,7 @@ package final class UnixSocketListener: @unchecked Sendable {
     package struct Failure: Error, Sendable {
         package enum Step: Sendable {
             case wake, address, inspect, notASocket, live, probe, removeStale, socket
-            case bind, appeared, group, chmod, mode, listen, thread
+            case bind, appeared, group, acl, mode, listen, thread
         }
         package var step: Step
         package var errno: Int32
@@ -171,33 +165,48 @@ package final class UnixSocketListener: @unchecked Sendable {
         guard fd >= 0 else { throw fail(.socket, errno, "socket: \(SocketIO.errorText(errno))") }
         var ok = false
         defer { if !ok { close(fd) } }
-        // Narrow before bind (Linux takes the new file's mode from the socket
-        // inode, minus the umask). Nobody can connect before listen() anyway,
-        // so the chown/chmod below happen before the socket is reachable.
-        _ = fchmod(fd, 0o600)
+        // The file's mode comes from the socket inode minus the umask when
+        // bind creates it: set both so the file is born with exactly its
+        // mode (never wider), and no chmod by path is needed. The umask is
+        // process-wide; servers start before they run other threads that
+        // create files.
+        let access = configuration.access
+        _ = fchmod(fd, access.mode)
+        let savedMask = umask(~access.mode & 0o777)
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }
+        let bindErrno = errno
+        umask(savedMask)
         guard rc == 0 else {
-            let e = errno
+            let e = bindErrno
             if e == EADDRINUSE { throw fail(.appeared, e, "\(path) appeared while starting") }
             throw fail(.bind, e, "cannot bind \(path): \(SocketIO.errorText(e))")
         }
         defer { if !ok { unlink(path) } }
-        if let group = configuration.group, lchown(path, uid_t.max, group) != 0 {
+        // Nobody can connect before listen(), so these path operations happen
+        // before the socket is reachable; the directory is a trusted one (no
+        // one else can swap the file), and lchown/lsetxattr never follow a link.
+        if let group = access.group, lchown(path, uid_t.max, group) != 0 {
             let e = errno
             throw fail(.group, e, "cannot give \(path) to group \(group): \(SocketIO.errorText(e))")
         }
-        guard chmod(path, configuration.mode) == 0 else {
-            let e = errno
-            throw fail(.chmod, e, "cannot chmod \(path): \(SocketIO.errorText(e))")
+        if access.needsACL {
+            let acl = access.aclXattr
+            let rc = acl.withUnsafeBytes { secretfs_set_access_acl(path, $0.baseAddress, UInt($0.count)) }
+            if rc != 0 {
+                let e = errno
+                throw fail(.acl, e, "cannot grant the allowed users and groups access to \(path) (POSIX ACL): \(SocketIO.errorText(e))")
+            }
         }
         var st = stat()
-        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK,
-              st.st_mode & configuration.forbiddenModeBits == 0 else {
-            throw fail(.mode, EPERM, "\(path) does not have the expected mode after bind")
+        // Owner read/write, group at most read/write (the ACL mask), nothing
+        // for others, no special bits: anything else is not the file just made.
+        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK, st.st_uid == geteuid(),
+              st.st_mode & 0o7117 == 0, st.st_mode & 0o600 == 0o600 else {
+            throw fail(.mode, EPERM, "\(path) does not have the expected owner and mode after bind")
         }
         guard listen(fd, configuration.backlog) == 0 else {
             let e = errno
@@ -314,8 +323,45 @@ package final class UnixSocketListener: @unchecked Sendable {
         }
     }
 
+    /// Who was refused lately (uid -> when last reported, refusals since),
+    /// so a stranger connecting in a loop costs one log line and one audit
+    /// row per uid every `refusalReportInterval` seconds, not one per attempt.
+    private let refusals = Mutex([uid_t: (reported: Double, suppressed: Int)]())
+    static let refusalReportInterval = 10.0
+
+    /// On the accept thread: SO_PEERCRED against the policy before the peer
+    /// takes a connection slot or a thread. A refused peer gets its ERROR
+    /// (never blocking: a small frame into an empty buffer) and is closed at once.
     private func admit(_ fd: Int32, serve: @escaping @Sendable (Connection) -> Bool,
                        refused: @escaping @Sendable (PeerCredentials) -> Void) {
+        guard let peer = PeerCredentials.of(fd) else {
+            logger.warning("cannot read peer credentials; closing", metadata: ["errno": "\(errno)"])
+            close(fd)
+            return
+        }
+        guard configuration.policy.allows(peer) else {
+            SocketIO.setSendTimeout(fd, seconds: 0.05)
+            SocketIO.sendAll(fd, configuration.refusalFrame(.notAllowed, "uid \(peer.uid) is not allowed on this socket"))
+            _ = shutdown(fd, Int32(SHUT_WR))
+            close(fd)
+            let now = SocketIO.monotonicNow()
+            let report = refusals.withLock { r -> Int? in
+                if r.count > 1024 { r.removeAll() }
+                if let last = r[peer.uid], now - last.reported < Self.refusalReportInterval {
+                    r[peer.uid] = (last.reported, last.suppressed + 1)
+                    return nil
+                }
+                let suppressed = r[peer.uid]?.suppressed ?? 0
+                r[peer.uid] = (now, 0)
+                return suppressed
+            }
+            if let suppressed = report {
+                logger.warning("refused a connection", metadata: ["uid": "\(peer.uid)", "gid": "\(peer.gid)", "pid": "\(peer.pid)",
+                                                                  "refused-since-last-report": "\(suppressed)"])
+                refused(peer)
+            }
+            return
+        }
         enum Decision { case serve(UInt64), busy, stopping }
         let limit = configuration.maxConnections
         let decision = state.withLock { s -> Decision in
@@ -339,7 +385,8 @@ package final class UnixSocketListener: @unchecked Sendable {
             logger.warning("connection refused: busy", metadata: ["limit": "\(limit)"])
         case .serve(let id):
             let started = startDetachedThread { [self] in
-                let linger = admitted(id: id, fd: fd, serve: serve, refused: refused)
+                SocketIO.setSendTimeout(fd, seconds: configuration.sendTimeout)
+                let linger = serve(Connection(id: id, fd: fd, peer: peer))
                 finish(id: id, fd: fd, linger: linger)
             }
             if !started {
@@ -351,24 +398,6 @@ package final class UnixSocketListener: @unchecked Sendable {
                 logger.error("cannot start a connection thread")
             }
         }
-    }
-
-    /// On the connection's thread: SO_PEERCRED against the policy before
-    /// anything is read, then the owner's handler. Returns the linger flag.
-    private func admitted(id: UInt64, fd: Int32, serve: (Connection) -> Bool,
-                          refused: (PeerCredentials) -> Void) -> Bool {
-        SocketIO.setSendTimeout(fd, seconds: configuration.sendTimeout)
-        guard let peer = PeerCredentials.of(fd) else {
-            logger.warning("cannot read peer credentials; closing", metadata: ["errno": "\(errno)"])
-            return false
-        }
-        guard configuration.policy.allows(peer) else {
-            SocketIO.sendAll(fd, configuration.refusalFrame(.notAllowed, "uid \(peer.uid) is not allowed on this socket"))
-            logger.warning("refused a connection", metadata: ["uid": "\(peer.uid)", "gid": "\(peer.gid)", "pid": "\(peer.pid)"])
-            refused(peer)
-            return true
-        }
-        return serve(Connection(id: id, fd: fd, peer: peer))
     }
 
     /// Removes the connection, then closes it (in that order: `stop` shuts

@@ -1,3 +1,4 @@
+import SecretfsNames
 import SecretfsStore
 import SecureMemory
 
@@ -26,6 +27,9 @@ public enum Wire {
     /// Largest frame a client accepts from a server: one 16 MiB value (the
     /// mount's largest `max_size`) plus room for names and framing.
     public static let maxResponseFrame = (16 << 20) + (1 << 20)
+    /// Largest reply frame a client accepts from the resolver daemon (a
+    /// resolved document).
+    public static let maxDaemonReplyFrame = 64 << 20
     /// Most names in one GET request.
     public static let maxNamesPerGet = 4096
     /// Longest error message sent (bytes of UTF-8).
@@ -64,6 +68,12 @@ public enum WireErrorCode: UInt16, Sendable, CustomStringConvertible {
     case internalError = 10      // the store failed (details in the mount's log)
     case replyTooLarge = 11      // the values asked for do not fit one frame
     case unexpected = 12         // a request not valid in this state (after WATCH)
+    // 20 and up: the resolver daemon's own.
+    case notMounted = 20         // no mount answers for the project (no socket, or a stale one)
+    case mountRefused = 21       // the project's mount refused the daemon (its allow-list lacks the daemon's uid)
+    case mountFailed = 22        // anything else that went wrong talking to the mount
+    case invalidProject = 23     // the project name is not a valid name
+    case invalidRequest = 24     // a field has a value the daemon does not know (format, output, mask)
 
     public var description: String {
         switch self {
@@ -79,6 +89,11 @@ public enum WireErrorCode: UInt16, Sendable, CustomStringConvertible {
         case .internalError: return "internal-error"
         case .replyTooLarge: return "reply-too-large"
         case .unexpected: return "unexpected"
+        case .notMounted: return "not-mounted"
+        case .mountRefused: return "mount-refused"
+        case .mountFailed: return "mount-failed"
+        case .invalidProject: return "invalid-project"
+        case .invalidRequest: return "invalid-request"
         }
     }
 }
@@ -141,6 +156,20 @@ public struct FrameBuilder {
 
 extension Wire {
     public static func textSize(_ s: String) -> Int { 2 + s.utf8.count }
+
+    /// Text from a peer made safe to print: control characters (a hostile
+    /// server could send terminal escapes) become `\u{..}` escapes.
+    public static func printable(_ s: String) -> String {
+        var out = ""
+        for u in s.unicodeScalars {
+            if u.value < 0x20 || (0x7F...0x9F).contains(u.value) {
+                out += "\\u{" + String(u.value, radix: 16) + "}"
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+        return out
+    }
 
     /// An error message cut to the limit at a character boundary.
     public static func clippedMessage(_ s: String) -> String { clip(s, maxErrorMessage) }

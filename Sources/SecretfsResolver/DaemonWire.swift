@@ -40,7 +40,7 @@ public enum DaemonWire {
     /// Largest request frame the daemon accepts (a document, or a DATA chunk).
     public static let maxRequestFrame = 16 << 20
     /// Largest reply frame a client accepts.
-    public static let maxReplyFrame = 64 << 20
+    public static let maxReplyFrame = Wire.maxDaemonReplyFrame
     /// Largest DATA chunk a REDACT client should send (the daemon accepts up to `maxRequestFrame`).
     public static let dataChunk = 64 << 10
     /// Longest REDACT mask.
@@ -83,7 +83,9 @@ public enum DaemonWire {
 
     // MARK: Building
 
-    static func errorFrame(_ code: DaemonErrorCode, _ message: String) -> SecureBytes {
+    /// An ERROR frame. The daemon's codes are `WireErrorCode`s: 1–12 mean
+    /// what they mean on the mount's socket, 20 and up are the daemon's own.
+    static func errorFrame(_ code: WireErrorCode, _ message: String) -> SecureBytes {
         Wire.errorFrame(code: code.rawValue, message)
     }
 
@@ -173,131 +175,6 @@ public enum DaemonWire {
         }
         try r.expectEnd()
         return out
-    }
-}
-
-/// Codes carried by the daemon's ERROR frames (`u16 code, text message`).
-/// 1–12 mean what they mean on the mount's socket; 20 and up are the
-/// daemon's own. Stable: documented, never renumbered.
-public enum DaemonErrorCode: UInt16, Sendable, CustomStringConvertible {
-    case malformed = 1
-    case unsupportedVersion = 2
-    case unknownType = 3
-    case frameTooLarge = 4
-    case invalidName = 5
-    case tooManyNames = 6
-    case notAllowed = 7
-    case busy = 8
-    case timeout = 9
-    case internalError = 10
-    case replyTooLarge = 11
-    case unexpected = 12
-    /// No mount answers for the project (no socket, or a stale one).
-    case notMounted = 20
-    /// The project's mount refused the daemon (its allow-list lacks the daemon's uid).
-    case mountRefused = 21
-    /// Anything else that went wrong talking to the mount.
-    case mountFailed = 22
-    /// The project name is not a valid name.
-    case invalidProject = 23
-    /// A field of the request has a value the daemon does not know (format, output, mask).
-    case invalidRequest = 24
-
-    public var description: String {
-        switch self {
-        case .notMounted: return "not-mounted"
-        case .mountRefused: return "mount-refused"
-        case .mountFailed: return "mount-failed"
-        case .invalidProject: return "invalid-project"
-        case .invalidRequest: return "invalid-request"
-        case .malformed, .unsupportedVersion, .unknownType, .frameTooLarge, .invalidName, .tooManyNames,
-             .notAllowed, .busy, .timeout, .internalError, .replyTooLarge, .unexpected:
-            // 1–12 are the mount's codes, named as the mount names them.
-            return WireErrorCode(rawValue: rawValue).map(String.init(describing:)) ?? "\(rawValue)"
-        }
-    }
-}
-
-/// Everything that can go wrong between a client and the resolver daemon
-/// (and when starting the daemon). Messages name paths, projects, secret
-/// names and numbers; never a value.
-public struct DaemonError: Error, Sendable, CustomStringConvertible, Equatable {
-    public enum Kind: Sendable, Equatable {
-        /// No socket at the path: no daemon runs there.
-        case notRunning
-        /// A socket file exists but nothing answers (the daemon died).
-        case connectionRefused
-        /// The socket file's mode does not let this user connect.
-        case permissionDenied
-        /// The path does not fit in a Unix socket address.
-        case pathTooLong
-        /// The daemon answered with an ERROR frame.
-        case server(DaemonErrorCode)
-        /// The connection closed or broke before a complete reply.
-        case connectionClosed
-        /// No reply within the timeout.
-        case timedOut
-        /// The reply did not parse, or was not the expected type.
-        case malformedReply
-        /// Starting the daemon: another process already serves the path.
-        case addressInUse
-        /// Starting the daemon: something other than a socket is at the path.
-        case notASocket
-        /// Any other system call failure.
-        case system(Int32)
-    }
-
-    public var kind: Kind
-    public var message: String
-    public var hint: String?
-
-    public init(_ kind: Kind, _ message: String, hint: String? = nil) {
-        self.kind = kind
-        self.message = message
-        self.hint = hint
-    }
-
-    public var description: String { message }
-
-    /// The daemon's code, when the error came in an ERROR frame.
-    public var serverCode: DaemonErrorCode? {
-        if case .server(let c) = kind { return c }
-        return nil
-    }
-
-    static func connectFailure(_ path: String, errno code: Int32) -> DaemonError {
-        let failure = ConnectFailure(path: path, errno: code)
-        switch failure.reason {
-        case .absent:
-            return DaemonError(.notRunning, "no resolver daemon listens on \(path)",
-                               hint: "start one with `secretfs resolver --listen \(path)`, or drop --resolver")
-        case .refused:
-            return DaemonError(.connectionRefused, failure.message, hint: "the resolver daemon is gone; start it again")
-        case .denied:
-            return DaemonError(.permissionDenied, failure.message,
-                               hint: "the daemon allows only its owner by default; start it with --allow-uid or --allow-group")
-        case .pathTooLong:
-            return DaemonError(.pathTooLong, failure.message)
-        case .other(let e):
-            return DaemonError(.system(e), failure.message)
-        }
-    }
-
-    static func fromServer(_ code: UInt16, _ text: String, path: String) -> DaemonError {
-        guard let c = DaemonErrorCode(rawValue: code) else {
-            return DaemonError(.malformedReply, "\(path): resolver daemon error \(code): \(text)")
-        }
-        var hint: String?
-        switch c {
-        case .notAllowed: hint = "the daemon's allow-list does not include this user; start it with --allow-uid or --allow-group"
-        case .busy: hint = "too many connections to the resolver daemon; retry shortly"
-        case .unsupportedVersion: hint = "the client and the daemon are different secretfs versions"
-        case .notMounted: hint = "mount the project (secretfs mount PROJECT DIR) with the daemon's --runtime-dir"
-        case .mountRefused: hint = "mount the project with --resolver-uid or --resolver-group for the daemon's user"
-        case .mountFailed, .internalError: hint = "see the resolver daemon's log"
-        default: break
-        }
-        return DaemonError(.server(c), "resolver daemon: \(text) (\(c))", hint: hint)
     }
 }
 

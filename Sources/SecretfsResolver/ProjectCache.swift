@@ -8,17 +8,17 @@ import Synchronization
 
 /// A failure talking to a project's mount, already in the daemon's words.
 struct UpstreamFailure: Error {
-    var code: DaemonErrorCode
+    var code: WireErrorCode
     var message: String
 
-    init(_ code: DaemonErrorCode, _ message: String) {
+    init(_ code: WireErrorCode, _ message: String) {
         self.code = code
         self.message = message
     }
 
     init(_ e: ProtocolError) {
         switch e.kind {
-        case .notMounted, .connectionRefused: code = .notMounted
+        case .notListening, .connectionRefused: code = .notMounted
         case .server(.notAllowed), .permissionDenied: code = .mountRefused
         default: code = .mountFailed
         }
@@ -63,18 +63,17 @@ final class ProjectCache: @unchecked Sendable {
         var redactors: [RedactorKey: Redactor] = [:]
         /// Bumped by every event that drops anything.
         var generation: UInt64 = 0
-        var watch: SecretWatch?
+        /// The feed on the mount's socket, once one could be started. It
+        /// reconnects by itself; `watchLive` says whether it is up now.
+        var feed: ChangeFeed?
         var watchLive = false
-        var watchStarting = false
-        var watchEpoch: UInt64 = 0
-        var endedEpoch: UInt64 = 0
-        /// A watch was lost: the next one that starts tells the watchers
-        /// (changes may have happened in between).
-        var watchLost = false
-        var lastWatchAttempt: Double = -1e9
-        var watchers: [UInt64: DaemonWatcherQueue] = [:]
+        var feedStarting = false
+        var lastFeedAttempt: Double = -1e9
+        var watchers: [UInt64: ChangeQueue] = [:]
         var stopped = false
         var invalidations = 0
+        /// Monotonic seconds of the last request (the daemon evicts idle caches).
+        var lastUsed: Double = 0
     }
     private let state = Mutex(State())
 
@@ -87,60 +86,61 @@ final class ProjectCache: @unchecked Sendable {
 
     // MARK: Watching the mount
 
-    /// Starts the WATCH on the mount's socket if none is live (at most one
-    /// attempt per `retryInterval` seconds after a failure). Never throws: a
-    /// project without a watch is simply not cached.
+    /// Starts the change feed on the mount's socket if none runs yet (at most
+    /// one attempt per `retryInterval` seconds while the mount is not there).
+    /// Never throws: a project without a live feed is simply not cached.
+    /// Once started, the feed reconnects by itself (a remount, a mount
+    /// restart): values are cached only while it is up.
     func ensureWatch(retryInterval: Double = 0.5) {
         let now = SocketIO.monotonicNow()
-        let epoch = state.withLock { s -> UInt64? in
-            guard !s.stopped, !s.watchLive, !s.watchStarting, now - s.lastWatchAttempt >= retryInterval else { return nil }
-            s.watchStarting = true
-            s.lastWatchAttempt = now
-            s.watchEpoch += 1
-            return s.watchEpoch
+        let go = state.withLock { s -> Bool in
+            s.lastUsed = now
+            guard !s.stopped, s.feed == nil, !s.feedStarting, now - s.lastFeedAttempt >= retryInterval else { return false }
+            s.feedStarting = true
+            s.lastFeedAttempt = now
+            return true
         }
-        guard let epoch else { return }
-        let watch: SecretWatch
+        guard go else { return }
+        let feed: ChangeFeed
         do {
-            watch = try SecretWatch.start(socketPath: socketPath, timeout: fetchTimeout) { [weak self] event in
-                self?.handle(event, epoch: epoch)
+            feed = try PrivilegedClient.changeFeed(socketPath: socketPath, timeout: fetchTimeout) { [weak self] event in
+                self?.handle(event)
+                return true
             }
         } catch {
-            state.withLock { $0.watchStarting = false }
+            state.withLock { $0.feedStarting = false }
             logger.debug("cannot watch the project", metadata: ["project": "\(project)", "error": "\(error.message)"])
             return
         }
-        let (live, tellWatchers, stopped) = state.withLock { s -> (Bool, [DaemonWatcherQueue], Bool) in
-            s.watchStarting = false
-            if s.stopped { return (false, [], true) }
-            guard s.endedEpoch != epoch else { return (false, [], false) }
-            s.watch = watch
+        let stopped = state.withLock { s -> Bool in
+            s.feedStarting = false
+            if s.stopped { return true }
+            s.feed = feed
             s.watchLive = true
-            // Anything cached before this watch is of unknown age.
-            s.values.removeAll()
-            s.missing.removeAll()
-            s.names = nil
-            s.redactors.removeAll()
-            s.generation &+= 1
-            let tell = s.watchLost ? Array(s.watchers.values) : []
-            s.watchLost = false
-            return (true, tell, false)
+            // Anything cached before the feed started is of unknown age.
+            dropAll(&s)
+            return false
         }
-        if stopped { watch.cancel(); return }
-        for w in tellWatchers { w.enqueue([], complete: false) }
-        if live {
-            logger.info("watching the project's mount", metadata: ["project": "\(project)", "version": "\(watch.initialVersion)"])
-        }
+        if stopped { feed.cancel(); return }
+        logger.info("watching the project's mount", metadata: ["project": "\(project)"])
     }
 
-    private func handle(_ event: SecretWatch.Event, epoch: UInt64) {
+    private func dropAll(_ s: inout State) {
+        s.values.removeAll()
+        s.missing.removeAll()
+        s.names = nil
+        s.redactors.removeAll()
+        s.generation &+= 1
+    }
+
+    private func handle(_ event: ChangeFeed.Event) {
         switch event {
-        case .changed(let change):
-            let watchers = state.withLock { s -> [DaemonWatcherQueue] in
+        case .changed(let names, let complete):
+            let watchers = state.withLock { s -> [ChangeQueue] in
                 s.generation &+= 1
                 s.invalidations += 1
-                if change.complete {
-                    for n in change.names {
+                if complete {
+                    for n in names {
                         s.values.removeValue(forKey: n)
                         s.missing.remove(n)
                     }
@@ -152,52 +152,53 @@ final class ProjectCache: @unchecked Sendable {
                 s.redactors.removeAll()
                 return Array(s.watchers.values)
             }
-            for w in watchers { w.enqueue(change.names, complete: change.complete) }
+            for w in watchers { w.enqueue(names, complete: complete) }
             logger.info("secrets changed; cached values dropped",
-                        metadata: ["project": "\(project)", "names": "\(change.names.joined(separator: ","))",
-                                   "complete": "\(change.complete)"])
-        case .ended(let error):
-            let (watchers, wasCurrent) = state.withLock { s -> ([DaemonWatcherQueue], Bool) in
-                s.endedEpoch = epoch
-                guard s.watchEpoch == epoch else { return ([], false) }
-                s.generation &+= 1
+                        metadata: ["project": "\(project)", "names": "\(names.joined(separator: ","))",
+                                   "complete": "\(complete)"])
+        case .lost(let error):
+            let watchers = state.withLock { s -> [ChangeQueue] in
                 s.invalidations += 1
-                s.values.removeAll()
-                s.missing.removeAll()
-                s.names = nil
-                s.redactors.removeAll()
-                s.watch = nil
                 s.watchLive = false
-                s.watchLost = true
-                return (Array(s.watchers.values), true)
+                dropAll(&s)
+                return Array(s.watchers.values)
             }
-            guard wasCurrent else { return }
             for w in watchers { w.enqueue([], complete: false) }
-            if let error {
-                logger.warning("the project's mount went away; cache dropped",
-                               metadata: ["project": "\(project)", "error": "\(error.message)"])
+            logger.warning("lost the watch on the project's mount; cache dropped, reconnecting",
+                           metadata: ["project": "\(project)", "error": "\(error.message)"])
+        case .restored:
+            // Changes may have happened while it was down: everything changed.
+            let watchers = state.withLock { s -> [ChangeQueue] in
+                s.invalidations += 1
+                s.watchLive = true
+                dropAll(&s)
+                return Array(s.watchers.values)
             }
+            for w in watchers { w.enqueue([], complete: false) }
+            logger.info("watching the project's mount again", metadata: ["project": "\(project)"])
         }
     }
 
-    /// Stops the watch and drops everything (daemon shutdown).
+    /// Stops the feed and drops everything (daemon shutdown, or eviction).
     func stop() {
-        let watch = state.withLock { s -> SecretWatch? in
+        let feed = state.withLock { s -> ChangeFeed? in
             s.stopped = true
-            s.values.removeAll()
-            s.missing.removeAll()
-            s.names = nil
-            s.redactors.removeAll()
+            dropAll(&s)
             s.watchLive = false
-            defer { s.watch = nil }
-            return s.watch
+            defer { s.feed = nil }
+            return s.feed
         }
-        watch?.cancel()
+        feed?.cancel()
+    }
+
+    /// For eviction: whether a client watches the project, and when it was last used.
+    var usage: (watched: Bool, lastUsed: Double) {
+        state.withLock { (!$0.watchers.isEmpty, $0.lastUsed) }
     }
 
     // MARK: Watchers (the daemon's own WATCH clients)
 
-    func addWatcher(_ id: UInt64, _ queue: DaemonWatcherQueue) {
+    func addWatcher(_ id: UInt64, _ queue: ChangeQueue) {
         state.withLock { $0.watchers[id] = queue }
     }
 
@@ -297,64 +298,5 @@ final class ProjectCache: @unchecked Sendable {
     /// something, and whether the watch is live.
     var stats: (cachedValues: Int, invalidations: Int, watching: Bool) {
         state.withLock { ($0.values.count, $0.invalidations, $0.watchLive) }
-    }
-}
-
-/// The queue of one daemon WATCH connection: changed names (or "everything")
-/// waiting to be sent, and a pipe that wakes the connection's thread.
-final class DaemonWatcherQueue: @unchecked Sendable {
-    // @unchecked: `pending` is a Mutex; the descriptors are immutable.
-    let readFD: Int32
-    let writeFD: Int32
-    private struct Pending {
-        var has = false
-        var names: [String] = []
-        var seen: Set<String> = []
-        var complete = true
-    }
-    private let pending = Mutex(Pending())
-    static let maxQueued = 1024
-
-    init?() {
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { return nil }
-        for fd in fds {
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        }
-        readFD = fds[0]
-        writeFD = fds[1]
-    }
-
-    deinit {
-        close(readFD)
-        close(writeFD)
-    }
-
-    func enqueue(_ names: [String], complete: Bool) {
-        pending.withLock { p in
-            p.has = true
-            if !complete { p.complete = false }
-            guard p.complete else { p.names = []; p.seen = []; return }
-            for n in names where p.seen.insert(n).inserted { p.names.append(n) }
-            if p.names.count > Self.maxQueued {
-                p.complete = false
-                p.names = []
-                p.seen = []
-            }
-        }
-        var one: UInt8 = 1
-        _ = write(writeFD, &one, 1)   // a full pipe already means "wake up"
-    }
-
-    /// What is queued (and clears it), or nil.
-    func take() -> (names: [String], complete: Bool)? {
-        var scratch = [UInt8](repeating: 0, count: 64)
-        while read(readFD, &scratch, scratch.count) > 0 {}
-        return pending.withLock { p -> ([String], Bool)? in
-            guard p.has else { return nil }
-            defer { p = Pending() }
-            return (p.names, p.complete)
-        }
     }
 }

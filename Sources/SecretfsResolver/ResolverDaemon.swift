@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import SecretfsInject
+import SecretfsNames
 import SecretfsProtocol
 import SecretfsRedact
 import SecureMemory
@@ -18,6 +19,8 @@ public struct ResolverDaemonLimits: Sendable {
     public var sendTimeout: Double = 10
     /// Seconds to wait for the mount's socket.
     public var mountTimeout: Double = 10
+    /// Projects cached at once (each with a watch on its mount).
+    public var maxProjects = 64
     /// Largest request frame (a document or a DATA chunk).
     public var maxRequestFrame = DaemonWire.maxRequestFrame
     /// Largest reply frame built; bigger results get `reply-too-large`.
@@ -49,9 +52,6 @@ public final class ResolverDaemon: @unchecked Sendable {
     public let policy: SocketPolicy
     public let limits: ResolverDaemonLimits
     let logger: Logger
-    /// The socket file's mode (0600 owner only, 0660 with a group, 0666 when
-    /// other uids are allowed: the SO_PEERCRED check is what admits them).
-    public let socketMode: mode_t
     private let listener: UnixSocketListener
 
     private struct State {
@@ -70,17 +70,17 @@ public final class ResolverDaemon: @unchecked Sendable {
         self.policy = policy
         self.limits = limits
         self.logger = logger
-        let others = policy.uids.contains { $0 != getuid() }
-        let mode: mode_t = others ? 0o666 : (policy.fileGroup == nil ? 0o600 : 0o660)
-        socketMode = mode
         listener = UnixSocketListener(UnixSocketListener.Configuration(
-            path: socketPath, name: "daemon socket", mode: mode,
-            group: mode == 0o660 ? policy.fileGroup : nil,
+            path: socketPath, name: "daemon socket",
             backlog: 128, maxConnections: limits.maxConnections, sendTimeout: limits.sendTimeout, policy: policy,
             refusalFrame: { refusal, message in
                 DaemonWire.errorFrame(refusal == .busy ? .busy : .notAllowed, message)
             }), logger: logger)
     }
+
+    /// The socket file's mode (0600, or 0660 with a group; other allowed
+    /// uids and groups get POSIX ACL entries).
+    public var socketMode: mode_t { listener.configuration.access.mode }
 
     /// The mount socket the daemon uses for `project`.
     public func mountSocketPath(_ project: String) -> String { "\(runtimeDirectory)/\(project).sock" }
@@ -98,7 +98,7 @@ public final class ResolverDaemon: @unchecked Sendable {
 
     /// Binds and listens at `socketPath` (replacing a stale socket file, never
     /// a live one) and starts serving.
-    public func start() throws(DaemonError) {
+    public func start() throws(ProtocolError) {
         let already = state.withLock { s -> Bool in
             defer { s.started = true }
             return s.started
@@ -116,25 +116,28 @@ public final class ResolverDaemon: @unchecked Sendable {
     }
 
     /// The listener's failure in the daemon's words.
-    private func startFailure(_ f: UnixSocketListener.Failure) -> DaemonError {
+    private func startFailure(_ f: UnixSocketListener.Failure) -> ProtocolError {
         switch f.step {
         case .address:
-            return DaemonError.connectFailure(socketPath, errno: ENAMETOOLONG)
+            return ProtocolError.connectFailure(socketPath, errno: ENAMETOOLONG, service: .daemon)
         case .notASocket:
-            return DaemonError(.notASocket, f.message, hint: "remove it if it is yours, or listen elsewhere")
+            return ProtocolError(.notASocket, f.message, hint: "remove it if it is yours, or listen elsewhere")
         case .live:
-            return DaemonError(.addressInUse, f.message, hint: "is a resolver daemon running there already?")
+            return ProtocolError(.addressInUse, f.message, hint: "is a resolver daemon running there already?")
         case .appeared:
-            return DaemonError(.addressInUse, f.message)
+            return ProtocolError(.addressInUse, f.message)
         case .bind:
-            return DaemonError(.system(f.errno), f.message, hint: "check that the directory exists and is writable")
+            return ProtocolError(.system(f.errno), f.message, hint: "check that the directory exists and is writable")
         case .group:
-            return DaemonError(.system(f.errno), f.message,
+            return ProtocolError(.system(f.errno), f.message,
                                hint: "the daemon's user must be a member of the --allow-group group (or run as root)")
         case .mode:
-            return DaemonError(.system(f.errno), "\(socketPath) is not the socket just bound")
-        case .wake, .inspect, .probe, .removeStale, .socket, .chmod, .listen, .thread:
-            return DaemonError(.system(f.errno), f.message)
+            return ProtocolError(.system(f.errno), "\(socketPath) is not the socket just bound")
+        case .acl:
+            return ProtocolError(.system(f.errno), f.message,
+                                 hint: "--allow-uid and a second --allow-group need a directory on a filesystem with POSIX ACLs (ext4, tmpfs)")
+        case .wake, .inspect, .probe, .removeStale, .socket, .listen, .thread:
+            return ProtocolError(.system(f.errno), f.message)
         }
     }
 
@@ -160,15 +163,37 @@ public final class ResolverDaemon: @unchecked Sendable {
 
     // MARK: Projects
 
-    private func cache(for project: String) -> ProjectCache? {
-        state.withLock { s -> ProjectCache? in
-            if s.stopping { return nil }
-            if let c = s.projects[project] { return c }
+    /// The project's cache, made on first use. At most `limits.maxProjects`
+    /// are kept: a new one evicts the least recently used that no client
+    /// watches (its feed stops, its values are dropped); when every one is
+    /// watched, the request is refused as busy (nil with `busy`).
+    private func cache(for project: String) -> (cache: ProjectCache?, busy: Bool) {
+        var evicted: ProjectCache?
+        let result = state.withLock { s -> (ProjectCache?, Bool) in
+            if s.stopping { return (nil, false) }
+            if let c = s.projects[project] { return (c, false) }
+            if s.projects.count >= limits.maxProjects {
+                let idle = s.projects.map { ($0.key, $0.value.usage) }.filter { !$0.1.watched }
+                guard let victim = idle.min(by: { $0.1.lastUsed < $1.1.lastUsed })?.0 else { return (nil, true) }
+                evicted = s.projects.removeValue(forKey: victim)
+            }
             let c = ProjectCache(project: project, socketPath: mountSocketPath(project), logger: logger,
                                  fetchTimeout: limits.mountTimeout)
             s.projects[project] = c
-            return c
+            return (c, false)
         }
+        if let evicted {
+            evicted.stop()
+            logger.info("evicted an idle project cache", metadata: ["project": "\(evicted.project)"])
+        }
+        return result
+    }
+
+    /// `cache(for:)`, sending the ERROR when there is none.
+    private func cacheOrRefuse(_ fd: Int32, _ project: String) -> ProjectCache? {
+        let (cache, busy) = cache(for: project)
+        if busy { sendError(fd, .busy, "the daemon serves \(limits.maxProjects) projects that are all being watched") }
+        return cache
     }
 
     // MARK: One connection
@@ -237,7 +262,7 @@ public final class ResolverDaemon: @unchecked Sendable {
     }
 
     @discardableResult
-    private func sendError(_ fd: Int32, _ code: DaemonErrorCode, _ message: String) -> Bool {
+    private func sendError(_ fd: Int32, _ code: WireErrorCode, _ message: String) -> Bool {
         SocketIO.sendAll(fd, DaemonWire.errorFrame(code, message))
     }
 
@@ -251,7 +276,7 @@ public final class ResolverDaemon: @unchecked Sendable {
     /// returns nil when it is not a valid name.
     private func readProject(_ r: inout FrameReader, _ fd: Int32, sent: inout Bool) throws(ParseError) -> String? {
         let name = try r.text()
-        guard isValidSecretName(name) else {
+        guard Names.isValid(name) else {
             sent = sendError(fd, .invalidProject, "'\(DaemonWire.clip(name, 64))' is not a valid project name")
             return nil
         }
@@ -285,7 +310,7 @@ public final class ResolverDaemon: @unchecked Sendable {
         } catch {
             return sendError(fd, .malformed, "RESOLVE: \(error.reason)")
         }
-        guard let cache = cache(for: project) else { return false }
+        guard let cache = cacheOrRefuse(fd, project) else { return false }
 
         // Same steps as `Resolver.resolve` (tests hold the two to the same
         // output), with values borrowed from the cache instead of copied.
@@ -315,7 +340,8 @@ public final class ResolverDaemon: @unchecked Sendable {
         guard result.count + 4 + Wire.headerSize <= limits.maxReplyFrame else {
             return sendError(fd, .replyTooLarge, "the result (\(result.count) bytes) does not fit one frame")
         }
-        logger.debug("resolved", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "pid": "\(conn.peer.pid)",
+        // Audit: who received which values, at the default level (cached or not).
+        logger.info("resolved", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "pid": "\(conn.peer.pid)",
                                             "format": "\(format.rawValue)", "names": "\(scan.referencedNames.joined(separator: ","))"])
         return result.withUnsafeBytes { DaemonIO.sendFrame(fd, type: .resolved, prefix: DaemonIO.be32($0.count), body: $0) }
     }
@@ -347,14 +373,14 @@ public final class ResolverDaemon: @unchecked Sendable {
             var seen = Set<String>()
             for i in 0..<count {
                 let n = try r.text()
-                guard isValidSecretName(n) else { return sendError(fd, .invalidName, "name #\(i + 1) is not a valid secret name") }
+                guard Names.isValid(n) else { return sendError(fd, .invalidName, "name #\(i + 1) is not a valid secret name") }
                 if seen.insert(n).inserted { names.append(n) }
             }
             try r.expectEnd()
         } catch {
             return sendError(fd, .malformed, "VALUES: \(error.reason)")
         }
-        guard let cache = cache(for: project) else { return false }
+        guard let cache = cacheOrRefuse(fd, project) else { return false }
         let got: (values: [String: SecureBytes], missing: [String])
         do { got = try cache.values(names) } catch { return upstreamError(conn, project, error) }
         let found = names.filter { got.values[$0] != nil }
@@ -392,7 +418,7 @@ public final class ResolverDaemon: @unchecked Sendable {
         } catch {
             return sendError(fd, .malformed, "NAMES: \(error.reason)")
         }
-        guard let cache = cache(for: project) else { return false }
+        guard let cache = cacheOrRefuse(fd, project) else { return false }
         let names: [String]
         do { names = try cache.names() } catch { return upstreamError(conn, project, error) }
         let size = 4 + names.reduce(0) { $0 + Wire.textSize($1) }
@@ -423,7 +449,8 @@ public final class ResolverDaemon: @unchecked Sendable {
             sendError(fd, .malformed, "WATCH: \(error.reason)")
             return true
         }
-        guard let cache = cache(for: project), let queue = DaemonWatcherQueue() else {
+        guard let cache = cacheOrRefuse(fd, project) else { return true }
+        guard let queue = ChangeQueue() else {
             sendError(fd, .internalError, "cannot watch now")
             return true
         }
@@ -438,7 +465,7 @@ public final class ResolverDaemon: @unchecked Sendable {
 
         while true {
             var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: queue.readFD, events: Int16(POLLIN), revents: 0)]
+                       pollfd(fd: queue.eventFD, events: Int16(POLLIN), revents: 0)]
             let rc = poll(&fds, 2, 1000)
             if rc < 0 {
                 if errno == EINTR { continue }
@@ -499,7 +526,7 @@ public final class ResolverDaemon: @unchecked Sendable {
         } catch {
             return sendError(fd, .malformed, "REDACT: \(error.reason)") ? .next : .close(linger: false)
         }
-        guard let cache = cache(for: project) else { return .close(linger: false) }
+        guard let cache = cacheOrRefuse(fd, project) else { return .close(linger: true) }
         var (redactor, generation): (Redactor, UInt64)
         do { (redactor, generation) = try cache.redactor(key) } catch {
             return upstreamError(conn, project, error) ? .next : .close(linger: false)

@@ -3,6 +3,7 @@ import CShims
 import Glibc
 import Logging
 import SecretfsFS
+import SecretfsNames
 import SecretfsProtocol
 import SecretfsStore
 
@@ -72,10 +73,7 @@ struct MountCommand: ParsableCommand {
                 }
                 result.cacheTimeout = t
             case "allow_other", "default_permissions", "allow_root":
-                // allow_other is always on (access is decided per request by the
-                // mount's policy); default_permissions would let mode bits
-                // override that policy, and allow_root is a subset of it.
-                continue
+                throw ValidationError("-o \(key) is decided by secretfs: without -o group only the mount's owner may enter; with -o group=GROUP its members may too, and the kernel enforces the mode bits")
             case "writeback_cache":
                 throw ValidationError("-o writeback_cache is refused: the kernel would read write-only files back")
             default:
@@ -206,10 +204,16 @@ struct MountCommand: ParsableCommand {
         var mountOptions = try parsedOptions()
         let policy = try resolverPolicy()
 
+        warnIfLockedMemoryIsShort(mountOptions, logger: logger)
         try checkMountpoint(target)
         let store = try global.openStore()
         let vault = try store.openProject(project)
         store.discardMasterKey()
+        // One mount per project per store: a second one (through another
+        // runtime directory) would never hear of the first one's changes
+        // and its resolvers would serve stale values.
+        let storeLockFD = try claimProject(storeDirectory: global.storeDirectory)
+        defer { close(storeLockFD) }
         try global.ensureRuntimeDirectory()
         let runtime = RuntimeState(directory: global.runtimeDirectory)
         let lockFD = try runtime.acquire(project: project, mountpoint: target)
@@ -220,7 +224,13 @@ struct MountCommand: ParsableCommand {
                           hint: "add user_allow_other to /etc/fuse.conf, or mount as root", exit: .mountProblem)
         }
         var fuseOptions = ["fsname=secretfs:\(project)", "subtype=secretfs"]
-        if getuid() == 0 || fuseConfAllowsOther() { fuseOptions.append("allow_other") }
+        // Strangers are refused by the kernel, not only by us. Without a
+        // group only the mounting uid may enter (no allow_other: the kernel
+        // refuses every other uid, inotify and cached stat included). With a
+        // group, allow_other lets its members in, and default_permissions
+        // makes the kernel enforce the mode bits we report (0770 directory,
+        // 0220 files) on every path it answers without asking us.
+        if mountOptions.group != nil { fuseOptions += ["allow_other", "default_permissions"] }
         fuseOptions += mountOptions.fuseOptions
         mountOptions.fuseOptions = fuseOptions
 
@@ -257,6 +267,39 @@ struct MountCommand: ParsableCommand {
         logger.info("unmounted", metadata: ["project": "\(project)", "status": "\(rc)"])
     }
 
+    /// Each write handle holds at least two locked pages (a 4 KiB buffer and
+    /// libsodium's canary); a value being written holds up to the size limit.
+    /// Past RLIMIT_MEMLOCK libsodium still allocates, but the pages may be
+    /// swapped: say so at start rather than silently.
+    private func warnIfLockedMemoryIsShort(_ options: MountOptions, logger: Logger) {
+        guard geteuid() != 0 else { return }   // root's CAP_IPC_LOCK ignores the limit
+        var limit = rlimit()
+        // RLIMIT_MEMLOCK is 8 on Linux (the macro does not reach Swift).
+        guard getrlimit(__rlimit_resource_t(8), &limit) == 0, limit.rlim_cur != rlim_t.max else { return }
+        let needed = UInt64(options.maxWriteHandlesPerUID) * 8192 + UInt64(options.sizeLimit) * 2 + (1 << 20)
+        guard UInt64(limit.rlim_cur) < needed else { return }
+        let message = "RLIMIT_MEMLOCK (ulimit -l) is \(limit.rlim_cur / 1024) KiB, less than the \(needed / 1024) KiB "
+            + "that \(options.maxWriteHandlesPerUID) open write handles may lock; past it, values may reach swap"
+        logger.warning("\(message)")
+        writeStderr("secretfs: warning: \(message)\nhint: raise it (ulimit -l, or LimitMEMLOCK= in a systemd unit)\n")
+    }
+
+    /// Takes `STORE/PROJECT.mount-lock` (flock, held while this process runs).
+    private func claimProject(storeDirectory: String) throws -> Int32 {
+        let path = "\(storeDirectory)/\(project).mount-lock"
+        let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw Failure("cannot create \(path): \(String(cString: strerror(errno)))", exit: .mountProblem)
+        }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            throw Failure("project '\(project)' is already mounted from the store \(storeDirectory)",
+                          hint: "a second mount (through another runtime directory) would serve stale values; use the existing one (secretfs status)",
+                          exit: .mountProblem)
+        }
+        return fd
+    }
+
     private func checkMountpoint(_ target: String) throws {
         var st = stat()
         guard stat(target, &st) == 0 else {
@@ -289,11 +332,17 @@ func splitOption(_ item: String) -> (String, String?) {
     return (String(item[..<eq]), String(item[item.index(after: eq)...]))
 }
 
+/// A byte count with an optional K or M suffix; nil when it does not parse
+/// or does not fit (never a trap: `99999999999999M` is just too large).
 func parseSize(_ s: String) -> Int? {
     let upper = s.uppercased()
-    if upper.hasSuffix("K"), let n = Int(upper.dropLast()) { return n * 1024 }
-    if upper.hasSuffix("M"), let n = Int(upper.dropLast()) { return n * 1024 * 1024 }
-    return Int(upper)
+    var digits = Substring(upper)
+    var unit = 1
+    if upper.hasSuffix("K") { unit = 1 << 10; digits = digits.dropLast() }
+    else if upper.hasSuffix("M") { unit = 1 << 20; digits = digits.dropLast() }
+    guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let n = Int(digits) else { return nil }
+    let (product, overflow) = n.multipliedReportingOverflow(by: unit)
+    return overflow ? nil : product
 }
 
 func lookupGroup(_ s: String) -> gid_t? {

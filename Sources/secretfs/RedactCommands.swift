@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import SecretfsProtocol
 import SecretfsRedact
 import SecretfsResolver
 import SecureMemory
@@ -40,31 +41,95 @@ struct RedactCommand: ParsableCommand {
 }
 
 /// Builds a redactor from all of a project's values and rebuilds it when the
-/// project changes (the source's watch), for `redact` and `run`. Readers
-/// poll `latest(seen:)` between chunks; each sees every new generation.
+/// project changes, for `redact` and `run`. Readers poll `latest(seen:)`
+/// between chunks; each sees every new generation.
+///
+/// A safety net must not fail open without a word. The change feed
+/// reconnects by itself; whenever it is down, or a rebuild fails, the last
+/// redactor stays in use (every value known so far is still masked), stderr
+/// says so once, and the values are fetched again as soon as the feed is back.
 final class RedactorFeed: @unchecked Sendable {
+    // @unchecked: mutable state is in Mutexes; the rest is immutable.
     private let options: RedactionOptions
+    let project: String
     let source: ValueSource
     private let state: Mutex<(redactor: Redactor, generation: Int)>
+    /// Whether stderr was told the feed is down (it is told once per outage),
+    /// and the names already reported as too short to mask.
+    private let notices = Mutex((down: false, warnedShort: Set<String>()))
+    private var feed: ChangeFeed?
 
     init(global: GlobalOptions, project: String, resolver: String?, options: RedactionOptions) throws {
         self.options = options
+        self.project = project
         let source = try openValueSource(global: global, project: project, resolver: resolver)
         self.source = source
         state = Mutex((try Self.build(source, options), 0))
-        try startWatching(global: global, project: project, resolver: resolver) { [weak self] in
-            guard let self, let fresh = try? Self.build(self.source, self.options) else { return }
-            self.state.withLock { $0 = (fresh, $0.generation + 1) }
+        reportShort(current())
+        feed = try startChangeFeed(global: global, project: project, resolver: resolver) { [weak self] event in
+            self?.handle(event) ?? false
         }
+    }
+
+    deinit { feed?.cancel() }
+
+    private func handle(_ event: ChangeFeed.Event) -> Bool {
+        switch event {
+        case .changed:
+            return rebuild()
+        case .lost(let error):
+            announceDown("lost the change feed of project \(project) (\(error.message))")
+            return true
+        case .restored:
+            return rebuild()
+        }
+    }
+
+    /// Fetches every value again and swaps the redactor in; false (the feed
+    /// then reconnects and calls again) when that fails.
+    private func rebuild() -> Bool {
+        do {
+            let fresh = try Self.build(source, options)
+            state.withLock { $0 = (fresh, $0.generation + 1) }
+            reportShort(fresh)
+            let wasDown = notices.withLock { n -> Bool in
+                defer { n.down = false }
+                return n.down
+            }
+            if wasDown {
+                writeStderr("secretfs: the change feed of project \(project) is back; values fetched again\n")
+            }
+            return true
+        } catch {
+            announceDown("cannot fetch the values of project \(project) again (\(describe(error)))")
+            return false
+        }
+    }
+
+    private func announceDown(_ what: String) {
+        let first = notices.withLock { n -> Bool in
+            defer { n.down = true }
+            return !n.down
+        }
+        guard first else { return }
+        let known = current().registeredNames.count
+        writeStderr("secretfs: warning: \(what); still masking the \(known) values known; reconnecting\n")
+    }
+
+    private func reportShort(_ redactor: Redactor) {
+        let new = notices.withLock { n -> [SkippedSecret] in
+            let fresh = redactor.skipped.filter { !n.warnedShort.contains($0.name) }
+            for s in fresh { n.warnedShort.insert(s.name) }
+            return fresh
+        }
+        for s in new { writeStderr("secretfs: warning: not masking \(s.name): \(s.reason)\n") }
     }
 
     private static func build(_ source: ValueSource, _ options: RedactionOptions) throws -> Redactor {
         let names = try source.names()
         let values = names.isEmpty ? [:] : try source.values(names)
-        let redactor = Redactor(secrets: values.map { (name: $0.key, value: $0.value) }, options: options)
-        for v in values.values { v.wipe() }
-        for s in redactor.skipped { writeStderr("secretfs: warning: not masking \(s.name): \(s.reason)\n") }
-        return redactor
+        defer { for v in values.values { v.wipe() } }
+        return Redactor(secrets: values.map { (name: $0.key, value: $0.value) }, options: options)
     }
 
     func current() -> Redactor { state.withLock { $0.redactor } }
@@ -76,6 +141,13 @@ final class RedactorFeed: @unchecked Sendable {
         seen = g
         return r
     }
+}
+
+/// An error's message for stderr (never a value: no error carries one).
+func describe(_ error: Error) -> String {
+    if let f = error as? Failure { return f.message }
+    if let p = error as? ProtocolError { return p.message }
+    return "\(error)"
 }
 
 /// Reads `fd` to its end through a redacting stream. The input may hold

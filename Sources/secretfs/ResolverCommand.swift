@@ -76,10 +76,3 @@ struct ResolverCommand: ParsableCommand {
         daemon.stop()
     }
 }
-
-extension Failure {
-    /// A resolver daemon error in the one voice (exit 15, like the mount's socket).
-    init(daemon error: DaemonError) {
-        self.init(error.message, hint: error.hint, exit: .socketProblem)
-    }
-}

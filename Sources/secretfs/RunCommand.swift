@@ -1,9 +1,10 @@
 import ArgumentParser
+import CShims
 import Glibc
+import SecretfsNames
 import SecretfsRedact
 import SecretfsResolver
 import SecureMemory
-import CShims
 import Synchronization
 
 struct RunCommand: ParsableCommand {
@@ -38,7 +39,7 @@ struct RunCommand: ParsableCommand {
     func validate() throws {
         guard !commandLine.isEmpty else { throw ValidationError("give the command to run after --") }
         for b in bindings {
-            guard !b.variable.isEmpty, !b.variable.contains("="), isValidSecretNameForRun(b.name) else {
+            guard !b.variable.isEmpty, !b.variable.contains("="), Names.isValid(b.name) else {
                 throw ValidationError("--env needs VAR=NAME with a valid secret name, got '\(b.variable)=\(b.name)'")
             }
         }
@@ -68,8 +69,11 @@ struct RunCommand: ParsableCommand {
         }
         for v in values.values { v.wipe() }
         let overridden = Set(bindings.map(\.variable))
+        // SECRETFS_* (store, runtime directory, passphrase file) is ours, not
+        // the command's: it would point the command straight at the store.
         let plainEnv = environmentList().filter { entry in
-            !overridden.contains(String(entry.prefix { $0 != "=" }))
+            let variable = String(entry.prefix { $0 != "=" })
+            return !overridden.contains(variable) && !variable.hasPrefix("SECRETFS_")
         }
 
         var outPipe: [Int32] = [0, 0], errPipe: [Int32] = [0, 0]
@@ -137,11 +141,6 @@ private func forwardSignals(to pid: pid_t) {
         // kill(2) is async-signal-safe; the handler touches nothing else.
         signal(sig) { received in if forwardedChild > 0 { kill(forwardedChild, received) } }
     }
-}
-
-private func isValidSecretNameForRun(_ name: String) -> Bool {
-    guard let first = name.utf8.first, !(48...57).contains(first), name.utf8.count <= 255 else { return false }
-    return name.utf8.allSatisfy { ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 95 }
 }
 
 /// Copies one of the child's streams to ours through a redacting stream.

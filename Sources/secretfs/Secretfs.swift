@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import SecretfsProtocol
 import SecretfsResolver
 import SecretfsStore
 
@@ -30,8 +31,8 @@ struct Secretfs: ParsableCommand {
         } catch let failure as Failure {
             failure.report()
             Glibc.exit(failure.exitCode.rawValue)
-        } catch let error as DaemonError {
-            let failure = Failure(daemon: error)
+        } catch let error as ProtocolError {
+            let failure = Failure(socket: error)
             failure.report()
             Glibc.exit(failure.exitCode.rawValue)
         } catch let error as StoreError {

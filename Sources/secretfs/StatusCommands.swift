@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import SecretfsFS
+import SecretfsProtocol
 import SecretfsStore
 
 struct UmountCommand: ParsableCommand {
@@ -96,8 +97,10 @@ struct AuditCommand: ParsableCommand {
                     + "\"uid\":\(e.uid),\"pid\":\(e.pid),\"action\":\(jsonString(e.action)),"
                     + "\"names\":\(e.names.map(jsonString) ?? "null"),\"detail\":\(e.detail.map(jsonString) ?? "null")}\n"
             } else {
-                text += "\(iso8601(e.at))  uid=\(e.uid) pid=\(e.pid)  \(e.action)  \(e.names ?? "-")"
-                    + (e.detail.map { "  (\($0))" } ?? "") + "\n"
+                // Names and details can come from a database writer: escape
+                // control characters so no row can move the cursor or forge a line.
+                text += "\(iso8601(e.at))  uid=\(e.uid) pid=\(e.pid)  \(Wire.printable(e.action))  \(Wire.printable(e.names ?? "-"))"
+                    + (e.detail.map { "  (\(Wire.printable($0)))" } ?? "") + "\n"
             }
         }
         writeStdout(text)

@@ -34,23 +34,21 @@ func mountSocketPath(_ global: GlobalOptions, _ project: String) -> String {
 /// The mount's socket, or (with --resolver) the resolver daemon's.
 func openValueSource(global: GlobalOptions, project: String, resolver: String?) throws -> ValueSource {
     if let resolver {
-        return try DaemonValueSource(socketPath: absolute(resolver), project: project)
+        do { return try DaemonValueSource(socketPath: absolute(resolver), project: project) } catch { throw Failure(socket: error) }
     }
     return try MountSocketSource(socketPath: mountSocketPath(global, project))
 }
 
-/// Calls `onChange` whenever a secret of the project changes. The watch runs
-/// on its own thread; the returned object keeps it alive.
-@discardableResult
-func startWatching(global: GlobalOptions, project: String, resolver: String?,
-                   onChange: @escaping @Sendable () -> Void) throws -> AnyObject {
-    if let resolver {
-        return try DaemonWatch(socketPath: absolute(resolver), project: project, onChange: onChange)
-    }
+/// The change feed of the project, from its mount's socket or through the
+/// resolver daemon: it reconnects by itself, and `handler` sees `.lost` and
+/// `.restored` around every outage. The returned feed keeps it running.
+func startChangeFeed(global: GlobalOptions, project: String, resolver: String?,
+                     handler: @escaping @Sendable (ChangeFeed.Event) -> Bool) throws -> ChangeFeed {
     do {
-        return try SecretWatch.start(socketPath: mountSocketPath(global, project)) { event in
-            if case .changed = event { onChange() }
+        if let resolver {
+            return try DaemonClient.changeFeed(socketPath: absolute(resolver), project: project, handler: handler)
         }
+        return try PrivilegedClient.changeFeed(socketPath: mountSocketPath(global, project), handler: handler)
     } catch { throw Failure(socket: error) }
 }
 

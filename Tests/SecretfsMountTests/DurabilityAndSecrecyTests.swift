@@ -66,7 +66,7 @@ struct DurabilityAndSecrecyTests {
         // recent frames, then again after a checkpoint moved them.
         func scan() throws {
             let files = try FileManager.default.contentsOfDirectory(atPath: f.storeDir)
-            #expect(Set(files).isSubset(of: ["secretfs.db", "secretfs.db-wal", "secretfs.db-shm", "master.key"]), "\(files)")
+            #expect(Set(files).isSubset(of: ["secretfs.db", "secretfs.db-wal", "secretfs.db-shm", "master.key", "demo.mount-lock"]), "\(files)")
             for name in files {
                 let data = try Data(contentsOf: URL(fileURLWithPath: f.storeDir + "/" + name))
                 for v in values + ["Appended-Marker-XYZZY", "PlainText-Marker"] {

@@ -1,3 +1,4 @@
+import CShims
 import Foundation
 import Glibc
 @testable import SecretfsProtocol
@@ -65,84 +66,93 @@ struct ProtocolTests {
 
     // MARK: Watch
 
-    @Test func watchReportsChangesAndEnds() throws {
+    @Test func feedReportsChangesAndEnds() throws {
         let f = try Fixture()
         try f.put("A", "one")
-        let events = Mutex<[SecretWatch.Event]>([])
-        let watch = try SecretWatch.start(socketPath: f.socketPath) { e in events.withLock { $0.append(e) } }
-        #expect(watch.initialVersion == (try f.vault.currentVersion()))
-        #expect(watch.initialSequence == 0)
+        let events = Mutex<[ChangeFeed.Event]>([])
+        let feed = try PrivilegedClient.changeFeed(socketPath: f.socketPath) { e in events.withLock { $0.append(e) }; return true }
         #expect(f.server.watcherCount == 1)
 
         try f.put("A", "two")
         f.server.notifyChanged(["A"])
         try waitUntil { events.withLock { $0.count } == 1 }
-        guard case .changed(let c)? = events.withLock({ $0.first }) else {
+        guard case .changed(let names, let complete)? = events.withLock({ $0.first }) else {
             Issue.record("no CHANGED event"); return
         }
-        #expect(c.names == ["A"])
-        #expect(c.complete)
-        #expect(c.projectVersion == (try f.vault.currentVersion()))
-        #expect(c.sequence == 1)
+        #expect(names == ["A"] && complete)
 
         try f.vault.rename("A", to: "B", actor: .current)
         f.server.notifyChanged(["A", "B"])
         try waitUntil { events.withLock { $0.count } == 2 }
-        if case .changed(let c)? = events.withLock({ $0.last }) { #expect(c.names == ["A", "B"] && c.sequence == 2) }
+        if case .changed(let names, _)? = events.withLock({ $0.last }) { #expect(names == ["A", "B"]) }
 
         // A delete does not move the project's version; the sequence still moves,
         // so a GET answered before it (sequence 2) is recognisably older.
         let before = try PrivilegedClient(socketPath: f.socketPath).values(["B"])
         #expect(before.sequence == 2)
-        let version = try f.vault.currentVersion()
         try f.vault.delete("B", actor: .current)
         f.server.notifyChanged(["B"])
         try waitUntil { events.withLock { $0.count } == 3 }
-        if case .changed(let c)? = events.withLock({ $0.last }) {
-            #expect(c.projectVersion == version && c.sequence == 3 && c.sequence > before.sequence)
-        }
+        #expect(f.server.changeSequence == 3)
 
-        watch.cancel()
-        try waitUntil { events.withLock { $0.count } == 4 }
-        if case .ended(let e)? = events.withLock({ $0.last }) { #expect(e == nil) } else { Issue.record("no end") }
+        feed.cancel()
         try waitUntil { f.server.watcherCount == 0 }
+        f.server.notifyChanged(["C"])
+        usleep(100_000)
+        #expect(events.withLock { $0.count } == 3)   // nothing after cancel, not even .lost
     }
 
-    @Test func blockingWatchEndsWhenTheServerStops() throws {
+    @Test func aFeedReconnectsAfterTheServerRestartsAndSaysSo() throws {
         let f = try Fixture()
-        let seen = Mutex<[ChangeEvent]>([])
-        let outcome = Mutex<ProtocolError?>(nil)
-        let done = Mutex(false)
-        let path = f.socketPath
-        Thread.detachNewThread {
-            do {
-                let c = try PrivilegedClient(socketPath: path)
-                try c.watch { e in seen.withLock { $0.append(e) }; return true }
-            } catch let e as ProtocolError {
-                outcome.withLock { $0 = e }
-            } catch {}
-            done.withLock { $0 = true }
-        }
-        try waitUntil { f.server.watcherCount == 1 }
+        let events = Mutex<[ChangeFeed.Event]>([])
+        let feed = try PrivilegedClient.changeFeed(socketPath: f.socketPath) { e in events.withLock { $0.append(e) }; return true }
+        defer { feed.cancel() }
         f.server.notifyChanged(["X"])
-        try waitUntil { seen.withLock { $0.count } == 1 }
+        try waitUntil { events.withLock { $0.count } == 1 }
         f.server.stop()
-        try waitUntil { done.withLock { $0 } }
-        #expect(outcome.withLock { $0?.kind } == .connectionClosed)
+        try waitUntil { events.withLock { $0.count } == 2 }
+        guard case .lost(let e)? = events.withLock({ $0.last }) else { Issue.record("no .lost"); return }
+        #expect(e.kind == .connectionClosed)
         #expect(access(f.socketPath, F_OK) != 0)   // unlinked at stop
+
+        // The mount comes back (a remount): the feed subscribes again by itself.
+        let again = PrivilegedSocketServer(vault: f.vault, socketPath: f.socketPath)
+        try again.start()
+        defer { again.stop() }
+        try waitUntil { events.withLock { $0.count } == 3 }
+        guard case .restored? = events.withLock({ $0.last }) else { Issue.record("no .restored"); return }
+        again.notifyChanged(["Y"])
+        try waitUntil { events.withLock { $0.count } == 4 }
+        if case .changed(let names, _)? = events.withLock({ $0.last }) { #expect(names == ["Y"]) }
+    }
+
+    @Test func aHandlerThatCannotCatchUpMakesTheFeedResync() throws {
+        let f = try Fixture()
+        let events = Mutex<[ChangeFeed.Event]>([])
+        let failOnce = Mutex(true)
+        let feed = try PrivilegedClient.changeFeed(socketPath: f.socketPath) { e in
+            events.withLock { $0.append(e) }
+            if case .changed = e { return failOnce.withLock { f in defer { f = false }; return !f } }
+            return true
+        }
+        defer { feed.cancel() }
+        f.server.notifyChanged(["X"])
+        // The failed handler is followed by a fresh subscription and .restored.
+        try waitUntil { events.withLock { $0.count } == 2 }
+        guard case .restored? = events.withLock({ $0.last }) else { Issue.record("no .restored"); return }
     }
 
     @Test func aSlowWatcherGetsAnIncompleteEventInsteadOfAnUnboundedQueue() throws {
-        let w = try #require(Watcher())
-        w.enqueue(["A", "B"], limit: 3)
-        w.enqueue(["B", "C"], limit: 3)
+        let w = try #require(ChangeQueue(limit: 3))
+        w.enqueue(["A", "B"])
+        w.enqueue(["B", "C"])
         let first = w.take()
-        #expect(first?.0 == ["A", "B", "C"] && first?.1 == false)
+        #expect(first?.names == ["A", "B", "C"] && first?.complete == true)
         #expect(w.take() == nil)
-        w.enqueue(["A", "B", "C", "D"], limit: 3)
-        w.enqueue(["E"], limit: 3)
+        w.enqueue(["A", "B", "C", "D"])
+        w.enqueue(["E"])
         let second = w.take()
-        #expect(second?.0 == [] && second?.1 == true)
+        #expect(second?.names == [] && second?.complete == false)
     }
 
     // MARK: The socket file
@@ -158,6 +168,33 @@ struct ProtocolTests {
         #expect(lstat(g.socketPath, &st) == 0)
         #expect(st.st_mode & 0o777 == 0o660)
         #expect(st.st_gid == 4242)
+
+        // Other uids and a second group are admitted by the kernel through a
+        // POSIX ACL (and only them): nothing for others.
+        let a = try Fixture(policy: SocketPolicy(uids: [65534], gids: [4242, 4343]))
+        #expect(lstat(a.socketPath, &st) == 0)
+        #expect(st.st_mode & 0o007 == 0)
+        let acl = try #require(posixACL(a.socketPath))
+        #expect(acl.contains { $0 == (0x02, 6, 65534) })   // user:65534:rw-
+        #expect(acl.contains { $0 == (0x08, 6, 4343) })    // group:4343:rw-
+        #expect(acl.contains { $0.tag == 0x20 && $0.perm == 0 })   // other::---
+    }
+
+    /// The entries (tag, perm, id) of a file's access ACL.
+    private func posixACL(_ path: String) -> [(tag: UInt16, perm: UInt16, id: UInt32)]? {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = secretfs_get_access_acl(path, &buf, UInt(buf.count))
+        guard n >= 4 else { return nil }
+        var out: [(tag: UInt16, perm: UInt16, id: UInt32)] = []
+        var i = 4
+        while i + 8 <= n {
+            let tag = UInt16(buf[i]) | UInt16(buf[i + 1]) << 8
+            let perm = UInt16(buf[i + 2]) | UInt16(buf[i + 3]) << 8
+            let id = UInt32(buf[i + 4]) | UInt32(buf[i + 5]) << 8 | UInt32(buf[i + 6]) << 16 | UInt32(buf[i + 7]) << 24
+            out.append((tag, perm, id))
+            i += 8
+        }
+        return out
     }
 
     @Test func aStaleSocketIsReplacedALiveOneIsNot() throws {
@@ -200,7 +237,7 @@ struct ProtocolTests {
     @Test func clientErrorsNameTheSocket() throws {
         let f = try Fixture(start: false)
         let e = #expect(throws: ProtocolError.self) { _ = try PrivilegedClient(socketPath: f.socketPath) }
-        #expect(e?.kind == .notMounted)
+        #expect(e?.kind == .notListening)
         #expect(e?.message == "project not mounted (tried \(f.socketPath))")
         #expect(e?.hint != nil)
 
@@ -265,7 +302,7 @@ struct ProtocolTests {
         #expect(gets.first?.names == "TOKEN,NOPE")
     }
 
-    @Test func policyDefaultsToTheOwnerAndGroupsAddToIt() {
+    @Test func policyAlwaysAllowsTheOwnerAndOthersAddToIt() {
         let me = getuid()
         let owner = PeerCredentials(uid: me, gid: 1, pid: 1)
         let stranger = PeerCredentials(uid: 65534, gid: 65534, pid: 1)
@@ -276,7 +313,7 @@ struct ProtocolTests {
         #expect(SocketPolicy(gids: [4242]).allows(PeerCredentials(uid: 65534, gid: 65534, pid: 1, groups: [7, 4242])))
         #expect(!SocketPolicy(gids: [4242]).allows(stranger))
         #expect(SocketPolicy(uids: [65534]).allows(stranger))
-        #expect(!SocketPolicy(uids: [65534]).allows(owner))
+        #expect(SocketPolicy(uids: [65534]).allows(owner))   // other uids add to the owner, never replace it
         #expect(SocketPolicy(gids: [4242]).fileGroup == 4242)
         #expect(SocketPolicy().fileGroup == nil)
     }

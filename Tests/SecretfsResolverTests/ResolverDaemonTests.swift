@@ -113,8 +113,8 @@ import Testing
         let described = r2?.description ?? ""
         #expect(!described.contains("ABC") && !described.contains("api-token-line1"))
 
-        // Not mounted: a DaemonError naming the project, not a ResolveFailure.
-        let e = #expect(throws: DaemonError.self) {
+        // Not mounted: a ProtocolError naming the project, not a ResolveFailure.
+        let e = #expect(throws: ProtocolError.self) {
             _ = try DaemonClient.resolve(socketPath: f.daemonSocket, project: "other", document: Array("secrets.A".utf8),
                                          format: .expr, output: .document)
         }
@@ -122,11 +122,11 @@ import Testing
         #expect(e?.message.contains("project other") == true)
         #expect(e?.hint != nil)
         // No daemon at all.
-        let e2 = #expect(throws: DaemonError.self) {
+        let e2 = #expect(throws: ProtocolError.self) {
             _ = try DaemonClient.resolve(socketPath: f.dir + "/nothing.sock", project: "demo", document: [],
                                          format: .expr, output: .document)
         }
-        #expect(e2?.kind == .notRunning)
+        #expect(e2?.kind == .notListening)
         Self.assertNoValueLogged(f, extra: ["ABC"])
     }
 
@@ -160,7 +160,7 @@ import Testing
         f.server.stop()
         #expect(try waitUntil { f.daemon.cacheStats(project: "demo")?.watching == false })
         #expect(f.daemon.cacheStats(project: "demo")?.cachedValues == 0)
-        let gone = #expect(throws: DaemonError.self) { _ = try resolve() }
+        let gone = #expect(throws: ProtocolError.self) { _ = try resolve() }
         #expect(gone?.serverCode == .notMounted)
         Self.assertNoValueLogged(f, extra: ["first-value-1111", "second-value-2222", "third-value-3333"])
     }
@@ -178,15 +178,15 @@ import Testing
                 == bytes(try Resolver.resolve(doc, format: .flow, output: .document, source: f.mountSource())))
 
         let calls = Mutex(0)
-        let watch = try DaemonWatch(socketPath: f.daemonSocket, project: "demo") { calls.withLock { $0 += 1 } }
+        let watch = try DaemonClient.changeFeed(socketPath: f.daemonSocket, project: "demo") { _ in calls.withLock { $0 += 1 }; return true }
         #expect(try waitUntil { f.daemon.cacheStats(project: "demo")?.watching == true })
         try f.change("API_TOKEN", "rotated-token-value")
         #expect(try waitUntil { calls.withLock { $0 } >= 1 })
         #expect(text(try source.values(["API_TOKEN"])["API_TOKEN"]!) == "rotated-token-value")
         watch.cancel()
 
-        let e = #expect(throws: DaemonError.self) { _ = try DaemonValueSource(socketPath: f.dir + "/none.sock", project: "demo") }
-        #expect(e?.kind == .notRunning)
+        let e = #expect(throws: ProtocolError.self) { _ = try DaemonValueSource(socketPath: f.dir + "/none.sock", project: "demo") }
+        #expect(e?.kind == .notListening)
         Self.assertNoValueLogged(f, extra: ["rotated-token-value"])
     }
 

@@ -38,4 +38,12 @@ int secretfs_accept_cloexec(int fd);
 
 /// eventfd(0, EFD_CLOEXEC [| EFD_NONBLOCK]); sys/eventfd.h is not in Swift's Glibc module.
 int secretfs_eventfd(int nonblocking);
+
+/// lsetxattr(path, "system.posix_acl_access", value, size, 0): a socket
+/// file's POSIX ACL (sys/xattr.h is not in Swift's Glibc module). Returns 0,
+/// or -1 with errno set.
+int secretfs_set_access_acl(const char *path, const void *value, unsigned long size);
+
+/// lgetxattr(path, "system.posix_acl_access", ...): the bytes read, or -1 with errno set.
+long secretfs_get_access_acl(const char *path, void *value, unsigned long size);
 #endif
