@@ -67,8 +67,14 @@ let package = Package(
         .testTarget(name: "SecretfsRedactTests", dependencies: ["SecretfsRedact", "SecretfsTestSupport"]),
         .testTarget(name: "SecretfsProtocolTests", dependencies: ["CShims", "SecretfsProtocol", "SecretfsNames", "SecretfsStore", "SecureMemory", "SecretfsTestSupport"]),
         .testTarget(name: "SecretfsResolverTests", dependencies: ["SecretfsResolver", "SecretfsStore", "SecretfsProtocol", "SecureMemory", "SecretfsTestSupport"]),
+        // Real mounts for the mount and hostile-input tests: a temp store, the binary, shell commands.
+        .target(name: "SecretfsMountSupport", dependencies: ["SecretfsStore", "SecretfsFS", "SecureMemory", "SecretfsTestSupport"],
+                path: "Tests/SecretfsMountSupport"),
         // Mount tests drive the real `secretfs` binary; depending on it makes
         // `swift build --build-tests` build it beside the test bundle.
-        .testTarget(name: "SecretfsMountTests", dependencies: ["SecretfsStore", "SecretfsFS", "secretfs", "SecretfsTestSupport"]),
+        .testTarget(name: "SecretfsMountTests", dependencies: ["SecretfsStore", "SecretfsFS", "secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
+        // Every finding of the trust-boundaries review, as an attacker would try it.
+        .testTarget(name: "SecretfsHostileInputTests", dependencies: ["CShims", "SecretfsStore", "SecretfsFS", "SecretfsProtocol", "secretfs",
+                                                                       "SecretfsMountSupport", "SecretfsTestSupport"]),
     ]
 )

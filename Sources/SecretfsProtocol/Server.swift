@@ -295,7 +295,10 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
             return sendError(fd, .replyTooLarge,
                              "the \(found.count) values asked for need \(size) bytes; the limit is \(limits.maxReplyFrame)")
         }
-        let b = FrameBuilder(type: .getReply, bodySize: size)
+        guard let b = FrameBuilder(allocatingReply: Wire.MessageType.getReply.rawValue, bodySize: size) else {
+            logger.error("GET: out of locked memory for the reply", metadata: ["bytes": "\(size)"])
+            return sendError(fd, .internalError, "the mount is out of memory for this reply; ask for fewer names")
+        }
         b.i64(version)
         b.u64(sequence)
         b.u32(UInt32(found.count))

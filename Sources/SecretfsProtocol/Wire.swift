@@ -100,56 +100,83 @@ public enum WireErrorCode: UInt16, Sendable, CustomStringConvertible {
 
 // MARK: Building frames
 
-/// Writes one frame into a `SecureBytes` of exactly the right size. The body
-/// size is computed first (see `Wire.size`), so nothing is ever reallocated or
-/// copied through an ordinary array.
-public struct FrameBuilder {
-    public let buffer: SecureBytes
+/// Writes one frame into locked memory: the fields are appended, and the
+/// length prefix is filled in by `finish()` from what was written, so no
+/// frame's length is ever worked out by hand. `bodySize` is the expected
+/// body size (the buffer grows if it was too small; callers that check a
+/// reply's size against a limit compute it for that check).
+public final class FrameBuilder {
+    public private(set) var buffer: SecureBytes
 
-    init(type: Wire.MessageType, bodySize: Int) {
+    convenience init(type: Wire.MessageType, bodySize: Int) {
         self.init(rawType: type.rawValue, bodySize: bodySize)
     }
 
     /// A frame of any type byte (the resolver daemon's protocol shares this framing).
     public init(rawType: UInt8, bodySize: Int) {
-        let total = Wire.lengthSize + Wire.headerSize + bodySize
-        buffer = SecureBytes(capacity: total)
-        u32(UInt32(Wire.headerSize + bodySize))
+        buffer = SecureBytes(capacity: Wire.lengthSize + Wire.headerSize + max(bodySize, 0))
+        header(rawType)
+    }
+
+    /// For replies whose size a peer's request decides: nil (answer with an
+    /// ERROR) when the locked memory cannot be had, instead of trapping.
+    public init?(allocatingReply rawType: UInt8, bodySize: Int) {
+        guard let b = SecureBytes(allocating: Wire.lengthSize + Wire.headerSize + max(bodySize, 0)) else { return nil }
+        buffer = b
+        header(rawType)
+    }
+
+    private func header(_ rawType: UInt8) {
+        u32(0)   // the length, filled in by finish()
         u8(Wire.version)
         u8(rawType)
     }
 
+    /// Appends raw bytes (locked memory to locked memory), growing if needed.
+    public func bytes(_ raw: UnsafeRawBufferPointer) {
+        if !buffer.append(raw) {
+            let grown = buffer.copy(capacity: max(buffer.capacity * 2, buffer.count + raw.count))
+            buffer = grown   // the old buffer is wiped by sodium_free
+            buffer.append(raw)
+        }
+    }
+
     public func u8(_ v: UInt8) {
-        withUnsafeBytes(of: v) { _ = buffer.append($0) }
+        withUnsafeBytes(of: v) { bytes($0) }
     }
     public func u16(_ v: UInt16) {
-        withUnsafeBytes(of: v.bigEndian) { _ = buffer.append($0) }
+        withUnsafeBytes(of: v.bigEndian) { bytes($0) }
     }
     public func u32(_ v: UInt32) {
-        withUnsafeBytes(of: v.bigEndian) { _ = buffer.append($0) }
+        withUnsafeBytes(of: v.bigEndian) { bytes($0) }
     }
     public func u64(_ v: UInt64) {
-        withUnsafeBytes(of: v.bigEndian) { _ = buffer.append($0) }
+        withUnsafeBytes(of: v.bigEndian) { bytes($0) }
     }
     public func i64(_ v: Int64) { u64(UInt64(bitPattern: v)) }
 
-    /// u16 length + UTF-8 (names and messages; never values).
+    /// u16 length + UTF-8 (names and messages; never values). Text longer
+    /// than a u16 can say is clipped at a character boundary.
     public func text(_ s: String) {
-        var s = s
+        var s = s.utf8.count > Int(UInt16.max) ? Wire.clip(s, Int(UInt16.max)) : s
         s.withUTF8 { raw in
             u16(UInt16(raw.count))
-            _ = buffer.append(UnsafeRawBufferPointer(raw))
+            bytes(UnsafeRawBufferPointer(raw))
         }
     }
 
     /// u32 length + the bytes of a value, copied from locked memory to locked memory.
     public func value(_ v: SecureBytes) {
         u32(UInt32(v.count))
-        v.withUnsafeBytes { _ = buffer.append($0) }
+        v.withUnsafeBytes { bytes($0) }
     }
 
+    /// The frame, its length prefix filled in.
     public func finish() -> SecureBytes {
-        precondition(buffer.count == buffer.capacity, "frame size miscomputed")
+        let length = UInt32(buffer.count - Wire.lengthSize).bigEndian
+        buffer.withUnsafeMutableBytes { raw in
+            withUnsafeBytes(of: length) { raw.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: 4) }
+        }
         return buffer
     }
 }

@@ -203,7 +203,7 @@ public final class DaemonRedaction {
         repeat {
             let n = min(DaemonWire.dataChunk, bytes.count - off)
             let frame = FrameBuilder(rawType: DaemonWire.MessageType.data.rawValue, bodySize: n)
-            if n > 0 { frame.buffer.append(UnsafeRawBufferPointer(rebasing: bytes[off..<(off + n)])) }
+            if n > 0 { frame.bytes(UnsafeRawBufferPointer(rebasing: bytes[off..<(off + n)])) }
             let reply = try connection.roundTrip(frame.finish(), expect: [DaemonWire.MessageType.redacted.rawValue])
             reply.storage.withUnsafeBytes { out.append(UnsafeRawBufferPointer(rebasing: $0[Wire.headerSize...])) }
             off += n

@@ -103,7 +103,7 @@ public enum DaemonWire {
         b.u8(formatCode(format))
         b.u8(outputCode(output))
         b.u32(UInt32(document.count))
-        document.withUnsafeBytes { _ = b.buffer.append($0) }
+        document.withUnsafeBytes { b.bytes($0) }
         return b.finish()
     }
 

@@ -391,7 +391,10 @@ public final class ResolverDaemon: @unchecked Sendable {
         guard size + Wire.headerSize <= limits.maxReplyFrame else {
             return sendError(fd, .replyTooLarge, "the \(found.count) values asked for do not fit one frame")
         }
-        let b = FrameBuilder(rawType: DaemonWire.MessageType.valuesReply.rawValue, bodySize: size)
+        guard let b = FrameBuilder(allocatingReply: DaemonWire.MessageType.valuesReply.rawValue, bodySize: size) else {
+            logger.error("VALUES: out of locked memory for the reply", metadata: ["bytes": "\(size)"])
+            return sendError(fd, .internalError, "the daemon is out of memory for this reply; ask for fewer names")
+        }
         b.u32(UInt32(found.count))
         for n in found {
             b.text(n)

@@ -34,11 +34,14 @@ struct MountCommand: ParsableCommand {
     @Option(name: .customShort("o"), help: ArgumentHelp("Mount options (see above).", valueName: "options"))
     var options: [String] = []
 
-    @Option(help: ArgumentHelp("A uid (or user name) allowed on the privileged socket; repeatable. Default: the mount's owner.", valueName: "uid"))
+    @Option(help: ArgumentHelp("A uid (or user name) allowed on the privileged socket besides the mount's owner; repeatable.", valueName: "uid"))
     var resolverUid: [String] = []
 
     @Option(help: ArgumentHelp("A group whose members are allowed on the privileged socket; repeatable.", valueName: "group"))
     var resolverGroup: [String] = []
+
+    @Option(help: ArgumentHelp("Close a privileged-socket connection idle this many seconds (clients reconnect).", valueName: "seconds"))
+    var socketIdleTimeout: Double = 30
 
     @Flag(help: "Log every FUSE request (libfuse debug output; names only, never values).")
     var debug = false
@@ -47,6 +50,9 @@ struct MountCommand: ParsableCommand {
         guard Names.isValid(project) else { throw ValidationError("'\(project)' is not a valid project name") }
         _ = try parsedOptions()
         _ = try resolverPolicy()
+        guard socketIdleTimeout > 0, socketIdleTimeout <= 86400 else {
+            throw ValidationError("--socket-idle-timeout needs seconds from 0 to 86400")
+        }
     }
 
     /// Splits `-o` into secretfs's own options and the ones for libfuse.
@@ -242,9 +248,11 @@ struct MountCommand: ParsableCommand {
             throw Failure(e.description, hint: e.hint, exit: .mountProblem)
         }
         // The privileged socket: without --resolver-uid, the mount's owner's uid is allowed.
+        var limits = ServerLimits()
+        limits.idleTimeout = socketIdleTimeout
         let server = PrivilegedSocketServer(vault: vault, socketPath: runtime.socketPath(project),
                                             policy: SocketPolicy(uids: policy.uids, gids: policy.gids),
-                                            logger: logger)
+                                            limits: limits, logger: logger)
         do {
             try server.start()
         } catch {

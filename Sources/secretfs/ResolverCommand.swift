@@ -14,9 +14,10 @@ struct ResolverCommand: ParsableCommand {
             REDACT requests for any project mounted with this --runtime-dir (the daemon uses \
             RUNTIME_DIR/PROJECT.sock, so the mount must allow the daemon's user). Values are fetched only \
             when a request needs them, cached in locked memory, and dropped the moment the mount reports a \
-            change or goes away. Each connection is checked with SO_PEERCRED: by default only the daemon's \
-            own user is served; --allow-uid and --allow-group widen that (with --allow-uid the socket file \
-            is mode 0666 and the credential check alone decides). The protocol is in docs/protocol.md \
+            change or goes away. Only the daemon's own user is served by default; --allow-uid and \
+            --allow-group widen that. The kernel enforces the list at connect(2) (the socket file is 0600, \
+            0660 with the first group, and other users and groups get POSIX ACL entries), and the daemon \
+            checks SO_PEERCRED again before it reads a byte. The protocol is in docs/protocol.md \
             ("Resolver daemon protocol"). Logs on stderr carry projects, names and errors; never a value.
             """)
 
@@ -28,10 +29,13 @@ struct ResolverCommand: ParsableCommand {
     var allowUid: [String] = []
     @Option(name: .customLong("allow-group"), help: ArgumentHelp("Also serve members of this group (name or gid; repeatable). The socket file is given the first group, mode 0660.", valueName: "group"))
     var allowGroup: [String] = []
+    @Option(help: ArgumentHelp("Close a client connection idle this many seconds (it reconnects).", valueName: "seconds"))
+    var idleTimeout: Double = 300
     @Flag(help: "Log every request (names, never values).") var debug = false
 
     func validate() throws {
         _ = try policy()
+        guard idleTimeout > 0, idleTimeout <= 86400 else { throw ValidationError("--idle-timeout needs seconds from 0 to 86400") }
     }
 
     func policy() throws -> SocketPolicy {
@@ -45,8 +49,7 @@ struct ResolverCommand: ParsableCommand {
             guard let gid = lookupGroup(g) else { throw ValidationError("--allow-group: no group '\(g)'") }
             gids.append(gid)
         }
-        // Naming other users or groups keeps the daemon's own user in.
-        if !uids.isEmpty || !gids.isEmpty, !uids.contains(getuid()) { uids.insert(getuid(), at: 0) }
+        // The daemon's own user is always in (SocketPolicy adds it).
         return SocketPolicy(uids: uids, gids: gids)
     }
 
@@ -63,8 +66,10 @@ struct ResolverCommand: ParsableCommand {
         for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&stopSignals, s) }
         pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
 
+        var limits = ResolverDaemonLimits()
+        limits.idleTimeout = idleTimeout
         let daemon = ResolverDaemon(socketPath: absolute(listen), runtimeDirectory: global.runtimeDirectory,
-                                    policy: try policy(), logger: logger)
+                                    policy: try policy(), limits: limits, logger: logger)
         do {
             try daemon.start()
         } catch {

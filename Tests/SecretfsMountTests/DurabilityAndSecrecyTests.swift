@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SecretfsFS
+import SecretfsMountSupport
 import SecretfsStore
 import Testing
 

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SecretfsFS
+import SecretfsMountSupport
 import Testing
 
 /// DESIGN.md "Filesystem contract", bullet by bullet, driven by real shell

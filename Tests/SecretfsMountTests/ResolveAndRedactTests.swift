@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SecretfsFS
+import SecretfsMountSupport
 import Testing
 
 /// `resolve`, `redact` and `run` end to end: values set through a real mount,

@@ -4,25 +4,24 @@ import SecretfsFS
 import SecretfsStore
 import SecureMemory
 import SecretfsTestSupport
-import Testing
 
 /// Everything a mount test needs: its own store, runtime directory and
 /// mountpoint under /tmp/secretfs-test-*, the real `secretfs` binary, shell
 /// commands, and an in-process view of the store to check stored values.
 /// Every fixture unmounts what it mounted in `close()`; mounts left behind by
 /// a crashed run are unmounted by `sweepLeftovers()` before the next run.
-final class MountFixture: @unchecked Sendable {
-    static let prefix = "/tmp/secretfs-test-"
-    let root: String
-    let storeDir: String
-    let runtimeDir: String
-    let mnt: String
-    let project: String
+public final class MountFixture: @unchecked Sendable {
+    public static let prefix = "/tmp/secretfs-test-"
+    public let root: String
+    public let storeDir: String
+    public let runtimeDir: String
+    public let mnt: String
+    public let project: String
 
-    typealias Output = ProcessOutput
+    public typealias Output = ProcessOutput
 
     /// The secretfs binary, built beside the test bundle.
-    static let binary: String = {
+    public static let binary: String = {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
         // The bundle may be a directory (…/secretfsPackageTests.xctest) on some layouts.
@@ -38,7 +37,7 @@ final class MountFixture: @unchecked Sendable {
     private static let sweepLock = NSLock()
 
     /// Unmounts FUSE mounts left under the test prefix by an earlier crashed run.
-    static func sweepLeftovers() {
+    public static func sweepLeftovers() {
         sweepLock.lock()
         defer { sweepLock.unlock() }
         if swept { return }
@@ -48,7 +47,7 @@ final class MountFixture: @unchecked Sendable {
         }
     }
 
-    init(project: String = "demo", initStore: Bool = true, createProject: Bool = true) throws {
+    public init(project: String = "demo", initStore: Bool = true, createProject: Bool = true) throws {
         Self.sweepLeftovers()
         var template = Array((Self.prefix + "XXXXXX").utf8CString)
         guard mkdtemp(&template) != nil else { throw POSIXError(.EIO) }
@@ -68,7 +67,7 @@ final class MountFixture: @unchecked Sendable {
     }
 
     /// Unmounts, kills a stray mount process, deletes the temp tree.
-    func close() {
+    public func close() {
         if MountTable.fuseEntry(at: mnt) != nil {
             _ = try? Self.shell("fusermount3 -u -z '\(mnt)' 2>/dev/null || umount -l '\(mnt)'")
         }
@@ -78,7 +77,7 @@ final class MountFixture: @unchecked Sendable {
 
     deinit { close() }
 
-    var environment: [String: String] {
+    public var environment: [String: String] {
         var env = ProcessInfo.processInfo.environment
         env["SECRETFS_STORE"] = storeDir
         env["SECRETFS_RUNTIME_DIR"] = runtimeDir
@@ -89,14 +88,14 @@ final class MountFixture: @unchecked Sendable {
     // MARK: Running things
 
     @discardableResult
-    func secretfs(_ args: [String], stdin: String? = nil) throws -> Output {
+    public func secretfs(_ args: [String], stdin: String? = nil) throws -> Output {
         try Self.run(Self.binary, args, environment: environment, stdin: stdin)
     }
 
     /// Runs a shell script in the mountpoint directory's parent, with the
     /// fixture's environment; `MNT` is the mountpoint.
     @discardableResult
-    func sh(_ script: String, asUID uid: UInt32? = nil, gid: UInt32? = nil, groups: [UInt32]? = nil) throws -> Output {
+    public func sh(_ script: String, asUID uid: UInt32? = nil, gid: UInt32? = nil, groups: [UInt32]? = nil) throws -> Output {
         var env = environment
         env["MNT"] = mnt
         if let uid {
@@ -111,66 +110,67 @@ final class MountFixture: @unchecked Sendable {
         return try Self.run("/bin/sh", ["-c", "cd '\(root)' && " + script], environment: env, stdin: nil)
     }
 
-    static func shell(_ script: String) throws -> Output {
+    public static func shell(_ script: String) throws -> Output {
         try run("/bin/sh", ["-c", script], environment: ProcessInfo.processInfo.environment, stdin: nil)
     }
 
-    static func run(_ exe: String, _ args: [String], environment: [String: String], stdin: String?) throws -> Output {
+    public static func run(_ exe: String, _ args: [String], environment: [String: String], stdin: String?) throws -> Output {
         try Processes.run(exe, args, environment: environment, stdin: stdin)
     }
 
+    /// The output of a command that must have succeeded; otherwise a thrown
+    /// `CommandFailed` (which the test records, with its stderr).
     @discardableResult
-    func expectOK(_ o: Output, sourceLocation: SourceLocation = #_sourceLocation) throws -> Output {
-        #expect(o.status == 0, "exit \(o.status): \(o.stderr)", sourceLocation: sourceLocation)
-        if o.status != 0 { throw POSIXError(.EIO) }
+    public func expectOK(_ o: Output) throws -> Output {
+        if o.status != 0 { throw CommandFailed(output: o) }
         return o
     }
 
     // MARK: Mounting
 
-    func mount(_ extra: [String] = []) throws {
+    public func mount(_ extra: [String] = []) throws {
         try expectOK(secretfs(["mount", project, mnt] + extra))
-        #expect(MountTable.fuseEntry(at: mnt) != nil)
+        guard MountTable.fuseEntry(at: mnt) != nil else { throw CommandFailed(message: "no FUSE mount at \(mnt) after mount") }
     }
 
-    func unmount() throws {
+    public func unmount() throws {
         try expectOK(secretfs(["umount", mnt]))
-        #expect(MountTable.fuseEntry(at: mnt) == nil)
+        guard MountTable.fuseEntry(at: mnt) == nil else { throw CommandFailed(message: "\(mnt) still mounted after umount") }
     }
 
-    func mountPID() -> pid_t? {
+    public func mountPID() -> pid_t? {
         guard let text = try? String(contentsOfFile: "\(runtimeDir)/\(project).pid", encoding: .utf8),
               let line = text.split(separator: "\n").first else { return nil }
         return pid_t(line)
     }
 
-    var logText: String {
+    public var logText: String {
         (try? String(contentsOfFile: "\(runtimeDir)/\(project).log", encoding: .utf8)) ?? ""
     }
 
     // MARK: The store, in process (users have no read path; tests do)
 
-    func openVault() throws -> ProjectVault {
+    public func openVault() throws -> ProjectVault {
         try Store.open(at: StoreLocation(directory: storeDir), keySource: .keyFile).openProject(project)
     }
 
     /// The stored value as a String (tests only), nil if absent.
-    func storedValue(_ name: String) throws -> String? {
+    public func storedValue(_ name: String) throws -> String? {
         guard let v = try openVault().value(name) else { return nil }
         return v.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
     }
 
-    func storedBytes(_ name: String) throws -> [UInt8]? {
+    public func storedBytes(_ name: String) throws -> [UInt8]? {
         guard let v = try openVault().value(name) else { return nil }
         return v.withUnsafeBytes { Array($0) }
     }
 
-    func storedNames() throws -> [String] {
+    public func storedNames() throws -> [String] {
         try openVault().list().map(\.name)
     }
 
     /// Waits (briefly) for a condition that depends on an asynchronous RELEASE.
-    func eventually(_ condition: () throws -> Bool) rethrows -> Bool {
+    public func eventually(_ condition: () throws -> Bool) rethrows -> Bool {
         for _ in 0..<500 {   // up to 5 s: generous for a loaded CI machine
             if try condition() { return true }
             usleep(10_000)
@@ -179,3 +179,10 @@ final class MountFixture: @unchecked Sendable {
     }
 }
 
+
+/// A command that should have succeeded and did not.
+public struct CommandFailed: Error, CustomStringConvertible {
+    public var description: String
+    init(output o: ProcessOutput) { description = "exit \(o.status): \(o.stderr)" }
+    init(message: String) { description = message }
+}
