@@ -3,6 +3,8 @@ import PackageDescription
 
 // One target per layer; the dependency arrows only point down this list.
 //   C modules (CFuse, CSodium, CSQLite, CShims)  libc / Debian libraries
+//   SecretfsPOSIX      thin libc layer: errno text, EINTR retry, O_NOFOLLOW opens,
+//                      the directory-trust check (store and runtime directories)
 //   SecureMemory       locked, wiped buffers for keys and values
 //   SecretfsStore      encrypted SQLite store (envelope encryption, audit)
 //   SecretfsFS         FUSE low-level adapter: the write-only directory contract
@@ -28,10 +30,11 @@ let package = Package(
                        providers: [.apt(["libsodium-dev"])]),
         .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "CShims"),
+        .target(name: "SecretfsPOSIX", dependencies: ["CShims"]),
 
         .target(name: "SecureMemory", dependencies: ["CSodium"]),
         .target(name: "SecretfsStore", dependencies: [
-            "CSQLite", "CSodium", "SecureMemory",
+            "CSQLite", "CSodium", "SecretfsPOSIX", "SecureMemory",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SecretfsFS", dependencies: [
@@ -52,7 +55,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "secretfs", dependencies: [
-            "CShims", "SecretfsStore", "SecretfsFS", "SecretfsProtocol",
+            "CShims", "SecretfsPOSIX", "SecretfsStore", "SecretfsFS", "SecretfsProtocol",
             "SecretfsResolver", "SecretfsRedact",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -60,7 +63,7 @@ let package = Package(
 
         // Helpers shared by the test targets (spawning processes, seeded RNG).
         .target(name: "SecretfsTestSupport", path: "Tests/SecretfsTestSupport"),
-        .testTarget(name: "SecretfsStoreTests", dependencies: ["SecretfsStore"]),
+        .testTarget(name: "SecretfsStoreTests", dependencies: ["SecretfsStore", "SecretfsPOSIX"]),
         .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject", "SecretfsTestSupport"]),
         .testTarget(name: "SecretfsRedactTests", dependencies: ["SecretfsRedact", "SecretfsTestSupport"]),
         .testTarget(name: "SecretfsProtocolTests", dependencies: ["SecretfsProtocol", "SecretfsStore", "SecureMemory", "SecretfsTestSupport"]),
