@@ -1,0 +1,219 @@
+import Foundation
+import Glibc
+import SecretfsPOSIX
+import SecretfsStore
+import Testing
+
+/// What the store trusts on disk: its directory and every directory above it,
+/// the key and passphrase files and the database file. Tests run as root;
+/// "another user" is uid 65534.
+struct StoreTrustTests {
+    /// A new key-file store at BASE/store; BASE is removed by the caller.
+    func makeStore() throws -> (base: String, dir: String) {
+        let base = makeTempDirectory("secretfs-store-trust")
+        let dir = base + "/store"
+        let store = try Store.create(at: StoreLocation(directory: dir), keySource: .keyFile)
+        try store.createProject("alpha")
+        try store.openProject("alpha").put("A", value: Array("v".utf8).withUnsafeBytes { .init(copying: $0) }, actor: .current)
+        return (base, dir)
+    }
+
+    func open(_ dir: String, _ source: MasterKeySource = .keyFile) throws {
+        _ = try Store.open(at: StoreLocation(directory: dir), keySource: source)
+    }
+
+    func mode(_ path: String) -> mode_t {
+        var st = stat()
+        return lstat(path, &st) == 0 ? st.st_mode & 0o7777 : 0
+    }
+
+    // MARK: The store directory
+
+    @Test func aStoreDirectoryOwnedByAnotherUserIsRefused() throws {
+        let (base, dir) = try makeStore()
+        defer { removeTree(base) }
+        chown(dir, otherUID, otherUID)
+        let expected = StoreError.storeUntrusted(directory: dir, TrustError(path: dir, problem: .ownedByOther(uid: otherUID)))
+        #expect(throws: expected) { try open(dir) }
+        #expect(throws: expected) { _ = try Store.openMetadataOnly(at: StoreLocation(directory: dir)) }
+        #expect(expected.description.contains(dir) && expected.hint?.contains("chown") == true)
+        chown(dir, 0, 0)
+        try open(dir)
+    }
+
+    @Test func anAncestorOwnedByAnotherUserIsRefused() throws {
+        let base = makeTempDirectory("secretfs-store-trust")
+        defer { removeTree(base) }
+        mkdir(base + "/shared", 0o755)
+        let dir = base + "/shared/store"
+        _ = try Store.create(at: StoreLocation(directory: dir), keySource: .keyFile)
+        chown(base + "/shared", otherUID, otherUID)
+        #expect(throws: StoreError.storeUntrusted(directory: dir, TrustError(path: base + "/shared", problem: .ownedByOther(uid: otherUID)))) {
+            try open(dir)
+        }
+        #expect(throws: StoreError.self) { _ = try Store.create(at: StoreLocation(directory: base + "/shared/other"), keySource: .keyFile) }
+        #expect(access(base + "/shared/other", F_OK) != 0, "init creates nothing under an untrusted directory")
+    }
+
+    @Test func aWorldOrGroupWritableStoreDirectoryIsRefused() throws {
+        let (base, dir) = try makeStore()
+        defer { removeTree(base) }
+        for bad: mode_t in [0o777, 0o770, 0o1777] {
+            chmod(dir, bad)
+            #expect(throws: StoreError.storeUntrusted(directory: dir, TrustError(path: dir, problem: .writableByOthers(mode: UInt32(bad))))) {
+                try open(dir)
+            }
+        }
+        chmod(dir, 0o755)   // readable by others is the operator's choice; writable is not
+        try open(dir)
+    }
+
+    @Test func aDatabaseThatIsASymlinkIsRefused() throws {
+        let (base, dir) = try makeStore()
+        defer { removeTree(base) }
+        rename(dir + "/secretfs.db", base + "/elsewhere.db")
+        symlink(base + "/elsewhere.db", dir + "/secretfs.db")
+        #expect(throws: StoreError.storeUntrusted(directory: dir, TrustError(path: dir + "/secretfs.db", problem: .symbolicLink))) {
+            try open(dir)
+        }
+    }
+
+    @Test func aStoreReachedThroughARootOwnedSymlinkOpens() throws {
+        let (base, dir) = try makeStore()
+        defer { removeTree(base) }
+        symlink(dir, base + "/link")
+        // SQLITE_OPEN_NOFOLLOW refuses any symlink in a path: the store hands
+        // SQLite the canonical one.
+        try open(base + "/link")
+        lchown(base + "/link", otherUID, otherUID)
+        #expect(throws: StoreError.storeUntrusted(directory: base + "/link",
+                                                  TrustError(path: base + "/link", problem: .symlinkOwnedByOther(uid: otherUID)))) {
+            try open(base + "/link")
+        }
+    }
+
+    // MARK: The key file
+
+    @Test func aKeyFileOwnedByAnotherUserIsRefused() throws {
+        let (base, dir) = try makeStore()
+        defer { removeTree(base) }
+        let key = dir + "/master.key"
+        chown(key, otherUID, otherUID)
+        #expect(throws: StoreError.keyFileUntrusted(TrustError(path: key, problem: .ownedByOther(uid: otherUID)))) {
+            try open(dir)
+        }
+        chown(key, 0, 0)
+        try open(dir)
+    }
+
+    @Test func aKeyFileThatIsASymlinkOrNotARegularFileIsRefused() throws {
+        let (base, dir) = try makeStore()
+        defer { removeTree(base) }
+        let key = dir + "/master.key"
+        rename(key, base + "/real.key")
+        symlink(base + "/real.key", key)
+        #expect(mode(base + "/real.key") == 0o400, "the target itself would pass")
+        #expect(throws: StoreError.keyFileUntrusted(TrustError(path: key, problem: .symbolicLink))) { try open(dir) }
+        unlink(key)
+        mkfifo(key, 0o400)
+        #expect(throws: StoreError.keyFileUntrusted(TrustError(path: key, problem: .notARegularFile(kind: "FIFO")))) {
+            try open(dir)
+        }
+        let e = StoreError.keyFileUntrusted(TrustError(path: key, problem: .symbolicLink))
+        #expect(e.description.contains(key) && e.hint != nil)
+    }
+
+    // MARK: The passphrase file
+
+    @Test func aPassphraseFileReadableByOthersIsRefused() throws {
+        let base = makeTempDirectory("secretfs-store-trust")
+        defer { removeTree(base) }
+        let dir = base + "/store"
+        let pass = base + "/pass"
+        makeFile(pass, "correct horse\n", mode: 0o644)
+        #expect(throws: StoreError.passphraseFileInsecure(path: pass, mode: 0o644)) {
+            _ = try Store.create(at: StoreLocation(directory: dir), keySource: .passphraseFile(pass))
+        }
+        #expect(access(dir, F_OK) != 0, "a refused init leaves nothing behind")
+        chmod(pass, 0o600)
+        _ = try Store.create(at: StoreLocation(directory: dir), keySource: .passphraseFile(pass))
+        try open(dir, .passphraseFile(pass))
+        chmod(pass, 0o640)
+        #expect(throws: StoreError.passphraseFileInsecure(path: pass, mode: 0o640)) { try open(dir, .passphraseFile(pass)) }
+        chmod(pass, 0o400)
+        symlink(pass, base + "/link")
+        #expect(throws: StoreError.passphraseFileUntrusted(TrustError(path: base + "/link", problem: .symbolicLink))) {
+            try open(dir, .passphraseFile(base + "/link"))
+        }
+        chown(pass, otherUID, otherUID)
+        #expect(throws: StoreError.passphraseFileUntrusted(TrustError(path: pass, problem: .ownedByOther(uid: otherUID)))) {
+            try open(dir, .passphraseFile(pass))
+        }
+    }
+
+    // MARK: init
+
+    @Test func initCreatesTheDatabaseFilesOwnerOnly() throws {
+        let base = makeTempDirectory("secretfs-store-trust")
+        defer { removeTree(base) }
+        let dir = base + "/store"
+        let store = try Store.create(at: StoreLocation(directory: dir), keySource: .keyFile)
+        try store.createProject("alpha")
+        // While the connection is open the WAL and its index exist.
+        #expect(mode(dir) == 0o700)
+        #expect(mode(dir + "/secretfs.db") == 0o600)
+        #expect(mode(dir + "/secretfs.db-wal") == 0o600)
+        #expect(mode(dir + "/secretfs.db-shm") == 0o600)
+        #expect(mode(dir + "/master.key") == 0o400)
+    }
+
+    @Test func initNarrowsOnlyAnEmptyDirectoryOfYourOwn() throws {
+        let base = makeTempDirectory("secretfs-store-trust")
+        defer { removeTree(base) }
+        // Empty and the caller's: narrowed to 0700 on its descriptor.
+        let empty = base + "/empty"
+        mkdir(empty, 0o700)
+        chmod(empty, 0o755)
+        _ = try Store.create(at: StoreLocation(directory: empty), keySource: .keyFile)
+        #expect(mode(empty) == 0o700)
+        // Not empty: others may already hold files or descriptors in it.
+        let used = base + "/used"
+        mkdir(used, 0o700)
+        chmod(used, 0o755)
+        makeFile(used + "/notes.txt")
+        #expect(throws: StoreError.storeDirectoryOpenToOthers(path: used, mode: 0o755)) {
+            _ = try Store.create(at: StoreLocation(directory: used), keySource: .keyFile)
+        }
+        #expect(mode(used) == 0o755, "a refused directory is left as it was")
+        #expect(access(used + "/master.key", F_OK) != 0 && access(used + "/secretfs.db", F_OK) != 0)
+        // Another user's directory: refused whatever its mode.
+        let theirs = base + "/theirs"
+        mkdir(theirs, 0o700)
+        chown(theirs, otherUID, otherUID)
+        #expect(throws: StoreError.storeUntrusted(directory: theirs, TrustError(path: theirs, problem: .ownedByOther(uid: otherUID)))) {
+            _ = try Store.create(at: StoreLocation(directory: theirs), keySource: .keyFile)
+        }
+        // A non-empty private directory is fine.
+        let privateDir = base + "/private"
+        mkdir(privateDir, 0o700)
+        makeFile(privateDir + "/README")
+        _ = try Store.create(at: StoreLocation(directory: privateDir), keySource: .keyFile)
+    }
+
+    @Test func initRefusesLeftoverStoreFilesAndNeverFollowsThem() throws {
+        let base = makeTempDirectory("secretfs-store-trust")
+        defer { removeTree(base) }
+        let dir = base + "/store"
+        mkdir(dir, 0o700)
+        makeFile(base + "/target", "keep")
+        for name in ["secretfs.db-wal", "master.key", "secretfs.db"] {
+            symlink(base + "/target", dir + "/" + name)
+            #expect(throws: StoreError.storeExists(dir)) {
+                _ = try Store.create(at: StoreLocation(directory: dir), keySource: .keyFile)
+            }
+            unlink(dir + "/" + name)
+        }
+        #expect(try String(contentsOfFile: base + "/target", encoding: .utf8) == "keep")
+        _ = try Store.create(at: StoreLocation(directory: dir), keySource: .keyFile)
+    }
+}
