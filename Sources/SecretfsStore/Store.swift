@@ -159,6 +159,7 @@ public final class Store: @unchecked Sendable {
         let db = try SQLiteConnection(path: dir.canonicalPath(of: databaseName))
         try configure(db)
         try migrate(db)
+        try checkSchema(db)
         let check = Envelope.seal(SecureBytes(capacity: 0), key: masterKey,
                                   associatedData: Envelope.keyCheckAD(storeID: storeID))
         try db.transaction("initialising the store") {
@@ -266,7 +267,7 @@ public final class Store: @unchecked Sendable {
 
     /// The database of an existing store: a regular file owned by the caller
     /// or root (not a symlink), opened with SQLITE_OPEN_NOFOLLOW through the
-    /// directory's canonical path, configured and migrated.
+    /// directory's canonical path, configured, migrated, and its schema checked.
     private static func openDatabase(_ dir: TrustedDirectory, _ location: StoreLocation) throws -> SQLiteConnection {
         let st: stat?
         do { st = try dir.status(of: databaseName) } catch {
@@ -287,6 +288,7 @@ public final class Store: @unchecked Sendable {
         let db = try SQLiteConnection(path: dir.canonicalPath(of: databaseName))
         try configure(db)
         try migrate(db)
+        try checkSchema(db)
         return db
     }
 
@@ -294,6 +296,10 @@ public final class Store: @unchecked Sendable {
     private static func configure(_ db: SQLiteConnection) throws {
         // busy_timeout first: other processes (another mount, the CLI) may hold the lock.
         try db.execute("PRAGMA busy_timeout = 10000", context: "configuring the database")
+        // Whatever the file holds, no view, trigger, default or CHECK in its
+        // schema may call a function with side effects (checkSchema then
+        // refuses any object the migrations did not make).
+        try db.execute("PRAGMA trusted_schema = OFF", context: "distrusting the schema")
         try db.execute("PRAGMA journal_mode = WAL", context: "enabling WAL")
         try db.execute("PRAGMA synchronous = FULL", context: "configuring durability")
         try db.execute("PRAGMA secure_delete = ON", context: "configuring secure delete")
@@ -370,6 +376,65 @@ public final class Store: @unchecked Sendable {
         let s = try db.statement("SELECT value FROM meta WHERE key = ?").bind(1, key)
         defer { s.reset() }
         return try s.step("reading store metadata") ? s.blob(0) : nil
+    }
+
+    // MARK: Schema check
+
+    /// The schema objects a database holds: type, name, table and SQL text of
+    /// every entry of sqlite_schema (auto-indexes have no SQL).
+    struct SchemaObject: Hashable, Comparable {
+        var type: String
+        var name: String
+        var table: String
+        var sql: String?
+        static func < (a: Self, b: Self) -> Bool { (a.type, a.name) < (b.type, b.name) }
+    }
+
+    private static func schemaObjects(_ db: SQLiteConnection) throws -> Set<SchemaObject> {
+        let s = try db.statement("SELECT type, name, tbl_name, sql FROM sqlite_schema")
+        defer { s.reset() }
+        var out: Set<SchemaObject> = []
+        while try s.step("reading the schema") {
+            out.insert(SchemaObject(type: s.string(0) ?? "", name: s.string(1) ?? "", table: s.string(2) ?? "", sql: s.string(3)))
+        }
+        return out
+    }
+
+    /// What the migrations make, read back from an in-memory database once per
+    /// process: the reference `checkSchema` compares every store with.
+    private static let expectedSchema: Result<Set<SchemaObject>, StoreError> = {
+        do {
+            let memory = try SQLiteConnection(path: ":memory:")
+            try migrate(memory)
+            return .success(try schemaObjects(memory))
+        } catch let e as StoreError {
+            return .failure(e)
+        } catch {
+            return .failure(.corrupt("\(error)"))
+        }
+    }()
+
+    /// Refuses a database whose schema is not exactly what the migrations make:
+    /// a missing or altered table, or any extra object (a trigger, a view, an
+    /// index, a table) that someone with write access to the file could use to
+    /// act on every later write. Runs before any row is read.
+    static func checkSchema(_ db: SQLiteConnection) throws {
+        let expected = try expectedSchema.get()
+        let actual = try schemaObjects(db)
+        if actual == expected { return }
+        let described = { (o: SchemaObject) in "\(o.type) '\(o.name)'" }
+        var problems: [String] = []
+        let missingOrChanged = expected.subtracting(actual).sorted()
+        let extra = actual.subtracting(expected).sorted()
+        for o in missingOrChanged {
+            problems.append(extra.contains { $0.type == o.type && $0.name == o.name }
+                            ? "\(described(o)) is not as schema version \(migrations.count) defines it"
+                            : "\(described(o)) is missing")
+        }
+        for o in extra where !expected.contains(where: { $0.type == o.type && $0.name == o.name }) {
+            problems.append("unexpected \(described(o))")
+        }
+        throw StoreError.corrupt("its schema differs from what secretfs creates: " + problems.joined(separator: ", "))
     }
 
     // MARK: Key and passphrase files

@@ -1,3 +1,4 @@
+import CSQLite
 import Foundation
 import Glibc
 import SecretfsPOSIX
@@ -5,8 +6,8 @@ import SecretfsStore
 import Testing
 
 /// What the store trusts on disk: its directory and every directory above it,
-/// the key and passphrase files and the database file. Tests run as root;
-/// "another user" is uid 65534.
+/// the key and passphrase files, and the database file and its schema.
+/// Tests run as root; "another user" is uid 65534.
 struct StoreTrustTests {
     /// A new key-file store at BASE/store; BASE is removed by the caller.
     func makeStore() throws -> (base: String, dir: String) {
@@ -20,6 +21,24 @@ struct StoreTrustTests {
 
     func open(_ dir: String, _ source: MasterKeySource = .keyFile) throws {
         _ = try Store.open(at: StoreLocation(directory: dir), keySource: source)
+    }
+
+    /// Runs SQL on the database file directly, as someone with write access to it would.
+    func tamper(_ dir: String, _ sql: String) {
+        var db: OpaquePointer?
+        #expect(sqlite3_open(dir + "/secretfs.db", &db) == SQLITE_OK)
+        defer { sqlite3_close(db) }
+        #expect(sqlite3_exec(db, sql, nil, nil, nil) == SQLITE_OK, "\(String(cString: sqlite3_errmsg(db)))")
+    }
+
+    func rowCount(_ dir: String, _ table: String) -> Int64 {
+        var db: OpaquePointer?
+        sqlite3_open(dir + "/secretfs.db", &db)
+        defer { sqlite3_close(db) }
+        var s: OpaquePointer?
+        sqlite3_prepare_v2(db, "SELECT count(*) FROM \(table)", -1, &s, nil)
+        defer { sqlite3_finalize(s) }
+        return sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : -1
     }
 
     func mode(_ path: String) -> mode_t {
@@ -148,6 +167,49 @@ struct StoreTrustTests {
         chown(pass, otherUID, otherUID)
         #expect(throws: StoreError.passphraseFileUntrusted(TrustError(path: pass, problem: .ownedByOther(uid: otherUID)))) {
             try open(dir, .passphraseFile(pass))
+        }
+    }
+
+    // MARK: The schema
+
+    @Test func aSchemaWithAnExtraTriggerIsRefusedBeforeAnyWrite() throws {
+        let (base, dir) = try makeStore()
+        defer { removeTree(base) }
+        // On the next audit row (every write, every socket read) this would
+        // wipe the secrets.
+        tamper(dir, "CREATE TRIGGER wipe AFTER INSERT ON audit BEGIN DELETE FROM secrets; END")
+        do {
+            let store = try Store.open(at: StoreLocation(directory: dir), keySource: .keyFile)
+            try store.createProject("beta")
+            Issue.record("a store with a trigger was opened")
+        } catch let e as StoreError {
+            guard case .corrupt(let m) = e else { Issue.record("\(e)"); return }
+            #expect(m.contains("unexpected trigger 'wipe'"), "\(m)")
+        }
+        #expect(throws: StoreError.self) { _ = try Store.openMetadataOnly(at: StoreLocation(directory: dir)) }
+        #expect(rowCount(dir, "secrets") == 1, "the trigger never ran")
+    }
+
+    @Test func aSchemaWithAnotherObjectOrChangedTableIsRefused() throws {
+        let changes: [(sql: String, expect: String)] = [
+            ("CREATE VIEW v AS SELECT name FROM secrets", "unexpected view 'v'"),
+            ("CREATE INDEX i ON audit(project)", "unexpected index 'i'"),
+            ("CREATE TABLE extra(x)", "unexpected table 'extra'"),
+            ("ALTER TABLE secrets ADD COLUMN note TEXT", "table 'secrets' is not as schema version 1 defines it"),
+            ("ALTER TABLE audit RENAME TO audit_old", "table 'audit' is missing"),
+        ]
+        for c in changes {
+            let (base, dir) = try makeStore()
+            defer { removeTree(base) }
+            try open(dir)
+            tamper(dir, c.sql)
+            do {
+                try open(dir)
+                Issue.record("accepted after \(c.sql)")
+            } catch let e as StoreError {
+                guard case .corrupt(let m) = e else { Issue.record("\(c.sql): \(e)"); continue }
+                #expect(m.contains(c.expect), "\(c.sql): \(m)")
+            }
         }
     }
 
