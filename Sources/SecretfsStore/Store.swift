@@ -196,8 +196,12 @@ public final class Store: @unchecked Sendable {
                   let mem = try getMeta(db, "kdf_memlimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }) else {
                 throw StoreError.corrupt("incomplete key derivation parameters")
             }
+            // Checked before the passphrase is read: a damaged store is
+            // reported as one whatever passphrase file is given.
+            let params = KeyDerivation(opsLimit: ops, memLimit: mem, salt: salt)
+            try params.validate()
             let passphrase = try readPassphrase(path: path)
-            masterKey = try KeyDerivation(opsLimit: ops, memLimit: mem, salt: salt).deriveKey(from: passphrase)
+            masterKey = try params.deriveKey(from: passphrase)
         case (.keyFile, _?):
             throw StoreError.passphraseRequired
         case (.passphraseFile, nil):

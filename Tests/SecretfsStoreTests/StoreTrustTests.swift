@@ -6,8 +6,9 @@ import SecretfsStore
 import Testing
 
 /// What the store trusts on disk: its directory and every directory above it,
-/// the key and passphrase files, and the database file and its schema.
-/// Tests run as root; "another user" is uid 65534.
+/// the key and passphrase files, the database file and its schema, and the
+/// key derivation parameters read from it. Tests run as root; "another user"
+/// is uid 65534.
 struct StoreTrustTests {
     /// A new key-file store at BASE/store; BASE is removed by the caller.
     func makeStore() throws -> (base: String, dir: String) {
@@ -168,6 +169,38 @@ struct StoreTrustTests {
         #expect(throws: StoreError.passphraseFileUntrusted(TrustError(path: pass, problem: .ownedByOther(uid: otherUID)))) {
             try open(dir, .passphraseFile(pass))
         }
+    }
+
+    // MARK: Key derivation parameters from the database
+
+    @Test func outOfRangeKeyDerivationParametersAreADamagedStore() throws {
+        let base = makeTempDirectory("secretfs-store-trust")
+        defer { removeTree(base) }
+        let dir = base + "/store"
+        let pass = base + "/pass"
+        makeFile(pass, "correct horse\n", mode: 0o600)
+        _ = try Store.create(at: StoreLocation(directory: dir), keySource: .passphraseFile(pass))
+        let cases: [(String, String)] = [
+            ("kdf_opslimit", "0"),          // below Argon2id's minimum of 1 pass
+            ("kdf_memlimit", "1024"),       // below its 8 KiB minimum
+            ("kdf_memlimit", "\(UInt64(1) << 62)"),   // above its maximum
+        ]
+        for (key, value) in cases {
+            tamper(dir, "UPDATE meta SET value = CAST('\(value)' AS BLOB) WHERE key = '\(key)'")
+            do {
+                try open(dir, .passphraseFile(pass))
+                Issue.record("\(key)=\(value) was accepted")
+            } catch let e as StoreError {
+                guard case .corrupt(let m) = e else { Issue.record("\(key)=\(value): \(e)"); continue }
+                #expect(m.contains(value), "\(m)")
+                #expect(e.description.hasPrefix("the store is damaged") && e.hint != nil)
+            }
+            tamper(dir, "UPDATE meta SET value = CAST('\(key == "kdf_opslimit" ? "3" : "67108864")' AS BLOB) WHERE key = '\(key)'")
+        }
+        try open(dir, .passphraseFile(pass))
+        // A salt of the wrong length would have libsodium read past its end.
+        tamper(dir, "UPDATE meta SET value = x'0102' WHERE key = 'kdf_salt'")
+        #expect(throws: StoreError.corrupt("the key derivation salt is 2 bytes, not 16")) { try open(dir, .passphraseFile(pass)) }
     }
 
     // MARK: The schema
