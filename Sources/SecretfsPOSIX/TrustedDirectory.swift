@@ -152,7 +152,11 @@ public final class TrustedDirectory: @unchecked Sendable {
         let rootFD = retryOnInterrupt { Glibc.open("/", O_PATH | O_DIRECTORY | O_CLOEXEC) }
         guard rootFD >= 0 else { throw TrustError(path: "/", problem: .system(errno: errno)) }
         var rootStatus = stat()
-        fstat(rootFD, &rootStatus)
+        guard fstat(rootFD, &rootStatus) == 0 else {
+            let e = errno
+            close(rootFD)
+            throw TrustError(path: "/", problem: .system(errno: e))
+        }
         levels.append(Level(name: "", fd: rootFD, status: rootStatus))
         guard isTrustedOwner(rootStatus.st_uid) else { throw fail(.ownedByOther(uid: rootStatus.st_uid)) }
 

@@ -113,8 +113,12 @@ public final class Store: @unchecked Sendable {
         if case .passphraseFile(let path) = keySource { passphrase = try readPassphrase(path: path) } else { passphrase = nil }
         let dir = try trustedDirectory(location, creating: true)
         try narrowNewStoreDirectory(dir)
-        for name in fileNames where try dir.status(of: name) != nil {
-            throw StoreError.storeExists(location.directory)
+        for name in fileNames {
+            let existing: stat?
+            do { existing = try dir.status(of: name) } catch {
+                throw StoreError.io(path: dir.path(of: name), errno: error.errno, action: "examine")
+            }
+            if existing != nil { throw StoreError.storeExists(location.directory) }
         }
 
         // Whatever this creates is removed again if a later step fails, so a
