@@ -105,8 +105,8 @@ struct RuntimeDirectory {
                     fd = try directory.openOwnFile(name, O_RDWR)
                 } catch {
                     if case .system(ENOENT) = error.problem { continue }   // removed meanwhile
-                    throw refuse("cannot use \(path): \(error)",
-                                 hint: (error.fix.map { $0 + "; " } ?? "") + "secretfs writes its pid file only as a file of its own")
+                    throw refuse("cannot use the pid file: \(error)",
+                                 hint: "remove \(path); secretfs creates it anew, as a file of its own")
                 }
             } catch {
                 throw refuse("cannot create \(path): \(error)",
@@ -166,8 +166,8 @@ struct RuntimeDirectory {
         do {
             fd = try directory.openOwnFile(name, O_WRONLY | O_APPEND)
         } catch {
-            throw Failure("cannot use log file \(path): \(error)",
-                          hint: (error.fix.map { $0 + "; " } ?? "") + "secretfs appends only to a log file of its own",
+            throw Failure("cannot use the log file: \(error)",
+                          hint: "move \(path) away; secretfs creates it anew, as a file of its own",
                           exit: .mountProblem)
         }
         if let st = try? fileStatus(fd), st.st_mode & 0o077 != 0 { _ = fchmod(fd, 0o600) }

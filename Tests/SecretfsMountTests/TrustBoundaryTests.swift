@@ -68,14 +68,18 @@ struct TrustBoundaryTests {
         symlink(target, log)
         let viaLog = try f.secretfs(["mount", f.project, f.mnt])
         #expect(viaLog.status == 13, "\(viaLog.stderr)")
-        #expect(viaLog.stderr.contains("\(log) is a symbolic link; secretfs does not follow it"), "\(viaLog.stderr)")
+        #expect(viaLog.stderr.contains("secretfs: error: cannot use the log file: \(log) is a symbolic link; secretfs does not follow it"),
+                "\(viaLog.stderr)")
+        #expect(viaLog.stderr.contains("hint: move \(log) away"), "\(viaLog.stderr)")
         #expect(MountTable.fuseEntry(at: f.mnt) == nil)
         unlink(log)
 
         symlink(target, pid)
         let viaPid = try f.secretfs(["mount", f.project, f.mnt])
         #expect(viaPid.status == 13, "\(viaPid.stderr)")
-        #expect(viaPid.stderr.contains("\(pid) is a symbolic link; secretfs does not follow it"), "\(viaPid.stderr)")
+        #expect(viaPid.stderr.contains("secretfs: error: cannot use the pid file: \(pid) is a symbolic link; secretfs does not follow it"),
+                "\(viaPid.stderr)")
+        #expect(viaPid.stderr.contains("hint: remove \(pid)"), "\(viaPid.stderr)")
         #expect(MountTable.fuseEntry(at: f.mnt) == nil)
         #expect(contents(target) == "precious\n", "neither link was followed")
         unlink(pid)
