@@ -4,6 +4,8 @@ import PackageDescription
 // One target per layer; the dependency arrows only point down this list.
 //   C modules (CFuse, CSodium, CSQLite, CShims)  libc / Debian libraries
 //   SecretfsNames      the one naming rule (names are bytes)
+//   SecretfsPOSIX      thin libc layer: errno text, EINTR retry, O_NOFOLLOW opens,
+//                      the directory-trust check (store and runtime directories)
 //   SecureMemory       locked, wiped buffers for keys and values
 //   SecretfsStore      encrypted SQLite store (envelope encryption, audit)
 //   SecretfsFS         FUSE low-level adapter: the write-only directory contract
@@ -29,11 +31,12 @@ let package = Package(
                        providers: [.apt(["libsodium-dev"])]),
         .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "CShims"),
+        .target(name: "SecretfsPOSIX", dependencies: ["CShims"]),
 
         .target(name: "SecretfsNames"),
         .target(name: "SecureMemory", dependencies: ["CSodium"]),
         .target(name: "SecretfsStore", dependencies: [
-            "CSQLite", "CSodium", "SecretfsNames", "SecureMemory",
+            "CSQLite", "CSodium", "SecretfsNames", "SecretfsPOSIX", "SecureMemory",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SecretfsFS", dependencies: [
@@ -54,7 +57,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "secretfs", dependencies: [
-            "CShims", "SecretfsNames", "SecretfsStore", "SecretfsFS", "SecretfsProtocol",
+            "CShims", "SecretfsNames", "SecretfsPOSIX", "SecretfsStore", "SecretfsFS", "SecretfsProtocol",
             "SecretfsResolver", "SecretfsRedact",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -62,7 +65,7 @@ let package = Package(
 
         // Helpers shared by the test targets (spawning processes, seeded RNG).
         .target(name: "SecretfsTestSupport", path: "Tests/SecretfsTestSupport"),
-        .testTarget(name: "SecretfsStoreTests", dependencies: ["SecretfsStore"]),
+        .testTarget(name: "SecretfsStoreTests", dependencies: ["SecretfsStore", "SecretfsPOSIX"]),
         .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject", "SecretfsNames", "SecretfsTestSupport"]),
         .testTarget(name: "SecretfsRedactTests", dependencies: ["SecretfsRedact", "SecretfsTestSupport"]),
         .testTarget(name: "SecretfsProtocolTests", dependencies: ["CShims", "SecretfsProtocol", "SecretfsNames", "SecretfsStore", "SecureMemory", "SecretfsTestSupport"]),

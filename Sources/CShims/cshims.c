@@ -56,6 +56,10 @@ int secretfs_peer_groups(int fd, gid_t *groups, int max) {
     return (int)(len / sizeof(gid_t));
 }
 
+int secretfs_o_path_flag(void) {
+    return O_PATH;
+}
+
 int secretfs_accept_cloexec(int fd) {
     return accept4(fd, NULL, NULL, SOCK_CLOEXEC);
 }

@@ -114,7 +114,32 @@ public struct KeyDerivation: Sendable, Equatable {
         return KeyDerivation(opsLimit: opsLimit, memLimit: memLimit, salt: salt)
     }
 
+    /// What crypto_pwhash accepts for Argon2id (and what fits the `Int` its
+    /// memory limit is passed as). The parameters come from the database, so a
+    /// value outside these is a damaged store, not a reason to trap or to run
+    /// libsodium on it.
+    static var opsLimitRange: ClosedRange<UInt64> {
+        UInt64(crypto_pwhash_argon2id_opslimit_min())...UInt64(crypto_pwhash_argon2id_opslimit_max())
+    }
+    static var memLimitRange: ClosedRange<UInt64> {
+        UInt64(crypto_pwhash_argon2id_memlimit_min())...min(UInt64(crypto_pwhash_argon2id_memlimit_max()), UInt64(Int.max))
+    }
+
+    /// Throws "store damaged" for parameters libsodium cannot take.
+    func validate() throws(StoreError) {
+        guard salt.count == Self.saltBytes else {
+            throw .corrupt("the key derivation salt is \(salt.count) bytes, not \(Self.saltBytes)")
+        }
+        guard Self.opsLimitRange.contains(opsLimit) else {
+            throw .corrupt("the key derivation pass count \(opsLimit) is outside \(Self.opsLimitRange.lowerBound)...\(Self.opsLimitRange.upperBound)")
+        }
+        guard Self.memLimitRange.contains(memLimit) else {
+            throw .corrupt("the key derivation memory limit \(memLimit) is outside \(Self.memLimitRange.lowerBound)...\(Self.memLimitRange.upperBound) bytes")
+        }
+    }
+
     func deriveKey(from passphrase: SecureBytes) throws -> SecureBytes {
+        try validate()
         let key = SecureBytes(capacity: Envelope.keyBytes, count: Envelope.keyBytes)
         let rc = key.withUnsafeMutableBytes { out in
             passphrase.withUnsafeBytes { pw in

@@ -8,10 +8,12 @@ final class SQLiteConnection {
     let path: String
     private var cache: [String: SQLiteStatement] = [:]
 
-    init(path: String, create: Bool) throws {
+    /// Opens an existing database file (`init` creates it beforehand, 0600 and
+    /// O_EXCL, so SQLite never creates a file itself). SQLITE_OPEN_NOFOLLOW
+    /// refuses a symlink anywhere in `path`: callers pass a canonical path.
+    init(path: String) throws {
         self.path = path
-        var flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX
-        if create { flags |= SQLITE_OPEN_CREATE }
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW
         var db: OpaquePointer?
         let rc = sqlite3_open_v2(path, &db, flags, nil)
         guard rc == SQLITE_OK, let db else {

@@ -2,6 +2,7 @@ import CSQLite
 import CSodium
 import Glibc
 import SecretfsNames
+import SecretfsPOSIX
 import SecureMemory
 import Synchronization
 
@@ -99,38 +100,71 @@ public final class Store: @unchecked Sendable {
 
     // MARK: Creating and opening
 
+    static let databaseName = "secretfs.db"
+    static let keyFileName = "master.key"
+    /// Every name a store's files may have; `init` refuses a directory holding
+    /// any of them (a stray WAL would be replayed into the new database).
+    static let fileNames = [databaseName, databaseName + "-wal", databaseName + "-shm", keyFileName]
+
     /// Creates a new store. Refuses to touch a directory that already holds one.
     public static func create(at location: StoreLocation, keySource: MasterKeySource) throws -> Store {
         Sodium.ensureInitialised()
-        if exists(at: location) || access(location.keyFilePath, F_OK) == 0 {
-            throw StoreError.storeExists(location.directory)
+        // A bad passphrase file is found before anything is created.
+        let passphrase: SecureBytes?
+        if case .passphraseFile(let path) = keySource { passphrase = try readPassphrase(path: path) } else { passphrase = nil }
+        let dir = try trustedDirectory(location, creating: true)
+        try narrowNewStoreDirectory(dir)
+        for name in fileNames {
+            let existing: stat?
+            do { existing = try dir.status(of: name) } catch {
+                throw StoreError.io(path: dir.path(of: name), errno: error.errno, action: "examine")
+            }
+            if existing != nil { throw StoreError.storeExists(location.directory) }
         }
-        if mkdir(location.directory, 0o700) != 0 && errno != EEXIST {
-            throw StoreError.io(path: location.directory, errno: errno, action: "create directory")
+
+        // Whatever this creates is removed again if a later step fails, so a
+        // failed init leaves no half store that the next init calls existing.
+        var created: [String] = []
+        var done = false
+        defer { if !done { for name in created.reversed() { dir.remove(name) } } }
+        func createFile(_ name: String, _ flags: Int32, mode: mode_t) throws -> Int32 {
+            do {
+                let fd = try dir.create(name, flags, mode: mode)
+                created.append(name)
+                return fd
+            } catch {
+                if error.errno == EEXIST { throw StoreError.storeExists(location.directory) }
+                throw StoreError.io(path: dir.path(of: name), errno: error.errno, action: "create")
+            }
         }
-        // The directory is the store's outer wall: SQLite creates its files
-        // 0644, so only a 0700 directory keeps other users from the ciphertexts.
-        if chmod(location.directory, 0o700) != 0 {
-            throw StoreError.io(path: location.directory, errno: errno, action: "restrict the permissions of")
-        }
+
         let masterKey: SecureBytes
         var kdf: KeyDerivation?
-        switch keySource {
-        case .keyFile:
-            masterKey = SecureBytes.random(count: Envelope.keyBytes)
-            try writeKeyFile(masterKey, path: location.keyFilePath)
-        case .passphraseFile(let path):
-            let passphrase = try readPassphrase(path: path)
+        if let passphrase {
             let params = KeyDerivation.fresh()
             masterKey = try params.deriveKey(from: passphrase)
             kdf = params
+        } else {
+            masterKey = SecureBytes.random(count: Envelope.keyBytes)
+            let fd = try createFile(keyFileName, O_WRONLY, mode: 0o400)
+            defer { close(fd) }
+            let failed: SystemError? = masterKey.withUnsafeBytes { b in
+                do throws(SystemError) { try writeAll(fd, b) } catch { return error }
+                return retryOnInterrupt({ fsync(fd) }) == 0 ? nil : .current
+            }
+            if let failed { throw StoreError.io(path: location.keyFilePath, errno: failed.errno, action: "write key file") }
         }
+        // The database and (through SQLite, which gives them the database's
+        // mode) its -wal and -shm are 0600 whatever the umask.
+        close(try createFile(databaseName, O_RDWR, mode: 0o600))
+        created += [databaseName + "-wal", databaseName + "-shm"]
+
         var storeID = [UInt8](repeating: 0, count: 16)
         randombytes_buf(&storeID, 16)
-
-        let db = try SQLiteConnection(path: location.databasePath, create: true)
+        let db = try SQLiteConnection(path: dir.canonicalPath(of: databaseName))
         try configure(db)
         try migrate(db)
+        try checkSchema(db)
         let check = Envelope.seal(SecureBytes(capacity: 0), key: masterKey,
                                   associatedData: Envelope.keyCheckAD(storeID: storeID))
         try db.transaction("initialising the store") {
@@ -143,16 +177,15 @@ public final class Store: @unchecked Sendable {
                 try putMeta(db, "kdf_memlimit", Array(String(kdf.memLimit).utf8))
             }
         }
+        done = true
         return Store(location: location, db: db, masterKey: masterKey, storeID: storeID)
     }
 
     /// Opens an existing store and checks the master key against it.
     public static func open(at location: StoreLocation, keySource: MasterKeySource) throws -> Store {
         Sodium.ensureInitialised()
-        guard exists(at: location) else { throw StoreError.storeMissing(location.directory) }
-        let db = try SQLiteConnection(path: location.databasePath, create: false)
-        try configure(db)
-        try migrate(db)
+        let dir = try trustedDirectory(location, creating: false)
+        let db = try openDatabase(dir, location)
         guard let storeID = try getMeta(db, "store_id"), let check = try getMeta(db, "key_check"),
               check.count >= Envelope.nonceBytes + Envelope.tagBytes else {
             throw StoreError.corrupt("the store has no key check record")
@@ -161,15 +194,19 @@ public final class Store: @unchecked Sendable {
         let masterKey: SecureBytes
         switch (keySource, kdfName) {
         case (.keyFile, nil):
-            masterKey = try readKeyFile(path: location.keyFilePath)
+            masterKey = try readKeyFile(in: dir, path: location.keyFilePath)
         case (.passphraseFile(let path), "argon2id13"?):
             guard let salt = try getMeta(db, "kdf_salt"),
                   let ops = try getMeta(db, "kdf_opslimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }),
                   let mem = try getMeta(db, "kdf_memlimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }) else {
                 throw StoreError.corrupt("incomplete key derivation parameters")
             }
+            // Checked before the passphrase is read: a damaged store is
+            // reported as one whatever passphrase file is given.
+            let params = KeyDerivation(opsLimit: ops, memLimit: mem, salt: salt)
+            try params.validate()
             let passphrase = try readPassphrase(path: path)
-            masterKey = try KeyDerivation(opsLimit: ops, memLimit: mem, salt: salt).deriveKey(from: passphrase)
+            masterKey = try params.deriveKey(from: passphrase)
         case (.keyFile, _?):
             throw StoreError.passphraseRequired
         case (.passphraseFile, nil):
@@ -190,18 +227,88 @@ public final class Store: @unchecked Sendable {
     /// list` and `audit`, which have no business holding key material.
     public static func openMetadataOnly(at location: StoreLocation) throws -> Store {
         Sodium.ensureInitialised()
-        guard exists(at: location) else { throw StoreError.storeMissing(location.directory) }
-        let db = try SQLiteConnection(path: location.databasePath, create: false)
-        try configure(db)
-        try migrate(db)
+        let dir = try trustedDirectory(location, creating: false)
+        let db = try openDatabase(dir, location)
         guard let storeID = try getMeta(db, "store_id") else { throw StoreError.corrupt("the store has no identity record") }
         return Store(location: location, db: db, masterKey: SecureBytes(capacity: 0), storeID: storeID)
+    }
+
+    /// The store directory, checked under the directory-trust rule
+    /// (TrustedDirectory): it and every directory above it owned by the caller
+    /// or root and writable by nobody else, or another user could swap in
+    /// their own master.key and secretfs.db. `creating` (init) makes it 0700
+    /// if it is missing and leaves its own mode to `narrowNewStoreDirectory`.
+    private static func trustedDirectory(_ location: StoreLocation, creating: Bool) throws -> TrustedDirectory {
+        do {
+            return try TrustedDirectory.open(location.directory, creatingWith: creating ? 0o700 : nil,
+                                             checkingOwnMode: !creating)
+        } catch {
+            switch error.problem {
+            case .system(ENOENT) where !creating: throw StoreError.storeMissing(location.directory)
+            case .system(let e):
+                throw StoreError.io(path: error.path, errno: e, action: creating ? "create store directory" : "open store directory")
+            default: throw StoreError.storeUntrusted(directory: location.directory, error)
+            }
+        }
+    }
+
+    /// `init` on a directory that exists: it is the store's outer wall, so it
+    /// must end up 0700. The caller's own directory is narrowed to 0700 on its
+    /// descriptor, but if it had a group or other bit only while it is empty
+    /// (and still empty once narrowed: until then others could add entries);
+    /// a directory of someone else (root) with such bits is refused.
+    private static func narrowNewStoreDirectory(_ dir: TrustedDirectory) throws {
+        if dir.mode & 0o777 == 0o700 { return }
+        let openToOthers = dir.mode & 0o077 != 0
+        func refuse() -> StoreError { StoreError.storeDirectoryOpenToOthers(path: dir.path, mode: dir.mode) }
+        guard dir.owner == geteuid() else {
+            if openToOthers { throw refuse() }
+            return   // root's private directory: creating the files says whether the caller may
+        }
+        if openToOthers && (try? dir.isEmpty()) != true { throw refuse() }
+        do {
+            try dir.setMode(0o700)
+        } catch {
+            throw StoreError.io(path: dir.path, errno: error.errno, action: "restrict the permissions of")
+        }
+        if openToOthers && (try? dir.isEmpty()) != true { throw refuse() }
+    }
+
+    /// The database of an existing store: a regular file owned by the caller
+    /// or root (not a symlink), opened with SQLITE_OPEN_NOFOLLOW through the
+    /// directory's canonical path, configured, migrated, and its schema checked.
+    private static func openDatabase(_ dir: TrustedDirectory, _ location: StoreLocation) throws -> SQLiteConnection {
+        let st: stat?
+        do { st = try dir.status(of: databaseName) } catch {
+            throw StoreError.io(path: location.databasePath, errno: error.errno, action: "examine")
+        }
+        guard let st else { throw StoreError.storeMissing(location.directory) }
+        if st.st_mode & S_IFMT == S_IFLNK {
+            throw StoreError.storeUntrusted(directory: location.directory, TrustError(path: location.databasePath, problem: .symbolicLink))
+        }
+        if st.st_mode & S_IFMT != S_IFREG {
+            throw StoreError.storeUntrusted(directory: location.directory,
+                                            TrustError(path: location.databasePath, problem: .notARegularFile(kind: fileKind(st.st_mode))))
+        }
+        if st.st_uid != geteuid() && st.st_uid != 0 {
+            throw StoreError.storeUntrusted(directory: location.directory,
+                                            TrustError(path: location.databasePath, problem: .ownedByOther(uid: st.st_uid)))
+        }
+        let db = try SQLiteConnection(path: dir.canonicalPath(of: databaseName))
+        try configure(db)
+        try migrate(db)
+        try checkSchema(db)
+        return db
     }
 
     /// Applies the pragmas the design requires on every connection.
     private static func configure(_ db: SQLiteConnection) throws {
         // busy_timeout first: other processes (another mount, the CLI) may hold the lock.
         try db.execute("PRAGMA busy_timeout = 10000", context: "configuring the database")
+        // Whatever the file holds, no view, trigger, default or CHECK in its
+        // schema may call a function with side effects (checkSchema then
+        // refuses any object the migrations did not make).
+        try db.execute("PRAGMA trusted_schema = OFF", context: "distrusting the schema")
         try db.execute("PRAGMA journal_mode = WAL", context: "enabling WAL")
         try db.execute("PRAGMA synchronous = FULL", context: "configuring durability")
         try db.execute("PRAGMA secure_delete = ON", context: "configuring secure delete")
@@ -280,45 +387,113 @@ public final class Store: @unchecked Sendable {
         return try s.step("reading store metadata") ? s.blob(0) : nil
     }
 
-    // MARK: Key and passphrase files
+    // MARK: Schema check
 
-    private static func writeKeyFile(_ key: SecureBytes, path: String) throws {
-        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o400)
-        guard fd >= 0 else { throw StoreError.io(path: path, errno: errno, action: "create key file") }
-        defer { close(fd) }
-        let written = key.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        guard written == key.count, fsync(fd) == 0 else {
-            let e = errno
-            unlink(path)
-            throw StoreError.io(path: path, errno: e, action: "write key file")
-        }
+    /// The schema objects a database holds: type, name, table and SQL text of
+    /// every entry of sqlite_schema (auto-indexes have no SQL).
+    struct SchemaObject: Hashable, Comparable {
+        var type: String
+        var name: String
+        var table: String
+        var sql: String?
+        static func < (a: Self, b: Self) -> Bool { (a.type, a.name) < (b.type, b.name) }
     }
 
-    private static func readKeyFile(path: String) throws -> SecureBytes {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw StoreError.keyFileUnreadable(path: path, errno: errno) }
+    private static func schemaObjects(_ db: SQLiteConnection) throws -> Set<SchemaObject> {
+        let s = try db.statement("SELECT type, name, tbl_name, sql FROM sqlite_schema")
+        defer { s.reset() }
+        var out: Set<SchemaObject> = []
+        while try s.step("reading the schema") {
+            out.insert(SchemaObject(type: s.string(0) ?? "", name: s.string(1) ?? "", table: s.string(2) ?? "", sql: s.string(3)))
+        }
+        return out
+    }
+
+    /// What the migrations make, read back from an in-memory database once per
+    /// process: the reference `checkSchema` compares every store with.
+    private static let expectedSchema: Result<Set<SchemaObject>, StoreError> = {
+        do {
+            let memory = try SQLiteConnection(path: ":memory:")
+            try migrate(memory)
+            return .success(try schemaObjects(memory))
+        } catch let e as StoreError {
+            return .failure(e)
+        } catch {
+            return .failure(.corrupt("\(error)"))
+        }
+    }()
+
+    /// Refuses a database whose schema is not exactly what the migrations make:
+    /// a missing or altered table, or any extra object (a trigger, a view, an
+    /// index, a table) that someone with write access to the file could use to
+    /// act on every later write. Runs before any row is read.
+    static func checkSchema(_ db: SQLiteConnection) throws {
+        let expected = try expectedSchema.get()
+        let actual = try schemaObjects(db)
+        if actual == expected { return }
+        let described = { (o: SchemaObject) in "\(o.type) '\(o.name)'" }
+        var problems: [String] = []
+        let missingOrChanged = expected.subtracting(actual).sorted()
+        let extra = actual.subtracting(expected).sorted()
+        for o in missingOrChanged {
+            problems.append(extra.contains { $0.type == o.type && $0.name == o.name }
+                            ? "\(described(o)) is not as schema version \(migrations.count) defines it"
+                            : "\(described(o)) is missing")
+        }
+        for o in extra where !expected.contains(where: { $0.type == o.type && $0.name == o.name }) {
+            problems.append("unexpected \(described(o))")
+        }
+        throw StoreError.corrupt("its schema differs from what secretfs creates: " + problems.joined(separator: ", "))
+    }
+
+    // MARK: Key and passphrase files
+
+    /// The key file: a regular file in the store directory (never through a
+    /// symlink), owned by the caller or root, no group or other bit.
+    private static func readKeyFile(in dir: TrustedDirectory, path: String) throws -> SecureBytes {
+        let fd = try openSecret(at: dir.descriptor, keyFileName, path: path,
+                                insecure: { StoreError.keyFileInsecure(path: path, mode: $0) },
+                                untrusted: StoreError.keyFileUntrusted,
+                                unreadable: { StoreError.keyFileUnreadable(path: path, errno: $0) })
         defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw StoreError.keyFileUnreadable(path: path, errno: errno) }
-        if st.st_mode & 0o077 != 0 { throw StoreError.keyFileInsecure(path: path, mode: st.st_mode & 0o7777) }
         // Read straight into locked memory; one byte of room detects an overlong file.
         let key = SecureBytes(capacity: Envelope.keyBytes + 1)
-        let n = key.withUnsafeMutableCapacity { Glibc.read(fd, $0.baseAddress, $0.count) }
+        let n = key.withUnsafeMutableCapacity { b in retryOnInterrupt { Glibc.read(fd, b.baseAddress, b.count) } }
+        if n < 0 { throw StoreError.keyFileUnreadable(path: path, errno: errno) }
         guard n == Envelope.keyBytes else { throw StoreError.keyFileMalformed(path: path) }
         key.setCount(n)
         return key.copy()
     }
 
+    /// `openSecretFile`, its refusals sorted into the store's errors.
+    private static func openSecret(at dirFD: Int32, _ name: String, path: String,
+                                   insecure: (UInt32) -> StoreError, untrusted: (TrustError) -> StoreError,
+                                   unreadable: (Int32) -> StoreError) throws -> Int32 {
+        do {
+            return try openSecretFile(at: dirFD, name, path: path)
+        } catch {
+            switch error.problem {
+            case .accessibleByOthers(let mode): throw insecure(mode)
+            case .system(let e): throw unreadable(e)
+            default: throw untrusted(error)
+            }
+        }
+    }
+
     /// Reads a passphrase into locked memory; one trailing newline is dropped
-    /// (as `echo pass > file` adds).
+    /// (as `echo pass > file` adds). The file is held to the key file's rules:
+    /// a regular file (not a symlink) owned by the caller or root, no group or
+    /// other bit.
     static func readPassphrase(path: String) throws -> SecureBytes {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw StoreError.passphraseUnreadable(path: path, errno: errno) }
+        let fd = try openSecret(at: AT_FDCWD, path, path: path,
+                                insecure: { StoreError.passphraseFileInsecure(path: path, mode: $0) },
+                                untrusted: StoreError.passphraseFileUntrusted,
+                                unreadable: { StoreError.passphraseUnreadable(path: path, errno: $0) })
         defer { close(fd) }
         let buf = SecureBytes(capacity: 4097)
         var total = 0
         while total < buf.capacity {
-            let n = buf.withUnsafeMutableCapacity { Glibc.read(fd, $0.baseAddress! + total, $0.count - total) }
+            let n = buf.withUnsafeMutableCapacity { b in retryOnInterrupt { Glibc.read(fd, b.baseAddress! + total, b.count - total) } }
             if n < 0 { throw StoreError.passphraseUnreadable(path: path, errno: errno) }
             if n == 0 { break }
             total += n

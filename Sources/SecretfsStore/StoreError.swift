@@ -1,4 +1,5 @@
 import Glibc
+import SecretfsPOSIX
 
 /// Every failure of the store, each with a message a person can act on and a
 /// hint. Messages name stores, projects and secrets, never values.
@@ -8,9 +9,20 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     case keyFileUnreadable(path: String, errno: Int32)
     case keyFileInsecure(path: String, mode: UInt32)
     case keyFileMalformed(path: String)
+    /// The key file is a symlink, not a regular file, or owned by someone else.
+    case keyFileUntrusted(TrustError)
     case passphraseRequired
     case passphraseNotExpected
     case passphraseUnreadable(path: String, errno: Int32)
+    case passphraseFileInsecure(path: String, mode: UInt32)
+    /// The passphrase file is a symlink, not a regular file, or owned by someone else.
+    case passphraseFileUntrusted(TrustError)
+    /// The store directory, an ancestor, or the database file fails the
+    /// directory-trust rule (see TrustedDirectory).
+    case storeUntrusted(directory: String, TrustError)
+    /// `init` on an existing directory with group or other permission bits
+    /// that it cannot narrow (not the caller's, or not empty).
+    case storeDirectoryOpenToOthers(path: String, mode: UInt32)
     case wrongKey
     case keyNotLoaded
     case keyDerivationFailed
@@ -30,12 +42,18 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         switch self {
         case .storeExists(let p): return "a store already exists at \(p)"
         case .storeMissing(let p): return "no store at \(p)"
-        case .keyFileUnreadable(let p, let e): return "cannot read master key file \(p): \(String(cString: strerror(e)))"
+        case .keyFileUnreadable(let p, let e): return "cannot read master key file \(p): \(errnoText(e))"
         case .keyFileInsecure(let p, let m): return "master key file \(p) has mode \(String(m, radix: 8)); it must not be readable by group or others"
         case .keyFileMalformed(let p): return "master key file \(p) is not a 32-byte key"
+        case .keyFileUntrusted(let t): return "cannot trust the master key file: \(t)"
         case .passphraseRequired: return "this store is protected by a passphrase"
         case .passphraseNotExpected: return "this store uses a master key file, not a passphrase"
-        case .passphraseUnreadable(let p, let e): return "cannot read passphrase file \(p): \(String(cString: strerror(e)))"
+        case .passphraseUnreadable(let p, let e): return "cannot read passphrase file \(p): \(errnoText(e))"
+        case .passphraseFileInsecure(let p, let m): return "passphrase file \(p) has mode \(String(m, radix: 8)); it must not be readable by group or others"
+        case .passphraseFileUntrusted(let t): return "cannot trust the passphrase file: \(t)"
+        case .storeUntrusted(let d, let t): return "store directory \(d) is not safe to use: \(t)"
+        case .storeDirectoryOpenToOthers(let p, let m):
+            return "store directory \(p) has mode \(String(m, radix: 8)); a new store needs a directory only its owner can enter"
         case .wrongKey: return "the master key does not open this store"
         case .keyNotLoaded: return "this operation needs the store's master key"
         case .keyDerivationFailed: return "deriving the key from the passphrase failed (out of memory?)"
@@ -48,7 +66,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .secretExists(let n): return "a secret named '\(n)' already exists"
         case .corrupt(let m): return "the store is damaged: \(m)"
         case .unsupportedSchema(let v): return "the store has schema version \(v), newer than this secretfs understands"
-        case .io(let p, let e, let a): return "cannot \(a) \(p): \(String(cString: strerror(e)))"
+        case .io(let p, let e, let a): return "cannot \(a) \(p): \(errnoText(e))"
         case .sqlite(let c, let m, let ctx): return "database error while \(ctx): \(m) (SQLite code \(c))"
         }
     }
@@ -61,9 +79,19 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .keyFileUnreadable: return "run as the store's owner (the key file is mode 0400)"
         case .keyFileInsecure(let p, _): return "chmod 0400 \(p)"
         case .keyFileMalformed: return "restore the key file from your backup; without it the store cannot be opened"
+        case .keyFileUntrusted(let t):
+            return (t.fix.map { $0 + "; " } ?? "") + "the key file must be a regular file owned by you or root, mode 0400"
         case .passphraseRequired: return "pass --passphrase-file FILE (or set SECRETFS_PASSPHRASE_FILE)"
         case .passphraseNotExpected: return "drop --passphrase-file"
         case .passphraseUnreadable: return "check the path and its permissions"
+        case .passphraseFileInsecure(let p, _): return "chmod 0600 \(p)"
+        case .passphraseFileUntrusted(let t):
+            return (t.fix.map { $0 + "; " } ?? "") + "the passphrase file must be a regular file owned by you or root, mode 0600 or 0400"
+        case .storeUntrusted(_, let t):
+            return (t.fix.map { $0 + "; " } ?? "")
+                + "the store directory and every directory above it must be owned by you or root and writable by nobody else"
+        case .storeDirectoryOpenToOthers(let p, _):
+            return "chmod 0700 \(p) (or let 'secretfs init' create the directory)"
         case .wrongKey: return "check that the key file or passphrase belongs to this store"
         case .keyNotLoaded: return nil
         case .keyDerivationFailed: return "free some memory and try again"

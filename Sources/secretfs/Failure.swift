@@ -30,9 +30,11 @@ struct Failure: Error {
     init(store error: StoreError) {
         let code: Exit
         switch error {
-        case .storeExists, .storeMissing, .corrupt, .unsupportedSchema, .sqlite, .io: code = .storeProblem
-        case .keyFileUnreadable, .keyFileInsecure, .keyFileMalformed, .passphraseRequired, .passphraseNotExpected,
-             .passphraseUnreadable, .wrongKey, .keyNotLoaded, .keyDerivationFailed: code = .keyProblem
+        case .storeExists, .storeMissing, .corrupt, .unsupportedSchema, .sqlite, .io, .storeUntrusted,
+             .storeDirectoryOpenToOthers: code = .storeProblem
+        case .keyFileUnreadable, .keyFileInsecure, .keyFileMalformed, .keyFileUntrusted, .passphraseRequired,
+             .passphraseNotExpected, .passphraseUnreadable, .passphraseFileInsecure, .passphraseFileUntrusted,
+             .wrongKey, .keyNotLoaded, .keyDerivationFailed: code = .keyProblem
         case .projectExists, .projectNotFound, .projectNotEmpty, .invalidProjectName: code = .projectProblem
         case .invalidSecretName, .secretNotFound, .secretExists: code = .failure
         }

@@ -44,17 +44,10 @@ struct GlobalOptions: ParsableArguments {
         try Store.openMetadataOnly(at: location)
     }
 
-    /// Creates the runtime directory (0755: the sockets inside carry their own modes).
-    func ensureRuntimeDirectory() throws {
-        let dir = runtimeDirectory
-        var path = ""
-        for part in dir.split(separator: "/") {
-            path += "/" + part
-            if mkdir(path, 0o755) != 0 && errno != EEXIST {
-                throw Failure("cannot create runtime directory \(dir): \(String(cString: strerror(errno)))",
-                              hint: "pass --runtime-dir DIR or set SECRETFS_RUNTIME_DIR to a writable directory")
-            }
-        }
+    /// The runtime directory, created if missing and checked before a mount
+    /// writes anything there (see RuntimeDirectory).
+    func ensureRuntimeDirectory() throws -> RuntimeDirectory {
+        try RuntimeDirectory.prepare(runtimeDirectory)
     }
 }
 

@@ -119,13 +119,9 @@ struct MountCommand: ParsableCommand {
         // is "a FUSE mount appeared at the target", which an existing mount
         // there would fake.
         try checkMountpoint(target)
-        try global.ensureRuntimeDirectory()
-        let runtime = RuntimeState(directory: global.runtimeDirectory)
+        let runtime = try global.ensureRuntimeDirectory()
         let logPath = runtime.logFile(project)
-        let logFD = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-        guard logFD >= 0 else {
-            throw Failure("cannot open log file \(logPath): \(String(cString: strerror(errno)))", exit: .mountProblem)
-        }
+        let logFD = try runtime.openLog(project: project)
         defer { close(logFD) }
         var pipeFDs: [Int32] = [0, 0]
         guard secretfs_pipe_cloexec(&pipeFDs) == 0 else { throw Failure("pipe: \(String(cString: strerror(errno)))") }
@@ -220,8 +216,7 @@ struct MountCommand: ParsableCommand {
         // and its resolvers would serve stale values.
         let storeLockFD = try claimProject(storeDirectory: global.storeDirectory)
         defer { close(storeLockFD) }
-        try global.ensureRuntimeDirectory()
-        let runtime = RuntimeState(directory: global.runtimeDirectory)
+        let runtime = try global.ensureRuntimeDirectory()
         let lockFD = try runtime.acquire(project: project, mountpoint: target)
         defer { runtime.release(project: project, fd: lockFD) }
 

@@ -219,7 +219,8 @@ struct CommandLineErrorTests {
     @Test func passphraseStores() throws {
         let f = try MountFixture(initStore: false)
         defer { f.close() }
-        try f.expectOK(f.sh("echo 'correct horse battery staple' > pass.txt && echo 'wrong' > wrong.txt"))
+        // Passphrase files, like key files, must not be readable by others.
+        try f.expectOK(f.sh("umask 077 && echo 'correct horse battery staple' > pass.txt && echo 'wrong' > wrong.txt"))
         try f.expectOK(f.secretfs(["init", "--passphrase-file", f.root + "/pass.txt"]))
         #expect(!FileManager.default.fileExists(atPath: f.storeDir + "/master.key"))
         try f.expectOK(f.secretfs(["project", "create", "demo", "--passphrase-file", f.root + "/pass.txt"]))

@@ -33,6 +33,9 @@ short secretfs_spawn_setsid_flag(void);
 /// larger buffer), or -1 with errno set.
 int secretfs_peer_groups(int fd, gid_t *groups, int max);
 
+/// O_PATH (open a path for *at() lookups and fstat only), hidden without _GNU_SOURCE.
+int secretfs_o_path_flag(void);
+
 /// accept4(SOCK_CLOEXEC), hidden without _GNU_SOURCE.
 int secretfs_accept_cloexec(int fd);
 
