@@ -1,6 +1,7 @@
 import ArgumentParser
 import CShims
 import Glibc
+import SecretfsPOSIX
 import SecretfsProtocol
 import SecretfsResolver
 
@@ -66,9 +67,21 @@ struct ResolverCommand: ParsableCommand {
         for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&stopSignals, s) }
         pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
 
+        // The socket's directory is trusted like a runtime directory: nobody
+        // but us and root may write it, or they could swap the socket out
+        // from under our clients.
+        let socketPath = absolute(listen)
+        let socketDirectory = socketPath.lastIndex(of: "/").map { $0 == socketPath.startIndex ? "/" : String(socketPath[..<$0]) } ?? "/"
+        do {
+            _ = try TrustedDirectory.open(socketDirectory)
+        } catch {
+            throw Failure("the directory of the daemon's socket, \(socketDirectory), is not safe to use: \(error)",
+                          hint: (error.fix.map { $0 + ", or " } ?? "") + "listen in a directory that only you and root can write",
+                          exit: .socketProblem)
+        }
         var limits = ResolverDaemonLimits()
         limits.idleTimeout = idleTimeout
-        let daemon = ResolverDaemon(socketPath: absolute(listen), runtimeDirectory: global.runtimeDirectory,
+        let daemon = ResolverDaemon(socketPath: socketPath, runtimeDirectory: global.runtimeDirectory,
                                     policy: try policy(), limits: limits, logger: logger)
         do {
             try daemon.start()

@@ -88,6 +88,15 @@ struct LocalUserTests {
         #expect(try f.expectOK(f.sh(script)).stdout == "20\n")
     }
 
+    @Test func theDaemonRefusesASocketDirectoryAnotherUserCanWrite() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.expectOK(f.sh("mkdir \(f.root)/theirs && chown 65534 \(f.root)/theirs"))
+        let o = try f.sh("timeout 5 \(MountFixture.binary) resolver --listen \(f.root)/theirs/d.sock")
+        #expect(o.status == 15 && o.stderr.contains("theirs") && o.stderr.contains("not safe to use"), "\(o.status) \(o.stderr)")
+        #expect(access("\(f.root)/theirs/d.sock", F_OK) != 0)
+    }
+
     // MARK: Names are bytes
 
     @Test func aKelvinSignDoesNotAliasK() throws {
