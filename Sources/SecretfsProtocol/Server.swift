@@ -175,22 +175,22 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
                 sendError(fd, .frameTooLarge, "frame length \(n) is outside 2...\(limits.maxRequestFrame)")
                 return true
             case .frame(let frame):
-                guard frame.version == Wire.version else {
-                    sendError(fd, .unsupportedVersion,
-                              "protocol version \(frame.version) is not supported (this mount speaks \(Wire.version))")
-                    return true
+                let request: MountRequest
+                do throws(MountRequest.Refusal) {
+                    request = try MountRequest.parse(frame, maxNamesPerGet: limits.maxNamesPerGet)
+                } catch {
+                    let sent = sendError(fd, error.code, error.message)
+                    if error.closes { return true }
+                    guard sent else { return false }
+                    continue
                 }
-                switch Wire.MessageType(rawValue: frame.type) {
+                switch request {
                 case .list:
-                    guard handleList(fd, frame) else { return false }
-                case .get:
-                    guard handleGet(fd, frame, actor: actor, peer: peer) else { return false }
+                    guard handleList(fd) else { return false }
+                case .get(let names):
+                    guard handleGet(fd, names, actor: actor, peer: peer) else { return false }
                 case .watch:
-                    return runWatch(id: id, fd: fd, frame)
-                default:
-                    guard sendError(fd, .unknownType, "message type 0x\(String(frame.type, radix: 16)) is not a request") else {
-                        return false
-                    }
+                    return runWatch(id: id, fd: fd)
                 }
             }
         }
@@ -214,10 +214,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
     }
 
     /// LIST → LIST_REPLY. False if the connection should end.
-    private func handleList(_ fd: Int32, _ frame: Frame) -> Bool {
-        guard frame.bodyCount == 0 else {
-            return sendError(fd, .malformed, "LIST has no body (\(frame.bodyCount) bytes sent)")
-        }
+    private func handleList(_ fd: Int32) -> Bool {
         let version: Int64
         let entries: [SecretInfo]
         // Sequence and version first: a reply's stamps are never newer than its contents.
@@ -251,26 +248,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
     }
 
     /// GET → GET_REPLY (values in request order, then the missing names).
-    private func handleGet(_ fd: Int32, _ frame: Frame, actor: Actor, peer: PeerCredentials) -> Bool {
-        var r = FrameReader(frame)
-        var names: [String] = []
-        do {
-            let count = Int(try r.u16())
-            guard count <= limits.maxNamesPerGet else {
-                return sendError(fd, .tooManyNames, "GET asks for \(count) names (limit \(limits.maxNamesPerGet))")
-            }
-            var seen = Set<String>()
-            for i in 0..<count {
-                guard let n = try r.name() else {
-                    return sendError(fd, .invalidName, "name #\(i + 1) is not a valid secret name")
-                }
-                if seen.insert(n).inserted { names.append(n) }
-            }
-            try r.expectEnd()
-        } catch {
-            return sendError(fd, .malformed, "GET: \(error.reason)")
-        }
-
+    private func handleGet(_ fd: Int32, _ names: [String], actor: Actor, peer: PeerCredentials) -> Bool {
         var version: Int64 = 0
         let sequence = changeSequence
         var values: [String: SecureBytes] = [:]
@@ -317,11 +295,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
 
     /// WATCH: WATCHING now, CHANGED whenever `notifyChanged` is called, until
     /// the peer closes or the server stops. Returns the `linger` flag.
-    private func runWatch(id: UInt64, fd: Int32, _ frame: Frame) -> Bool {
-        guard frame.bodyCount == 0 else {
-            sendError(fd, .malformed, "WATCH has no body (\(frame.bodyCount) bytes sent)")
-            return true
-        }
+    private func runWatch(id: UInt64, fd: Int32) -> Bool {
         guard let watcher = ChangeQueue(limit: limits.maxQueuedNames) else {
             sendError(fd, .internalError, "cannot create an event descriptor")
             return true

@@ -1,5 +1,6 @@
 import Glibc
 import SecretfsInject
+import SecretfsNames
 import SecretfsProtocol
 import SecureMemory
 
@@ -209,5 +210,121 @@ enum DaemonIO {
     static func be32(_ v: Int) -> [UInt8] {
         let u = UInt32(v)
         return [UInt8(u >> 24), UInt8((u >> 16) & 0xff), UInt8((u >> 8) & 0xff), UInt8(u & 0xff)]
+    }
+}
+
+/// A request read from the resolver daemon's socket: what the daemon acts
+/// on, parsed apart from the acting, so that every byte a client can send
+/// goes through this one function (and its fuzz harness, Fuzz/Socket).
+public enum DaemonRequest: Equatable, Sendable {
+    case resolve(project: String, format: InjectionFormat, output: ResolveOutput, document: [UInt8])
+    /// Distinct valid names, in the order asked.
+    case values(project: String, names: [String])
+    case names(project: String)
+    case watch(project: String)
+    case redact(project: String, minimumLength: Int, mask: String)
+    /// A REDACT stream's chunk: the bytes after the header, in the frame's locked storage.
+    case data
+    case end
+
+    /// Why a frame is not a request the daemon serves: the ERROR to send, and
+    /// whether the connection ends after it.
+    public struct Refusal: Error, Equatable, Sendable {
+        public var code: WireErrorCode
+        public var message: String
+        public var closes: Bool
+    }
+
+    public static func parse(_ frame: Frame) throws(Refusal) -> DaemonRequest {
+        guard frame.version == DaemonWire.version else {
+            throw Refusal(code: .unsupportedVersion,
+                          message: "protocol version \(frame.version) is not supported (this daemon speaks \(DaemonWire.version))",
+                          closes: true)
+        }
+        guard let type = DaemonWire.MessageType(rawValue: frame.type) else {
+            throw Refusal(code: .unknownType, message: "message type 0x\(String(frame.type, radix: 16)) is not a request", closes: false)
+        }
+        var r = FrameReader(frame)
+        let what = "\(type)".uppercased()
+        func field<T>(_ read: (inout FrameReader) throws(ParseError) -> T) throws(Refusal) -> T {
+            do throws(ParseError) { return try read(&r) } catch {
+                throw Refusal(code: .malformed, message: "\(what): \(error.reason)", closes: type == .watch)
+            }
+        }
+        func project() throws(Refusal) -> String {
+            let name = try field { r throws(ParseError) in try r.text() }
+            guard Names.isValid(name) else {
+                throw Refusal(code: .invalidProject, message: "'\(Wire.printable(DaemonWire.clip(name, 64)))' is not a valid project name",
+                              closes: type == .watch)
+            }
+            return name
+        }
+        func end() throws(Refusal) { try field { r throws(ParseError) in try r.expectEnd() } }
+        switch type {
+        case .resolve:
+            let p = try project()
+            let f = try field { r throws(ParseError) in try r.u8() }
+            let o = try field { r throws(ParseError) in try r.u8() }
+            let n = Int(try field { r throws(ParseError) in try r.u32() })
+            guard r.remaining == n else {
+                throw Refusal(code: .malformed, message: "RESOLVE: document length \(n) does not match the \(r.remaining) bytes sent", closes: false)
+            }
+            guard let format = DaemonWire.format(f) else {
+                throw Refusal(code: .invalidRequest, message: "format \(f) is not 1 (flow), 2 (config) or 3 (expr)", closes: false)
+            }
+            guard let output = DaemonWire.output(o) else {
+                throw Refusal(code: .invalidRequest, message: "output \(o) is not 1 (document) or 2 (bindings)", closes: false)
+            }
+            let start = r.offset
+            // The document is not secret (it holds references, not values).
+            let document = frame.storage.withUnsafeBytes { Array($0[start..<(start + n)]) }
+            return .resolve(project: p, format: format, output: output, document: document)
+        case .values:
+            let p = try project()
+            let count = Int(try field { r throws(ParseError) in try r.u16() })
+            guard count <= Wire.maxNamesPerGet else {
+                throw Refusal(code: .tooManyNames, message: "VALUES asks for \(count) names (limit \(Wire.maxNamesPerGet))", closes: false)
+            }
+            var names: [String] = []
+            var seen = Set<String>()
+            var invalid: Int?
+            for i in 0..<count {
+                guard let n = try field({ r throws(ParseError) in try r.name() }) else {
+                    if invalid == nil { invalid = i + 1 }
+                    continue
+                }
+                if seen.insert(n).inserted { names.append(n) }
+            }
+            try end()
+            if let invalid {
+                throw Refusal(code: .invalidName, message: "name #\(invalid) is not a valid secret name", closes: false)
+            }
+            return .values(project: p, names: names)
+        case .names:
+            let p = try project()
+            try end()
+            return .names(project: p)
+        case .watch:
+            let p = try project()
+            try end()
+            return .watch(project: p)
+        case .redact:
+            let p = try project()
+            let minimum = Int(try field { r throws(ParseError) in try r.u16() })
+            let mask = try field { r throws(ParseError) in try r.text() }
+            try end()
+            guard minimum >= 1, !mask.isEmpty, mask.utf8.count <= DaemonWire.maxMask else {
+                throw Refusal(code: .invalidRequest,
+                              message: "REDACT needs a minimum length of at least 1 and a mask of 1...\(DaemonWire.maxMask) bytes",
+                              closes: false)
+            }
+            return .redact(project: p, minimumLength: minimum, mask: mask)
+        case .data: return .data
+        case .end:
+            try end()
+            return .end
+        default:
+            throw Refusal(code: .unknownType, message: "message type 0x\(String(frame.type, radix: 16)) is not a request", closes: false)
+        }
     }
 }

@@ -208,22 +208,30 @@ public final class ResolverDaemon: @unchecked Sendable {
             case .end(let linger):
                 return linger
             case .frame(let frame):
+                let request: DaemonRequest
+                do throws(DaemonRequest.Refusal) {
+                    request = try DaemonRequest.parse(frame)
+                } catch {
+                    let sent = sendError(fd, error.code, error.message)
+                    if error.closes { return true }
+                    if !sent { return false }
+                    continue
+                }
                 let keepGoing: Bool
-                switch DaemonWire.MessageType(rawValue: frame.type) {
-                case .resolve: keepGoing = handleResolve(conn, frame)
-                case .values: keepGoing = handleValues(conn, frame)
-                case .names: keepGoing = handleNames(conn, frame)
-                case .watch: return runWatch(id: id, conn, frame)
-                case .redact:
-                    switch runRedact(conn, frame) {
+                switch request {
+                case .resolve(let project, let format, let output, let document):
+                    keepGoing = handleResolve(conn, project: project, format: format, output: output, document: document)
+                case .values(let project, let names): keepGoing = handleValues(conn, project: project, names: names)
+                case .names(let project): keepGoing = handleNames(conn, project: project)
+                case .watch(let project): return runWatch(id: id, conn, project: project)
+                case .redact(let project, let minimumLength, let mask):
+                    switch runRedact(conn, project: project, key: ProjectCache.RedactorKey(minimumLength: minimumLength, mask: mask)) {
                     case .next: keepGoing = true
                     case .close(let linger): return linger
                     }
                 case .data, .end:
                     sendError(fd, .unexpected, "DATA and END belong to a REDACT stream")
                     return true
-                default:
-                    keepGoing = sendError(fd, .unknownType, "message type 0x\(String(frame.type, radix: 16)) is not a request")
                 }
                 if !keepGoing { return false }
             }
@@ -252,11 +260,6 @@ public final class ResolverDaemon: @unchecked Sendable {
             sendError(fd, .frameTooLarge, "frame length \(n) is outside 2...\(limits.maxRequestFrame)")
             return .end(linger: true)
         case .frame(let frame):
-            guard frame.version == DaemonWire.version else {
-                sendError(fd, .unsupportedVersion,
-                          "protocol version \(frame.version) is not supported (this daemon speaks \(DaemonWire.version))")
-                return .end(linger: true)
-            }
             return .frame(frame)
         }
     }
@@ -272,44 +275,11 @@ public final class ResolverDaemon: @unchecked Sendable {
         return sendError(conn.fd, e.code, "project \(project): \(e.message)")
     }
 
-    /// Reads the project name that starts every request; sends the ERROR and
-    /// returns nil when it is not a valid name.
-    private func readProject(_ r: inout FrameReader, _ fd: Int32, sent: inout Bool) throws(ParseError) -> String? {
-        let name = try r.text()
-        guard Names.isValid(name) else {
-            sent = sendError(fd, .invalidProject, "'\(DaemonWire.clip(name, 64))' is not a valid project name")
-            return nil
-        }
-        return name
-    }
-
     // MARK: RESOLVE
 
-    private func handleResolve(_ conn: Connection, _ frame: Frame) -> Bool {
+    private func handleResolve(_ conn: Connection, project: String, format: InjectionFormat, output: ResolveOutput,
+                               document: [UInt8]) -> Bool {
         let fd = conn.fd
-        var r = FrameReader(frame)
-        let project: String
-        let format: InjectionFormat
-        let output: ResolveOutput
-        let document: [UInt8]
-        do throws(ParseError) {
-            var sent = true
-            guard let p = try readProject(&r, fd, sent: &sent) else { return sent }
-            project = p
-            let f = try r.u8()
-            let o = try r.u8()
-            guard let ff = DaemonWire.format(f) else { return sendError(fd, .invalidRequest, "format \(f) is not 1 (flow), 2 (config) or 3 (expr)") }
-            guard let oo = DaemonWire.output(o) else { return sendError(fd, .invalidRequest, "output \(o) is not 1 (document) or 2 (bindings)") }
-            format = ff
-            output = oo
-            let n = Int(try r.u32())
-            guard r.remaining == n else { throw ParseError(reason: "document length \(n) does not match the \(r.remaining) bytes sent") }
-            let start = r.offset
-            // The document is not secret (it holds references, not values).
-            document = frame.storage.withUnsafeBytes { Array($0[start..<(start + n)]) }
-        } catch {
-            return sendError(fd, .malformed, "RESOLVE: \(error.reason)")
-        }
         guard let cache = cacheOrRefuse(fd, project) else { return false }
 
         // Same steps as `Resolver.resolve` (tests hold the two to the same
@@ -357,29 +327,8 @@ public final class ResolverDaemon: @unchecked Sendable {
 
     // MARK: VALUES and NAMES
 
-    private func handleValues(_ conn: Connection, _ frame: Frame) -> Bool {
+    private func handleValues(_ conn: Connection, project: String, names: [String]) -> Bool {
         let fd = conn.fd
-        var r = FrameReader(frame)
-        let project: String
-        var names: [String] = []
-        do throws(ParseError) {
-            var sent = true
-            guard let p = try readProject(&r, fd, sent: &sent) else { return sent }
-            project = p
-            let count = Int(try r.u16())
-            guard count <= Wire.maxNamesPerGet else {
-                return sendError(fd, .tooManyNames, "VALUES asks for \(count) names (limit \(Wire.maxNamesPerGet))")
-            }
-            var seen = Set<String>()
-            for i in 0..<count {
-                let n = try r.text()
-                guard Names.isValid(n) else { return sendError(fd, .invalidName, "name #\(i + 1) is not a valid secret name") }
-                if seen.insert(n).inserted { names.append(n) }
-            }
-            try r.expectEnd()
-        } catch {
-            return sendError(fd, .malformed, "VALUES: \(error.reason)")
-        }
         guard let cache = cacheOrRefuse(fd, project) else { return false }
         let got: (values: [String: SecureBytes], missing: [String])
         do { got = try cache.values(names) } catch { return upstreamError(conn, project, error) }
@@ -409,18 +358,8 @@ public final class ResolverDaemon: @unchecked Sendable {
         return SocketIO.sendAll(fd, reply)
     }
 
-    private func handleNames(_ conn: Connection, _ frame: Frame) -> Bool {
+    private func handleNames(_ conn: Connection, project: String) -> Bool {
         let fd = conn.fd
-        var r = FrameReader(frame)
-        let project: String
-        do throws(ParseError) {
-            var sent = true
-            guard let p = try readProject(&r, fd, sent: &sent) else { return sent }
-            project = p
-            try r.expectEnd()
-        } catch {
-            return sendError(fd, .malformed, "NAMES: \(error.reason)")
-        }
         guard let cache = cacheOrRefuse(fd, project) else { return false }
         let names: [String]
         do { names = try cache.names() } catch { return upstreamError(conn, project, error) }
@@ -439,19 +378,8 @@ public final class ResolverDaemon: @unchecked Sendable {
     /// WATCHING now, then CHANGED for every change the mount reports (and an
     /// incomplete CHANGED when the mount goes away or comes back), until the
     /// client closes. Returns the linger flag.
-    private func runWatch(id: UInt64, _ conn: Connection, _ frame: Frame) -> Bool {
+    private func runWatch(id: UInt64, _ conn: Connection, project: String) -> Bool {
         let fd = conn.fd
-        var r = FrameReader(frame)
-        let project: String
-        do throws(ParseError) {
-            var sent = true
-            guard let p = try readProject(&r, fd, sent: &sent) else { return true }
-            project = p
-            try r.expectEnd()
-        } catch {
-            sendError(fd, .malformed, "WATCH: \(error.reason)")
-            return true
-        }
         guard let cache = cacheOrRefuse(fd, project) else { return true }
         guard let queue = ChangeQueue() else {
             sendError(fd, .internalError, "cannot watch now")
@@ -509,26 +437,8 @@ public final class ResolverDaemon: @unchecked Sendable {
     /// no longer be part of a match, so at least every complete line; maybe
     /// empty), END → ENDED carrying the rest. The redactor follows the
     /// project's changes between chunks.
-    private func runRedact(_ conn: Connection, _ frame: Frame) -> StreamEnd {
+    private func runRedact(_ conn: Connection, project: String, key: ProjectCache.RedactorKey) -> StreamEnd {
         let fd = conn.fd
-        var r = FrameReader(frame)
-        let project: String
-        let key: ProjectCache.RedactorKey
-        do throws(ParseError) {
-            var sent = true
-            guard let p = try readProject(&r, fd, sent: &sent) else { return sent ? .next : .close(linger: false) }
-            project = p
-            let minimum = Int(try r.u16())
-            let mask = try r.text()
-            try r.expectEnd()
-            guard minimum >= 1, !mask.isEmpty, mask.utf8.count <= DaemonWire.maxMask else {
-                return sendError(fd, .invalidRequest, "REDACT needs a minimum length of at least 1 and a mask of 1...\(DaemonWire.maxMask) bytes")
-                    ? .next : .close(linger: false)
-            }
-            key = ProjectCache.RedactorKey(minimumLength: minimum, mask: mask)
-        } catch {
-            return sendError(fd, .malformed, "REDACT: \(error.reason)") ? .next : .close(linger: false)
-        }
         guard let cache = cacheOrRefuse(fd, project) else { return .close(linger: true) }
         var (redactor, generation): (Redactor, UInt64)
         do { (redactor, generation) = try cache.redactor(key) } catch {
@@ -558,7 +468,12 @@ public final class ResolverDaemon: @unchecked Sendable {
             case .end(let linger):
                 return .close(linger: linger)
             case .frame(let f):
-                switch DaemonWire.MessageType(rawValue: f.type) {
+                let request: DaemonRequest
+                do throws(DaemonRequest.Refusal) { request = try DaemonRequest.parse(f) } catch {
+                    sendError(fd, error.code, error.message)
+                    return .close(linger: true)
+                }
+                switch request {
                 case .data:
                     if cache.generation != generation, let fresh = try? cache.redactor(key) {
                         (redactor, generation) = fresh
