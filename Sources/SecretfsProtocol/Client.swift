@@ -83,28 +83,33 @@ public final class PrivilegedClient: @unchecked Sendable {
     /// Names, versions and times of every secret of the project.
     public func list() throws(ProtocolError) -> SecretListing {
         let frame = try client.request(expect: [Wire.MessageType.listReply.rawValue]) { Wire.emptyRequest(.list) }
-        var r = FrameReader(frame)
         do throws(ParseError) {
-            let version = try r.i64()
-            let sequence = try r.u64()
-            let project = try r.text()
-            let count = Int(try r.u32())
-            var entries: [SecretEntry] = []
-            entries.reserveCapacity(min(count, 65536))
-            for _ in 0..<count {
-                guard let name = try r.name() else { throw ParseError(reason: "invalid name in LIST reply") }
-                let v = try r.i64()
-                let created = try r.i64()
-                let updated = try r.i64()
-                let by = try r.u32()
-                entries.append(SecretEntry(name: name, version: v, createdAt: Timestamp(nanoseconds: created),
-                                           updatedAt: Timestamp(nanoseconds: updated), updatedBy: by))
-            }
-            try r.expectEnd()
-            return SecretListing(project: project, projectVersion: version, sequence: sequence, secrets: entries)
+            return try Self.parseListing(frame)
         } catch {
             throw malformed("LIST reply: \(error.reason)")
         }
+    }
+
+    /// A LIST_REPLY's fields (names checked as names).
+    public static func parseListing(_ frame: Frame) throws(ParseError) -> SecretListing {
+        var r = FrameReader(frame)
+        let version = try r.i64()
+        let sequence = try r.u64()
+        let project = try r.text()
+        let count = Int(try r.u32())
+        var entries: [SecretEntry] = []
+        entries.reserveCapacity(min(count, r.remaining / 30))
+        for _ in 0..<count {
+            guard let name = try r.name() else { throw ParseError(reason: "invalid name in LIST reply") }
+            let v = try r.i64()
+            let created = try r.i64()
+            let updated = try r.i64()
+            let by = try r.u32()
+            entries.append(SecretEntry(name: name, version: v, createdAt: Timestamp(nanoseconds: created),
+                                       updatedAt: Timestamp(nanoseconds: updated), updatedBy: by))
+        }
+        try r.expectEnd()
+        return SecretListing(project: project, projectVersion: version, sequence: sequence, secrets: entries)
     }
 
     /// The values of `names` (only those), and the names that do not exist.
@@ -137,34 +142,39 @@ public final class PrivilegedClient: @unchecked Sendable {
             try getBatch(Array(names[half...]), into: &result)
             return
         }
-        var r = FrameReader(frame)
-        let asked = Set(names)
         do throws(ParseError) {
-            let version = try r.i64()
-            let sequence = try r.u64()
-            let found = Int(try r.u32())
-            for _ in 0..<found {
-                guard let name = try r.name(), asked.contains(name) else {
-                    throw ParseError(reason: "a value for a name that was not asked for")
-                }
-                let v = try r.value()
-                result.values[name]?.wipe()
-                result.values[name] = v
-            }
-            let missing = Int(try r.u32())
-            for _ in 0..<missing {
-                guard let name = try r.name(), asked.contains(name) else {
-                    throw ParseError(reason: "a missing name that was not asked for")
-                }
-                result.missing.append(name)
-            }
-            try r.expectEnd()
-            result.projectVersion = min(result.projectVersion, version)
-            result.sequence = min(result.sequence, sequence)
+            try Self.parseValues(frame, asked: Set(names), into: &result)
         } catch {
             result.wipe()
             throw malformed("GET reply: \(error.reason)")
         }
+    }
+
+    /// A GET_REPLY's values and missing names, added to `result`; only
+    /// names in `asked` are accepted.
+    public static func parseValues(_ frame: Frame, asked: Set<String>, into result: inout SecretValues) throws(ParseError) {
+        var r = FrameReader(frame)
+        let version = try r.i64()
+        let sequence = try r.u64()
+        let found = Int(try r.u32())
+        for _ in 0..<found {
+            guard let name = try r.name(), asked.contains(name) else {
+                throw ParseError(reason: "a value for a name that was not asked for")
+            }
+            let v = try r.value()
+            result.values[name]?.wipe()
+            result.values[name] = v
+        }
+        let missing = Int(try r.u32())
+        for _ in 0..<missing {
+            guard let name = try r.name(), asked.contains(name) else {
+                throw ParseError(reason: "a missing name that was not asked for")
+            }
+            result.missing.append(name)
+        }
+        try r.expectEnd()
+        result.projectVersion = min(result.projectVersion, version)
+        result.sequence = min(result.sequence, sequence)
     }
 
     private func malformed(_ what: String) -> ProtocolError {

@@ -108,6 +108,15 @@ public struct ProtocolError: Error, Sendable, CustomStringConvertible, Equatable
         }
     }
 
+    /// An ERROR frame (`u16 code, text message`) as an error, in `service`'s words.
+    public static func fromFrame(_ frame: Frame, path: String, service: SocketService) -> ProtocolError {
+        var r = FrameReader(frame)
+        guard let code = try? r.u16(), let text = try? r.text() else {
+            return ProtocolError(.malformedReply, "\(path): malformed ERROR frame")
+        }
+        return fromServer(code, text, path: path, service: service)
+    }
+
     /// An ERROR frame's code and text, in `service`'s words.
     static func fromServer(_ code: UInt16, _ text: String, path: String, service: SocketService) -> ProtocolError {
         guard let c = WireErrorCode(rawValue: code) else {

@@ -158,11 +158,7 @@ public final class SocketConnection: @unchecked Sendable {
     }
 
     func errorFromFrame(_ frame: Frame) -> ProtocolError {
-        var r = FrameReader(frame)
-        guard let code = try? r.u16(), let text = try? r.text() else {
-            return ProtocolError(.malformedReply, "\(socketPath): malformed ERROR frame")
-        }
-        return ProtocolError.fromServer(code, text, path: socketPath, service: service)
+        ProtocolError.fromFrame(frame, path: socketPath, service: service)
     }
 }
 

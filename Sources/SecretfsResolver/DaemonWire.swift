@@ -155,7 +155,7 @@ public enum DaemonWire {
         return b.finish()
     }
 
-    static func parseProblems(_ frame: Frame) throws(ParseError) -> [InjectionProblem] {
+    public static func parseProblems(_ frame: Frame) throws(ParseError) -> [InjectionProblem] {
         var r = FrameReader(frame)
         let count = Int(try r.u32())
         var out: [InjectionProblem] = []
