@@ -3,13 +3,14 @@
 /// `{\n  "field": "rewritten",\n  …\n}\n`.
 struct ConfigReader {
     let src: [UInt8]
+    let maxNestingDepth: Int
     var i = 0
     var line = 1
     var column = 1
     var problems: [InjectionProblem] = []
 
     static func read(into doc: inout DocumentPlan) {
-        var r = ConfigReader(src: doc.source)
+        var r = ConfigReader(src: doc.source, maxNestingDepth: doc.limits.maxNestingDepth)
         r.parse(into: &doc)
         doc.documentProblems += r.problems
     }
@@ -29,6 +30,11 @@ struct ConfigReader {
     mutating func fail(_ message: String, context: String = "") -> Fail {
         problems.append(InjectionProblem(kind: .document, context: context, line: line, column: column,
                                          message: "config: \(message)"))
+        return Fail()
+    }
+
+    mutating func limitFail(_ message: String, context: String = "") -> Fail {
+        problems.append(InjectionProblem(kind: .limit, context: context, line: line, column: column, message: message))
         return Fail()
     }
 
@@ -102,34 +108,59 @@ struct ConfigReader {
         return v
     }
 
-    /// Skips any JSON value (for fields that are not strings).
-    mutating func skipValue() throws(Fail) {
-        skipWhitespace()
-        switch byte {
-        case 0x22: _ = try string()
-        case 0x7B, 0x5B:
-            let close: UInt8 = byte == 0x7B ? 0x7D : 0x5D
-            advance()
+    /// Skips any JSON value (for fields that are not strings). Iterative, with
+    /// a stack of the closing brackets still owed: a value nested a million
+    /// levels deep costs no call stack, and nesting past
+    /// `maxNestingDepth` (counting the config object itself as level 1) is a
+    /// `.limit` problem.
+    mutating func skipValue(context: String) throws(Fail) {
+        var closers: [UInt8] = []
+        while true {
+            // One value.
             skipWhitespace()
-            if byte == close { advance(); return }
-            while true {
-                if close == 0x7D {
-                    skipWhitespace()
-                    _ = try string()
-                    try expect(0x3A, "':'")
+            switch byte {
+            case 0x22:
+                _ = try string()
+            case 0x7B, 0x5B:
+                let close: UInt8 = byte == 0x7B ? 0x7D : 0x5D
+                guard 1 + closers.count + 1 <= maxNestingDepth else {
+                    throw limitFail("config: nesting deeper than \(maxNestingDepth) levels", context: context)
                 }
-                try skipValue()
+                advance()
                 skipWhitespace()
-                if byte == 0x2C { advance(); continue }
-                try expect(close, close == 0x7D ? "'}'" : "']'")
-                return
+                if byte == close {
+                    advance()
+                } else {
+                    closers.append(close)
+                    if close == 0x7D { try memberName() }
+                    continue
+                }
+            default:
+                let start = i
+                while !atEnd, let c = Optional(byte), c != 0x2C, c != 0x7D, c != 0x5D,
+                      c != 0x20, c != 0x0A, c != 0x0D, c != 0x09 { advance() }
+                if i == start { throw fail("expected a value") }
             }
-        default:
-            let start = i
-            while !atEnd, let c = Optional(byte), c != 0x2C, c != 0x7D, c != 0x5D,
-                  c != 0x20, c != 0x0A, c != 0x0D, c != 0x09 { advance() }
-            if i == start { throw fail("expected a value") }
+            // After a value: a comma (the next member) or the closing brackets.
+            while let close = closers.last {
+                skipWhitespace()
+                if byte == 0x2C {
+                    advance()
+                    if close == 0x7D { try memberName() }
+                    break
+                }
+                try expect(close, close == 0x7D ? "'}'" : "']'")
+                closers.removeLast()
+            }
+            if closers.isEmpty { return }
         }
+    }
+
+    /// `"name":` inside an object being skipped.
+    mutating func memberName() throws(Fail) {
+        skipWhitespace()
+        _ = try string()
+        try expect(0x3A, "':'")
     }
 
     mutating func parse(into doc: inout DocumentPlan) {
@@ -161,7 +192,7 @@ struct ConfigReader {
                     } else {
                         problems.append(InjectionProblem(kind: .document, context: context, line: line, column: column,
                                                          message: "config: the value must be a string holding the expression source"))
-                        try skipValue()
+                        try skipValue(context: context)
                     }
                     skipWhitespace()
                     if byte == 0x2C { advance(); continue }

@@ -27,9 +27,17 @@ public enum InjectionFormat: String, Sendable, CaseIterable {
 public enum Injector {
     /// Phase 1: parses the document, tokenizes every expression in it and
     /// finds the secret references. Never needs a value and never fails: what
-    /// is wrong is listed in `problems`.
-    public static func scan(_ source: [UInt8], format: InjectionFormat) -> InjectionScan {
-        var doc = DocumentPlan(source: source)
+    /// is wrong is listed in `problems`, including any of `limits` that the
+    /// document goes past (a `.limit` problem; the document size is checked
+    /// before anything is parsed).
+    public static func scan(_ source: [UInt8], format: InjectionFormat,
+                            limits: InjectionLimits = .default) -> InjectionScan {
+        var doc = DocumentPlan(source: source, limits: limits)
+        if source.count > limits.maxDocumentBytes {
+            doc.limitProblem(line: 1, column: 1,
+                             "document: \(source.count) bytes, over the limit of \(limits.maxDocumentBytes) bytes")
+            return InjectionScan(format: format, plan: doc)
+        }
         switch format {
         case .expr:
             doc.addWholeExpression()
@@ -42,8 +50,9 @@ public enum Injector {
     }
 
     /// Convenience: `scan` of UTF-8 text.
-    public static func scan(_ source: String, format: InjectionFormat) -> InjectionScan {
-        scan(Array(source.utf8), format: format)
+    public static func scan(_ source: String, format: InjectionFormat,
+                            limits: InjectionLimits = .default) -> InjectionScan {
+        scan(Array(source.utf8), format: format, limits: limits)
     }
 }
 
@@ -208,11 +217,19 @@ enum Piece: Sendable {
 
 struct DocumentPlan: Sendable {
     let source: [UInt8]
+    let limits: InjectionLimits
     var sites: [ExpressionSite] = []
     var pieces: [Piece] = []
     var documentProblems: [InjectionProblem] = []
 
-    init(source: [UInt8]) { self.source = source }
+    init(source: [UInt8], limits: InjectionLimits) {
+        self.source = source
+        self.limits = limits
+    }
+
+    mutating func limitProblem(line: Int, column: Int, _ message: String, context: String = "") {
+        documentProblems.append(InjectionProblem(kind: .limit, context: context, line: line, column: column, message: message))
+    }
 
     mutating func addWholeExpression() {
         sites.append(ExpressionSite(analysis: ExpressionAnalysis(source), context: "", span: nil))
