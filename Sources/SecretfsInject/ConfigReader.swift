@@ -187,7 +187,7 @@ struct ConfigReader {
                     skipWhitespace()
                     if byte == 0x22 {
                         let (value, span) = try string()
-                        doc.sites.append(ExpressionSite(analysis: ExpressionAnalysis(value), context: context, span: span))
+                        doc.sites.append(ExpressionSite(analysis: ExpressionAnalysis(value, budget: doc.analysisBudget), context: context, span: span))
                         fields.append((key, doc.sites.count - 1))
                     } else {
                         problems.append(InjectionProblem(kind: .document, context: context, line: line, column: column,

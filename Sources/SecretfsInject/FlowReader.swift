@@ -180,7 +180,7 @@ struct FlowReader {
                                 rawStyle = .plain
                             }
                             let span = RawSpan(contentStart: w.pos, end: end, line: w.line, column: w.column, style: rawStyle)
-                            let analysis = ExpressionAnalysis(value)
+                            let analysis = ExpressionAnalysis(value, budget: doc.analysisBudget)
                             pendingSites.append((ExpressionSite(analysis: analysis, context: "", span: span), path))
                             if !analysis.references.isEmpty && analysis.problems.isEmpty && start >= copied {
                                 pieces.append(.raw(copied..<start))

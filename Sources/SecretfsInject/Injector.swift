@@ -231,8 +231,13 @@ struct DocumentPlan: Sendable {
         documentProblems.append(InjectionProblem(kind: .limit, context: context, line: line, column: column, message: message))
     }
 
+    /// What the next expression may cost.
+    var analysisBudget: AnalysisBudget {
+        AnalysisBudget(maxDepth: limits.maxNestingDepth, references: .max, problems: .max)
+    }
+
     mutating func addWholeExpression() {
-        sites.append(ExpressionSite(analysis: ExpressionAnalysis(source), context: "", span: nil))
+        sites.append(ExpressionSite(analysis: ExpressionAnalysis(source, budget: analysisBudget), context: "", span: nil))
         pieces = [.expression(0, .none)]
     }
 

@@ -50,4 +50,40 @@ import Testing
         #expect(Injector.scan(#"{"a": [1, {"k" 2}]}"#, format: .config).problems.last?.description
                 == #"1:16: config: expected ':'"#)
     }
+
+    @Test func expressionNestingIsCapped() throws {
+        let parens = Injector.scan(String(repeating: "(", count: 1_000_000) + "secrets.A", format: .expr)
+        #expect(parens.problems.map(\.description) == ["1:513: expression: nesting deeper than 512 levels"])
+        #expect(parens.problems.first?.kind == .limit)
+        // Template substitutions nest too: `${` inside `${` inside ….
+        let templates = Injector.scan(String(repeating: "`${", count: 600) + "1", format: .expr)
+        #expect(templates.problems.map(\.description) == ["1:1537: expression: nesting deeper than 512 levels"])
+        // 512 levels are fine, and the references inside are found.
+        let ok = String(repeating: "[", count: 512) + "secrets.A" + String(repeating: "]", count: 512)
+        #expect(Injector.scan(ok, format: .expr).problems.isEmpty)
+        #expect(try rewriteExpr(ok, ["A": "v"]).get() == String(repeating: "[", count: 512) + "\"v\"" + String(repeating: "]", count: 512))
+        // In a flow the problem has the field's context and file position.
+        let flow = "a:\n  b: !expr '" + String(repeating: "{", count: 600) + "'\n"
+        #expect(Injector.scan(flow, format: .flow).problems.map(\.description) == ["a.b 2:525: expression: nesting deeper than 512 levels"])
+    }
+
+    @Test func commentsAreMatchedToReferencesInLinearTime() throws {
+        // Every reference carries a comment, and comments sit between them:
+        // the old matching filtered every comment for every reference.
+        let n = 30_000
+        var source = ""
+        for k in 0..<n { source += "secrets /*c\(k)*/ .A + /*x\(k)*/ " }
+        source += "secrets // end\n.A"
+        let clock = ContinuousClock()
+        var out = ""
+        let elapsed = try clock.measure {
+            out = try rewriteExpr(source, ["A": "v"]).get()
+        }
+        #expect(elapsed < .seconds(10), "took \(elapsed)")
+        var expected = ""
+        for k in 0..<n { expected += "\"v\" /*c\(k)*/ + /*x\(k)*/ " }
+        expected += "\"v\" // end\n"
+        #expect(out == expected)
+    }
 }
+
