@@ -3,17 +3,18 @@
 /// `{\n  "field": "rewritten",\n  …\n}\n`.
 struct ConfigReader {
     let src: [UInt8]
-    let maxNestingDepth: Int
+    var doc: DocumentPlan
     var i = 0
     var line = 1
     var column = 1
-    var problems: [InjectionProblem] = []
 
     static func read(into doc: inout DocumentPlan) {
-        var r = ConfigReader(src: doc.source, maxNestingDepth: doc.limits.maxNestingDepth)
-        r.parse(into: &doc)
-        doc.documentProblems += r.problems
+        var r = ConfigReader(src: doc.source, doc: doc)
+        r.parse()
+        doc = r.doc
     }
+
+    var maxNestingDepth: Int { doc.limits.maxNestingDepth }
 
     struct Fail: Error {}
 
@@ -28,13 +29,13 @@ struct ConfigReader {
     }
 
     mutating func fail(_ message: String, context: String = "") -> Fail {
-        problems.append(InjectionProblem(kind: .document, context: context, line: line, column: column,
-                                         message: "config: \(message)"))
+        doc.documentProblem(line: line, column: column, "config: \(message)", context: context)
         return Fail()
     }
 
+    /// A limit reached: reading stops.
     mutating func limitFail(_ message: String, context: String = "") -> Fail {
-        problems.append(InjectionProblem(kind: .limit, context: context, line: line, column: column, message: message))
+        doc.stopReading(line: line, column: column, message, context: context)
         return Fail()
     }
 
@@ -163,7 +164,7 @@ struct ConfigReader {
         try expect(0x3A, "':'")
     }
 
-    mutating func parse(into doc: inout DocumentPlan) {
+    mutating func parse() {
         var fields: [(key: String, site: Int)] = []
         do throws(Fail) {
             if src.starts(with: [0xEF, 0xBB, 0xBF]) { i = 3 }
@@ -180,20 +181,28 @@ struct ConfigReader {
                     let key = String(decoding: keyBytes, as: UTF8.self)
                     let context = "field \(displayQuoted(key, limit: 80))"
                     if !seen.insert(key).inserted {
-                        problems.append(InjectionProblem(kind: .document, context: context, line: keyLine,
-                                                         column: keyColumn, message: "config: duplicate field"))
+                        doc.documentProblem(line: keyLine, column: keyColumn, "config: duplicate field", context: context)
                     }
                     try expect(0x3A, "':'")
                     skipWhitespace()
                     if byte == 0x22 {
+                        let valueLine = line, valueColumn = column
                         let (value, span) = try string()
-                        doc.sites.append(ExpressionSite(analysis: ExpressionAnalysis(value, budget: doc.analysisBudget), context: context, span: span))
-                        fields.append((key, doc.sites.count - 1))
+                        switch doc.analyse(value) {
+                        case .analysed(let analysis):
+                            doc.sites.append(ExpressionSite(analysis: analysis, context: .text(context), span: span))
+                            fields.append((key, doc.sites.count - 1))
+                        case .overLimit(let message, let partial):
+                            doc.stopReading(at: partial.map { ExpressionSite(analysis: $0, context: .text(context), span: span) },
+                                            message, context: .text(context), line: valueLine, column: valueColumn)
+                            throw Fail()
+                        }
                     } else {
-                        problems.append(InjectionProblem(kind: .document, context: context, line: line, column: column,
-                                                         message: "config: the value must be a string holding the expression source"))
+                        doc.documentProblem(line: line, column: column,
+                                            "config: the value must be a string holding the expression source", context: context)
                         try skipValue(context: context)
                     }
+                    if doc.stopped { throw Fail() }
                     skipWhitespace()
                     if byte == 0x2C { advance(); continue }
                     try expect(0x7D, "',' or '}'")

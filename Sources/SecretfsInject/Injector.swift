@@ -32,10 +32,10 @@ public enum Injector {
     /// before anything is parsed).
     public static func scan(_ source: [UInt8], format: InjectionFormat,
                             limits: InjectionLimits = .default) -> InjectionScan {
-        var doc = DocumentPlan(source: source, limits: limits)
+        var doc = DocumentPlan(source: source, format: format, limits: limits)
         if source.count > limits.maxDocumentBytes {
-            doc.limitProblem(line: 1, column: 1,
-                             "document: \(source.count) bytes, over the limit of \(limits.maxDocumentBytes) bytes")
+            doc.stopReading(line: 1, column: 1,
+                            "document: \(source.count) bytes, over the limit of \(limits.maxDocumentBytes) bytes")
             return InjectionScan(format: format, plan: doc)
         }
         switch format {
@@ -80,10 +80,18 @@ public struct InjectionScan: Sendable {
         }
         referencedNames = names.sorted()
         referenceCount = count
-        problems = (plan.documentProblems + plan.sites.flatMap { site in
-            site.analysis.problems.map { plan.problem($0.kind, site: site, at: $0.position, $0.message) }
-        })
-        .sorted { ($0.line, $0.column) < ($1.line, $1.column) }
+        var list = plan.documentProblems
+        for site in plan.sites where !site.analysis.problems.isEmpty {
+            let context = plan.context(site.context)
+            var locate = SiteLocator(file: plan.source, site: site)
+            for p in site.analysis.problems {
+                let (line, column) = locate.position(p.position)
+                list.append(InjectionProblem(kind: p.kind, context: context, line: line, column: column, message: p.message))
+            }
+        }
+        list.sort { ($0.line, $0.column) < ($1.line, $1.column) }
+        if let stop = plan.stop { list.append(stop) }
+        problems = list
     }
 
     /// Phase 2: the document with every reference replaced by a JavaScript
@@ -118,15 +126,12 @@ public struct InjectionScan: Sendable {
     /// A missing-secret problem at each reference to a name not in
     /// `existing`. Lets a caller report missing secrets together with the
     /// phase-1 problems, knowing only the project's names (no values).
+    /// At most `InjectionLimits.maxProblems` of them, then one `.limit`
+    /// problem saying the rest are not listed.
     public func missingSecretProblems(existing: Set<String>) -> [InjectionProblem] {
-        var found: [InjectionProblem] = []
-        for site in plan.sites {
-            for r in site.analysis.references where !existing.contains(r.name) {
-                found.append(plan.problem(.missingSecret, site: site, at: r.position,
-                                          "secret \(r.name) does not exist in the project", secret: r.name))
-            }
+        plan.referenceProblems(max: plan.limits.maxProblems) { r in
+            existing.contains(r.name) ? nil : (.missingSecret, "secret \(r.name) does not exist in the project", r.name)
         }
-        return found
     }
 
     private func resolve<B: SecretBuffer>(_ lookup: (String) -> B?) throws(InjectionError) -> [String: B] {
@@ -142,21 +147,16 @@ public struct InjectionScan: Sendable {
             }
         }
         guard !missing.isEmpty || !notUTF8.isEmpty else { return values }
-        var found: [InjectionProblem] = []
         var reportedUTF8 = Set<String>()
-        for site in plan.sites {
-            for r in site.analysis.references {
-                if missing.contains(r.name) {
-                    found.append(plan.problem(.missingSecret, site: site, at: r.position,
-                                              "secret \(r.name) does not exist in the project", secret: r.name))
-                } else if notUTF8.contains(r.name), reportedUTF8.insert(r.name).inserted {
-                    found.append(plan.problem(.invalidUTF8Value, site: site, at: r.position,
-                                              "secret \(r.name) is not valid UTF-8 and cannot become a JavaScript string",
-                                              secret: r.name))
-                }
+        throw InjectionError(problems: plan.referenceProblems(max: plan.limits.maxProblems) { r in
+            if missing.contains(r.name) {
+                return (.missingSecret, "secret \(r.name) does not exist in the project", r.name)
             }
-        }
-        throw InjectionError(problems: found)
+            if notUTF8.contains(r.name), reportedUTF8.insert(r.name).inserted {
+                return (.invalidUTF8Value, "secret \(r.name) is not valid UTF-8 and cannot become a JavaScript string", r.name)
+            }
+            return nil
+        })
     }
 
     private func emitDocument<S: ByteSink, B: SecretBuffer>(into sink: inout S, _ values: [String: B]) {
@@ -188,190 +188,4 @@ public struct InjectionScan: Sendable {
         sink.put(0x7D)
         sink.put(0x0A)
     }
-}
-
-// MARK: - Document plan (internal)
-
-/// How the raw text of an expression maps back to file positions.
-struct RawSpan {
-    enum Style { case plain, singleQuoted, doubleQuoted, block, json }
-    var contentStart: Int       // byte offset of the first content character
-    var end: Int                // byte offset where the raw scalar ends
-    var line: Int               // 1-based, at contentStart
-    var column: Int             // 1-based, at contentStart
-    var style: Style
-}
-
-struct ExpressionSite: Sendable {
-    var analysis: ExpressionAnalysis
-    /// Flow path components, or the rendered context for other formats.
-    var context: String
-    var span: RawSpan?          // nil: positions are the expression's own
-}
-
-enum Piece: Sendable {
-    case raw(Range<Int>)
-    case text([UInt8])
-    case expression(Int, OuterEscaping)
-}
-
-struct DocumentPlan: Sendable {
-    let source: [UInt8]
-    let limits: InjectionLimits
-    var sites: [ExpressionSite] = []
-    var pieces: [Piece] = []
-    var documentProblems: [InjectionProblem] = []
-
-    init(source: [UInt8], limits: InjectionLimits) {
-        self.source = source
-        self.limits = limits
-    }
-
-    mutating func limitProblem(line: Int, column: Int, _ message: String, context: String = "") {
-        documentProblems.append(InjectionProblem(kind: .limit, context: context, line: line, column: column, message: message))
-    }
-
-    /// What the next expression may cost.
-    var analysisBudget: AnalysisBudget {
-        AnalysisBudget(maxDepth: limits.maxNestingDepth, references: .max, problems: .max)
-    }
-
-    mutating func addWholeExpression() {
-        sites.append(ExpressionSite(analysis: ExpressionAnalysis(source, budget: analysisBudget), context: "", span: nil))
-        pieces = [.expression(0, .none)]
-    }
-
-    mutating func documentProblem(line: Int, column: Int, _ message: String, context: String = "") {
-        documentProblems.append(InjectionProblem(kind: .document, context: context, line: line, column: column, message: message))
-    }
-
-    func problem(_ kind: InjectionProblem.Kind, site: ExpressionSite, at p: SourcePosition,
-                 _ message: String, secret: String? = nil) -> InjectionProblem {
-        let (line, column) = position(site: site, p)
-        return InjectionProblem(kind: kind, context: site.context, line: line, column: column,
-                                message: message, secretName: secret)
-    }
-
-    /// File position of an expression position.
-    func position(site: ExpressionSite, _ p: SourcePosition) -> (Int, Int) {
-        guard let span = site.span else { return (p.line, p.column) }
-        return RawAligner.position(file: source, span: span, value: site.analysis.source, scalarIndex: p.scalarIndex)
-    }
-}
-
-/// Maps the n-th scalar of a decoded scalar (YAML or JSON string) back to its
-/// place in the file by walking the raw text alongside the value: a value
-/// character is matched to the next equal raw character, or to the escape
-/// that produced it; raw characters that produced nothing (indentation,
-/// folded line breaks, quotes of `''`) are skipped; a folded line break
-/// matches the value's space or newline. Exact for the characters tokens
-/// start with.
-enum RawAligner {
-    static func position(file: [UInt8], span: RawSpan, value: [UInt8], scalarIndex: Int) -> (Int, Int) {
-        var w = RawWalker(src: file, pos: span.contentStart, line: span.line, column: span.column,
-                          yamlBreaks: span.style != .json)
-        var vp = 0
-        var k = 0
-        while vp < value.count {
-            let (v, vn) = decodeUTF8(value, vp)
-            var here = (w.line, w.column)
-            while w.pos < span.end {
-                let r = w.current
-                if (span.style == .doubleQuoted || span.style == .json) && r == 0x5C {
-                    let e = w.peekByte(1)
-                    if span.style == .doubleQuoted && (e == 0x0A || e == 0x0D) {
-                        w.advance(); w.advance()   // escaped line break
-                        if e == 0x0D && w.currentByte == 0x0A { w.advance() }
-                        while w.pos < span.end && (w.currentByte == 0x20 || w.currentByte == 0x09) { w.advance() }
-                        continue
-                    }
-                    here = (w.line, w.column)
-                    let len: Int
-                    switch e {
-                    case 0x78: len = 4
-                    case 0x75: len = 6
-                    case 0x55: len = 10
-                    default: len = 2
-                    }
-                    // A JSON surrogate pair is two escapes for one scalar.
-                    let pair = span.style == .json && e == 0x75 && v >= 0x10000
-                    for _ in 0..<(pair ? 12 : len) { w.advance() }
-                    break
-                }
-                if span.style == .singleQuoted && r == 0x27 {
-                    here = (w.line, w.column)
-                    w.advance(); w.advance()
-                    break
-                }
-                if r == v {
-                    here = (w.line, w.column)
-                    w.advance()
-                    break
-                }
-                if (v == 0x20 || v == 0x0A) && w.isBreak {
-                    here = (w.line, w.column)
-                    w.advance()
-                    break
-                }
-                w.advance()
-            }
-            if k == scalarIndex { return here }
-            vp += vn
-            k += 1
-        }
-        return (w.line, w.column)
-    }
-}
-
-/// Walks raw file text keeping a 1-based line and column (columns in scalars).
-struct RawWalker {
-    let src: [UInt8]
-    var pos: Int
-    var line: Int
-    var column: Int
-    var yamlBreaks: Bool
-
-    var current: UInt32 { decodeUTF8(src, pos).0 }
-    var currentByte: UInt8 { pos < src.count ? src[pos] : 0 }
-    func peekByte(_ n: Int) -> UInt8 { pos + n < src.count ? src[pos + n] : 0 }
-    var isBreak: Bool {
-        let c = current
-        return c == 0x0A || c == 0x0D || (yamlBreaks && (c == 0x85 || c == 0x2028 || c == 0x2029))
-    }
-
-    mutating func advance() {
-        guard pos < src.count else { return }
-        let (c, n) = decodeUTF8(src, pos)
-        let brk = isBreak
-        pos += n
-        if brk && !(c == 0x0D && currentByte == 0x0A) {
-            line += 1
-            column = 1
-        } else {
-            column += 1
-        }
-    }
-}
-
-/// The scalar at byte `p` of UTF-8 `src` and its length; invalid bytes read
-/// as U+FFFD of length 1.
-func decodeUTF8(_ src: [UInt8], _ p: Int) -> (UInt32, Int) {
-    guard p < src.count else { return (0, 0) }
-    let b0 = UInt32(src[p])
-    if b0 < 0x80 { return (b0, 1) }
-    func cont(_ k: Int) -> UInt32? {
-        guard p + k < src.count, src[p + k] & 0xC0 == 0x80 else { return nil }
-        return UInt32(src[p + k] & 0x3F)
-    }
-    if b0 & 0xE0 == 0xC0, let c1 = cont(1) {
-        let v = (b0 & 0x1F) << 6 | c1
-        if v >= 0x80 { return (v, 2) }
-    } else if b0 & 0xF0 == 0xE0, let c1 = cont(1), let c2 = cont(2) {
-        let v = (b0 & 0x0F) << 12 | c1 << 6 | c2
-        if v >= 0x800 && !(0xD800...0xDFFF).contains(v) { return (v, 3) }
-    } else if b0 & 0xF8 == 0xF0, let c1 = cont(1), let c2 = cont(2), let c3 = cont(3) {
-        let v = (b0 & 0x07) << 18 | c1 << 12 | c2 << 6 | c3
-        if v >= 0x10000 && v <= 0x10FFFF { return (v, 4) }
-    }
-    return (0xFFFD, 1)
 }

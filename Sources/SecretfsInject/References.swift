@@ -45,9 +45,10 @@ struct ExpressionAnalysis: Sendable {
     var source: [UInt8]
     var references: [SecretReference] = []
     var problems: [LexProblem] = []
-    /// Set when the budget ran out: the analysis stopped there, and the
-    /// document reader reports the limit.
+    /// Set when the budget ran out: the analysis stopped at `exceededAt`, and
+    /// the document reader reports the limit.
     var exceeded: Exceeded?
+    var exceededAt: SourcePosition?
 
     init(_ source: [UInt8], budget: AnalysisBudget = .unlimited) {
         self.source = source
@@ -55,10 +56,12 @@ struct ExpressionAnalysis: Sendable {
         finder.run()
         references = finder.references
         problems = finder.tokens.lexer.problems
-        if finder.referencesExceeded {
+        if let at = finder.referencesExceededAt {
             exceeded = .references
+            exceededAt = at
         } else if finder.tokens.lexer.problemsExceeded {
             exceeded = .problems
+            exceededAt = finder.tokens.lexer.problemsExceededAt
         }
         problems.sort { $0.position.scalarIndex < $1.position.scalarIndex }
     }
@@ -172,7 +175,8 @@ struct ReferenceFinder {
     var tokens: TokenWindow
     let maxReferences: Int
     var references: [SecretReference] = []
-    var referencesExceeded = false
+    /// The reference past `maxReferences`, where the finder stopped.
+    var referencesExceededAt: SourcePosition?
 
     init(source: [UInt8], budget: AnalysisBudget) {
         self.source = source
@@ -185,7 +189,7 @@ struct ReferenceFinder {
         "&&=", "||=", "??=", "++", "--",
     ]
 
-    var stopped: Bool { referencesExceeded || tokens.lexer.problemsExceeded }
+    var stopped: Bool { referencesExceededAt != nil || tokens.lexer.problemsExceeded }
 
     mutating func report(_ kind: InjectionProblem.Kind, _ t: JSToken, _ message: String) {
         tokens.lexer.problem(kind, at: SourcePosition(line: t.line, column: t.column, scalarIndex: t.scalarIndex), message)
@@ -307,7 +311,7 @@ struct ReferenceFinder {
             return
         }
         guard references.count < maxReferences else {
-            referencesExceeded = true
+            referencesExceededAt = SourcePosition(line: t.line, column: t.column, scalarIndex: t.scalarIndex)
             return
         }
         // A directive is a statement that is only a string literal: at a

@@ -90,6 +90,8 @@ struct JSTokenizer {
     var scalarIndex = 0
     var problems: [LexProblem] = []
     private(set) var problemsExceeded = false
+    /// Where the first problem past `maxProblems` was.
+    private(set) var problemsExceededAt: SourcePosition?
     /// Open brackets; `.substitution` entries remember where their template began.
     var stack: [(JSToken.Opener, SourcePosition)] = []
     var reportedBadUTF8 = false
@@ -146,6 +148,7 @@ struct JSTokenizer {
 
     mutating func problem(_ kind: InjectionProblem.Kind = .syntax, at p: SourcePosition, _ message: String) {
         guard problems.count < maxProblems else {
+            if !problemsExceeded { problemsExceededAt = p }
             problemsExceeded = true
             return
         }

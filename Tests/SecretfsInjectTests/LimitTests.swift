@@ -5,7 +5,7 @@ import Testing
 /// The bounds of DESIGN.md "Trust boundaries": every parser is depth-capped
 /// and every count is limited before memory is committed, each with a
 /// `.limit` problem that names the limit.
-@Suite struct LimitTests {
+@Suite(.serialized) struct LimitTests {
     private func limitProblems(_ scan: InjectionScan) -> [String] {
         scan.problems.filter { $0.kind == .limit }.map(\.description)
     }
@@ -85,5 +85,113 @@ import Testing
         expected += "\"v\" // end\n"
         #expect(out == expected)
     }
+
+    @Test func flowNestingIsCapped() throws {
+        // Flow style.
+        let flowStyle = "a: " + String(repeating: "[", count: 600)
+        #expect(Injector.scan(flowStyle, format: .flow).problems.map(\.description) == [
+            "a" + String(repeating: "[0]", count: 511) + " 1:515: flow: nesting deeper than 512 levels",
+        ])
+        // Far deeper, libyaml's own limit (1000 levels, counted as it reads
+        // ahead) answers first: still one problem, no crash.
+        let deeper = Injector.scan("a: " + String(repeating: "[", count: 1_000_000), format: .flow).problems
+        #expect(deeper.count == 1 && deeper[0].message.hasPrefix("flow: YAML: Maximum nesting level reached"))
+        // Block style, indented one more step per level.
+        var block = ""
+        for level in 0..<600 { block += String(repeating: " ", count: level) + "k:\n" }
+        let scan = Injector.scan(block, format: .flow)
+        #expect(scan.problems.count == 1)
+        #expect(scan.problems.first?.kind == .limit)
+        #expect(scan.problems.first?.description.hasSuffix(" 513:513: flow: nesting deeper than 512 levels") == true)
+        // 512 levels are read, and an expression at the bottom is rewritten.
+        let ok = String(repeating: "[", count: 511) + "{a: !expr secrets.A}" + String(repeating: "]", count: 511)
+        #expect(Injector.scan(ok, format: .flow).problems.isEmpty)
+        #expect(try rewrite(ok, .flow, ["A": Array("v".utf8)]).get().contains(#"{a: !expr "\"v\""}"#))
+    }
+
+    @Test func siteAndReferenceCountsAreLimited() {
+        let flow = String(repeating: "- !expr 1\n", count: 100_001)
+        #expect(limitProblems(Injector.scan(flow, format: .flow)) == ["[100000] 100001:9: flow: more than 100000 !expr expressions"])
+        #expect(Injector.scan(String(repeating: "- !expr 1\n", count: 100_000), format: .flow).problems.isEmpty)
+
+        let refs = String(repeating: "secrets.A+", count: 100_000) + "secrets.B"
+        let scan = Injector.scan(refs, format: .expr)
+        #expect(scan.problems.map(\.description) == ["1:1000001: expression: more than 100000 secret references"])
+        #expect(Injector.scan(String(repeating: "secrets.A+", count: 99_999) + "secrets.B", format: .expr).problems.isEmpty)
+
+        // The limits are the caller's; the count runs over the whole document.
+        let small = InjectionLimits(maxSites: 3, maxReferences: 4)
+        let config = #"{"a": "secrets.A", "b": "secrets.B + secrets.C", "c": "1", "d": "2"}"#
+        #expect(Injector.scan(config, format: .config, limits: small).problems.map(\.description)
+                == [#"field "d" 1:65: config: more than 3 fields"#])
+        let config2 = #"{"a": "secrets.A", "b": "secrets.B + secrets.C", "c": "secrets.D + secrets.E"}"#
+        #expect(Injector.scan(config2, format: .config, limits: small).problems.map(\.description)
+                == [#"field "c" 1:68: config: more than 4 secret references"#])
+        let yaml = "a: !expr secrets.A\nb:\n  c: [!expr secrets.B, !expr 'secrets.C +\n    secrets.D + secrets.E']\n"
+        #expect(Injector.scan(yaml, format: .flow, limits: small).problems.map(\.description)
+                == ["b.c[1] 4:17: flow: more than 4 secret references"])
+    }
+
+    @Test func problemsAreLimited() {
+        let many = String(repeating: "secrets + ", count: 5_000) + "1"
+        let scan = Injector.scan(many, format: .expr)
+        #expect(scan.problems.count == 1_001)
+        #expect(scan.problems.dropLast().allSatisfy { $0.kind == .notStatic })
+        #expect(scan.problems.last?.description == "1:10001: expression: more than 1000 problems; the rest of the document was not read")
+        // Document problems count too.
+        let fields = "{" + (0..<30).map { "\"f\($0)\": 1" }.joined(separator: ", ") + "}"
+        let config = Injector.scan(fields, format: .config, limits: InjectionLimits(maxProblems: 10))
+        #expect(config.problems.count == 11)
+        #expect(config.problems.last?.message == "config: more than 10 problems; the rest of the document was not read")
+        // Missing secrets (phase 2, and from the names alone) are listed up to the limit too.
+        let missing = Injector.scan(String(repeating: "secrets.GONE + ", count: 3_000) + "1", format: .expr)
+        let listed = missing.missingSecretProblems(existing: [])
+        #expect(listed.count == 1_001)
+        #expect(listed.last?.description == "1:15001: expression: more than 1000 problems; the rest are not listed")
+        do {
+            let _: TestBuffer = try missing.rewrite { _ in nil }
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.problems.count == 1_001)
+            #expect(error.problems.dropLast().allSatisfy { $0.kind == .missingSecret })
+        }
+    }
+
+    @Test func deepFlowSitesShareTheirPath() throws {
+        // 100,000 sites 500 levels down: each used to hold its own copy of
+        // the whole path (and render it), over 1 GiB at this depth.
+        let depth = 500
+        let flow = String(repeating: "{level: ", count: depth) + "["
+            + String(repeating: "!expr secrets.A, ", count: 99_999) + "!expr 'secrets[k]']" + String(repeating: "}", count: depth)
+        let peak = try PeakMemory.measure {
+            let scan = Injector.scan(flow, format: .flow)
+            #expect(scan.referenceCount == 99_999)
+            // The one problem still names the whole path.
+            #expect(scan.problems.map(\.description) == [
+                String(repeating: "level.", count: depth - 1) + "level[99999] 1:\(8 * depth + 1 + 17 * 99_999 + 8): secrets[k] cannot be resolved statically; hint: use secrets.NAME",
+            ])
+        }
+        #expect(peak < 300 << 20, "the scan took \(peak >> 20) MiB at its peak")
+    }
 }
 
+/// The growth of the process's peak resident size while `body` runs (the
+/// kernel's high-water mark, reset first). Other tests running at the same
+/// time can only add to it.
+enum PeakMemory {
+    static func measure(_ body: () throws -> Void) throws -> Int {
+        try "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)
+        let base = try status("VmRSS:")
+        try body()
+        return try status("VmHWM:") - base
+    }
+
+    private static func status(_ field: String) throws -> Int {
+        let text = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(field) }),
+              let kib = Int(line.split(separator: " ")[1]) else {
+            throw CocoaError(.fileReadCorruptFile)
+        }
+        return kib << 10
+    }
+}
