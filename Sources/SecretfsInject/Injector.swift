@@ -104,23 +104,89 @@ public struct InjectionScan: Sendable {
     /// every missing secret at each reference and every value that is not
     /// valid UTF-8. Messages name secrets, never values.
     ///
+    /// The output's size is computed first (see `outputSize`); over
+    /// `maximum` (by default the scan's `InjectionLimits.maxOutputBytes`) it
+    /// is a `.limit` problem and nothing is allocated.
+    ///
     /// Output: `flow` is the input file byte for byte except each `!expr`
     /// scalar that holds a reference, which becomes `!expr "…"` (a YAML
     /// double-quoted scalar, anchor kept); `config` is a JSON object with the
     /// same fields in the same order, each value the rewritten expression;
     /// `expr` is the rewritten expression.
-    public func rewrite<B: SecretBuffer>(_ lookup: (String) -> B?) throws(InjectionError) -> B {
-        let values = try resolve(lookup)
-        return assemble(B.self, { emitDocument(into: &$0, values) }, { emitDocument(into: &$0, values) })
+    public func rewrite<B: SecretBuffer>(maximum: Int? = nil, _ lookup: (String) -> B?) throws(InjectionError) -> B {
+        try produce(.document, maximum: maximum, lookup)
     }
 
     /// Phase 2, for runtimes that bind `secrets` themselves: a JSON object of
     /// just the referenced names (sorted) and their values as JSON strings,
-    /// `{"A":"…","B":"…"}` plus a newline, assembled in `B`. Same errors as
-    /// `rewrite`.
-    public func bindings<B: SecretBuffer>(_ lookup: (String) -> B?) throws(InjectionError) -> B {
+    /// `{"A":"…","B":"…"}` plus a newline, assembled in `B`. Same errors and
+    /// size limit as `rewrite`.
+    public func bindings<B: SecretBuffer>(maximum: Int? = nil, _ lookup: (String) -> B?) throws(InjectionError) -> B {
+        try produce(.bindings, maximum: maximum, lookup)
+    }
+
+    /// The exact number of bytes `rewrite` (`.document`) or `bindings`
+    /// (`.bindings`) would return for these values, computed without building
+    /// the output or copying a value: the size of each value's literal is
+    /// measured once per secret, then counted at each reference. Same errors
+    /// as `rewrite`, including the `.limit` problem when the size is over
+    /// `maximum` (by default the scan's `InjectionLimits.maxOutputBytes`;
+    /// pass `Int.max` for the size whatever it is).
+    ///
+    /// A daemon that must refuse replies over its frame limit calls this (or
+    /// passes its limit as `maximum` to `rewrite`) before anything is allocated.
+    public func outputSize<B: SecretBuffer>(_ output: InjectionOutput = .document, maximum: Int? = nil,
+                                            _ lookup: (String) -> B?) throws(InjectionError) -> Int {
         let values = try resolve(lookup)
-        return assemble(B.self, { emitBindings(into: &$0, values) }, { emitBindings(into: &$0, values) })
+        return try measure(output, values, maximum: maximum ?? plan.limits.maxOutputBytes)
+    }
+
+    private func produce<B: SecretBuffer>(_ output: InjectionOutput, maximum: Int?,
+                                          _ lookup: (String) -> B?) throws(InjectionError) -> B {
+        let values = try resolve(lookup)
+        let size = try measure(output, values, maximum: maximum ?? plan.limits.maxOutputBytes)
+        let out = B(capacity: size, count: size)
+        out.withUnsafeMutableBytes { raw in
+            var w = WritingSink(raw)
+            switch output {
+            case .document:
+                emitDocument(into: &w) { name, outer, s in values[name]!.withUnsafeBytes { s.putJSStringLiteral($0, outer: outer) } }
+            case .bindings:
+                emitBindings(into: &w) { name, s in values[name]!.withUnsafeBytes { raw in forEachScalar(raw) { s.putJSONEscaped($0) } } }
+            }
+            precondition(w.offset == raw.count, "injector length computation was wrong")
+        }
+        return out
+    }
+
+    /// The output size: every byte of text counted, every value measured
+    /// once per escaping it is written with.
+    private func measure<B: SecretBuffer>(_ output: InjectionOutput, _ values: [String: B],
+                                          maximum: Int) throws(InjectionError) -> Int {
+        var counter = CountingSink()
+        switch output {
+        case .document:
+            var sizes: [OuterEscaping: [String: Int]] = [:]
+            emitDocument(into: &counter) { name, outer, s in
+                if let n = sizes[outer]?[name] { s.add(n); return }
+                var c = CountingSink()
+                values[name]!.withUnsafeBytes { c.putJSStringLiteral($0, outer: outer) }
+                sizes[outer, default: [:]][name] = c.count
+                s.add(c.count)
+            }
+        case .bindings:
+            emitBindings(into: &counter) { name, s in
+                var c = CountingSink()
+                values[name]!.withUnsafeBytes { raw in forEachScalar(raw) { c.putJSONEscaped($0) } }
+                s.add(c.count)
+            }
+        }
+        guard counter.count <= maximum else {
+            throw InjectionError(problems: [InjectionProblem(
+                kind: .limit, context: "", line: 1, column: 1,
+                message: "output: \(counter.count) bytes, over the limit of \(maximum) bytes")])
+        }
+        return counter.count
     }
 
     /// A missing-secret problem at each reference to a name not in
@@ -159,7 +225,9 @@ public struct InjectionScan: Sendable {
         })
     }
 
-    private func emitDocument<S: ByteSink, B: SecretBuffer>(into sink: inout S, _ values: [String: B]) {
+    /// The document; `literal(name, outer, &sink)` writes the JavaScript
+    /// string literal of the value of `name` through `outer`.
+    private func emitDocument<S: ByteSink>(into sink: inout S, literal: (String, OuterEscaping, inout S) -> Void) {
         for piece in plan.pieces {
             switch piece {
             case .raw(let range):
@@ -168,24 +236,32 @@ public struct InjectionScan: Sendable {
                 sink.put(bytes: bytes)
             case .expression(let index, let outer):
                 let analysis = plan.sites[index].analysis
-                analysis.emit(into: &sink, outer: outer) { n, s in
-                    values[analysis.references[n].name]!.withUnsafeBytes { s.putJSStringLiteral($0, outer: outer) }
-                }
+                analysis.emit(into: &sink, outer: outer) { n, s in literal(analysis.references[n].name, outer, &s) }
             }
         }
     }
 
-    private func emitBindings<S: ByteSink, B: SecretBuffer>(into sink: inout S, _ values: [String: B]) {
+    /// The bindings object; `value(name, &sink)` writes the JSON string
+    /// content of the value of `name`.
+    private func emitBindings<S: ByteSink>(into sink: inout S, value: (String, inout S) -> Void) {
         sink.put(0x7B)
         for (k, name) in referencedNames.enumerated() {
             if k > 0 { sink.put(0x2C) }
             sink.put(bytes: jsonQuoted(name))
             sink.put(0x3A)
             sink.put(0x22)
-            values[name]!.withUnsafeBytes { raw in forEachScalar(raw) { sink.putJSONEscaped($0) } }
+            value(name, &sink)
             sink.put(0x22)
         }
         sink.put(0x7D)
         sink.put(0x0A)
     }
+}
+
+/// What phase 2 produces (see `InjectionScan.outputSize`).
+public enum InjectionOutput: String, Sendable, CaseIterable {
+    /// `InjectionScan.rewrite`: the document with values in place.
+    case document
+    /// `InjectionScan.bindings`: `{"NAME":"value",…}`.
+    case bindings
 }
