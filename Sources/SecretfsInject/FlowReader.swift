@@ -244,13 +244,20 @@ struct FlowReader {
         let isBlock = style == YAML_LITERAL_SCALAR_STYLE || style == YAML_FOLDED_SCALAR_STYLE
         var w = RawWalker(src: src, pos: start, line: Int(event.start_mark.line) + 1,
                           column: Int(event.start_mark.column) + 1, yamlBreaks: true)
-        // Skip the node's properties (anchor, tag) and the space after them.
+        // Skip the node's properties (anchor, tag), keeping where they are,
+        // and the space and comments after them.
+        var anchorText: Range<Int>?
+        var tagText: Range<Int>?
         while w.pos < end {
             let b = w.currentByte
             if b == 0x20 || b == 0x09 || w.isBreak {
                 w.advance()
+            } else if b == 0x23 {
+                while w.pos < end && !w.isBreak { w.advance() }
             } else if b == 0x26 || b == 0x21 {
+                let from = w.pos
                 while w.pos < end && !(w.currentByte == 0x20 || w.currentByte == 0x09 || w.isBreak) { w.advance() }
+                if b == 0x26 { anchorText = from..<w.pos } else { tagText = from..<w.pos }
             } else {
                 break
             }
@@ -297,11 +304,12 @@ struct FlowReader {
         guard !analysis.references.isEmpty else { return false }
         if analysis.problems.isEmpty && start >= copied {
             pieces.append(.raw(copied..<start))
+            // The anchor and tag as written: under a `%TAG` directive a
+            // plain `!expr` could name another tag than `!<!expr>` did.
             var prefix: [UInt8] = []
-            if let anchor = FlowReader.string(data.anchor) {
-                prefix += [0x26] + Array(anchor.utf8) + [0x20]
-            }
-            prefix += Array("!expr \"".utf8)
+            if let anchorText { prefix += src[anchorText] + [0x20] }
+            prefix += tagText.map { Array(src[$0]) } ?? Array("!expr".utf8)
+            prefix += Array(" \"".utf8)
             pieces.append(.text(prefix))
             pieces.append(.expression(doc.sites.count - 1, .yamlDoubleQuoted))
             pieces.append(.text([0x22] + (headerComment.isEmpty ? [] : [0x20] + headerComment)))

@@ -231,6 +231,29 @@ private func fixture(_ name: String) throws -> String {
         #expect(problems("m: {? {k: !expr secrets.A} : v}\n") == ["m 1:11: flow: !expr inside a mapping key is not supported"])
     }
 
+    @Test func tagsAndAnchorsAreKeptAsWritten() throws {
+        // Under `%TAG ! …` a plain `!expr` names another tag: the rewrite
+        // keeps the tag as it was written (found by the flow fuzzer).
+        let cases: [(String, String)] = [
+            ("%TAG ! tag:x,2000:\n---\na: !<!expr> secrets.A\n", "%TAG ! tag:x,2000:\n---\na: !<!expr> \"\\\"v\\\"\"\n"),
+            ("a: !e%78pr secrets.A\n", "a: !e%78pr \"\\\"v\\\"\"\n"),
+            ("a: !expr &x secrets.A\n", "a: &x !expr \"\\\"v\\\"\"\n"),
+            // A comment between the properties and the expression.
+            ("a: &x # note\n  !expr # more\n  secrets[k]\n", ""),
+        ]
+        for (input, expected) in cases {
+            let scan = Injector.scan(input, format: .flow)
+            if expected.isEmpty {
+                #expect(scan.problems.map(\.description) == ["a 3:3: secrets[k] cannot be resolved statically; hint: use secrets.NAME"])
+                continue
+            }
+            let out: TestBuffer = try scan.rewrite { _ in TestBuffer("v") }
+            #expect(out.string == expected)
+            let node = try #require(try Yams.compose(yaml: out.string))
+            #expect(node["a"]?.tag.rawValue == "!expr")
+        }
+    }
+
     @Test func documentErrors() {
         #expect(Injector.scan("a: !expr {b: 1}\n", format: .flow).problems.map(\.description)
                 == ["a 1:4: flow: !expr must tag a scalar (the expression source), not a mapping"])
