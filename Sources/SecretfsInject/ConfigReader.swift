@@ -3,16 +3,18 @@
 /// `{\n  "field": "rewritten",\n  …\n}\n`.
 struct ConfigReader {
     let src: [UInt8]
+    var doc: DocumentPlan
     var i = 0
     var line = 1
     var column = 1
-    var problems: [InjectionProblem] = []
 
     static func read(into doc: inout DocumentPlan) {
-        var r = ConfigReader(src: doc.source)
-        r.parse(into: &doc)
-        doc.documentProblems += r.problems
+        var r = ConfigReader(src: doc.source, doc: doc)
+        r.parse()
+        doc = r.doc
     }
+
+    var maxNestingDepth: Int { doc.limits.maxNestingDepth }
 
     struct Fail: Error {}
 
@@ -27,8 +29,13 @@ struct ConfigReader {
     }
 
     mutating func fail(_ message: String, context: String = "") -> Fail {
-        problems.append(InjectionProblem(kind: .document, context: context, line: line, column: column,
-                                         message: "config: \(message)"))
+        doc.documentProblem(line: line, column: column, "config: \(message)", context: context)
+        return Fail()
+    }
+
+    /// A limit reached: reading stops.
+    mutating func limitFail(_ message: String, context: String = "") -> Fail {
+        doc.stopReading(line: line, column: column, message, context: context)
         return Fail()
     }
 
@@ -102,37 +109,62 @@ struct ConfigReader {
         return v
     }
 
-    /// Skips any JSON value (for fields that are not strings).
-    mutating func skipValue() throws(Fail) {
-        skipWhitespace()
-        switch byte {
-        case 0x22: _ = try string()
-        case 0x7B, 0x5B:
-            let close: UInt8 = byte == 0x7B ? 0x7D : 0x5D
-            advance()
+    /// Skips any JSON value (for fields that are not strings). Iterative, with
+    /// a stack of the closing brackets still owed: a value nested a million
+    /// levels deep costs no call stack, and nesting past
+    /// `maxNestingDepth` (counting the config object itself as level 1) is a
+    /// `.limit` problem.
+    mutating func skipValue(context: String) throws(Fail) {
+        var closers: [UInt8] = []
+        while true {
+            // One value.
             skipWhitespace()
-            if byte == close { advance(); return }
-            while true {
-                if close == 0x7D {
-                    skipWhitespace()
-                    _ = try string()
-                    try expect(0x3A, "':'")
+            switch byte {
+            case 0x22:
+                _ = try string()
+            case 0x7B, 0x5B:
+                let close: UInt8 = byte == 0x7B ? 0x7D : 0x5D
+                guard 1 + closers.count + 1 <= maxNestingDepth else {
+                    throw limitFail("config: nesting deeper than \(maxNestingDepth) levels", context: context)
                 }
-                try skipValue()
+                advance()
                 skipWhitespace()
-                if byte == 0x2C { advance(); continue }
-                try expect(close, close == 0x7D ? "'}'" : "']'")
-                return
+                if byte == close {
+                    advance()
+                } else {
+                    closers.append(close)
+                    if close == 0x7D { try memberName() }
+                    continue
+                }
+            default:
+                let start = i
+                while !atEnd, let c = Optional(byte), c != 0x2C, c != 0x7D, c != 0x5D,
+                      c != 0x20, c != 0x0A, c != 0x0D, c != 0x09 { advance() }
+                if i == start { throw fail("expected a value") }
             }
-        default:
-            let start = i
-            while !atEnd, let c = Optional(byte), c != 0x2C, c != 0x7D, c != 0x5D,
-                  c != 0x20, c != 0x0A, c != 0x0D, c != 0x09 { advance() }
-            if i == start { throw fail("expected a value") }
+            // After a value: a comma (the next member) or the closing brackets.
+            while let close = closers.last {
+                skipWhitespace()
+                if byte == 0x2C {
+                    advance()
+                    if close == 0x7D { try memberName() }
+                    break
+                }
+                try expect(close, close == 0x7D ? "'}'" : "']'")
+                closers.removeLast()
+            }
+            if closers.isEmpty { return }
         }
     }
 
-    mutating func parse(into doc: inout DocumentPlan) {
+    /// `"name":` inside an object being skipped.
+    mutating func memberName() throws(Fail) {
+        skipWhitespace()
+        _ = try string()
+        try expect(0x3A, "':'")
+    }
+
+    mutating func parse() {
         var fields: [(key: String, site: Int)] = []
         do throws(Fail) {
             if src.starts(with: [0xEF, 0xBB, 0xBF]) { i = 3 }
@@ -149,20 +181,28 @@ struct ConfigReader {
                     let key = String(decoding: keyBytes, as: UTF8.self)
                     let context = "field \(displayQuoted(key, limit: 80))"
                     if !seen.insert(key).inserted {
-                        problems.append(InjectionProblem(kind: .document, context: context, line: keyLine,
-                                                         column: keyColumn, message: "config: duplicate field"))
+                        doc.documentProblem(line: keyLine, column: keyColumn, "config: duplicate field", context: context)
                     }
                     try expect(0x3A, "':'")
                     skipWhitespace()
                     if byte == 0x22 {
+                        let valueLine = line, valueColumn = column
                         let (value, span) = try string()
-                        doc.sites.append(ExpressionSite(analysis: ExpressionAnalysis(value), context: context, span: span))
-                        fields.append((key, doc.sites.count - 1))
+                        switch doc.analyse(value) {
+                        case .analysed(let analysis):
+                            doc.sites.append(ExpressionSite(analysis: analysis, context: .text(context), span: span))
+                            fields.append((key, doc.sites.count - 1))
+                        case .overLimit(let message, let partial):
+                            doc.stopReading(at: partial.map { ExpressionSite(analysis: $0, context: .text(context), span: span) },
+                                            message, context: .text(context), line: valueLine, column: valueColumn)
+                            throw Fail()
+                        }
                     } else {
-                        problems.append(InjectionProblem(kind: .document, context: context, line: line, column: column,
-                                                         message: "config: the value must be a string holding the expression source"))
-                        try skipValue()
+                        doc.documentProblem(line: line, column: column,
+                                            "config: the value must be a string holding the expression source", context: context)
+                        try skipValue(context: context)
                     }
+                    if doc.stopped { throw Fail() }
                     skipWhitespace()
                     if byte == 0x2C { advance(); continue }
                     try expect(0x7D, "',' or '}'")

@@ -5,34 +5,64 @@ import CYaml
 /// from its first property (anchor or tag) to its last content character, by
 /// `[&anchor ]!expr "…"`, a YAML double-quoted scalar. Every other byte of the
 /// file (comments, quoting, order, literals, untouched expressions) is copied.
+///
+/// The walk is a loop over events with an explicit stack of open collections,
+/// at most `maxNestingDepth` deep. A site's path is a node of `doc.paths`,
+/// made only for sites that have something to rewrite or report, and shared
+/// with every other site under the same collections.
+///
+/// Refused, because a value would land where nothing evaluates it (a mapping
+/// key, a block name, anything the platform shows): `!expr` on or inside a
+/// mapping key, and an alias of an anchored node that holds a rewritten
+/// `!expr` (libyaml's aliases copy the node as it is written, value and all).
 struct FlowReader {
-    enum Component {
-        case key(String)
-        case index(Int)
-    }
-    enum Frame {
-        case mapping(expectKey: Bool, key: String)
+    typealias Component = FlowPaths.Component
+
+    enum Kind {
+        case mapping(expectKey: Bool)
         case sequence(next: Int)
     }
 
+    struct Frame {
+        var kind: Kind
+        /// A mapping's current key: the text of the last key read.
+        var key = ""
+        /// This collection's place in its parent (nil for the document's
+        /// root and for a collection used as a key).
+        var component: Component?
+        /// Its node in `doc.paths`, once something below needed one.
+        var node: Int?
+        var anchor: String?
+        var anchorMark = (line: 0, column: 0)
+        /// Inside a mapping key (a collection used as a key).
+        var inKey: Bool
+        /// Some `!expr` below it is rewritten.
+        var holdsRewrite = false
+    }
+
     let src: [UInt8]
-    var frames: [(frame: Frame, component: Component?)] = []
-    var blockNames: [Int: String] = [:]
-    var pendingSites: [(site: ExpressionSite, path: [Component])] = []
-    var problems: [InjectionProblem] = []
+    var doc: DocumentPlan
+    var frames: [Frame] = []
+    /// Anchors whose node holds a rewritten `!expr`, and where they were set.
+    var rewrittenAnchors: [String: (line: Int, column: Int)] = [:]
+    var pieces: [Piece] = []
+    /// Bytes of the input already planned into `pieces`.
+    var copied = 0
     var charCursor = (char: 0, byte: 0)
 
     static func read(into doc: inout DocumentPlan) {
-        var r = FlowReader(src: doc.source)
-        r.run(into: &doc)
+        var r = FlowReader(src: doc.source, doc: doc)
+        r.run()
+        doc = r.doc
     }
 
-    init(src: [UInt8]) {
+    init(src: [UInt8], doc: DocumentPlan) {
         self.src = src
+        self.doc = doc
     }
 
     /// Byte offset of libyaml's character index (which counts a BOM as one
-    /// character, and CRLF as two).
+    /// character, and CRLF as two). Indexes are asked in increasing order.
     mutating func byteOffset(ofChar index: Int) -> Int {
         if index < charCursor.char { charCursor = (0, 0) }
         while charCursor.char < index && charCursor.byte < src.count {
@@ -50,187 +80,241 @@ struct FlowReader {
     /// The component this node sits at in its parent, and whether it is a key.
     func placement() -> (Component?, isKey: Bool) {
         guard let top = frames.last else { return (nil, false) }
-        switch top.frame {
-        case .mapping(let expectKey, let key): return expectKey ? (nil, true) : (.key(key), false)
+        switch top.kind {
+        case .mapping(let expectKey): return expectKey ? (nil, true) : (.key(top.key), false)
         case .sequence(let next): return (.index(next), false)
         }
     }
 
-    var currentPath: [Component] { frames.compactMap(\.component) }
-
     mutating func finishNode(keyText: String?) {
-        guard let top = frames.popLast() else { return }
-        switch top.frame {
-        case .mapping(let expectKey, let key):
-            frames.append((expectKey ? .mapping(expectKey: false, key: keyText ?? "?")
-                                     : .mapping(expectKey: true, key: key), top.component))
+        guard let top = frames.last else { return }
+        switch top.kind {
+        case .mapping(let expectKey):
+            frames[frames.count - 1].kind = .mapping(expectKey: !expectKey)
+            if expectKey { frames[frames.count - 1].key = keyText ?? "?" }
         case .sequence(let next):
-            frames.append((.sequence(next: next + 1), top.component))
+            frames[frames.count - 1].kind = .sequence(next: next + 1)
         }
     }
 
-    func render(_ path: [Component]) -> String {
-        var out = ""
-        for (n, c) in path.enumerated() {
-            switch c {
-            case .index(let i):
-                out += "[\(i)]"
-                if n == 1, case .key("blocks") = path[0], let name = blockNames[i] {
-                    out += " \(displayQuoted(name, limit: 80))"
-                    if n + 1 < path.count { out += " " }
-                    continue
-                }
-            case .key(let k):
-                let simple = !k.isEmpty && k.unicodeScalars.allSatisfy {
-                    ($0.value < 0x80 && ($0.properties.isAlphabetic || ("0"..."9").contains($0)))
-                        || $0 == "_" || $0 == "$" || $0 == "-"
-                }
-                let text = simple ? k : "[\(displayQuoted(k, limit: 80))]"
-                if !out.isEmpty, !out.hasSuffix(" "), simple { out += "." }
-                out += text
-            }
+    /// The node of the innermost open collection, making the nodes still
+    /// missing along the stack (each frame gets one at most once).
+    mutating func collectionNode() -> Int {
+        var k = frames.count - 1
+        while k >= 0 && frames[k].node == nil { k -= 1 }
+        var node = k >= 0 ? frames[k].node! : FlowPaths.root
+        for j in (k + 1)..<frames.count {
+            if let c = frames[j].component { node = doc.paths.add(c, under: node) }
+            frames[j].node = node
         }
-        return out
+        return node
     }
 
-    mutating func run(into doc: inout DocumentPlan) {
+    /// The node of a child of the innermost collection at `component`.
+    mutating func node(at component: Component?) -> Int {
+        let parent = collectionNode()
+        guard let component else { return parent }
+        return doc.paths.add(component, under: parent)
+    }
+
+    /// The rendered path of a child at `component`, for a message.
+    mutating func context(at component: Component?) -> String {
+        let n = node(at: component)   // first: it may add nodes to `doc.paths`
+        return doc.paths.render(n)
+    }
+
+    /// Whether the scalar about to be read is `blocks[b].name`.
+    func blockNameIndex(_ component: Component?) -> Int? {
+        guard frames.count == 3, frames[0].component == nil, frames[1].component == .key("blocks"),
+              case .index(let b)? = frames[2].component, component == .key("name") else { return nil }
+        return b
+    }
+
+    mutating func run() {
         var parser = yaml_parser_t()
         guard yaml_parser_initialize(&parser) != 0 else {
             doc.documentProblem(line: 1, column: 1, "flow: cannot initialise the YAML parser")
             return
         }
         defer { yaml_parser_delete(&parser) }
-        var copied = 0
-        var pieces: [Piece] = []
-
         let dummy: [UInt8] = [0]
         let input = src.isEmpty ? dummy : src
         input.withUnsafeBufferPointer { buf in
             yaml_parser_set_input_string(&parser, buf.baseAddress, src.count)
             yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
             var event = yaml_event_t()
-            while true {
+            while !doc.stopped {
                 guard yaml_parser_parse(&parser, &event) != 0 else {
                     let mark = parser.problem_mark
                     var message = parser.problem.map { String(cString: $0) } ?? "YAML error"
                     if let ctx = parser.context.map({ String(cString: $0) }) { message += " " + ctx }
-                    problems.append(InjectionProblem(kind: .document, context: "", line: Int(mark.line) + 1,
-                                                     column: Int(mark.column) + 1, message: "flow: YAML: \(message)"))
+                    doc.documentProblem(line: Int(mark.line) + 1, column: Int(mark.column) + 1, "flow: YAML: \(message)")
                     break
                 }
                 defer { yaml_event_delete(&event) }
-                let type = event.type
-                if type == YAML_STREAM_END_EVENT { break }
-                switch type {
-                case YAML_SCALAR_EVENT:
-                    let (component, isKey) = placement()
-                    let data = event.data.scalar
-                    let value = Array(UnsafeBufferPointer(start: data.value, count: Int(data.length)))
-                    let tag = FlowReader.string(data.tag)
-                    let path = currentPath + (component.map { [$0] } ?? [])
-                    if path.count == 3, case .key("blocks") = path[0], case .index(let b) = path[1],
-                       case .key("name") = path[2] {
-                        blockNames[b] = String(decoding: value, as: UTF8.self)
-                    }
-                    if tag == "!expr" {
-                        let start = byteOffset(ofChar: Int(event.start_mark.index))
-                        var end = byteOffset(ofChar: Int(event.end_mark.index))
-                        if isKey {
-                            problems.append(InjectionProblem(
-                                kind: .document, context: render(currentPath),
-                                line: Int(event.start_mark.line) + 1, column: Int(event.start_mark.column) + 1,
-                                message: "flow: !expr on a mapping key is not supported"))
-                        } else {
-                            let style = data.style
-                            let isBlock = style == YAML_LITERAL_SCALAR_STYLE || style == YAML_FOLDED_SCALAR_STYLE
-                            var w = RawWalker(src: src, pos: start, line: Int(event.start_mark.line) + 1,
-                                              column: Int(event.start_mark.column) + 1, yamlBreaks: true)
-                            // Skip the node's properties (anchor, tag) and the space after them.
-                            while w.pos < end {
-                                let b = w.currentByte
-                                if b == 0x20 || b == 0x09 || w.isBreak {
-                                    w.advance()
-                                } else if b == 0x26 || b == 0x21 {
-                                    while w.pos < end && !(w.currentByte == 0x20 || w.currentByte == 0x09 || w.isBreak) { w.advance() }
-                                } else {
-                                    break
-                                }
-                            }
-                            var headerComment: [UInt8] = []
-                            let rawStyle: RawSpan.Style
-                            if style == YAML_SINGLE_QUOTED_SCALAR_STYLE {
-                                rawStyle = .singleQuoted; w.advance()
-                            } else if style == YAML_DOUBLE_QUOTED_SCALAR_STYLE {
-                                rawStyle = .doubleQuoted; w.advance()
-                            } else if isBlock {
-                                rawStyle = .block
-                                var hash: Int?
-                                var prevSpace = false
-                                while w.pos < end && !w.isBreak {
-                                    if w.currentByte == 0x23 && prevSpace && hash == nil { hash = w.pos }
-                                    prevSpace = w.currentByte == 0x20 || w.currentByte == 0x09
-                                    w.advance()
-                                }
-                                if let hash { headerComment = Array(src[hash..<w.pos]) }
-                                w.advance()
-                                // Only the content lines are replaced: trailing breaks and
-                                // the next line's indentation stay where they are.
-                                while end > w.pos, [0x20, 0x09, 0x0A, 0x0D].contains(src[end - 1]) { end -= 1 }
-                            } else {
-                                rawStyle = .plain
-                            }
-                            let span = RawSpan(contentStart: w.pos, end: end, line: w.line, column: w.column, style: rawStyle)
-                            let analysis = ExpressionAnalysis(value)
-                            pendingSites.append((ExpressionSite(analysis: analysis, context: "", span: span), path))
-                            if !analysis.references.isEmpty && analysis.problems.isEmpty && start >= copied {
-                                pieces.append(.raw(copied..<start))
-                                var prefix: [UInt8] = []
-                                if let anchor = FlowReader.string(data.anchor) {
-                                    prefix += [0x26] + Array(anchor.utf8) + [0x20]
-                                }
-                                prefix += Array("!expr \"".utf8)
-                                pieces.append(.text(prefix))
-                                pieces.append(.expression(pendingSites.count - 1, .yamlDoubleQuoted))
-                                pieces.append(.text([0x22] + (headerComment.isEmpty ? [] : [0x20] + headerComment)))
-                                copied = end
-                            }
-                        }
-                    }
-                    finishNode(keyText: isKey ? String(decoding: value, as: UTF8.self) : nil)
-                case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
-                    let (component, _) = placement()
-                    let tag = type == YAML_SEQUENCE_START_EVENT
-                        ? FlowReader.string(event.data.sequence_start.tag)
-                        : FlowReader.string(event.data.mapping_start.tag)
-                    if tag == "!expr" {
-                        problems.append(InjectionProblem(
-                            kind: .document, context: render(currentPath + (component.map { [$0] } ?? [])),
-                            line: Int(event.start_mark.line) + 1, column: Int(event.start_mark.column) + 1,
-                            message: "flow: !expr must tag a scalar (the expression source), not a \(type == YAML_SEQUENCE_START_EVENT ? "sequence" : "mapping")"))
-                    }
-                    frames.append((type == YAML_SEQUENCE_START_EVENT ? .sequence(next: 0) : .mapping(expectKey: true, key: ""),
-                                   component))
-                case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
-                    frames.removeLast()
-                    finishNode(keyText: nil)
-                case YAML_ALIAS_EVENT:
-                    finishNode(keyText: "*" + (FlowReader.string(event.data.alias.anchor) ?? ""))
-                default:
-                    break
-                }
+                if event.type == YAML_STREAM_END_EVENT { break }
+                handle(&event)
             }
         }
         pieces.append(.raw(copied..<src.count))
-        let base = doc.sites.count
-        for (site, path) in pendingSites {
-            var s = site
-            s.context = render(path)
-            doc.sites.append(s)
+        doc.pieces = pieces
+    }
+
+    mutating func handle(_ event: inout yaml_event_t) {
+        let line = Int(event.start_mark.line) + 1
+        let column = Int(event.start_mark.column) + 1
+        switch event.type {
+        case YAML_SCALAR_EVENT:
+            scalar(&event)
+        case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
+            let isSequence = event.type == YAML_SEQUENCE_START_EVENT
+            let (component, isKey) = placement()
+            guard frames.count < doc.limits.maxNestingDepth else {
+                let place = context(at: component)
+                doc.stopReading(line: line, column: column, "flow: nesting deeper than \(doc.limits.maxNestingDepth) levels",
+                                context: place)
+                return
+            }
+            let tag = isSequence ? FlowReader.string(event.data.sequence_start.tag) : FlowReader.string(event.data.mapping_start.tag)
+            let anchor = isSequence ? FlowReader.string(event.data.sequence_start.anchor) : FlowReader.string(event.data.mapping_start.anchor)
+            if tag == "!expr" {
+                let place = context(at: component)
+                doc.documentProblem(line: line, column: column,
+                                    "flow: !expr must tag a scalar (the expression source), not a \(isSequence ? "sequence" : "mapping")",
+                                    context: place)
+            }
+            frames.append(Frame(kind: isSequence ? .sequence(next: 0) : .mapping(expectKey: true), component: component,
+                                anchor: anchor, anchorMark: (line, column), inKey: isKey || (frames.last?.inKey ?? false)))
+        case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
+            guard let f = frames.popLast() else { return }
+            if let anchor = f.anchor { rewrittenAnchors[anchor] = f.holdsRewrite ? f.anchorMark : nil }
+            if f.holdsRewrite, !frames.isEmpty { frames[frames.count - 1].holdsRewrite = true }
+            finishNode(keyText: nil)
+        case YAML_ALIAS_EVENT:
+            let name = FlowReader.string(event.data.alias.anchor) ?? ""
+            if let mark = rewrittenAnchors[name] {
+                let place = context(at: placement().0)
+                doc.documentProblem(line: line, column: column,
+                                    "flow: *\(name) is an alias of an !expr that references secrets (&\(name) at \(mark.line):\(mark.column)); write the expression again instead of aliasing it",
+                                    context: place)
+            }
+            finishNode(keyText: "*" + name)
+        default:
+            break
         }
-        doc.pieces = pieces.map {
-            if case .expression(let n, let outer) = $0 { return .expression(base + n, outer) }
-            return $0
+    }
+
+    mutating func scalar(_ event: inout yaml_event_t) {
+        let line = Int(event.start_mark.line) + 1
+        let column = Int(event.start_mark.column) + 1
+        let (component, isKey) = placement()
+        let data = event.data.scalar
+        let isExpr = FlowReader.string(data.tag) == "!expr"
+        let anchor = FlowReader.string(data.anchor)
+        let blockIndex = isKey ? nil : blockNameIndex(component)
+        // Only keys, block names and expressions need the value itself.
+        let value = isExpr || isKey || blockIndex != nil
+            ? Array(UnsafeBufferPointer(start: data.value, count: Int(data.length))) : []
+        if let blockIndex { doc.paths.blockNames[blockIndex] = String(decoding: value, as: UTF8.self) }
+        var rewritten = false
+        if isExpr {
+            if isKey || (frames.last?.inKey ?? false) {
+                let n = collectionNode()
+                let place = doc.paths.render(n)
+                doc.documentProblem(line: line, column: column,
+                                    isKey ? "flow: !expr on a mapping key is not supported"
+                                          : "flow: !expr inside a mapping key is not supported",
+                                    context: place)
+            } else {
+                rewritten = expression(&event, value: value, component: component)
+            }
         }
-        doc.documentProblems += problems
+        if let anchor { rewrittenAnchors[anchor] = rewritten ? (line, column) : nil }
+        if rewritten, !frames.isEmpty { frames[frames.count - 1].holdsRewrite = true }
+        finishNode(keyText: isKey ? String(decoding: value, as: UTF8.self) : nil)
+    }
+
+    /// An `!expr` scalar in value position. Returns whether it holds a
+    /// reference (so it is rewritten, when the document has no problem).
+    mutating func expression(_ event: inout yaml_event_t, value: [UInt8], component: Component?) -> Bool {
+        let data = event.data.scalar
+        let start = byteOffset(ofChar: Int(event.start_mark.index))
+        var end = byteOffset(ofChar: Int(event.end_mark.index))
+        let style = data.style
+        let isBlock = style == YAML_LITERAL_SCALAR_STYLE || style == YAML_FOLDED_SCALAR_STYLE
+        var w = RawWalker(src: src, pos: start, line: Int(event.start_mark.line) + 1,
+                          column: Int(event.start_mark.column) + 1, yamlBreaks: true)
+        // Skip the node's properties (anchor, tag), keeping where they are,
+        // and the space and comments after them.
+        var anchorText: Range<Int>?
+        var tagText: Range<Int>?
+        while w.pos < end {
+            let b = w.currentByte
+            if b == 0x20 || b == 0x09 || w.isBreak {
+                w.advance()
+            } else if b == 0x23 {
+                while w.pos < end && !w.isBreak { w.advance() }
+            } else if b == 0x26 || b == 0x21 {
+                let from = w.pos
+                while w.pos < end && !(w.currentByte == 0x20 || w.currentByte == 0x09 || w.isBreak) { w.advance() }
+                if b == 0x26 { anchorText = from..<w.pos } else { tagText = from..<w.pos }
+            } else {
+                break
+            }
+        }
+        var headerComment: [UInt8] = []
+        let rawStyle: RawSpan.Style
+        if style == YAML_SINGLE_QUOTED_SCALAR_STYLE {
+            rawStyle = .singleQuoted; w.advance()
+        } else if style == YAML_DOUBLE_QUOTED_SCALAR_STYLE {
+            rawStyle = .doubleQuoted; w.advance()
+        } else if isBlock {
+            rawStyle = .block
+            var hash: Int?
+            var prevSpace = false
+            while w.pos < end && !w.isBreak {
+                if w.currentByte == 0x23 && prevSpace && hash == nil { hash = w.pos }
+                prevSpace = w.currentByte == 0x20 || w.currentByte == 0x09
+                w.advance()
+            }
+            if let hash { headerComment = Array(src[hash..<w.pos]) }
+            w.advance()
+            // Only the content lines are replaced: trailing breaks and
+            // the next line's indentation stay where they are.
+            while end > w.pos, [0x20, 0x09, 0x0A, 0x0D].contains(src[end - 1]) { end -= 1 }
+        } else {
+            rawStyle = .plain
+        }
+        let span = RawSpan(contentStart: w.pos, end: end, line: w.line, column: w.column, style: rawStyle)
+
+        let analysis: ExpressionAnalysis
+        switch doc.analyse(value) {
+        case .analysed(let a):
+            analysis = a
+        case .overLimit(let message, let partial):
+            let node = node(at: component)
+            doc.stopReading(at: partial.map { ExpressionSite(analysis: $0, context: .path(node), span: span) },
+                            message, context: .path(node), line: span.line, column: span.column)
+            return false
+        }
+        // A site with nothing to rewrite or report is not kept.
+        guard !analysis.references.isEmpty || !analysis.problems.isEmpty else { return false }
+        let site = ExpressionSite(analysis: analysis, context: .path(node(at: component)), span: span)
+        doc.sites.append(site)
+        guard !analysis.references.isEmpty else { return false }
+        if analysis.problems.isEmpty && start >= copied {
+            pieces.append(.raw(copied..<start))
+            // The anchor and tag as written: under a `%TAG` directive a
+            // plain `!expr` could name another tag than `!<!expr>` did.
+            var prefix: [UInt8] = []
+            if let anchorText { prefix += src[anchorText] + [0x20] }
+            prefix += tagText.map { Array(src[$0]) } ?? Array("!expr".utf8)
+            prefix += Array(" \"".utf8)
+            pieces.append(.text(prefix))
+            pieces.append(.expression(doc.sites.count - 1, .yamlDoubleQuoted))
+            pieces.append(.text([0x22] + (headerComment.isEmpty ? [] : [0x20] + headerComment)))
+            copied = end
+        }
+        return true
     }
 }

@@ -23,6 +23,10 @@ public struct InjectionProblem: Sendable, Hashable, CustomStringConvertible {
         case invalidUTF8Value
         /// The document itself is malformed (YAML or JSON syntax, wrong shape).
         case document
+        /// The document goes past one of the `InjectionLimits` (size, nesting,
+        /// expression sites, references, problems, output size); the message
+        /// names the limit.
+        case limit
     }
 
     public let kind: Kind

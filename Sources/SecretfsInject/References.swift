@@ -1,7 +1,7 @@
 import SecretfsNames
 
 /// A static reference to one secret inside an expression.
-struct SecretReference {
+struct SecretReference: Sendable {
     var name: String
     /// Byte range replaced: from the `secrets` token to the end of the name or `]`.
     var start: Int
@@ -9,8 +9,20 @@ struct SecretReference {
     var position: SourcePosition
     /// Written as `("value")` rather than `"value"` (see `ExpressionAnalysis`).
     var parenthesize: Bool
-    /// Comments inside the replaced range, kept after the literal.
-    var comments: [JSComment]
+    /// The gaps between the reference's tokens that hold comments (rare):
+    /// those comments are kept after the literal. Each gap is read once, when
+    /// the output is produced, so matching comments to references is linear.
+    var commentGaps: [Range<Int>] = []
+}
+
+/// What one expression may cost: its nesting depth, and how many references
+/// and problems it may still add to the document's totals.
+struct AnalysisBudget {
+    var maxDepth: Int
+    var references: Int
+    var problems: Int
+
+    static let unlimited = AnalysisBudget(maxDepth: .max, references: .max, problems: .max)
 }
 
 /// The references and problems of one expression.
@@ -29,149 +41,31 @@ struct SecretReference {
 /// which is never a directive and cannot continue anything there. A reference
 /// that is the whole input stays bare: a directive with no code after it
 /// changes nothing and evaluates to the same string.
-struct ExpressionAnalysis {
+struct ExpressionAnalysis: Sendable {
+    enum Exceeded: Sendable { case references, problems }
+
     var source: [UInt8]
     var references: [SecretReference] = []
     var problems: [LexProblem] = []
+    /// Set when the budget ran out: the analysis stopped at `exceededAt`, and
+    /// the document reader reports the limit.
+    var exceeded: Exceeded?
+    var exceededAt: SourcePosition?
 
-    init(_ source: [UInt8]) {
+    init(_ source: [UInt8], budget: AnalysisBudget = .unlimited) {
         self.source = source
-        let lex = JSTokenizer.tokenize(source)
-        problems = lex.problems
-        findReferences(lex)
+        var finder = ReferenceFinder(source: source, budget: budget)
+        finder.run()
+        references = finder.references
+        problems = finder.tokens.lexer.problems
+        if let at = finder.referencesExceededAt {
+            exceeded = .references
+            exceededAt = at
+        } else if finder.tokens.lexer.problemsExceeded {
+            exceeded = .problems
+            exceededAt = finder.tokens.lexer.problemsExceededAt
+        }
         problems.sort { $0.position.scalarIndex < $1.position.scalarIndex }
-    }
-
-    static let assignmentOperators: Set<String> = [
-        "=", "+=", "-=", "*=", "/=", "%=", "**=", "<<=", ">>=", ">>>=", "&=", "|=", "^=",
-        "&&=", "||=", "??=", "++", "--",
-    ]
-
-    private func sourceText(_ from: Int, _ to: Int) -> String {
-        let raw = String(decoding: source[from..<min(to, source.count)], as: UTF8.self)
-        // Collapse runs of whitespace so the message stays on one line.
-        var out = ""
-        var lastSpace = false
-        for u in raw.unicodeScalars {
-            if u.properties.isWhitespace {
-                if !lastSpace { out.append(" ") }
-                lastSpace = true
-            } else {
-                out.unicodeScalars.append(u)
-                lastSpace = false
-            }
-        }
-        return out
-    }
-
-    /// Index of the `]` matching the `[` at `open`, or nil.
-    private func matchingBracket(_ toks: [JSToken], _ open: Int) -> Int? {
-        var depth = 0
-        var k = open
-        while k < toks.count {
-            let t = toks[k]
-            if t.kind == .punctuator {
-                switch t.text {
-                case "(", "[", "{": depth += 1
-                case ")", "]", "}":
-                    depth -= 1
-                    if depth == 0 { return t.text == "]" ? k : nil }
-                default: break
-                }
-            }
-            k += 1
-        }
-        return nil
-    }
-
-    private mutating func findReferences(_ lex: JSTokenization) {
-        let toks = lex.tokens
-        func tok(_ k: Int) -> JSToken? { k >= 0 && k < toks.count ? toks[k] : nil }
-        func report(_ kind: InjectionProblem.Kind, _ t: JSToken, _ message: String) {
-            problems.append(LexProblem(kind: kind, position: SourcePosition(line: t.line, column: t.column, scalarIndex: t.scalarIndex), message: message))
-        }
-        var k = 0
-        while k < toks.count {
-            let t = toks[k]
-            guard t.kind == .identifier, t.text == "secrets" else { k += 1; continue }
-            let prev = tok(k - 1)
-            if let prev, prev.isPunctuator(".") || prev.isPunctuator("?.") {
-                k += 1   // `x.secrets`: a property, not the secrets object
-                continue
-            }
-            let next = tok(k + 1)
-            var name: String?
-            var last = k
-
-            func bracket(_ b: Int) {
-                if let inner = tok(b + 1), inner.kind == .string || inner.kind == .templateNoSubstitution,
-                   inner.cookedValid, let close = tok(b + 2), close.isPunctuator("]") {
-                    name = inner.text
-                    last = b + 2
-                } else {
-                    let end = matchingBracket(toks, b)
-                    let endByte = end.map { toks[$0].end } ?? source.count
-                    report(.notStatic, t, "\(sourceText(t.start, endByte)) cannot be resolved statically; hint: use secrets.NAME")
-                    last = end ?? toks.count
-                }
-            }
-
-            if let next, next.isPunctuator(".") || next.isPunctuator("?.") {
-                let after = tok(k + 2)
-                if let after, after.kind == .identifier {
-                    name = after.text
-                    last = k + 2
-                } else if let after, next.text == "?.", after.isPunctuator("[") {
-                    bracket(k + 2)
-                } else if let after, after.kind == .privateName {
-                    report(.notStatic, t, "secrets.#\(after.text) is not a secret reference; hint: use secrets.NAME")
-                    last = k + 2
-                } else {
-                    report(.syntax, t, "expected a secret name after 'secrets\(next.text)'")
-                    last = k + 1
-                }
-            } else if let next, next.isPunctuator("[") {
-                bracket(k + 1)
-            } else {
-                let inObject = t.enclosing == .brace && (prev?.isPunctuator("{") == true || prev?.isPunctuator(",") == true)
-                if inObject, next?.isPunctuator(":") == true {
-                    k += 1   // `{ secrets: … }`: a property name
-                    continue
-                }
-                if inObject, let next, next.isPunctuator("}") || next.isPunctuator(",") || next.isPunctuator("=") {
-                    report(.notStatic, t, "shorthand { secrets } cannot be resolved statically; hint: use secrets.NAME")
-                } else {
-                    report(.notStatic, t, "secrets used as a whole cannot be resolved statically; hint: reference each secret as secrets.NAME")
-                }
-                k += 1
-                continue
-            }
-
-            if let name {
-                let end = toks[last].end
-                if !Names.isValid(name) {
-                    report(.invalidName, t, "invalid secret name \(displayQuoted(name)); names match [A-Za-z_][A-Za-z0-9_]*")
-                } else if let after = tok(last + 1), after.kind == .punctuator, Self.assignmentOperators.contains(after.text) {
-                    report(.assignment, t, "secrets.\(name) cannot be assigned to")
-                } else if let prev, prev.isPunctuator("++") || prev.isPunctuator("--") {
-                    report(.assignment, t, "secrets.\(name) cannot be assigned to")
-                } else {
-                    // A directive is a statement that is only a string literal: at a
-                    // statement start, and ended by `;`, `}`, the end, or a line break.
-                    let statementStart = prev == nil || prev!.isPunctuator("{") || prev!.isPunctuator(";")
-                    let following = tok(last + 1)
-                    let statementEnds = following == nil || following!.isPunctuator(";")
-                        || following!.isPunctuator("}") || following!.line > toks[last].line
-                    let parenthesize = statementStart && statementEnds && following != nil
-                    let inner = lex.comments.filter { $0.start >= t.start && $0.end <= end }
-                    references.append(SecretReference(
-                        name: name, start: t.start, end: end,
-                        position: SourcePosition(line: t.line, column: t.column, scalarIndex: t.scalarIndex),
-                        parenthesize: parenthesize, comments: inner))
-                }
-            }
-            k = last + 1
-        }
     }
 
     /// Writes the rewritten expression through `outer`; `literal(i, &sink)`
@@ -184,13 +78,259 @@ struct ExpressionAnalysis {
             if ref.parenthesize { sink.put(scalar: 0x28, outer: outer) }
             literal(n, &sink)
             if ref.parenthesize { sink.put(scalar: 0x29, outer: outer) }
-            for c in ref.comments {
-                sink.put(scalar: 0x20, outer: outer)
-                sink.putSource(source[c.start..<c.end], outer: outer)
-                if c.isLine { sink.put(scalar: 0x0A, outer: outer) }
+            for gap in ref.commentGaps {
+                forEachComment(source, in: gap) { range, isLine in
+                    sink.put(scalar: 0x20, outer: outer)
+                    sink.putSource(source[range], outer: outer)
+                    if isLine { sink.put(scalar: 0x0A, outer: outer) }
+                }
             }
             pos = ref.end
         }
         sink.putSource(source[pos...], outer: outer)
+    }
+}
+
+/// The comments in `gap`, a run of trivia (white space, line terminators,
+/// comments) between two tokens, as the tokenizer read them: a line comment
+/// ends before its line terminator, a block comment after its `*/`.
+func forEachComment(_ src: [UInt8], in gap: Range<Int>, _ body: (Range<Int>, _ isLine: Bool) -> Void) {
+    func isLineTerminator(_ q: Int) -> Bool {
+        let b = src[q]
+        if b == 0x0A || b == 0x0D { return true }
+        // U+2028, U+2029
+        return b == 0xE2 && q + 2 < src.count && src[q + 1] == 0x80 && (src[q + 2] == 0xA8 || src[q + 2] == 0xA9)
+    }
+    var p = gap.lowerBound
+    while p + 1 < gap.upperBound {
+        guard src[p] == 0x2F else { p += 1; continue }
+        if src[p + 1] == 0x2F {
+            var q = p + 2
+            while q < gap.upperBound && !isLineTerminator(q) { q += 1 }
+            body(p..<q, true)
+            p = q
+        } else if src[p + 1] == 0x2A {
+            var q = p + 2
+            while q + 1 < gap.upperBound && !(src[q] == 0x2A && src[q + 1] == 0x2F) { q += 1 }
+            let end = min(q + 2, gap.upperBound)
+            body(p..<end, false)
+            p = end
+        } else {
+            p += 1
+        }
+    }
+}
+
+/// A few tokens of lookahead over the tokenizer, and the token before them.
+struct TokenWindow {
+    var lexer: JSTokenizer
+    private var ahead: [JSToken] = []
+    private(set) var previous: JSToken?
+
+    init(_ lexer: JSTokenizer) { self.lexer = lexer }
+
+    /// The token `n` places ahead (0 is the current one), or nil past the end.
+    mutating func peek(_ n: Int) -> JSToken? {
+        while ahead.count <= n {
+            guard let t = lexer.next() else { return nil }
+            ahead.append(t)
+        }
+        return ahead[n]
+    }
+
+    /// Moves past `n` tokens.
+    mutating func consume(_ n: Int) {
+        for _ in 0..<n {
+            guard peek(0) != nil else { return }
+            previous = ahead.removeFirst()
+        }
+    }
+
+    /// At a `[`: moves past the bracket that closes it. Returns the end of
+    /// that `]`, or nil when another kind of bracket closes it or the input
+    /// ends first.
+    mutating func skipBracketed() -> Int? {
+        var depth = 0
+        while let t = peek(0) {
+            consume(1)
+            guard t.kind == .punctuator else { continue }
+            switch t.text {
+            case "(", "[", "{": depth += 1
+            case ")", "]", "}":
+                depth -= 1
+                if depth == 0 { return t.text == "]" ? t.end : nil }
+            default: break
+            }
+        }
+        return nil
+    }
+
+    /// Moves to the end (the tokenizer still reports what it finds).
+    mutating func drain() {
+        while peek(0) != nil { consume(1) }
+    }
+}
+
+/// Finds the references of one expression in one pass over its tokens.
+struct ReferenceFinder {
+    let source: [UInt8]
+    var tokens: TokenWindow
+    let maxReferences: Int
+    var references: [SecretReference] = []
+    /// The reference past `maxReferences`, where the finder stopped.
+    var referencesExceededAt: SourcePosition?
+
+    init(source: [UInt8], budget: AnalysisBudget) {
+        self.source = source
+        tokens = TokenWindow(JSTokenizer(source, maxDepth: budget.maxDepth, maxProblems: budget.problems))
+        maxReferences = budget.references
+    }
+
+    static let assignmentOperators: Set<String> = [
+        "=", "+=", "-=", "*=", "/=", "%=", "**=", "<<=", ">>=", ">>>=", "&=", "|=", "^=",
+        "&&=", "||=", "??=", "++", "--",
+    ]
+
+    var stopped: Bool { referencesExceededAt != nil || tokens.lexer.problemsExceeded }
+
+    mutating func report(_ kind: InjectionProblem.Kind, _ t: JSToken, _ message: String) {
+        tokens.lexer.problem(kind, at: SourcePosition(line: t.line, column: t.column, scalarIndex: t.scalarIndex), message)
+    }
+
+    /// Source text for a message: runs of white space collapsed (so it stays
+    /// on one line), at most `limit` characters.
+    func sourceText(_ from: Int, _ to: Int, limit: Int = 60) -> String {
+        var out = String.UnicodeScalarView()
+        var lastSpace = false
+        var n = 0
+        var p = from
+        let end = min(to, source.count)
+        while p < end {
+            if n == limit {
+                out.append("…")
+                break
+            }
+            let (c, len) = decodeUTF8(source, p)
+            p += len
+            let u = Unicode.Scalar(c) ?? "\u{FFFD}"
+            if u.properties.isWhitespace {
+                if lastSpace { continue }
+                out.append(" ")
+                lastSpace = true
+            } else {
+                out.append(u)
+                lastSpace = false
+            }
+            n += 1
+        }
+        return String(out)
+    }
+
+    mutating func run() {
+        while !stopped, let t = tokens.peek(0) {
+            guard t.kind == .identifier, t.text == "secrets" else { tokens.consume(1); continue }
+            let prev = tokens.previous
+            if let prev, prev.isPunctuator(".") || prev.isPunctuator("?.") {
+                tokens.consume(1)   // `x.secrets`: a property, not the secrets object
+                continue
+            }
+            let next = tokens.peek(1)
+            var found: (name: String, last: Int)?
+            var last = 0
+
+            if let next, next.isPunctuator(".") || next.isPunctuator("?.") {
+                let after = tokens.peek(2)
+                if let after, after.kind == .identifier {
+                    found = (after.text, 2)
+                } else if let after, next.text == "?.", after.isPunctuator("[") {
+                    guard let key = bracket(t, at: 2) else { continue }
+                    found = key
+                } else if let after, after.kind == .privateName {
+                    report(.notStatic, t, "secrets.#\(after.text) is not a secret reference; hint: use secrets.NAME")
+                    last = 2
+                } else {
+                    report(.syntax, t, "expected a secret name after 'secrets\(next.text)'")
+                    last = 1
+                }
+            } else if let next, next.isPunctuator("[") {
+                guard let key = bracket(t, at: 1) else { continue }
+                found = key
+            } else {
+                let inObject = t.enclosing == .brace && (prev?.isPunctuator("{") == true || prev?.isPunctuator(",") == true)
+                if inObject, next?.isPunctuator(":") == true {
+                    tokens.consume(1)   // `{ secrets: … }`: a property name
+                    continue
+                }
+                if inObject, let next, next.isPunctuator("}") || next.isPunctuator(",") || next.isPunctuator("=") {
+                    report(.notStatic, t, "shorthand { secrets } cannot be resolved statically; hint: use secrets.NAME")
+                } else {
+                    report(.notStatic, t, "secrets used as a whole cannot be resolved statically; hint: reference each secret as secrets.NAME")
+                }
+                tokens.consume(1)
+                continue
+            }
+            if let found {
+                last = found.last
+                record(t, name: found.name, last: last, prev: prev)
+            }
+            tokens.consume(last + 1)
+        }
+        // Problems past the last reference still count (an unterminated
+        // literal at the end makes the expression unusable).
+        if !stopped { tokens.drain() }
+    }
+
+    /// `secrets[` with the `[` `b` tokens ahead. Returns the name and the
+    /// offset of `]` for a static key; otherwise reports the reference, moves
+    /// past its brackets and returns nil.
+    mutating func bracket(_ t: JSToken, at b: Int) -> (name: String, last: Int)? {
+        if let inner = tokens.peek(b + 1), inner.kind == .string || inner.kind == .templateNoSubstitution,
+           inner.cookedValid, let close = tokens.peek(b + 2), close.isPunctuator("]") {
+            return (inner.text, b + 2)
+        }
+        tokens.consume(b)
+        let end = tokens.skipBracketed()
+        report(.notStatic, t, "\(sourceText(t.start, end ?? source.count)) cannot be resolved statically; hint: use secrets.NAME")
+        // A bracket closed by another kind: nothing after it is read as code.
+        if end == nil { tokens.drain() }
+        return nil
+    }
+
+    /// `secrets` (`t`, the current token) through its name, `last` tokens ahead.
+    mutating func record(_ t: JSToken, name: String, last: Int, prev: JSToken?) {
+        guard let lastToken = tokens.peek(last) else { return }
+        let following = tokens.peek(last + 1)
+        if !Names.isValid(name) {
+            report(.invalidName, t, "invalid secret name \(displayQuoted(name)); names match [A-Za-z_][A-Za-z0-9_]*")
+            return
+        }
+        if let following, following.kind == .punctuator, Self.assignmentOperators.contains(following.text) {
+            report(.assignment, t, "secrets.\(name) cannot be assigned to")
+            return
+        }
+        if let prev, prev.isPunctuator("++") || prev.isPunctuator("--") {
+            report(.assignment, t, "secrets.\(name) cannot be assigned to")
+            return
+        }
+        guard references.count < maxReferences else {
+            referencesExceededAt = SourcePosition(line: t.line, column: t.column, scalarIndex: t.scalarIndex)
+            return
+        }
+        // A directive is a statement that is only a string literal: at a
+        // statement start, and ended by `;`, `}`, the end, or a line break.
+        let statementStart = prev == nil || prev!.isPunctuator("{") || prev!.isPunctuator(";")
+        let statementEnds = following == nil || following!.isPunctuator(";")
+            || following!.isPunctuator("}") || following!.line > lastToken.line
+        var gaps: [Range<Int>] = []
+        var before = t
+        for j in 1...last {
+            guard let tok = tokens.peek(j) else { break }
+            if before.end < tok.start, source[before.end..<tok.start].contains(0x2F) { gaps.append(before.end..<tok.start) }
+            before = tok
+        }
+        references.append(SecretReference(
+            name: name, start: t.start, end: lastToken.end,
+            position: SourcePosition(line: t.line, column: t.column, scalarIndex: t.scalarIndex),
+            parenthesize: statementStart && statementEnds && following != nil, commentGaps: gaps))
     }
 }

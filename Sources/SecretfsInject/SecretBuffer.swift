@@ -28,7 +28,8 @@ extension SecretBuffer {
 // MARK: - Output sinks
 //
 // Every output is produced twice by the same code: once into a `CountingSink`
-// to learn its exact length, then into a `WritingSink` over the final buffer.
+// to learn its exact length (each value's literal measured once, then counted
+// at each reference), then into a `WritingSink` over the final buffer.
 // Nothing in between holds the bytes.
 
 protocol ByteSink {
@@ -38,6 +39,11 @@ protocol ByteSink {
 struct CountingSink: ByteSink {
     var count = 0
     @inline(__always) mutating func put(_ byte: UInt8) { count += 1 }
+    /// `n` more bytes, measured elsewhere (saturates at `Int.max`).
+    mutating func add(_ n: Int) {
+        let (sum, overflow) = count.addingReportingOverflow(n)
+        count = overflow ? .max : sum
+    }
 }
 
 struct WritingSink: ByteSink {
@@ -78,21 +84,6 @@ extension ByteSink {
         }
     }
 }
-
-/// Builds a buffer of exactly the length `produce` writes.
-func assemble<B: SecretBuffer>(_ type: B.Type, _ produce: (inout CountingSink) -> Void,
-                               _ fill: (inout WritingSink) -> Void) -> B {
-    var counter = CountingSink()
-    produce(&counter)
-    let out = B(capacity: counter.count, count: counter.count)
-    out.withUnsafeMutableBytes { raw in
-        var w = WritingSink(raw)
-        fill(&w)
-        precondition(w.offset == raw.count, "injector length computation was wrong")
-    }
-    return out
-}
-
 
 /// Values from the store arrive in locked memory; rewritten output is
 /// assembled there too.

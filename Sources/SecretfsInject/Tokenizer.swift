@@ -48,12 +48,6 @@ struct JSToken {
     func isPunctuator(_ p: String) -> Bool { kind == .punctuator && text == p }
 }
 
-struct JSComment {
-    var start: Int
-    var end: Int
-    var isLine: Bool
-}
-
 struct SourcePosition: Equatable {
     var line: Int
     var column: Int
@@ -64,12 +58,6 @@ struct LexProblem {
     var kind: InjectionProblem.Kind = .syntax
     var position: SourcePosition
     var message: String
-}
-
-struct JSTokenization {
-    var tokens: [JSToken] = []
-    var comments: [JSComment] = []
-    var problems: [LexProblem] = []
 }
 
 let regexKeywords: Set<String> = [
@@ -85,23 +73,39 @@ private let punctuators2: Set<String> = [
 ]
 private let punctuators1: Set<UInt8> = Array("{}()[];,<>+-*/%&|^!~?:=.@".utf8).reduce(into: []) { $0.insert($1) }
 
+/// Reads tokens one at a time (`next()`), so an expression costs a window of
+/// tokens, not one `JSToken` per token of input. Comments are skipped; the
+/// byte gaps between tokens are where they were.
 struct JSTokenizer {
     let src: [UInt8]
+    /// Most brackets and `${` open at once; one more is a `.limit` problem
+    /// and the end of tokenizing.
+    let maxDepth: Int
+    /// Most problems recorded; the next one sets `problemsExceeded` and ends
+    /// tokenizing.
+    let maxProblems: Int
     var i = 0
     var line = 1
     var column = 1
     var scalarIndex = 0
-    var result = JSTokenization()
+    var problems: [LexProblem] = []
+    private(set) var problemsExceeded = false
+    /// Where the first problem past `maxProblems` was.
+    private(set) var problemsExceededAt: SourcePosition?
     /// Open brackets; `.substitution` entries remember where their template began.
     var stack: [(JSToken.Opener, SourcePosition)] = []
     var reportedBadUTF8 = false
+    private var depthExceeded = false
+    /// The last two tokens returned (the regex-or-division decision looks at them).
+    private var last: JSToken?
+    private var beforeLast: JSToken?
+    private var started = false
+    private(set) var finished = false
 
-    init(_ bytes: [UInt8]) { self.src = bytes }
-
-    static func tokenize(_ bytes: [UInt8]) -> JSTokenization {
-        var t = JSTokenizer(bytes)
-        t.run()
-        return t.result
+    init(_ bytes: [UInt8], maxDepth: Int = .max, maxProblems: Int = .max) {
+        self.src = bytes
+        self.maxDepth = maxDepth
+        self.maxProblems = maxProblems
     }
 
     // MARK: scalar access
@@ -142,8 +146,22 @@ struct JSTokenizer {
         }
     }
 
-    mutating func problem(at p: SourcePosition, _ message: String) {
-        result.problems.append(LexProblem(position: p, message: message))
+    mutating func problem(_ kind: InjectionProblem.Kind = .syntax, at p: SourcePosition, _ message: String) {
+        guard problems.count < maxProblems else {
+            if !problemsExceeded { problemsExceededAt = p }
+            problemsExceeded = true
+            return
+        }
+        problems.append(LexProblem(kind: kind, position: p, message: message))
+    }
+
+    /// Opens a bracket level, unless that would go past `maxDepth`.
+    mutating func open(_ opener: JSToken.Opener, _ p: SourcePosition) {
+        guard stack.count < maxDepth else {
+            depthExceeded = true
+            return
+        }
+        stack.append((opener, p))
     }
 
     static func isLineTerminator(_ s: UInt32) -> Bool {
@@ -186,32 +204,37 @@ struct JSTokenizer {
 
     // MARK: main loop
 
-    mutating func run() {
-        var stoppedEarly = true
-        // A hashbang line is a comment (only at the very start).
-        if byte(0) == 0x23 && byte(1) == 0x21 {
-            let start = i
-            while !atEnd && !Self.isLineTerminator(current) { advance() }
-            result.comments.append(JSComment(start: start, end: i, isLine: true))
+    /// The next token, or nil at the end of the input or where tokenizing
+    /// stopped (an unterminated literal, a limit).
+    mutating func next() -> JSToken? {
+        if finished { return nil }
+        if !started {
+            started = true
+            // A hashbang line is a comment (only at the very start).
+            if byte(0) == 0x23 && byte(1) == 0x21 {
+                while !atEnd && !Self.isLineTerminator(current) { advance() }
+            }
         }
         while true {
             skipTrivia()
-            if atEnd { stoppedEarly = false; break }
+            if problemsExceeded { return finish(stoppedEarly: true) }
+            if atEnd { return finish(stoppedEarly: false) }
             let c = current
             let pos = position
             let start = i
             let enclosing = stack.last?.0 ?? .none
             var tok = JSToken(kind: .punctuator, start: start, end: start, line: pos.line,
                               column: pos.column, scalarIndex: pos.scalarIndex, enclosing: enclosing)
+            var complete = true
             if c == 0x60 { // `
                 advance()
-                if !scanTemplate(&tok, templateStart: pos, continuation: false) { break }
+                complete = scanTemplate(&tok, templateStart: pos, continuation: false)
             } else if c == 0x7D, let top = stack.last, top.0 == .substitution { // } closing ${
                 stack.removeLast()
                 advance()
-                if !scanTemplate(&tok, templateStart: top.1, continuation: true) { break }
+                complete = scanTemplate(&tok, templateStart: top.1, continuation: true)
             } else if c == 0x22 || c == 0x27 {
-                if !scanString(&tok, quote: c) { break }
+                complete = scanString(&tok, quote: c)
             } else if Self.isIDStart(c) || c == 0x5C {
                 scanIdentifier(&tok)
             } else if c == 0x23 { // #
@@ -226,20 +249,32 @@ struct JSTokenizer {
             } else if (0x30...0x39).contains(c) || (c == 0x2E && (0x30...0x39).contains(peek())) {
                 scanNumber(&tok)
             } else if c == 0x2F && regexAllowed() {
-                if !scanRegex(&tok) { break }
+                complete = scanRegex(&tok)
             } else if !scanPunctuator(&tok) {
                 problem(at: pos, "unexpected character U+\(String(c, radix: 16, uppercase: true).leftPadded(4))")
                 advance()
                 continue
             }
+            if depthExceeded {
+                problem(.limit, at: pos, "expression: nesting deeper than \(maxDepth) levels")
+                return finish(stoppedEarly: true)
+            }
+            if !complete || problemsExceeded { return finish(stoppedEarly: true) }
             tok.end = i
-            result.tokens.append(tok)
+            beforeLast = last
+            last = tok
+            return tok
         }
+    }
+
+    private mutating func finish(stoppedEarly: Bool) -> JSToken? {
+        finished = true
         // An unclosed `${` at the end; not when scanning already stopped at an
         // unterminated token inside it (that one is the problem to report).
         if !stoppedEarly, let open = stack.first(where: { $0.0 == .substitution }) {
             problem(at: open.1, "unterminated template literal")
         }
+        return nil
     }
 
     /// Whitespace, line terminators and comments.
@@ -249,11 +284,8 @@ struct JSTokenizer {
             if Self.isWhitespace(c) || Self.isLineTerminator(c) {
                 advance()
             } else if c == 0x2F && byte(i + 1) == 0x2F {
-                let start = i
                 while !atEnd && !Self.isLineTerminator(current) { advance() }
-                result.comments.append(JSComment(start: start, end: i, isLine: true))
             } else if c == 0x2F && byte(i + 1) == 0x2A {
-                let start = i
                 let pos = position
                 advance(); advance()
                 var closed = false
@@ -268,7 +300,6 @@ struct JSTokenizer {
                 if !closed {
                     problem(at: pos, "unterminated comment")
                 }
-                result.comments.append(JSComment(start: start, end: i, isLine: false))
             } else {
                 return
             }
@@ -276,15 +307,14 @@ struct JSTokenizer {
     }
 
     func regexAllowed() -> Bool {
-        guard let prev = result.tokens.last else { return true }
+        guard let prev = last else { return true }
         switch prev.kind {
         case .punctuator:
             return !(prev.text == ")" || prev.text == "]" || prev.text == "}"
                      || prev.text == "++" || prev.text == "--")
         case .identifier:
             // A keyword used as a property name (`x.typeof / 2`) is an operand.
-            let count = result.tokens.count
-            if count >= 2, result.tokens[count - 2].isPunctuator(".") || result.tokens[count - 2].isPunctuator("?.") {
+            if let b = beforeLast, b.isPunctuator(".") || b.isPunctuator("?.") {
                 return false
             }
             return !prev.hasEscape && regexKeywords.contains(prev.text)
@@ -316,7 +346,7 @@ struct JSTokenizer {
             if c == 0x24 && byte(i + 1) == 0x7B { // ${
                 advance(); advance()
                 tok.kind = continuation ? .templateMiddle : .templateHead
-                stack.append((.substitution, templateStart))
+                open(.substitution, templateStart)
                 break
             }
             if c == 0x5C {
@@ -566,9 +596,9 @@ struct JSTokenizer {
         tok.kind = .punctuator
         tok.text = p
         switch p {
-        case "(": stack.append((.paren, position))
-        case "[": stack.append((.bracket, position))
-        case "{": stack.append((.brace, position))
+        case "(": open(.paren, position)
+        case "[": open(.bracket, position)
+        case "{": open(.brace, position)
         case ")": if stack.last?.0 == .paren { stack.removeLast() }
         case "]": if stack.last?.0 == .bracket { stack.removeLast() }
         case "}": if stack.last?.0 == .brace { stack.removeLast() }

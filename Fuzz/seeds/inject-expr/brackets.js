@@ -1,0 +1,1 @@
+secrets["A"] + secrets['B'] + secrets?.["C"] + secrets[`D`] + secrets[k]

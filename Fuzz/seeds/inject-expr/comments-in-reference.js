@@ -1,0 +1,2 @@
+secrets /* c */ . /* d */ A + secrets // line
+.B

@@ -1,0 +1,1 @@
+\u{73}ecrets.A + secrets.\u0041

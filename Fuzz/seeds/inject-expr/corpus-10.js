@@ -1,0 +1,1 @@
+secrets.A in { 'plain-value': 1 }

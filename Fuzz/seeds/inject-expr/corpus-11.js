@@ -1,0 +1,1 @@
+new String(secrets.A).length

@@ -1,0 +1,2 @@
+secrets.A
+.length

@@ -1,0 +1,1 @@
+Math.max(...[secrets.NUM], 7)

@@ -1,0 +1,1 @@
+secrets.NUM/2/1

@@ -1,0 +1,1 @@
+1e3/secrets.NUM/2

@@ -1,0 +1,1 @@
+(() => { return /secrets.A/.source + secrets.A })()

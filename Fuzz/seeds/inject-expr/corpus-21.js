@@ -1,0 +1,1 @@
+'it\'s secrets.A' + secrets.A

@@ -1,0 +1,1 @@
+String.raw`x${secrets.BS}y\n`

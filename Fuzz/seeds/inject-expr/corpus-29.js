@@ -1,0 +1,1 @@
+(function(){ secrets.US; return this === undefined })()

@@ -1,0 +1,1 @@
+(function(){ secrets.US }).call(undefined) === undefined

@@ -1,0 +1,1 @@
+(() => { secrets.US; return typeof this })()

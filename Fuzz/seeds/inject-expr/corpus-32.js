@@ -1,0 +1,1 @@
+[secrets.Q, secrets.BS, secrets.BT, secrets.NL, secrets.LS, secrets.EMOJI, secrets.CTRL, secrets.US, secrets.EMPTY, secrets.DOLLAR, secrets.ODD]

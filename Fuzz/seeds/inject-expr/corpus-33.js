@@ -1,0 +1,1 @@
+`${secrets.CTRL}1${secrets.LS}`

@@ -1,0 +1,1 @@
+1..toString() + secrets.A

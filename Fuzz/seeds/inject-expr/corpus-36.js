@@ -1,0 +1,1 @@
+1_000 / secrets.NUM / 2

@@ -1,0 +1,2 @@
+(function(){ secrets.US
+return this })()

@@ -1,0 +1,1 @@
+secrets.MISSING + secrets.XBAD + secrets.A
