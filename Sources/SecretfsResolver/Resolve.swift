@@ -18,25 +18,39 @@ public struct ResolveFailure: Error, CustomStringConvertible, Sendable {
 public enum Resolver {
     /// Resolves one document: scan it for references, fetch only the names it
     /// references, rewrite. The result holds values, so it is locked memory;
-    /// the fetched values are wiped before returning.
+    /// the fetched values are wiped before returning. The output's size is
+    /// checked against `maximum` before it is built.
     public static func resolve(_ document: [UInt8], format: InjectionFormat, output: ResolveOutput,
-                               source: ValueSource) throws -> SecureBytes {
+                               source: ValueSource,
+                               maximum: Int = InjectionLimits.default.maxOutputBytes) throws -> SecureBytes {
+        try resolve(document, format: format, output: output, maximum: maximum,
+                    names: { try source.names() }, values: { try source.values($0) }, ownsValues: true)
+    }
+
+    /// The one resolve pipeline, for the command line (values from a
+    /// `ValueSource`, owned and wiped here) and the resolver daemon (values
+    /// borrowed from its cache: `ownsValues` false, never wiped here).
+    /// Throws `ResolveFailure` with every problem and its location, or
+    /// whatever `names` and `values` throw.
+    static func resolve(_ document: [UInt8], format: InjectionFormat, output: ResolveOutput, maximum: Int,
+                        names: () throws -> [String], values fetch: ([String]) throws -> [String: SecureBytes],
+                        ownsValues: Bool) throws -> SecureBytes {
         let scan = Injector.scan(document, format: format)
         if !scan.problems.isEmpty {
             // Report every problem at once: missing secrets too, found from
             // the project's names alone (no value is fetched for a document
             // that will not be written).
-            let existing = Set(try source.names())
+            let existing = Set(try names())
             let all = (scan.problems + scan.missingSecretProblems(existing: existing))
                 .sorted { ($0.line, $0.column) < ($1.line, $1.column) }
             throw ResolveFailure(problems: all)
         }
-        let values = scan.referencedNames.isEmpty ? [:] : try source.values(scan.referencedNames)
-        defer { for v in values.values { v.wipe() } }
+        let values = scan.referencedNames.isEmpty ? [:] : try fetch(scan.referencedNames)
+        defer { if ownsValues { for v in values.values { v.wipe() } } }
         do {
             switch output {
-            case .document: return try scan.rewrite { (name: String) -> SecureBytes? in values[name] }
-            case .bindings: return try scan.bindings { (name: String) -> SecureBytes? in values[name] }
+            case .document: return try scan.rewrite(maximum: maximum) { (name: String) -> SecureBytes? in values[name] }
+            case .bindings: return try scan.bindings(maximum: maximum) { (name: String) -> SecureBytes? in values[name] }
             }
         } catch {
             throw ResolveFailure(problems: error.problems)

@@ -282,37 +282,32 @@ public final class ResolverDaemon: @unchecked Sendable {
         let fd = conn.fd
         guard let cache = cacheOrRefuse(fd, project) else { return false }
 
-        // Same steps as `Resolver.resolve` (tests hold the two to the same
-        // output), with values borrowed from the cache instead of copied.
-        let scan = Injector.scan(document, format: format)
-        if !scan.problems.isEmpty {
-            // Every problem at once: missing secrets too, from the names alone.
-            let existing: [String]
-            do { existing = try cache.names() } catch { return upstreamError(conn, project, error) }
-            let all = (scan.problems + scan.missingSecretProblems(existing: Set(existing)))
-                .sorted { ($0.line, $0.column) < ($1.line, $1.column) }
-            return sendProblems(conn, project, all)
-        }
-        var values: [String: SecureBytes] = [:]
-        if !scan.referencedNames.isEmpty {
-            do { values = try cache.values(scan.referencedNames).values } catch { return upstreamError(conn, project, error) }
-        }
+        // The one resolve pipeline, with values borrowed from the cache (not
+        // wiped here: other requests may be using them). The output's size is
+        // checked against the reply frame before anything is built.
         let result: SecureBytes
+        var referenced: [String] = []
         do {
-            switch output {
-            case .document: result = try scan.rewrite { (name: String) -> SecureBytes? in values[name] }
-            case .bindings: result = try scan.bindings { (name: String) -> SecureBytes? in values[name] }
-            }
+            result = try Resolver.resolve(document, format: format, output: output,
+                                          maximum: limits.maxReplyFrame - Wire.headerSize - 4,
+                                          names: { () throws(UpstreamFailure) -> [String] in try cache.names() },
+                                          values: { (names: [String]) throws(UpstreamFailure) -> [String: SecureBytes] in
+                                              referenced = names
+                                              return try cache.values(names).values
+                                          },
+                                          ownsValues: false)
+        } catch let failure as ResolveFailure {
+            return sendProblems(conn, project, failure.problems)
+        } catch let failure as UpstreamFailure {
+            return upstreamError(conn, project, failure)
         } catch {
-            return sendProblems(conn, project, error.problems)
+            logger.error("RESOLVE failed", metadata: ["project": "\(project)", "error": "\(error)"])
+            return sendError(fd, .internalError, "project \(project): the document could not be resolved")
         }
         defer { result.wipe() }
-        guard result.count + 4 + Wire.headerSize <= limits.maxReplyFrame else {
-            return sendError(fd, .replyTooLarge, "the result (\(result.count) bytes) does not fit one frame")
-        }
         // Audit: who received which values, at the default level (cached or not).
         logger.info("resolved", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "pid": "\(conn.peer.pid)",
-                                            "format": "\(format.rawValue)", "names": "\(scan.referencedNames.joined(separator: ","))"])
+                                           "format": "\(format.rawValue)", "names": "\(referenced.joined(separator: ","))"])
         return result.withUnsafeBytes { DaemonIO.sendFrame(fd, type: .resolved, prefix: DaemonIO.be32($0.count), body: $0) }
     }
 
