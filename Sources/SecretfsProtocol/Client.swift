@@ -42,6 +42,13 @@ public struct SecretValues: @unchecked Sendable {
     public var values: [String: SecureBytes]
     public var missing: [String]
 
+    public init(projectVersion: Int64, sequence: UInt64, values: [String: SecureBytes], missing: [String]) {
+        self.projectVersion = projectVersion
+        self.sequence = sequence
+        self.values = values
+        self.missing = missing
+    }
+
     /// Wipes every value now (they are also wiped when released).
     public func wipe() { for v in values.values { v.wipe() } }
 }
