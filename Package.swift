@@ -77,7 +77,7 @@ let package = Package(
         // `swift build --build-tests` build it beside the test bundle.
         .testTarget(name: "SecretfsMountTests", dependencies: ["SecretfsStore", "SecretfsFS", "secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
         // Every finding of the trust-boundaries review, as an attacker would try it.
-        .testTarget(name: "SecretfsHostileInputTests", dependencies: ["CShims", "SecretfsStore", "SecretfsFS", "SecretfsProtocol", "secretfs",
+        .testTarget(name: "SecretfsHostileInputTests", dependencies: ["CShims", "CSQLite", "SecretfsStore", "SecretfsFS", "SecretfsProtocol", "secretfs",
                                                                        "SecretfsMountSupport", "SecretfsTestSupport"]),
     ]
 )
