@@ -233,6 +233,52 @@ public final class Store: @unchecked Sendable {
         return Store(location: location, db: db, masterKey: SecureBytes(capacity: 0), storeID: storeID)
     }
 
+    // MARK: One mount per project
+
+    /// `STORE/PROJECT.mount-lock`, flock'ed by the mount of that project for
+    /// as long as it runs. Released when this object is (or the process ends).
+    public final class MountClaim: @unchecked Sendable {
+        private let fd: Int32
+        init(fd: Int32) { self.fd = fd }
+        deinit { close(fd) }
+    }
+
+    static func mountLockName(_ project: String) -> String { "\(project).mount-lock" }
+
+    /// Claims `project` for one mount: nil when another mount of this store
+    /// holds it (a second mount, through another runtime directory, would
+    /// never hear of the first one's changes and would serve stale values).
+    /// The lock file is opened in the checked store directory, never through
+    /// a link, and must be the caller's own regular file.
+    public func claimMount(of project: String) throws -> MountClaim? {
+        guard Names.isValid(project) else { throw StoreError.invalidProjectName(project) }
+        let dir = try Self.trustedDirectory(location, creating: false)
+        let name = Self.mountLockName(project)
+        var fd: Int32
+        do {
+            fd = try dir.create(name, O_RDWR, mode: 0o600)
+        } catch where error.errno == EEXIST {
+            do { fd = try dir.openOwnFile(name, O_RDWR) } catch {
+                throw StoreError.storeUntrusted(directory: location.directory, error)
+            }
+        } catch {
+            throw StoreError.io(path: dir.path(of: name), errno: error.errno, action: "create the mount lock")
+        }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            return nil
+        }
+        return MountClaim(fd: fd)
+    }
+
+    /// Whether a mount of this store holds `project` now.
+    public func isMounted(_ project: String) -> Bool {
+        guard Names.isValid(project), let dir = try? Self.trustedDirectory(location, creating: false),
+              let fd = try? dir.open(Self.mountLockName(project), O_RDONLY | O_NONBLOCK) else { return false }
+        defer { close(fd) }
+        return flock(fd, LOCK_SH | LOCK_NB) != 0
+    }
+
     /// The store directory, checked under the directory-trust rule
     /// (TrustedDirectory): it and every directory above it owned by the caller
     /// or root and writable by nobody else, or another user could swap in

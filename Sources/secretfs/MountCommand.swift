@@ -51,7 +51,7 @@ struct MountCommand: ParsableCommand {
         _ = try parsedOptions()
         _ = try resolverPolicy()
         guard socketIdleTimeout > 0, socketIdleTimeout <= 86400 else {
-            throw ValidationError("--socket-idle-timeout needs seconds from 0 to 86400")
+            throw ValidationError("--socket-idle-timeout needs more than 0 and at most 86400 seconds")
         }
     }
 
@@ -214,8 +214,12 @@ struct MountCommand: ParsableCommand {
         // One mount per project per store: a second one (through another
         // runtime directory) would never hear of the first one's changes
         // and its resolvers would serve stale values.
-        let storeLockFD = try claimProject(storeDirectory: global.storeDirectory)
-        defer { close(storeLockFD) }
+        guard let claim = try store.claimMount(of: project) else {
+            throw Failure("project '\(project)' is already mounted from the store \(global.storeDirectory)",
+                          hint: "a second mount (through another runtime directory) would serve stale values; use the existing one (secretfs status)",
+                          exit: .mountProblem)
+        }
+        defer { withExtendedLifetime(claim) {} }
         let runtime = try global.ensureRuntimeDirectory()
         let lockFD = try runtime.acquire(project: project, mountpoint: target)
         defer { runtime.release(project: project, fd: lockFD) }
@@ -283,24 +287,8 @@ struct MountCommand: ParsableCommand {
         guard UInt64(limit.rlim_cur) < needed else { return }
         let message = "RLIMIT_MEMLOCK (ulimit -l) is \(limit.rlim_cur / 1024) KiB, less than the \(needed / 1024) KiB "
             + "that \(options.maxWriteHandlesPerUID) open write handles may lock; past it, values may reach swap"
-        logger.warning("\(message)")
-        writeStderr("secretfs: warning: \(message)\nhint: raise it (ulimit -l, or LimitMEMLOCK= in a systemd unit)\n")
-    }
-
-    /// Takes `STORE/PROJECT.mount-lock` (flock, held while this process runs).
-    private func claimProject(storeDirectory: String) throws -> Int32 {
-        let path = "\(storeDirectory)/\(project).mount-lock"
-        let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            throw Failure("cannot create \(path): \(String(cString: strerror(errno)))", exit: .mountProblem)
-        }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            close(fd)
-            throw Failure("project '\(project)' is already mounted from the store \(storeDirectory)",
-                          hint: "a second mount (through another runtime directory) would serve stale values; use the existing one (secretfs status)",
-                          exit: .mountProblem)
-        }
-        return fd
+        // Before the mount is ready the log goes to `secretfs mount`'s stderr, after it to PROJECT.log.
+        logger.warning("\(message)", metadata: ["hint": "raise it (ulimit -l, or LimitMEMLOCK= in a systemd unit)"])
     }
 
     private func checkMountpoint(_ target: String) throws {

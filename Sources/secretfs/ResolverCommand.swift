@@ -36,7 +36,7 @@ struct ResolverCommand: ParsableCommand {
 
     func validate() throws {
         _ = try policy()
-        guard idleTimeout > 0, idleTimeout <= 86400 else { throw ValidationError("--idle-timeout needs seconds from 0 to 86400") }
+        guard idleTimeout > 0, idleTimeout <= 86400 else { throw ValidationError("--idle-timeout needs more than 0 and at most 86400 seconds") }
     }
 
     func policy() throws -> SocketPolicy {
@@ -58,7 +58,7 @@ struct ResolverCommand: ParsableCommand {
         let logger = makeLogger(label: "secretfs.resolver", debug: debug)
         // The daemon holds values: no core dumps, no ptrace by other processes.
         if secretfs_harden_process() != 0 {
-            throw Failure("cannot disable core dumps and ptrace for the resolver daemon: \(String(cString: strerror(errno)))")
+            throw Failure("cannot disable core dumps and ptrace for the resolver daemon: \(errnoText(errno))", exit: .socketProblem)
         }
         // Block the stop signals before any thread starts (threads inherit
         // the mask), then wait for them here.

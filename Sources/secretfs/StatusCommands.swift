@@ -59,8 +59,9 @@ struct StatusCommand: ParsableCommand {
         var text = pad("PROJECT", 20) + pad("SECRETS", 9) + pad("LAST CHANGE", 22) + pad("PID", 8) + "MOUNTPOINT\n"
         for p in projects {
             let m = mounts.first { $0.project == p.name }
-            text += pad(p.name, 20) + pad(String(p.secretCount), 9) + pad(p.lastUpdate.map(iso8601) ?? "-", 22)
-                + pad(m.map { String($0.pid) } ?? "-", 8) + (m?.mountpoint ?? "(not mounted)") + "\n"
+            // Names come from the database, mountpoints from pid files: escaped.
+            text += pad(Wire.printable(p.name), 20) + pad(String(p.secretCount), 9) + pad(p.lastUpdate.map(iso8601) ?? "-", 22)
+                + pad(m.map { String($0.pid) } ?? "-", 8) + (m.map { Wire.printable($0.mountpoint) } ?? "(not mounted)") + "\n"
         }
         if projects.isEmpty { text = "no projects in \(global.storeDirectory)\n" }
         writeStdout(text)

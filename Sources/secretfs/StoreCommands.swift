@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import SecretfsNames
+import SecretfsProtocol
 import SecretfsStore
 
 struct InitCommand: ParsableCommand {
@@ -67,7 +68,8 @@ struct ProjectCommand: ParsableCommand {
             }
             var text = pad("PROJECT", 24) + pad("SECRETS", 9) + "LAST CHANGE\n"
             for p in projects {
-                text += pad(p.name, 24) + pad(String(p.secretCount), 9) + (p.lastUpdate.map(iso8601) ?? "-") + "\n"
+                // Names come from the database (a writer could plant escapes).
+                text += pad(Wire.printable(p.name), 24) + pad(String(p.secretCount), 9) + (p.lastUpdate.map(iso8601) ?? "-") + "\n"
             }
             writeStdout(text)
         }
@@ -84,6 +86,11 @@ struct ProjectCommand: ParsableCommand {
             if let owner = RuntimeState(directory: global.runtimeDirectory).activeMount(project: name) {
                 throw Failure("project '\(name)' is mounted at \(owner.mountpoint)",
                               hint: "unmount it first: secretfs umount \(owner.mountpoint)", exit: .projectProblem)
+            }
+            // Mounted through another runtime directory: the store knows.
+            if store.isMounted(name) {
+                throw Failure("project '\(name)' is mounted from this store (through another runtime directory)",
+                              hint: "unmount it first (secretfs status --runtime-dir DIR shows where)", exit: .projectProblem)
             }
             try store.deleteProject(name, force: force)
             writeStdout("deleted project \(name)\n")

@@ -97,6 +97,45 @@ struct LocalUserTests {
         #expect(access("\(f.root)/theirs/d.sock", F_OK) != 0)
     }
 
+    @Test func aClientRefusesASocketServedByAnUntrustedUid() throws {
+        let f = try MountFixture()
+        defer {
+            _ = try? f.sh("kill $(cat \(f.root)/their.pid) 2>/dev/null; true")
+            f.close()
+        }
+        // uid 65534 serves a daemon socket in its own directory (which it may),
+        // and the socket ends up in a directory of root's (a planted socket).
+        let bin = MountFixture.binary
+        try f.expectOK(f.sh("mkdir -m 0700 \(f.root)/theirs && chown 65534:65534 \(f.root)/theirs && mkdir -m 0755 \(f.root)/ours"))
+        try f.expectOK(f.sh("setpriv --reuid=65534 --regid=65534 --clear-groups \(bin) resolver --listen \(f.root)/theirs/d.sock "
+                            + "--runtime-dir \(f.root)/theirs >/dev/null 2>&1 </dev/null & echo $! > \(f.root)/their.pid; "
+                            + "for i in $(seq 1 300); do [ -S \(f.root)/theirs/d.sock ] && break; sleep 0.02; done; "
+                            + "mv \(f.root)/theirs/d.sock \(f.root)/ours/d.sock"))
+        let o = try f.sh("printf secrets.X | \(bin) resolve --project demo --format expr --resolver \(f.root)/ours/d.sock")
+        #expect(o.status == 15 && o.stderr.contains("served by uid 65534") && o.stderr.contains("does not trust"), "\(o.stderr)")
+    }
+
+    @Test func aProjectMountedThroughAnotherRuntimeDirectoryIsNotDeleted() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount()
+        try f.expectOK(f.sh("echo v > $MNT/A"))
+        let o = try f.sh("SECRETFS_RUNTIME_DIR=\(f.root)/elsewhere \(MountFixture.binary) project delete demo --force")
+        #expect(o.status == 12 && o.stderr.contains("is mounted from this store"), "\(o.status) \(o.stderr)")
+        #expect(try f.storedValue("A") == "v")
+    }
+
+    @Test func aGroupMembersReadIsRefusedByTheKernel() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount(["-o", "group=4242"])
+        try f.expectOK(f.sh("echo v > $MNT/A"))
+        let o = try f.sh("cat $MNT/A", asUID: Self.stranger, gid: 4242)
+        #expect(o.status != 0 && o.stderr.contains("Permission denied") && o.stdout.isEmpty, "\(o.stderr)")
+        // Root (the owner here) reads nothing and succeeds, as on any mount.
+        #expect(try f.expectOK(f.sh("cat $MNT/A")).stdout.isEmpty)
+    }
+
     // MARK: Names are bytes
 
     @Test func aKelvinSignDoesNotAliasK() throws {
@@ -180,6 +219,12 @@ struct LocalUserTests {
         let out = try f.expectOK(f.secretfs(["audit", "demo"])).stdout
         #expect(!out.contains("\u{1b}") && !out.contains("\nforged line"), "\(out)")
         #expect(out.contains("\\u{1b}[2J\\u{a}forged line"))
+        // Project names in listings come from the database too.
+        try f.expectOK(f.sh("sqlite3 \(f.storeDir)/secretfs.db \"UPDATE projects SET name = 'x' || char(27) || '[2J' WHERE name = 'demo'\""))
+        for args in [["project", "list"], ["status"]] {
+            let listing = try f.expectOK(f.secretfs(args)).stdout
+            #expect(!listing.contains("\u{1b}") && listing.contains("x\\u{1b}[2J"), "\(args): \(listing)")
+        }
     }
 
     @Test func runKeepsSecretfsSettingsFromTheCommand() throws {
