@@ -64,7 +64,7 @@ private func replyError(_ req: fuse_req_t?, _ e: Errno) {
 
 private func replyAttr(_ req: fuse_req_t?, _ a: Attributes, _ fs: SecretFilesystem) {
     var st = statBuffer(a)
-    fuse_reply_attr(req, &st, fs.options.cacheTimeout)
+    fuse_reply_attr(req, &st, a.cacheable ? fs.options.cacheTimeout : 0)
 }
 
 /// The operation table handed to `fuse_session_new`.
@@ -86,7 +86,7 @@ func makeOperations() -> fuse_lowlevel_ops {
         let fs = filesystem(req)
         do throws(Errno) {
             let a = try fs.lookup(parent: parent, name: name(cname), caller: caller(req))
-            var e = entry(a, timeout: fs.options.cacheTimeout)
+            var e = entry(a, timeout: a.cacheable ? fs.options.cacheTimeout : 0)
             fuse_reply_entry(req, &e)
         } catch {
             if error == .noEntry {
@@ -203,7 +203,7 @@ func makeOperations() -> fuse_lowlevel_ops {
             fi!.pointee.fh = fh
             fi!.pointee.direct_io = 1
             fi!.pointee.keep_cache = 0
-            var e = entry(a, timeout: fs.options.cacheTimeout)
+            var e = entry(a, timeout: a.cacheable ? fs.options.cacheTimeout : 0)
             if !cacheable { e.entry_timeout = 0 }
             if fuse_reply_create(req, &e, fi) != 0 { fs.release(fh: fh) }
         } catch { replyError(req, error) }

@@ -19,6 +19,9 @@ public struct MountOptions: Sendable, Equatable {
     /// instead of exhausting the mount's (locked) memory.
     public var maxWriteHandles = 1024
     public var maxWriteHandlesPerUID = 128
+    /// Refuse mode, owner and time changes with EPERM instead of accepting
+    /// them without effect.
+    public var strictModes = false
     /// Extra options handed to libfuse as `-o` (e.g. `fsname=...`).
     public var fuseOptions: [String] = []
 

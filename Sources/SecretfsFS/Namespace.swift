@@ -20,13 +20,21 @@ final class Node {
     var lookups: UInt64 = 0
     /// Open file handles on this node.
     var openHandles = 0
+    /// A staging file (a `.` name): the uid that created it, the only one
+    /// (besides root) that can see it. Never listed, never stored as such.
+    var stagedBy: uid_t?
+    /// A staging file's bytes as of its last flush, in locked memory.
+    var staged: WriteBuffer?
 
-    init(ino: UInt64, name: String, info: SecretInfo?) {
+    init(ino: UInt64, name: String, info: SecretInfo?, stagedBy: uid_t? = nil) {
         self.ino = ino
         self.name = name
         self.info = info
+        self.stagedBy = stagedBy
         self.createdAt = Timestamp.now()
     }
+
+    var isStaging: Bool { stagedBy != nil }
 
     var isCommitted: Bool { info != nil }
     var updatedAt: Timestamp { info?.updatedAt ?? createdAt }
@@ -59,19 +67,27 @@ struct Namespace {
         if !secrets.isEmpty { lastChange = newest }
     }
 
-    var count: Int { byName.count }
+    /// Secrets in view (staging files are not counted: they are not secrets).
+    var count: Int { sorted.count }
 
     func node(ino: UInt64) -> Node? { byIno[ino] }
     func node(named name: String) -> Node? { byName[name] }
 
-    mutating func add(name: String, info: SecretInfo?) -> Node {
-        let n = Node(ino: nextIno, name: name, info: info)
+    mutating func add(name: String, info: SecretInfo?, stagedBy: uid_t? = nil) -> Node {
+        let n = Node(ino: nextIno, name: name, info: info, stagedBy: stagedBy)
         nextIno += 1
         byName[name] = n
         byIno[n.ino] = n
-        sorted.insert(n, at: position(of: name))
-        touch()
+        if stagedBy == nil {
+            sorted.insert(n, at: position(of: name))
+            touch()
+        }
         return n
+    }
+
+    /// Staging files of `uid` (they are bounded per uid like write handles).
+    func stagingCount(of uid: uid_t) -> Int {
+        byName.values.reduce(0) { $0 + ($1.stagedBy == uid ? 1 : 0) }
     }
 
     /// Index of `name` in `sorted`, or where it would be inserted.
@@ -85,7 +101,7 @@ struct Namespace {
     }
 
     private mutating func removeSorted(_ node: Node) {
-        guard let name = node.name else { return }
+        guard let name = node.name, !node.isStaging else { return }
         let i = position(of: name)
         if i < sorted.count && sorted[i] === node { sorted.remove(at: i) }
     }
@@ -110,22 +126,29 @@ struct Namespace {
             byName[name] = nil
             removeSorted(node)
         }
+        let wasStaging = node.isStaging
         node.name = nil
+        node.staged?.wipe()
+        node.staged = nil
         collect(node)
-        touch()
+        if !wasStaging { touch() }
     }
 
-    /// Moves `node` to `newName`, detaching whatever held that name.
-    mutating func move(_ node: Node, to newName: String) {
+    /// Moves `node` to `newName`, detaching whatever held that name. With
+    /// `stagedBy` nil a staging node becomes a secret (in view from now on).
+    mutating func move(_ node: Node, to newName: String, stagedBy: uid_t?? = .none) {
         if let old = byName[newName], old !== node { unlink(old) }
         if let name = node.name, byName[name] === node {
             byName[name] = nil
             removeSorted(node)
         }
+        if case .some(let s) = stagedBy { node.stagedBy = s }
         node.name = newName
         byName[newName] = node
-        sorted.insert(node, at: position(of: newName))
-        touch()
+        if !node.isStaging {
+            sorted.insert(node, at: position(of: newName))
+            touch()
+        }
     }
 
     /// Swaps the names of two nodes (RENAME_EXCHANGE).

@@ -31,6 +31,10 @@ public struct Attributes: Sendable {
     public var gid: gid_t
     public var modified: Timestamp
     public var links: Int
+    /// Whether the kernel may cache the entry and attributes. Not for a
+    /// staging file: the kernel's cache is shared by every uid, and a staging
+    /// file is visible to its creator only.
+    public var cacheable = true
 }
 
 /// The write-only directory contract, independent of libfuse: every method
@@ -126,16 +130,24 @@ public final class SecretFilesystem: @unchecked Sendable {
         // Write-only: the owner (and the group, when granted) may write; nobody
         // may read. Size is always reported as 0 so the length never leaks.
         let mode: mode_t = options.group == nil ? 0o200 : 0o220
-        return Attributes(ino: node.ino, isDirectory: false, mode: S_IFREG | mode,
-                          uid: options.ownerUID, gid: options.group ?? options.ownerGID,
-                          modified: node.updatedAt, links: node.name == nil ? 0 : 1)
+        var a = Attributes(ino: node.ino, isDirectory: false, mode: S_IFREG | mode,
+                           uid: options.ownerUID, gid: options.group ?? options.ownerGID,
+                           modified: node.updatedAt, links: node.name == nil ? 0 : 1)
+        a.cacheable = !node.isStaging
+        return a
+    }
+
+    /// A staging file is seen only by the uid that made it (and root).
+    private func visible(_ node: Node, to caller: Caller) -> Bool {
+        guard let owner = node.stagedBy else { return true }
+        return caller.uid == owner || caller.uid == 0
     }
 
     public func getattr(ino: UInt64, caller: Caller) throws(Errno) -> Attributes {
         try check(caller)
         return try lock.withLock { _ throws(Errno) in
             if ino == Namespace.rootIno { return rootAttributes() }
-            guard let n = namespace.node(ino: ino) else { throw .noEntry }
+            guard let n = namespace.node(ino: ino), visible(n, to: caller) else { throw .noEntry }
             return attributes(n)
         }
     }
@@ -145,9 +157,9 @@ public final class SecretFilesystem: @unchecked Sendable {
         try check(caller)
         guard parent == Namespace.rootIno else { throw .notDirectory }
         // Bytes first: no invalid name is ever compared with a stored one.
-        guard Names.isValid(name) else { throw .noEntry }
+        guard Names.isValid(name) || Names.isStaging(name) else { throw .noEntry }
         return try lock.withLock { _ throws(Errno) in
-            guard let n = namespace.node(named: name) else { throw .noEntry }
+            guard let n = namespace.node(named: name), visible(n, to: caller) else { throw .noEntry }
             n.lookups += 1
             return attributes(n)
         }
@@ -180,7 +192,7 @@ public final class SecretFilesystem: @unchecked Sendable {
         try check(caller)
         return try lock.withLock { _ throws(Errno) in
             if ino == Namespace.rootIno { throw .isDirectory }
-            guard let n = namespace.node(ino: ino), n.name != nil else { throw .noEntry }
+            guard let n = namespace.node(ino: ino), n.name != nil, visible(n, to: caller) else { throw .noEntry }
             let access = flags & O_ACCMODE
             let writable = access == O_WRONLY || access == O_RDWR
             if writable { try checkWriteHandleLimits(caller) }
@@ -202,14 +214,24 @@ public final class SecretFilesystem: @unchecked Sendable {
     public func create(parent: UInt64, name: String, flags: Int32, caller: Caller) throws(Errno) -> (Attributes, UInt64, cacheable: Bool) {
         try check(caller)
         guard parent == Namespace.rootIno else { throw .notDirectory }
-        try validName(name)
+        let staging = Names.isStaging(name)
+        if !staging { try validName(name) }
         return try lock.withLock { _ throws(Errno) in
             try checkWriteHandleLimits(caller)
             let node: Node
             var added = false
             if let existing = namespace.node(named: name) {
-                if flags & O_EXCL != 0 { throw .exists }
+                // Another uid's staging file takes the name without showing it.
+                if flags & O_EXCL != 0 || !visible(existing, to: caller) { throw .exists }
                 node = existing
+            } else if staging {
+                guard namespace.stagingCount(of: caller.uid) < options.maxWriteHandlesPerUID else {
+                    logger.warning("staging file limit reached", metadata: ["uid": "\(caller.uid)"])
+                    throw .tooManyOpen
+                }
+                added = true
+                // Locked memory only, until a rename onto a valid name commits it.
+                node = namespace.add(name: name, info: nil, stagedBy: caller.uid)
             } else {
                 added = true
                 // Not in the store until the first close commits it.
@@ -225,7 +247,7 @@ public final class SecretFilesystem: @unchecked Sendable {
                 }
                 h.dirty = true
             }
-            return (attributes(node), register(h), node.isCommitted)
+            return (attributes(node), register(h), node.isCommitted && !node.isStaging)
         }
     }
 
@@ -274,6 +296,17 @@ public final class SecretFilesystem: @unchecked Sendable {
     /// start from empty: appends, offsets, truncate to a length).
     private func ensureBuffer(_ h: OpenFile) throws(Errno) -> WriteBuffer {
         if let b = h.buffer { return b }
+        if h.node.isStaging {
+            // A staging file starts from what its last flush left.
+            let made = h.node.staged.map { staged in
+                staged.withValue(keepTrailingNewline: true) { raw in
+                    WriteBuffer(limit: options.sizeLimit + 1, initial: SecureBytes(copying: raw), pool: pool)
+                }
+            } ?? WriteBuffer(limit: options.sizeLimit + 1, pool: pool)
+            guard let b = made else { throw .noMemory }
+            h.buffer = b
+            return b
+        }
         var current: SecureBytes?
         if let name = h.node.name, h.node.isCommitted {
             do { current = try vault.value(name) } catch {
@@ -327,7 +360,7 @@ public final class SecretFilesystem: @unchecked Sendable {
                 // An append (or a write at an offset) that fails here says
                 // something about the stored value's length; probing for it
                 // takes many such failures, so each one is audited.
-                if h.node.isCommitted, append || offset > 0 {
+                if h.node.isCommitted, !h.node.isStaging, append || offset > 0 {
                     try? vault.audit(action: "refused-size", names: h.node.name, detail: "limit \(options.sizeLimit)", actor: h.actor)
                 }
                 throw .tooBig
@@ -368,6 +401,19 @@ public final class SecretFilesystem: @unchecked Sendable {
             h.failure = .tooBig
             throw .tooBig
         }
+        if h.node.isStaging {
+            // Never stored, never audited: the bytes stay in locked memory
+            // (a copy: the handle may go on writing) until a rename commits them.
+            let snapshot = buffer.withValue(keepTrailingNewline: true) { raw in
+                WriteBuffer(limit: options.sizeLimit + 1, initial: SecureBytes(copying: raw), pool: nil)
+            }
+            guard let snapshot else { throw .noMemory }
+            h.node.staged?.wipe()
+            h.node.staged = snapshot
+            h.dirty = false
+            h.written = false
+            return
+        }
         do {
             // Sealed straight from the write buffer: no copy of the value.
             h.node.info = try buffer.withValue(keepTrailingNewline: options.keepTrailingNewline) {
@@ -392,7 +438,7 @@ public final class SecretFilesystem: @unchecked Sendable {
             if h.dirty && h.failure == nil { try? commit(h) }
             h.buffer?.wipe()
             unregister(h)
-            if !h.node.isCommitted && h.node.openHandles == 0, let name = h.node.name {
+            if !h.node.isCommitted && !h.node.isStaging && h.node.openHandles == 0, let name = h.node.name {
                 // A created file that never got a value disappears; if it had
                 // been renamed over a stored secret, that secret shows again.
                 namespace.unlink(h.node)
@@ -416,17 +462,22 @@ public final class SecretFilesystem: @unchecked Sendable {
     public func setattr(ino: UInt64, change: AttributeChange, fh: UInt64?, caller: Caller) throws(Errno) -> Attributes {
         try check(caller)
         return try lock.withLock { _ throws(Errno) in
+            // Mode, ownership and times are the mount's policy, not per file:
+            // a change succeeds and changes nothing (as vfat's `quiet`), so
+            // `cp -p`, `install -m` and `rsync -a` work and no change can add
+            // a read bit; with -o strict_modes a real change is refused.
             if ino == Namespace.rootIno {
                 if change.size != nil { throw .isDirectory }
-                if change.mode != nil || change.uid != nil || change.gid != nil { throw .notPermitted }
+                if options.strictModes, change.mode != nil || change.uid != nil || change.gid != nil { throw .notPermitted }
                 return rootAttributes()
             }
-            guard let n = namespace.node(ino: ino) else { throw .noEntry }
+            guard let n = namespace.node(ino: ino), visible(n, to: caller) else { throw .noEntry }
             let current = attributes(n)
-            // Mode and ownership are the mount's policy, not per file.
-            if let m = change.mode, m & 0o7777 != current.mode & 0o7777 { throw .notPermitted }
-            if let u = change.uid, u != current.uid { throw .notPermitted }
-            if let g = change.gid, g != current.gid { throw .notPermitted }
+            if options.strictModes {
+                if let m = change.mode, m & 0o7777 != current.mode & 0o7777 { throw .notPermitted }
+                if let u = change.uid, u != current.uid { throw .notPermitted }
+                if let g = change.gid, g != current.gid { throw .notPermitted }
+            }
             if let size = change.size {
                 guard size >= 0 else { throw .invalid }
                 guard size <= Int64(options.sizeLimit) else { throw .tooBig }
@@ -468,9 +519,14 @@ public final class SecretFilesystem: @unchecked Sendable {
     public func unlink(parent: UInt64, name: String, caller: Caller) throws(Errno) {
         try check(caller)
         guard parent == Namespace.rootIno else { throw .notDirectory }
-        guard Names.isValid(name) else { throw .noEntry }
+        guard Names.isValid(name) || Names.isStaging(name) else { throw .noEntry }
         try lock.withLock { _ throws(Errno) in
-            guard let n = namespace.node(named: name) else { throw .noEntry }
+            guard let n = namespace.node(named: name), visible(n, to: caller) else { throw .noEntry }
+            if n.isStaging {
+                // Discarded: its bytes are wiped, nothing was ever stored.
+                namespace.unlink(n)
+                return
+            }
             // Even a file that has no value yet may stand over a stored one
             // (renamed onto it while being written): the name goes entirely.
             do {
@@ -504,16 +560,25 @@ public final class SecretFilesystem: @unchecked Sendable {
               flags != Self.renameNoReplace | Self.renameExchange else { throw .invalid }
         // EPERM rather than EINVAL: mv reports EINVAL from rename(2) as
         // "cannot move to a subdirectory of itself", which misleads.
-        guard Names.isValid(name) else { throw .noEntry }
-        guard Names.isValid(newName) else {
+        guard Names.isValid(name) || Names.isStaging(name) else { throw .noEntry }
+        let toStaging = Names.isStaging(newName)
+        guard Names.isValid(newName) || toStaging else {
             logger.info("refused name", metadata: ["reason": "invalid secret name"])
             throw .notPermitted
         }
         try lock.withLock { _ throws(Errno) in
-            guard let source = namespace.node(named: name) else { throw .noEntry }
+            guard let source = namespace.node(named: name), visible(source, to: caller) else { throw .noEntry }
             let target = namespace.node(named: newName)
             if source === target { return }
+            if let target, !visible(target, to: caller) { throw .exists }
             if flags & Self.renameNoReplace != 0, target != nil { throw .exists }
+            if source.isStaging {
+                guard flags & Self.renameExchange == 0 else { throw .invalid }
+                try commitStaging(source, as: newName, toStaging: toStaging, caller: caller)
+                return
+            }
+            // A secret never becomes a staging file: that would take it out of the store.
+            if toStaging || target?.isStaging == true { throw .notPermitted }
             do {
                 if flags & Self.renameExchange != 0 {
                     guard let target else { throw Errno.noEntry }
@@ -545,6 +610,39 @@ public final class SecretFilesystem: @unchecked Sendable {
             namespace.move(source, to: newName)
             logger.info("renamed", metadata: ["from": "\(name)", "to": "\(newName)", "uid": "\(caller.uid)"])
         }
+    }
+
+    /// A staging file renamed: onto another staging name, a move in memory;
+    /// onto a valid name, its bytes become that secret in one durable write
+    /// (replacing any value there), and the file is an ordinary secret from
+    /// then on. Under `lock`.
+    private func commitStaging(_ node: Node, as newName: String, toStaging: Bool, caller: Caller) throws(Errno) {
+        if toStaging {
+            namespace.move(node, to: newName)
+            return
+        }
+        // The bytes of its last flush; a file never flushed is empty.
+        let staged = node.staged
+        do {
+            let info: SecretInfo
+            if let staged {
+                info = try staged.withValue(keepTrailingNewline: options.keepTrailingNewline) {
+                    try vault.put(newName, bytes: $0, actor: caller.actor)
+                }
+            } else {
+                info = try vault.put(newName, bytes: UnsafeRawBufferPointer(start: nil, count: 0), actor: caller.actor)
+            }
+            node.info = info
+        } catch {
+            logger.error("commit of a staging file failed", metadata: ["name": "\(newName)", "error": "\(error)"])
+            throw .io
+        }
+        staged?.wipe()
+        node.staged = nil
+        namespace.move(node, to: newName, stagedBy: .some(nil))
+        namespace.lastChange = node.updatedAt
+        onChange?([newName])
+        logger.info("stored", metadata: ["name": "\(newName)", "uid": "\(caller.uid)", "from": "staging file"])
     }
 
     // MARK: Listing

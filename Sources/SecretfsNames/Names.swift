@@ -27,3 +27,15 @@ public enum Names {
         return true
     }
 }
+
+extension Names {
+    /// A staging name: one that begins with `.` (rsync's `.NAME.XXXXXX`,
+    /// `mktemp DIR/.XXXXXX`, editors' swap files), not `.` or `..`, at most
+    /// 255 bytes, any bytes but `/` and NUL. A staging file lives only in the
+    /// mount's locked memory until it is renamed onto a valid name.
+    public static func isStaging(_ name: String) -> Bool {
+        let u = name.utf8
+        guard let first = u.first, first == 0x2E, u.count <= maximumLength, name != ".", name != ".." else { return false }
+        return !u.contains(0x2F) && !u.contains(0)
+    }
+}

@@ -19,6 +19,7 @@ struct MountCommand: ParsableCommand {
             Mount options (-o, comma separated; others go to libfuse):
               group=GROUP        members of GROUP (name or gid) may use the mount too
               keep_newline       keep the trailing newline that echo adds (default: drop one)
+              strict_modes       refuse chmod, chown and time changes with EPERM (default: accept them, change nothing)
               max_size=BYTES     largest value accepted (default 64K; suffixes K and M)
               cache_timeout=SEC  how long the kernel caches names and attributes (default 1)
             """)
@@ -68,6 +69,8 @@ struct MountCommand: ParsableCommand {
                 result.group = gid
             case "keep_newline":
                 result.keepTrailingNewline = true
+            case "strict_modes":
+                result.strictModes = true
             case "max_size":
                 guard let value, let n = parseSize(value), n >= 1, n <= 16 << 20 else {
                     throw ValidationError("-o max_size needs a size from 1 to 16M (e.g. 65536, 64K, 1M), got '\(value ?? "")'")

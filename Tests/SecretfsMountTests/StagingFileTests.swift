@@ -1,0 +1,113 @@
+import Foundation
+import Glibc
+import SecretfsFS
+import SecretfsMountSupport
+import Testing
+
+/// The usual ways of writing files, with the real tools: rsync's temp files
+/// and mkstemp's are staging files (a `.` name: locked memory only, never
+/// stored, listed or audited, committed by a rename onto a valid name), and
+/// mode, owner and time changes succeed without changing anything.
+@Suite(.serialized)
+struct StagingFileTests {
+    /// A source tree of three values, one with a trailing newline.
+    private func source(_ f: MountFixture) throws -> String {
+        let src = f.root + "/src"
+        try f.expectOK(f.sh("mkdir -p \(src) && printf 'rsync-a-value' > \(src)/API_TOKEN && printf 'line\\n' > \(src)/WITH_NL "
+                            + "&& printf 'x%.0s' $(seq 1 5000) > \(src)/LONG_VALUE && chmod 640 \(src)/API_TOKEN"))
+        return src
+    }
+
+    private func expectCopied(_ f: MountFixture) throws {
+        #expect(try f.storedNames() == ["API_TOKEN", "LONG_VALUE", "WITH_NL"])
+        #expect(try f.storedValue("API_TOKEN") == "rsync-a-value")
+        #expect(try f.storedValue("WITH_NL") == "line")   // one trailing newline dropped, as for cp
+        #expect(try f.storedValue("LONG_VALUE") == String(repeating: "x", count: 5000))
+    }
+
+    @Test func rsyncArchiveCopiesThroughStagingFiles() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount()
+        let src = try source(f)
+        let o = try f.sh("rsync -a \(src)/ $MNT/")
+        #expect(o.status == 0, "rsync -a exit \(o.status): \(o.stderr)")
+        try expectCopied(f)
+        // No staging file was stored, listed or audited.
+        #expect(try f.expectOK(f.sh("ls -a $MNT")).stdout == ".\n..\nAPI_TOKEN\nLONG_VALUE\nWITH_NL\n")
+        let audit = try f.expectOK(f.secretfs(["audit", "demo"])).stdout
+        #expect(!audit.contains("  ."), "\(audit)")
+        // Again, unchanged and changed: still exit 0.
+        try f.expectOK(f.sh("rsync -a \(src)/ $MNT/ && printf 'second' > \(src)/API_TOKEN && rsync -a --checksum \(src)/ $MNT/"))
+        #expect(try f.storedValue("API_TOKEN") == "second")
+    }
+
+    @Test func rsyncInplaceCpPreserveAndInstallExitZero() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount()
+        let src = try source(f)
+        for (tool, cmd) in [("rsync --inplace", "rsync -r --inplace --perms --times \(src)/ $MNT/"),
+                            ("cp -p", "cp -p \(src)/* $MNT/"),
+                            ("install -m", "for n in API_TOKEN LONG_VALUE WITH_NL; do install -m 600 \(src)/$n $MNT/$n || exit 1; done")] {
+            try f.expectOK(f.sh("rm -f $MNT/*"))
+            let o = try f.sh(cmd)
+            #expect(o.status == 0, "\(tool) exit \(o.status): \(o.stderr)")
+            try expectCopied(f)
+        }
+        // The modes stay what the mount says: no change added a read bit.
+        try f.expectOK(f.sh("chmod 644 $MNT/API_TOKEN && chown 1:1 $MNT/API_TOKEN && touch -d 2001-01-01 $MNT/API_TOKEN"))
+        #expect(try f.expectOK(f.sh("stat -c '%A %u' $MNT/API_TOKEN")).stdout == "--w------- 0\n")
+    }
+
+    @Test func strictModesRefusesModeChanges() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount(["-o", "strict_modes"])
+        try f.expectOK(f.sh("echo v > $MNT/A"))
+        for cmd in ["chmod 644 $MNT/A", "chown 1:1 $MNT/A", "chmod 755 $MNT"] {
+            let o = try f.sh(cmd)
+            #expect(o.status != 0 && o.stderr.contains("Operation not permitted"), "\(cmd): \(o.stderr)")
+        }
+    }
+
+    @Test func aMktempFileMovedOntoANameIsOneDurableWrite() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount()
+        try f.expectOK(f.sh("echo old > $MNT/TOKEN"))
+        let o = try f.expectOK(f.sh("t=$(mktemp $MNT/.tmp.XXXXXX) && printf 'from-mktemp' > \"$t\" && ls -a $MNT && mv \"$t\" $MNT/TOKEN"))
+        #expect(!o.stdout.contains(".tmp."), "a staging file was listed: \(o.stdout)")
+        #expect(try f.storedValue("TOKEN") == "from-mktemp")
+        #expect(try f.expectOK(f.sh("ls -a $MNT")).stdout == ".\n..\nTOKEN\n")
+    }
+
+    @Test func stagingFilesAreDiscardedAndNeverSeenByOthers() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount(["-o", "group=4242"])
+        try f.expectOK(f.sh("printf 'staged-by-root' > $MNT/.work && stat $MNT/.work >/dev/null"))
+        // A member of the group does not see root's staging file.
+        let other = try f.sh("stat $MNT/.work; ls -a $MNT", asUID: 65534, gid: 4242)
+        #expect(other.stderr.contains("No such file") && !other.stdout.contains(".work"), "\(other.stdout) \(other.stderr)")
+        #expect(try f.storedNames().isEmpty)
+        // Unlink discards it; so does an unmount.
+        try f.expectOK(f.sh("rm $MNT/.work && ! stat $MNT/.work 2>/dev/null && printf 'kept-in-memory' > $MNT/.later"))
+        try f.unmount()
+        try f.mount()
+        #expect(try f.sh("stat $MNT/.later").status != 0)
+        #expect(try f.storedNames().isEmpty)
+        // A secret never becomes a staging file.
+        try f.expectOK(f.sh("echo v > $MNT/A"))
+        let mv = try f.sh("mv $MNT/A $MNT/.A")
+        #expect(mv.status != 0 && mv.stderr.contains("Operation not permitted"), "\(mv.stderr)")
+        #expect(try f.storedValue("A") == "v")
+        // And staging values are never written to the store's files.
+        try f.expectOK(f.sh("printf 'PlainStaging-Marker' > $MNT/.s"))
+        for name in try FileManager.default.contentsOfDirectory(atPath: f.storeDir) {
+            let data = try Data(contentsOf: URL(fileURLWithPath: f.storeDir + "/" + name))
+            #expect(data.range(of: Data("PlainStaging-Marker".utf8)) == nil, "\(name)")
+        }
+        #expect(!f.logText.contains("PlainStaging-Marker"))
+    }
+}
