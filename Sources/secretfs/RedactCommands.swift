@@ -44,44 +44,75 @@ struct RedactCommand: ParsableCommand {
 /// project changes, for `redact` and `run`. Readers poll `latest(seen:)`
 /// between chunks; each sees every new generation.
 ///
-/// A safety net must not fail open without a word. The change feed
-/// reconnects by itself; whenever it is down, or a rebuild fails, the last
-/// redactor stays in use (every value known so far is still masked), stderr
-/// says so once, and the values are fetched again as soon as the feed is back.
+/// A safety net must not fail open, and never without a word:
+/// - the change feed is subscribed before the first values are fetched, so
+///   no change can fall between the two;
+/// - a reader waits (`awaitCurrent`) while a change is being applied, so a
+///   value is not let through in the moment between its change and the
+///   rebuilt redactor;
+/// - values handed out separately (`run`'s environment) are pinned: they
+///   stay masked whatever the project does afterwards;
+/// - whenever the feed is down or a rebuild fails, the last redactor stays in
+///   use (every value known so far is still masked), stderr says so once,
+///   and the values are fetched again as soon as the feed is back.
 final class RedactorFeed: @unchecked Sendable {
     // @unchecked: mutable state is in Mutexes; the rest is immutable.
     private let options: RedactionOptions
     let project: String
     let source: ValueSource
-    private let state: Mutex<(redactor: Redactor, generation: Int)>
+    private struct State {
+        var redactor: Redactor
+        var generation = 0
+        /// Builds are numbered as they start; a slower, older build never
+        /// replaces the result of a newer one.
+        var nextTicket = 0
+        var builtTicket = -1
+        /// Changes seen but not yet applied (readers wait while this is > 0).
+        var pending = 0
+    }
+    private let state: Mutex<State>
+    /// Values masked in every build, whatever the project holds (locked memory).
+    private let pinned = Mutex<[SecureBytes]>([])
     /// Whether stderr was told the feed is down (it is told once per outage),
     /// and the names already reported as too short to mask.
-    private let notices = Mutex((down: false, warnedShort: Set<String>()))
+    private let notices = Mutex((down: false, slow: false, warnedShort: Set<String>()))
     private var feed: ChangeFeed?
+
+    /// How long a reader waits for a change to be applied before it goes on
+    /// with the redactor it has (and says so).
+    static let applyTimeout = 10.0
 
     init(global: GlobalOptions, project: String, resolver: String?, options: RedactionOptions) throws {
         self.options = options
         self.project = project
         let source = try openValueSource(global: global, project: project, resolver: resolver)
         self.source = source
-        state = Mutex((try Self.build(source, options), 0))
-        reportShort(current())
+        state = Mutex(State(redactor: Redactor(secrets: [], options: options)))
+        // Subscribe first, then build: a change made in between is an event.
         feed = try startChangeFeed(global: global, project: project, resolver: resolver) { [weak self] event in
             self?.handle(event) ?? false
         }
+        try rebuildOrThrow()
     }
 
     deinit { feed?.cancel() }
 
+    /// Masks `values` from now on, whatever happens to the project (`run`
+    /// puts them in the command's environment). Rebuilds before returning.
+    func pin(_ values: [SecureBytes]) throws {
+        pinned.withLock { $0 += values.map { $0.copy() } }
+        try rebuildOrThrow()
+    }
+
     private func handle(_ event: ChangeFeed.Event) -> Bool {
         switch event {
-        case .changed:
+        case .changed, .restored:
+            state.withLock { $0.pending += 1 }
+            defer { state.withLock { $0.pending -= 1 } }
             return rebuild()
         case .lost(let error):
             announceDown("lost the change feed of project \(project) (\(error.message))")
             return true
-        case .restored:
-            return rebuild()
         }
     }
 
@@ -89,9 +120,7 @@ final class RedactorFeed: @unchecked Sendable {
     /// then reconnects and calls again) when that fails.
     private func rebuild() -> Bool {
         do {
-            let fresh = try Self.build(source, options)
-            state.withLock { $0 = (fresh, $0.generation + 1) }
-            reportShort(fresh)
+            try rebuildOrThrow()
             let wasDown = notices.withLock { n -> Bool in
                 defer { n.down = false }
                 return n.down
@@ -104,6 +133,30 @@ final class RedactorFeed: @unchecked Sendable {
             announceDown("cannot fetch the values of project \(project) again (\(describe(error)))")
             return false
         }
+    }
+
+    private func rebuildOrThrow() throws {
+        let ticket = state.withLock { s -> Int in
+            defer { s.nextTicket += 1 }
+            return s.nextTicket
+        }
+        let fresh = try build()
+        state.withLock { s in
+            guard ticket > s.builtTicket else { return }
+            s.redactor = fresh
+            s.generation += 1
+            s.builtTicket = ticket
+        }
+        reportShort(fresh)
+    }
+
+    private func build() throws -> Redactor {
+        let names = try source.names()
+        let values = names.isEmpty ? [:] : try source.values(names)
+        defer { for v in values.values { v.wipe() } }
+        var secrets = values.map { (name: $0.key, value: $0.value) }
+        pinned.withLock { p in for (i, v) in p.enumerated() { secrets.append((name: "pinned value \(i + 1)", value: v)) } }
+        return Redactor(secrets: secrets, options: options)
     }
 
     private func announceDown(_ what: String) {
@@ -125,14 +178,27 @@ final class RedactorFeed: @unchecked Sendable {
         for s in new { writeStderr("secretfs: warning: not masking \(s.name): \(s.reason)\n") }
     }
 
-    private static func build(_ source: ValueSource, _ options: RedactionOptions) throws -> Redactor {
-        let names = try source.names()
-        let values = names.isEmpty ? [:] : try source.values(names)
-        defer { for v in values.values { v.wipe() } }
-        return Redactor(secrets: values.map { (name: $0.key, value: $0.value) }, options: options)
-    }
-
     func current() -> Redactor { state.withLock { $0.redactor } }
+
+    /// Waits while a change is being applied (at most `applyTimeout`; then
+    /// stderr says the output may hold a value changed moments ago).
+    func awaitCurrent() {
+        let deadline = monotonicSeconds() + Self.applyTimeout
+        while state.withLock({ $0.pending > 0 }) {
+            if monotonicSeconds() > deadline {
+                let first = notices.withLock { n -> Bool in
+                    defer { n.slow = true }
+                    return !n.slow
+                }
+                if first {
+                    writeStderr("secretfs: warning: a change of project \(project) is taking long to apply; "
+                                + "going on with the values known (a value changed just now may not be masked yet)\n")
+                }
+                return
+            }
+            usleep(1_000)
+        }
+    }
 
     /// The redactor if it changed since generation `seen` (which is updated).
     func latest(seen: inout Int) -> Redactor? {
@@ -159,6 +225,7 @@ func pump(from fd: Int32, through stream: RedactingStream, feed: RedactorFeed) t
         let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
         if n < 0 && errno == EINTR { continue }
         guard n > 0 else { break }
+        feed.awaitCurrent()
         if let fresh = feed.latest(seen: &seen) { try stream.replaceRedactor(fresh) }
         try buf.withUnsafeBytes { try stream.write(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
     }

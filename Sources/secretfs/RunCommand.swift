@@ -52,6 +52,10 @@ struct RunCommand: ParsableCommand {
         let wanted = Array(Set(bindings.map(\.name))).sorted()
         let values = wanted.isEmpty ? [:] : try source.values(wanted)
         let missing = wanted.filter { values[$0] == nil }
+        // What the command gets stays masked in its output even if the
+        // project changes meanwhile (the redactor was built from a fetch of
+        // its own, which a change may have raced).
+        try feed.pin(Array(values.values))
         guard missing.isEmpty else {
             throw Failure("project '\(project)' has no secret named \(missing.map { "'\($0)'" }.joined(separator: ", "))",
                           hint: "list names with ls on the mount", exit: .resolveProblem)

@@ -69,6 +69,29 @@ struct ChangeFeedTests {
         #expect(o.stderr.contains("lost the change feed"), "\(o.stderr)")
     }
 
+    @Test func aChangeWhileTheFirstValuesAreFetchedIsNotMissed() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount()
+        // A large value makes the first build slow enough for a change to fall into it.
+        try f.expectOK(f.sh("head -c 24000 /dev/urandom | base64 -w0 | head -c 32000 > $MNT/BIG && echo old-value-1111 > $MNT/X"))
+        let o = try redact(f, "sleep 0.05; echo during-build-6666 > $MNT/NEW; sleep 4", line: "during-build-6666")
+        #expect(o.stdout == "log: [REDACTED]\n", "\(o.stdout)")
+    }
+
+    @Test func runMasksWhatItPutInTheEnvironmentEvenIfTheProjectChangedMeanwhile() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount()
+        try f.expectOK(f.sh("echo first-env-value-7777 > $MNT/T"))
+        let bin = MountFixture.binary
+        // T changes right after run started: the child may hold either value.
+        let o = try f.sh("(sleep 0.05; echo second-env-value-8888 > $MNT/T) & "
+                         + "\(bin) run --project demo --env T -- sh -c 'sleep 3; echo \"out: $T\"'; wait")
+        #expect(o.status == 0, "\(o.stderr)")
+        #expect(o.stdout == "out: [REDACTED]\n", "\(o.stdout)")
+    }
+
     @Test func runMasksAValueChangedAfterTheIdleTimeout() throws {
         let f = try MountFixture()
         defer { f.close() }
