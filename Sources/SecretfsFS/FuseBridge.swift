@@ -143,7 +143,7 @@ func makeOperations() -> fuse_lowlevel_ops {
             let (a, fh, _) = try fs.create(parent: parent, name: name(cname), flags: O_WRONLY | O_EXCL, caller: caller(req))
             defer { fs.release(fh: fh) }
             try fs.fsync(fh: fh)
-            var e = entry(a, timeout: fs.options.cacheTimeout)
+            var e = entry(a, timeout: a.cacheable ? fs.options.cacheTimeout : 0)
             fuse_reply_entry(req, &e)
         } catch { replyError(req, error) }
     }
@@ -313,7 +313,7 @@ private func replyDirectory(_ req: fuse_req_t?, size: Int, offset: off_t, fh: UI
                 let remaining = size - used
                 let needed: Int
                 if plus {
-                    var e = entry(item.attributes, timeout: fs.options.cacheTimeout)
+                    var e = entry(item.attributes, timeout: item.attributes.cacheable ? fs.options.cacheTimeout : 0)
                     needed = fuse_add_direntry_plus(req, buf.baseAddress! + used, remaining, item.name, &e, off_t(item.nextOffset))
                 } else {
                     var st = statBuffer(item.attributes)

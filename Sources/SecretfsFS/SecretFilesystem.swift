@@ -121,9 +121,14 @@ public final class SecretFilesystem: @unchecked Sendable {
 
     public func rootAttributes() -> Attributes {
         let mode: mode_t = options.group == nil ? 0o700 : 0o770
-        return Attributes(ino: Namespace.rootIno, isDirectory: true, mode: S_IFDIR | mode,
-                          uid: options.ownerUID, gid: options.group ?? options.ownerGID,
-                          modified: namespace.lastChange, links: 2)
+        var a = Attributes(ino: Namespace.rootIno, isDirectory: true, mode: S_IFDIR | mode,
+                           uid: options.ownerUID, gid: options.group ?? options.ownerGID,
+                           modified: namespace.lastChange, links: 2)
+        // With a group (allow_other), a non-member's stat of the mountpoint
+        // itself is answered from the kernel's attribute cache without a
+        // permission check: not cached, so every one comes here and is refused.
+        a.cacheable = options.group == nil
+        return a
     }
 
     private func attributes(_ node: Node) -> Attributes {

@@ -19,6 +19,9 @@ public struct ServerLimits: Sendable {
     public var maxReplyFrame = Wire.maxResponseFrame
     /// Most names in one GET.
     public var maxNamesPerGet = Wire.maxNamesPerGet
+    /// WATCH connections one uid may hold (watches are not subject to the
+    /// idle timeout; without this one peer could take every slot for good).
+    public var maxWatchesPerUID = 16
     /// Changed names queued per watcher before the next CHANGED is sent as
     /// "incomplete" (drop everything) instead.
     public var maxQueuedNames = 1024
@@ -49,6 +52,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         /// Set once the listener has stopped admitting, with every watcher woken.
         var stopping = false
         var watchers: [UInt64: ChangeQueue] = [:]
+        var watchersByUID: [uid_t: Int] = [:]
         /// Bumped by every `notifyChanged`: unlike the project's version it
         /// also moves on deletes.
         var sequence: UInt64 = 0
@@ -190,7 +194,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
                 case .get(let names):
                     guard handleGet(fd, names, actor: actor, peer: peer) else { return false }
                 case .watch:
-                    return runWatch(id: id, fd: fd)
+                    return runWatch(id: id, fd: fd, uid: peer.uid)
                 }
             }
         }
@@ -295,19 +299,35 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
 
     /// WATCH: WATCHING now, CHANGED whenever `notifyChanged` is called, until
     /// the peer closes or the server stops. Returns the `linger` flag.
-    private func runWatch(id: UInt64, fd: Int32) -> Bool {
+    private func runWatch(id: UInt64, fd: Int32, uid: uid_t) -> Bool {
         guard let watcher = ChangeQueue(limit: limits.maxQueuedNames) else {
             sendError(fd, .internalError, "cannot create an event descriptor")
             return true
         }
         // Subscribe before reading the version, so no change falls in between.
-        let subscribed = state.withLock { s -> Bool in
-            guard !s.stopping else { return false }
+        // Watches never time out, so one uid may hold only some of the slots.
+        enum Subscription { case ok, stopping, tooMany }
+        let subscribed = state.withLock { s -> Subscription in
+            guard !s.stopping else { return .stopping }
+            guard s.watchersByUID[uid, default: 0] < limits.maxWatchesPerUID else { return .tooMany }
             s.watchers[id] = watcher
-            return true
+            s.watchersByUID[uid, default: 0] += 1
+            return .ok
         }
-        guard subscribed else { return false }
-        defer { _ = state.withLock { $0.watchers.removeValue(forKey: id) } }
+        switch subscribed {
+        case .stopping: return false
+        case .tooMany:
+            sendError(fd, .busy, "uid \(uid) already has \(limits.maxWatchesPerUID) watches on this socket")
+            return true
+        case .ok: break
+        }
+        defer {
+            state.withLock { s in
+                s.watchers.removeValue(forKey: id)
+                let left = s.watchersByUID[uid, default: 1] - 1
+                s.watchersByUID[uid] = left > 0 ? left : nil
+            }
+        }
         let sequence = changeSequence
         guard let start = try? vault.currentVersion() else {
             sendError(fd, .internalError, "the store could not report its version")

@@ -73,14 +73,26 @@ public enum SocketIO {
         if n < 4 { return .truncated }
         let length = UInt32(bigEndian: header)
         guard length >= UInt32(Wire.headerSize), Int(length) <= maxLength else { return .badLength(length) }
-        // Sized by the peer (within `maxLength`): an allocation failure is an
+        // Sized by the peer (within `maxLength`), so memory follows the bytes
+        // that actually arrive: a peer that announces 16 MiB and sends
+        // nothing holds 64 KiB, not 16 MiB. An allocation failure is an
         // error for this connection, never a trap for the whole server.
-        guard let storage = SecureBytes(allocating: Int(length), count: Int(length)) else { return .failed(ENOMEM) }
-        let m = storage.withUnsafeMutableBytes { raw in
-            readExactly(fd, raw.baseAddress!, count: Int(length), deadline: deadline, err: &err)
+        let total = Int(length)
+        guard var storage = SecureBytes(allocating: min(total, 64 << 10)) else { return .failed(ENOMEM) }
+        while storage.count < total {
+            if storage.count == storage.capacity {
+                guard let grown = storage.copyIfPossible(capacity: min(total, storage.capacity * 4)) else { return .failed(ENOMEM) }
+                storage = grown   // the old buffer is wiped by sodium_free
+            }
+            let have = storage.count
+            let room = min(storage.capacity, total) - have
+            storage.setCount(have + room)
+            let m = storage.withUnsafeMutableBytes { raw in
+                readExactly(fd, raw.baseAddress! + have, count: room, deadline: deadline, err: &err)
+            }
+            if m < 0 { return err == ETIMEDOUT ? .timedOut : (err == ECONNRESET ? .truncated : .failed(err)) }
+            if m < room { return .truncated }
         }
-        if m < 0 { return err == ETIMEDOUT ? .timedOut : (err == ECONNRESET ? .truncated : .failed(err)) }
-        if m < Int(length) { return .truncated }
         let (version, type) = storage.withUnsafeBytes { ($0[0], $0[1]) }
         return .frame(Frame(version: version, type: type, storage: storage))
     }

@@ -205,7 +205,7 @@ public final class DaemonRedaction {
             let frame = FrameBuilder(rawType: DaemonWire.MessageType.data.rawValue, bodySize: n)
             if n > 0 { frame.bytes(UnsafeRawBufferPointer(rebasing: bytes[off..<(off + n)])) }
             let reply = try connection.roundTrip(frame.finish(), expect: [DaemonWire.MessageType.redacted.rawValue])
-            reply.storage.withUnsafeBytes { out.append(UnsafeRawBufferPointer(rebasing: $0[Wire.headerSize...])) }
+            try reply.storage.withUnsafeBytes { try out.append(UnsafeRawBufferPointer(rebasing: $0[Wire.headerSize...])) }
             off += n
         } while off < bytes.count
         return out.take()

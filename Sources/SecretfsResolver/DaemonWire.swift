@@ -44,8 +44,9 @@ public enum DaemonWire {
     public static let maxReplyFrame = Wire.maxDaemonReplyFrame
     /// Largest DATA chunk a REDACT client should send (the daemon accepts up to `maxRequestFrame`).
     public static let dataChunk = 64 << 10
-    /// Longest REDACT mask.
-    public static let maxMask = 256
+    /// Longest REDACT mask (it bounds a chunk's output: 64 KiB of one-byte
+    /// matches give at most 64 KiB x 64 bytes).
+    public static let maxMask = 64
     /// Longest problem context or message carried (bytes of UTF-8).
     public static let maxProblemText = 8192
 

@@ -21,6 +21,8 @@ public struct ResolverDaemonLimits: Sendable {
     public var mountTimeout: Double = 10
     /// Projects cached at once (each with a watch on its mount).
     public var maxProjects = 64
+    /// WATCH connections one uid may hold (watches never time out).
+    public var maxWatchesPerUID = 32
     /// Largest request frame (a document or a DATA chunk).
     public var maxRequestFrame = DaemonWire.maxRequestFrame
     /// Largest reply frame built; bigger results get `reply-too-large`.
@@ -59,6 +61,7 @@ public final class ResolverDaemon: @unchecked Sendable {
         var started = false
         var stopping = false
         var projects: [String: ProjectCache] = [:]
+        var watchesByUID: [uid_t: Int] = [:]
     }
     private let state = Mutex(State())
 
@@ -375,6 +378,29 @@ public final class ResolverDaemon: @unchecked Sendable {
     /// client closes. Returns the linger flag.
     private func runWatch(id: UInt64, _ conn: Connection, project: String) -> Bool {
         let fd = conn.fd
+        // A watch holds its project's cache slot for as long as it lasts, so
+        // only a project that is mounted now may be watched (a client's feed
+        // retries until it is); and one uid holds only some of the watches.
+        guard state.withLock({ $0.projects[project] != nil }) || access(mountSocketPath(project), F_OK) == 0 else {
+            sendError(fd, .notMounted, "project \(project) is not mounted")
+            return true
+        }
+        let uid = conn.peer.uid
+        let admitted = state.withLock { s -> Bool in
+            guard s.watchesByUID[uid, default: 0] < limits.maxWatchesPerUID else { return false }
+            s.watchesByUID[uid, default: 0] += 1
+            return true
+        }
+        guard admitted else {
+            sendError(fd, .busy, "uid \(uid) already has \(limits.maxWatchesPerUID) watches on this daemon")
+            return true
+        }
+        defer {
+            state.withLock { s in
+                let left = s.watchesByUID[uid, default: 1] - 1
+                s.watchesByUID[uid] = left > 0 ? left : nil
+            }
+        }
         guard let cache = cacheOrRefuse(fd, project) else { return true }
         guard let queue = ChangeQueue() else {
             sendError(fd, .internalError, "cannot watch now")
@@ -453,7 +479,7 @@ public final class ResolverDaemon: @unchecked Sendable {
         // What the stream releases for one chunk, sent as one REDACTED frame.
         // The input may hold values, so the output buffer is locked memory too.
         let out = OutputBuffer()
-        let stream = RedactingStream(redactor: redactor) { bytes in out.append(bytes) }
+        let stream = RedactingStream(redactor: redactor) { bytes in try out.append(bytes) }
         func flush(_ type: DaemonWire.MessageType) -> Bool {
             defer { out.reset() }
             return out.withBytes { DaemonIO.sendFrame(fd, type: type, body: $0) }
@@ -470,12 +496,24 @@ public final class ResolverDaemon: @unchecked Sendable {
                 }
                 switch request {
                 case .data:
+                    // One chunk's output is bounded by the chunk (at most
+                    // 64 KiB) times the mask over the shortest value masked.
+                    guard f.bodyCount <= DaemonWire.dataChunk else {
+                        sendError(fd, .frameTooLarge, "a DATA frame carries at most \(DaemonWire.dataChunk) bytes")
+                        return .close(linger: true)
+                    }
                     if cache.generation != generation, let fresh = try? cache.redactor(key) {
                         (redactor, generation) = fresh
                         try? stream.replaceRedactor(redactor)
                     }
-                    f.storage.withUnsafeBytes { raw in
-                        try? stream.write(UnsafeRawBufferPointer(rebasing: raw[Wire.headerSize...]))
+                    do {
+                        try f.storage.withUnsafeBytes { raw in
+                            try stream.write(UnsafeRawBufferPointer(rebasing: raw[Wire.headerSize...]))
+                        }
+                    } catch {
+                        logger.error("redaction stream: out of locked memory", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)"])
+                        sendError(fd, .internalError, "the daemon is out of memory for this stream")
+                        return .close(linger: true)
                     }
                     // Exactly one REDACTED per DATA (possibly empty): clients
                     // can work in lock-step without a reader thread.
@@ -497,9 +535,15 @@ final class OutputBuffer {
     private var buffer = SecureBytes(capacity: 64 << 10)
     var count: Int { buffer.count }
 
-    func append(_ bytes: UnsafeRawBufferPointer) {
+    struct OutOfMemory: Error {}
+
+    /// Appends, growing into a bigger locked buffer; OutOfMemory (and nothing
+    /// changed) when that cannot be had.
+    func append(_ bytes: UnsafeRawBufferPointer) throws {
         if !buffer.append(bytes) {
-            let bigger = buffer.copy(capacity: max(buffer.capacity * 2, buffer.count + bytes.count))
+            guard let bigger = buffer.copyIfPossible(capacity: max(buffer.capacity * 2, buffer.count + bytes.count)) else {
+                throw OutOfMemory()
+            }
             buffer = bigger   // the old buffer is wiped by sodium_free
             buffer.append(bytes)
         }

@@ -142,6 +142,19 @@ struct ProtocolTests {
         guard case .restored? = events.withLock({ $0.last }) else { Issue.record("no .restored"); return }
     }
 
+    @Test func oneUidHoldsOnlySomeOfTheWatches() throws {
+        var limits = ServerLimits()
+        limits.maxWatchesPerUID = 3
+        let f = try Fixture(limits: limits)
+        var feeds: [ChangeFeed] = []
+        defer { for feed in feeds { feed.cancel() } }
+        for _ in 0..<3 { feeds.append(try PrivilegedClient.changeFeed(socketPath: f.socketPath) { _ in true }) }
+        let e = #expect(throws: ProtocolError.self) { _ = try PrivilegedClient.changeFeed(socketPath: f.socketPath) { _ in true } }
+        #expect(e?.serverCode == .busy)
+        // Requests are still served.
+        _ = try PrivilegedClient(socketPath: f.socketPath).list()
+    }
+
     @Test func aSlowWatcherGetsAnIncompleteEventInsteadOfAnUnboundedQueue() throws {
         let w = try #require(ChangeQueue(limit: 3))
         w.enqueue(["A", "B"])

@@ -185,6 +185,12 @@ import Testing
         #expect(text(try source.values(["API_TOKEN"])["API_TOKEN"]!) == "rotated-token-value")
         watch.cancel()
 
+        // Only a mounted project can be watched (a watch holds a cache slot for good).
+        let bogus = #expect(throws: ProtocolError.self) {
+            _ = try DaemonClient.changeFeed(socketPath: f.daemonSocket, project: "BOGUS") { _ in true }
+        }
+        #expect(bogus?.serverCode == .notMounted)
+
         let e = #expect(throws: ProtocolError.self) { _ = try DaemonValueSource(socketPath: f.dir + "/none.sock", project: "demo") }
         #expect(e?.kind == .notListening)
         Self.assertNoValueLogged(f, extra: ["rotated-token-value"])
