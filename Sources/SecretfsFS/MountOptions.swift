@@ -19,6 +19,11 @@ public struct MountOptions: Sendable, Equatable {
     /// instead of exhausting the mount's (locked) memory.
     public var maxWriteHandles = 1024
     public var maxWriteHandlesPerUID = 128
+    /// Locked bytes one uid's open write handles and staging files may hold
+    /// at once: enough for several values at the size limit, far less than
+    /// `maxWriteHandlesPerUID` of them (2 GiB at max_size=16M). Past it a
+    /// growing write gets ENOMEM.
+    public var maxBufferedBytesPerUID: Int { max(16 << 20, 4 * (sizeLimit + 1)) }
     /// Refuse mode, owner and time changes with EPERM instead of accepting
     /// them without effect.
     public var strictModes = false

@@ -90,6 +90,11 @@ struct Namespace {
         byName.values.reduce(0) { $0 + ($1.stagedBy == uid ? 1 : 0) }
     }
 
+    /// Locked bytes held by `uid`'s staging files.
+    func stagedBytes(of uid: uid_t) -> Int {
+        byName.values.reduce(0) { $0 + ($1.stagedBy == uid ? ($1.staged?.capacity ?? 0) : 0) }
+    }
+
     /// Index of `name` in `sorted`, or where it would be inserted.
     private func position(of name: String) -> Int {
         var lo = 0, hi = sorted.count

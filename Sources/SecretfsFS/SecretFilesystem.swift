@@ -288,6 +288,15 @@ public final class SecretFilesystem: @unchecked Sendable {
         writeHandlesByUID[h.actor.uid] = left > 0 ? left : nil
     }
 
+    /// Locked bytes held for `uid` now: its open handles' buffers and its
+    /// staging files. Counted only when a buffer is about to grow (rare: it
+    /// doubles), so nothing has to be kept in step.
+    private func bufferedBytes(of uid: uid_t) -> Int {
+        var total = namespace.stagedBytes(of: uid)
+        for h in handles.values where h.actor.uid == uid { total += h.buffer?.capacity ?? 0 }
+        return total
+    }
+
     /// A new empty write buffer, or ENOMEM.
     private func newBuffer() throws(Errno) -> WriteBuffer {
         guard let b = WriteBuffer(limit: options.sizeLimit + 1, pool: pool) else {
@@ -347,6 +356,12 @@ public final class SecretFilesystem: @unchecked Sendable {
             let (end, overflow) = (append ? b.count : Int(offset)).addingReportingOverflow(data.count)
             let newlineGrace = !options.keepTrailingNewline && end == options.sizeLimit + 1 && data.last == 0x0A
             var failure: Errno? = overflow || !(end <= options.sizeLimit || newlineGrace) ? .tooBig : nil
+            if failure == nil, b.capacity(forEnd: end) > b.capacity,
+               bufferedBytes(of: h.actor.uid) + b.capacity(forEnd: end) - b.capacity > options.maxBufferedBytesPerUID {
+                logger.warning("buffered bytes limit reached", metadata: ["uid": "\(h.actor.uid)",
+                                                                          "limit": "\(options.maxBufferedBytesPerUID)"])
+                failure = .noMemory
+            }
             if failure == nil {
                 do throws(Errno) {
                     if append { try b.append(data) } else { try b.write(data, at: Int(offset)) }

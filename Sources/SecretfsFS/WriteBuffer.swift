@@ -29,6 +29,17 @@ final class WriteBuffer {
     }
 
     var count: Int { bytes.count }
+    /// Locked bytes held now.
+    var capacity: Int { bytes.capacity }
+
+    /// The capacity a write ending at `end` would grow this buffer to (its
+    /// current capacity when no growth is needed).
+    func capacity(forEnd end: Int) -> Int {
+        guard end > bytes.capacity else { return bytes.capacity }
+        var cap = max(bytes.capacity, 1)
+        while cap < end { cap = min(limit, cap * 2) }
+        return cap
+    }
 
     /// Makes room for `needed` bytes: EFBIG over the limit, ENOMEM when the
     /// bigger buffer cannot be allocated (nothing changes then).

@@ -188,6 +188,30 @@ struct LocalUserTests {
         #expect(try f.storedValue("AFTER") == "after")
     }
 
+    @Test func oneUidsPendingValuesAreBoundedInBytes() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount(["-o", "max_size=16M"])
+        var fds: [Int32] = []
+        defer { for fd in fds { close(fd) } }
+        let chunk = [UInt8](repeating: 0x42, count: 8 << 20)
+        var refusal: Int32 = 0
+        for i in 0..<20 {
+            let fd = open("\(f.mnt)/BIG\(i)", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            #expect(fd >= 0)
+            fds.append(fd)
+            let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 { refusal = errno; break }
+        }
+        // 64 MiB for one uid at max_size=16M (not 20 x 16 MiB), then ENOMEM.
+        #expect(refusal == ENOMEM, "errno \(refusal) after \(fds.count) handles")
+        #expect(fds.count <= 9)
+        for fd in fds { close(fd) }
+        fds = []
+        try f.expectOK(f.sh("echo after > $MNT/AFTER"))
+        #expect(try f.storedValue("AFTER") == "after")
+    }
+
     @Test func appendSetWithFcntlAfterOpenIsHonoured() throws {
         let f = try MountFixture()
         defer { f.close() }
