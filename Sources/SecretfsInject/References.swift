@@ -141,8 +141,30 @@ struct TokenWindow {
     /// Moves past `n` tokens.
     mutating func consume(_ n: Int) {
         for _ in 0..<n {
-            guard peek(0) != nil else { return }
-            previous = ahead.removeFirst()
+            if ahead.isEmpty {
+                guard let t = lexer.next() else { return }
+                previous = t
+            } else {
+                previous = ahead.removeFirst()
+            }
+        }
+    }
+
+    /// Moves to the next identifier `secrets` and returns it (nil at the
+    /// end). Most tokens pass here, once each, without being buffered.
+    mutating func nextSecrets() -> JSToken? {
+        while true {
+            if let t = ahead.first {
+                if t.kind == .identifier && t.text == "secrets" { return t }
+                previous = ahead.removeFirst()
+                continue
+            }
+            guard let t = lexer.next() else { return nil }
+            if t.kind == .identifier && t.text == "secrets" {
+                ahead.append(t)
+                return t
+            }
+            previous = t
         }
     }
 
@@ -227,8 +249,7 @@ struct ReferenceFinder {
     }
 
     mutating func run() {
-        while !stopped, let t = tokens.peek(0) {
-            guard t.kind == .identifier, t.text == "secrets" else { tokens.consume(1); continue }
+        while !stopped, let t = tokens.nextSecrets() {
             let prev = tokens.previous
             if let prev, prev.isPunctuator(".") || prev.isPunctuator("?.") {
                 tokens.consume(1)   // `x.secrets`: a property, not the secrets object
@@ -323,7 +344,7 @@ struct ReferenceFinder {
             || following!.isPunctuator("}") || following!.line > lastToken.line
         var gaps: [Range<Int>] = []
         var before = t
-        for j in 1...last {
+        for j in stride(from: 1, through: last, by: 1) {
             guard let tok = tokens.peek(j) else { break }
             if before.end < tok.start, source[before.end..<tok.start].contains(0x2F) { gaps.append(before.end..<tok.start) }
             before = tok

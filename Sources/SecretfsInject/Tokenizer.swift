@@ -65,13 +65,51 @@ let regexKeywords: Set<String> = [
     "case", "do", "else", "yield", "await", "extends",
 ]
 
-private let punctuators4: Set<String> = [">>>="]
-private let punctuators3: Set<String> = ["...", "===", "!==", "**=", "<<=", ">>=", ">>>", "&&=", "||=", "??="]
-private let punctuators2: Set<String> = [
-    "=>", "==", "!=", "<=", ">=", "&&", "||", "??", "?.", "++", "--", "+=", "-=", "*=",
-    "/=", "%=", "&=", "|=", "^=", "**", "<<", ">>",
-]
-private let punctuators1: Set<UInt8> = Array("{}()[];,<>+-*/%&|^!~?:=.@".utf8).reduce(into: []) { $0.insert($1) }
+/// The length of the punctuator that starts with bytes `b0 b1 b2 b3` (0 past
+/// the end), longest match first, or 0 for none. The punctuators:
+///
+///     { } ( ) [ ] ; , < > + - * / % & | ^ ! ~ ? : = . @
+///     => == != <= >= && || ?? ?. ++ -- += -= *= /= %= &= |= ^= ** << >>
+///     ... === !== **= <<= >>= >>> &&= ||= ??=   >>>=
+///
+/// `?.` followed by a digit is `?` (so `a?.5:b` is a conditional).
+/// Matched on bytes: this runs for every punctuator of every expression.
+func punctuatorLength(_ b0: UInt8, _ b1: UInt8, _ b2: UInt8, _ b3: UInt8) -> Int {
+    func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
+    switch b0 {
+    case 0x7B, 0x7D, 0x28, 0x29, 0x5B, 0x5D, 0x3B, 0x2C, 0x7E, 0x40, 0x3A: // { } ( ) [ ] ; , ~ @ :
+        return 1
+    case 0x2E: // .
+        return b1 == 0x2E && b2 == 0x2E ? 3 : 1
+    case 0x3F: // ?
+        if b1 == 0x3F { return b2 == 0x3D ? 3 : 2 }
+        return b1 == 0x2E && !isDigit(b2) ? 2 : 1
+    case 0x3D: // =
+        if b1 == 0x3D { return b2 == 0x3D ? 3 : 2 }
+        return b1 == 0x3E ? 2 : 1
+    case 0x21: // !
+        if b1 == 0x3D { return b2 == 0x3D ? 3 : 2 }
+        return 1
+    case 0x3C: // <
+        if b1 == 0x3C { return b2 == 0x3D ? 3 : 2 }
+        return b1 == 0x3D ? 2 : 1
+    case 0x3E: // >
+        if b1 == 0x3E {
+            if b2 == 0x3E { return b3 == 0x3D ? 4 : 3 }
+            return b2 == 0x3D ? 3 : 2
+        }
+        return b1 == 0x3D ? 2 : 1
+    case 0x2B, 0x2D: // + -
+        return b1 == b0 || b1 == 0x3D ? 2 : 1
+    case 0x2A, 0x26, 0x7C: // * & |
+        if b1 == b0 { return b2 == 0x3D ? 3 : 2 }
+        return b1 == 0x3D ? 2 : 1
+    case 0x2F, 0x25, 0x5E: // / % ^
+        return b1 == 0x3D ? 2 : 1
+    default:
+        return 0
+    }
+}
 
 /// Reads tokens one at a time (`next()`), so an expression costs a window of
 /// tokens, not one `JSToken` per token of input. Comments are skipped; the
@@ -576,33 +614,22 @@ struct JSTokenizer {
     }
 
     mutating func scanPunctuator(_ tok: inout JSToken) -> Bool {
-        func text(_ n: Int) -> String? {
-            guard i + n <= src.count else { return nil }
-            return String(decoding: src[i..<(i + n)], as: UTF8.self)
-        }
-        var match: String?
-        if let t = text(4), punctuators4.contains(t) {
-            match = t
-        } else if let t = text(3), punctuators3.contains(t) {
-            match = t
-        } else if let t = text(2), punctuators2.contains(t),
-                  !(t == "?." && (0x30...0x39).contains(byte(i + 2))) {
-            match = t
-        } else if punctuators1.contains(byte(i)) {
-            match = String(UnicodeScalar(byte(i)))
-        }
-        guard let p = match else { return false }
-        for _ in 0..<p.utf8.count { advance() }
+        let first = byte(i)
+        let n = punctuatorLength(first, byte(i + 1), byte(i + 2), byte(i + 3))
+        guard n > 0 else { return false }
         tok.kind = .punctuator
-        tok.text = p
-        switch p {
-        case "(": open(.paren, position)
-        case "[": open(.bracket, position)
-        case "{": open(.brace, position)
-        case ")": if stack.last?.0 == .paren { stack.removeLast() }
-        case "]": if stack.last?.0 == .bracket { stack.removeLast() }
-        case "}": if stack.last?.0 == .brace { stack.removeLast() }
-        default: break
+        tok.text = String(decoding: src[i..<(i + n)], as: UTF8.self)
+        for _ in 0..<n { advance() }
+        if n == 1 {
+            switch first {
+            case 0x28: open(.paren, position)
+            case 0x5B: open(.bracket, position)
+            case 0x7B: open(.brace, position)
+            case 0x29: if stack.last?.0 == .paren { stack.removeLast() }
+            case 0x5D: if stack.last?.0 == .bracket { stack.removeLast() }
+            case 0x7D: if stack.last?.0 == .brace { stack.removeLast() }
+            default: break
+            }
         }
         return true
     }

@@ -92,6 +92,8 @@ import Testing
         #expect(Injector.scan(flowStyle, format: .flow).problems.map(\.description) == [
             "a" + String(repeating: "[0]", count: 511) + " 1:515: flow: nesting deeper than 512 levels",
         ])
+        let closed = "a: " + String(repeating: "[", count: 600) + String(repeating: "]", count: 600) + "\n"
+        #expect(limitProblems(Injector.scan(closed, format: .flow)).count == 1)
         // Far deeper, libyaml's own limit (1000 levels, counted as it reads
         // ahead) answers first: still one problem, no crash.
         let deeper = Injector.scan("a: " + String(repeating: "[", count: 1_000_000), format: .flow).problems
