@@ -51,11 +51,30 @@ struct StatusCommand: ParsableCommand {
         abstract: "Show which projects are mounted where, with their number of secrets and last change (never values).")
 
     @OptionGroup var global: GlobalOptions
+    @Flag(help: "One JSON object per project, one per line (names, counts, times, mounts; never values).")
+    var json = false
 
     func run() throws {
+        // No store yet is a state, not an error: say so in one line.
+        guard Store.exists(at: global.location) else {
+            if json { return }
+            writeStdout("no store at \(global.storeDirectory) (create one with 'secretfs init')\n")
+            return
+        }
         let store = try global.openStoreMetadata()
         let projects = try store.listProjects()
         let mounts = RuntimeState(directory: global.runtimeDirectory).activeMounts()
+        if json {
+            var out = ""
+            for p in projects {
+                let m = mounts.first { $0.project == p.name }
+                out += "{\"project\":\(jsonString(p.name)),\"secrets\":\(p.secretCount),"
+                    + "\"lastChange\":\(p.lastUpdate.map { jsonString(iso8601($0)) } ?? "null"),"
+                    + "\"pid\":\(m.map { String($0.pid) } ?? "null"),\"mountpoint\":\(m.map { jsonString($0.mountpoint) } ?? "null")}\n"
+            }
+            writeStdout(out)
+            return
+        }
         var text = pad("PROJECT", 20) + pad("SECRETS", 9) + pad("LAST CHANGE", 22) + pad("PID", 8) + "MOUNTPOINT\n"
         for p in projects {
             let m = mounts.first { $0.project == p.name }

@@ -58,10 +58,19 @@ struct ProjectCommand: ParsableCommand {
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List projects with their number of secrets and last change (never values).")
         @OptionGroup var global: GlobalOptions
+        @Flag(help: "One JSON object per project, one per line (for other tools and shell completion).")
+        var json = false
 
         func run() throws {
             let store = try global.openStoreMetadata()
             let projects = try store.listProjects()
+            if json {
+                writeStdout(projects.map { p in
+                    "{\"project\":\(jsonString(p.name)),\"secrets\":\(p.secretCount),"
+                        + "\"lastChange\":\(p.lastUpdate.map { jsonString(iso8601($0)) } ?? "null")}\n"
+                }.joined())
+                return
+            }
             if projects.isEmpty {
                 writeStdout("no projects (create one with 'secretfs project create NAME')\n")
                 return
