@@ -18,7 +18,7 @@ struct Secretfs: ParsableCommand {
         version: "0.1.0",
         subcommands: [
             InitCommand.self, ProjectCommand.self, MountCommand.self, UmountCommand.self,
-            StatusCommand.self, AuditCommand.self,
+            StatusCommand.self, AuditCommand.self, DoctorCommand.self,
             ResolveCommand.self, ResolverCommand.self, RedactCommand.self, RunCommand.self,
         ]
     )
@@ -28,6 +28,9 @@ struct Secretfs: ParsableCommand {
         do {
             var command = try parseAsRoot()
             try command.run()
+        } catch let code as ExitCode {
+            // The command has said what it had to say (doctor's FAIL lines).
+            Glibc.exit(code.rawValue)
         } catch let failure as Failure {
             failure.report()
             Glibc.exit(failure.exitCode.rawValue)
@@ -45,7 +48,7 @@ struct Secretfs: ParsableCommand {
             if code == .success { exit(withError: error) }
             // Usage errors in the one voice, with the way to the usage text.
             let subcommands: Set<String> = ["init", "project", "create", "list", "delete", "mount", "umount", "status",
-                                            "audit", "resolve", "resolver", "redact", "run"]
+                                            "audit", "resolve", "resolver", "redact", "run", "doctor"]
             let command = CommandLine.arguments.dropFirst().prefix { subcommands.contains($0) }.joined(separator: " ")
             writeStderr("secretfs: error: \(message(for: error))\n"
                         + "hint: see 'secretfs \(command.isEmpty ? "" : command + " ")--help'\n")

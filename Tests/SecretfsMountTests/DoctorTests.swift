@@ -1,0 +1,37 @@
+import Foundation
+import Glibc
+import SecretfsMountSupport
+import Testing
+
+/// `secretfs doctor`: one line per check, a hint under each failure, exit 1
+/// when anything failed, and nothing changed.
+@Suite(.serialized)
+struct DoctorTests {
+    @Test func aHealthyStoreChecksOut() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        let o = try f.secretfs(["doctor", "--group", "4242"])
+        #expect(o.status == 0, "\(o.stdout) \(o.stderr)")
+        let lines = o.stdout.split(separator: "\n")
+        for prefix in ["ok    /dev/fuse", "ok    fusermount3", "ok    -o group=4242", "ok    store ", "ok    database ", "ok    key ",
+                       "ok    runtime directory "] {
+            #expect(lines.contains { $0.hasPrefix(prefix) }, "no '\(prefix)' line: \(o.stdout)")
+        }
+    }
+
+    @Test func eachProblemIsAFailLineWithAHint() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.expectOK(f.sh("mkdir -p \(f.runtimeDir) && chmod 0777 \(f.runtimeDir) && chmod 0644 \(f.storeDir)/master.key"))
+        let o = try f.secretfs(["doctor"])
+        #expect(o.status == 1, "\(o.stdout)")
+        #expect(o.stdout.contains("FAIL  runtime directory \(f.runtimeDir)") && o.stdout.contains("FAIL  key \(f.storeDir)/master.key"),
+                "\(o.stdout)")
+        #expect(o.stdout.components(separatedBy: "hint: ").count - 1 == 2, "\(o.stdout)")
+        // It changed nothing.
+        var st = stat()
+        #expect(stat(f.storeDir + "/master.key", &st) == 0 && st.st_mode & 0o777 == 0o644)
+        let missing = try f.secretfs(["doctor", "--store", f.root + "/none"])
+        #expect(missing.status == 1 && missing.stdout.contains("does not exist") && missing.stdout.contains("secretfs init"))
+    }
+}
