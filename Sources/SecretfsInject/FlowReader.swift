@@ -280,8 +280,20 @@ struct FlowReader {
             if let hash { headerComment = Array(src[hash..<w.pos]) }
             w.advance()
             // Only the content lines are replaced: trailing breaks and
-            // the next line's indentation stay where they are.
-            while end > w.pos, [0x20, 0x09, 0x0A, 0x0D].contains(src[end - 1]) { end -= 1 }
+            // the next line's indentation stay where they are. Breaks are
+            // libyaml's: LF, CR, and NEL, U+2028, U+2029 (found by the flow
+            // fuzzer: a block scalar ended by U+2028 lost that line break).
+            while end > w.pos {
+                if [0x20, 0x09, 0x0A, 0x0D].contains(src[end - 1]) {
+                    end -= 1
+                } else if end - 2 >= w.pos, src[end - 2] == 0xC2, src[end - 1] == 0x85 {
+                    end -= 2
+                } else if end - 3 >= w.pos, src[end - 3] == 0xE2, src[end - 2] == 0x80, src[end - 1] == 0xA8 || src[end - 1] == 0xA9 {
+                    end -= 3
+                } else {
+                    break
+                }
+            }
         } else {
             rawStyle = .plain
         }

@@ -3,10 +3,11 @@
 /// an error of the reader: it gets one `.limit` problem that names the limit,
 /// and nothing is written.
 ///
-/// The defaults are far above any real flow (the largest flows seen are a few
-/// hundred kilobytes, nest about 10 levels deep and hold a few hundred
-/// expressions) and low enough that a hostile document costs at most a small
-/// multiple of its own size. `docs/injection.md` lists them with the reasons.
+/// The defaults are far above any real flow (the platform's flows nest 7
+/// levels: `blocks[i].inputs.default.config.FIELD` and a map under it; the
+/// sample flows hold a handful of expressions) and low enough that a hostile
+/// document costs at most a small multiple of its own size.
+/// `docs/injection.md` lists them with the reasons.
 ///
 /// The resolver daemon passes its own (for example a `maxOutputBytes` that
 /// leaves room for its frame header).

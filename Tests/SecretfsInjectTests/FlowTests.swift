@@ -154,10 +154,16 @@ private func fixture(_ name: String) throws -> String {
             ("é🔑: [!expr 'secrets.A + \"é\"', x]\n", "é🔑: [!expr \"\\\"v\\\" + \\\"é\\\"\", x]\n"),
             // Starts a statement and a line break follows: parenthesized (see ExpressionAnalysis).
             ("a: !expr |\r\n  secrets.A\r\n  + 1\r\nb: 2\r\n", "a: !expr \"(\\\"v\\\")\\n+ 1\\n\"\r\nb: 2\r\n"),
+            // libyaml's other line breaks end a block scalar too, and stay (found by the flow fuzzer).
+            ("a: !expr >-\n  secrets.A\u{2028}b: 2\n", "a: !expr \"\\\"v\\\"\"\u{2028}b: 2\n"),
+            ("a: !expr |\n  secrets.A\u{85}\u{2029}b: 2\n", "a: !expr \"\\\"v\\\"\\n\"\u{85}\u{2029}b: 2\n"),
         ]
         for (input, expected) in cases {
             let out: TestBuffer = try Injector.scan(input, format: .flow).rewrite { _ in TestBuffer("v") }
             #expect(out.string == expected)
+            // The same keys, in the same order, as libyaml reads them.
+            #expect(try Yams.compose(yaml: out.string)?.mapping.map { Array($0.keys) }
+                    == Yams.compose(yaml: input)?.mapping.map { Array($0.keys) })
         }
     }
 

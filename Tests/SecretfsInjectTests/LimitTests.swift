@@ -175,68 +175,69 @@ import Testing
         }
         #expect(peak < 300 << 20, "the scan took \(peak >> 20) MiB at its peak")
     }
-}
 
-@Suite struct OutputSizeTests {
-    @Test func aLargeOutputIsRefusedBeforeItIsAllocated() throws {
-        // A 60 KB secret referenced 20,000 times: 1.2 GB of output.
-        let source = Array(repeating: "secrets.BIG", count: 20_000).joined(separator: "+")
-        let scan = Injector.scan(source, format: .expr)
-        let big = TestBuffer([UInt8](repeating: 0x78, count: 60_000))
-        let expected = 20_000 * 60_002 + 19_999
-        #expect(try scan.outputSize(maximum: .max) { _ in big } == expected)
-        var thrown: InjectionError?
-        let peak = try PeakMemory.measure {
-            do {
-                let _: TestBuffer = try scan.rewrite(maximum: 64 << 20) { _ in big }
-            } catch let error as InjectionError {
-                thrown = error
+    /// Nested, so that it runs serialized with the other memory measurements.
+    @Suite struct OutputSizeTests {
+        @Test func aLargeOutputIsRefusedBeforeItIsAllocated() throws {
+            // A 60 KB secret referenced 20,000 times: 1.2 GB of output.
+            let source = Array(repeating: "secrets.BIG", count: 20_000).joined(separator: "+")
+            let scan = Injector.scan(source, format: .expr)
+            let big = TestBuffer([UInt8](repeating: 0x78, count: 60_000))
+            let expected = 20_000 * 60_002 + 19_999
+            #expect(try scan.outputSize(maximum: .max) { _ in big } == expected)
+            var thrown: InjectionError?
+            let peak = try PeakMemory.measure {
+                do {
+                    let _: TestBuffer = try scan.rewrite(maximum: 64 << 20) { _ in big }
+                } catch let error as InjectionError {
+                    thrown = error
+                }
+            }
+            #expect(thrown?.problems.map(\.description) == ["1:1: output: \(expected) bytes, over the limit of 67108864 bytes"])
+            #expect(thrown?.problems.first?.kind == .limit)
+            #expect(peak < 200 << 20, "refusing took \(peak >> 20) MiB")
+            // The default maximum is the scan's limit (64 MiB unless given).
+            #expect(throws: InjectionError.self) { try scan.outputSize { _ in big } }
+            let small = Injector.scan(source, format: .expr, limits: InjectionLimits(maxOutputBytes: 1 << 40))
+            #expect(try small.outputSize { _ in big } == expected)
+        }
+
+        @Test func theSizeIsExactForEveryFormatAndOutput() throws {
+            let cases: [(String, InjectionFormat)] = [
+                (try String(contentsOf: fixturesDirectory.appendingPathComponent("demo-bot.flow.yaml"), encoding: .utf8), .flow),
+                (try String(contentsOf: fixturesDirectory.appendingPathComponent("demo-bot.installation.json"), encoding: .utf8), .config),
+                (FlowTests.handmade, .flow),
+                ("secrets.Q + `${secrets.BT}` + secrets /* c */ .CTRL // x\n+ secrets['ODD'] + secrets.EMOJI", .expr),
+                ("{\"a\": \"secrets.NL + secrets.LS\", \"b\": \"1\"}", .config),
+                ("x: !expr '[secrets.Q, secrets.BS, secrets.BT, secrets.NL, secrets.LS, secrets.EMOJI, secrets.CTRL, secrets.ODD]'\n", .flow),
+            ]
+            let values = corpusValues.merging(["A": #"v"1"#]) { $1 }
+            func lookup(_ name: String) -> TestBuffer? { TestBuffer(values[name] ?? "value of \(name)") }
+            for (text, format) in cases {
+                let scan = Injector.scan(text, format: format)
+                #expect(scan.problems.isEmpty)
+                let document: TestBuffer = try scan.rewrite(lookup)
+                let bindings: TestBuffer = try scan.bindings(lookup)
+                #expect(try scan.outputSize(.document, lookup) == document.count)
+                #expect(try scan.outputSize(.bindings, lookup) == bindings.count)
+                // At exactly its size it is produced; one byte less is refused.
+                let exact: TestBuffer = try scan.rewrite(maximum: document.count, lookup)
+                #expect(exact.bytes == document.bytes)
+                #expect(throws: InjectionError.self) { let _: TestBuffer = try scan.rewrite(maximum: document.count - 1, lookup) }
+                #expect(throws: InjectionError.self) { let _: TestBuffer = try scan.bindings(maximum: bindings.count - 1, lookup) }
             }
         }
-        #expect(thrown?.problems.map(\.description) == ["1:1: output: \(expected) bytes, over the limit of 67108864 bytes"])
-        #expect(thrown?.problems.first?.kind == .limit)
-        #expect(peak < 200 << 20, "refusing took \(peak >> 20) MiB")
-        // The default maximum is the scan's limit (64 MiB unless given).
-        #expect(throws: InjectionError.self) { try scan.outputSize { _ in big } }
-        let small = Injector.scan(source, format: .expr, limits: InjectionLimits(maxOutputBytes: 1 << 40))
-        #expect(try small.outputSize { _ in big } == expected)
-    }
 
-    @Test func theSizeIsExactForEveryFormatAndOutput() throws {
-        let cases: [(String, InjectionFormat)] = [
-            (try String(contentsOf: fixturesDirectory.appendingPathComponent("demo-bot.flow.yaml"), encoding: .utf8), .flow),
-            (try String(contentsOf: fixturesDirectory.appendingPathComponent("demo-bot.installation.json"), encoding: .utf8), .config),
-            (FlowTests.handmade, .flow),
-            ("secrets.Q + `${secrets.BT}` + secrets /* c */ .CTRL // x\n+ secrets['ODD'] + secrets.EMOJI", .expr),
-            ("{\"a\": \"secrets.NL + secrets.LS\", \"b\": \"1\"}", .config),
-            ("x: !expr '[secrets.Q, secrets.BS, secrets.BT, secrets.NL, secrets.LS, secrets.EMOJI, secrets.CTRL, secrets.ODD]'\n", .flow),
-        ]
-        let values = corpusValues.merging(["A": #"v"1"#]) { $1 }
-        func lookup(_ name: String) -> TestBuffer? { TestBuffer(values[name] ?? "value of \(name)") }
-        for (text, format) in cases {
-            let scan = Injector.scan(text, format: format)
-            #expect(scan.problems.isEmpty)
-            let document: TestBuffer = try scan.rewrite(lookup)
-            let bindings: TestBuffer = try scan.bindings(lookup)
-            #expect(try scan.outputSize(.document, lookup) == document.count)
-            #expect(try scan.outputSize(.bindings, lookup) == bindings.count)
-            // At exactly its size it is produced; one byte less is refused.
-            let exact: TestBuffer = try scan.rewrite(maximum: document.count, lookup)
-            #expect(exact.bytes == document.bytes)
-            #expect(throws: InjectionError.self) { let _: TestBuffer = try scan.rewrite(maximum: document.count - 1, lookup) }
-            #expect(throws: InjectionError.self) { let _: TestBuffer = try scan.bindings(maximum: bindings.count - 1, lookup) }
-        }
-    }
-
-    @Test func outputSizeReportsTheSameProblemsAsRewrite() {
-        let scan = Injector.scan("secrets.GONE + secrets[x]", format: .expr)
-        #expect(throws: InjectionError.self) { try scan.outputSize { _ in TestBuffer("v") } }
-        let missing = Injector.scan("secrets.GONE", format: .expr)
-        do {
-            _ = try missing.outputSize { (_: String) -> TestBuffer? in nil }
-            Issue.record("expected an error")
-        } catch {
-            #expect(error.problems.map(\.description) == ["1:1: secret GONE does not exist in the project"])
+        @Test func outputSizeReportsTheSameProblemsAsRewrite() {
+            let scan = Injector.scan("secrets.GONE + secrets[x]", format: .expr)
+            #expect(throws: InjectionError.self) { try scan.outputSize { _ in TestBuffer("v") } }
+            let missing = Injector.scan("secrets.GONE", format: .expr)
+            do {
+                _ = try missing.outputSize { (_: String) -> TestBuffer? in nil }
+                Issue.record("expected an error")
+            } catch {
+                #expect(error.problems.map(\.description) == ["1:1: secret GONE does not exist in the project"])
+            }
         }
     }
 }
