@@ -110,7 +110,7 @@ struct LocalUserTests {
         // and the socket ends up in a directory of root's (a planted socket).
         let bin = MountFixture.binary
         try f.expectOK(f.sh("mkdir -m 0700 \(f.root)/theirs && chown 65534:65534 \(f.root)/theirs && mkdir -m 0755 \(f.root)/ours"))
-        try f.expectOK(f.sh("setpriv --reuid=65534 --regid=65534 --clear-groups \(bin) resolver --listen \(f.root)/theirs/d.sock "
+        try f.expectOK(f.sh("setpriv --reuid=65534 --regid=65534 --clear-groups \(MountFixture.binaryForAnyUser) resolver --listen \(f.root)/theirs/d.sock "
                             + "--runtime-dir \(f.root)/theirs >/dev/null 2>&1 </dev/null & echo $! > \(f.root)/their.pid; "
                             + "for i in $(seq 1 300); do [ -S \(f.root)/theirs/d.sock ] && break; sleep 0.02; done; "
                             + "mv \(f.root)/theirs/d.sock \(f.root)/ours/d.sock"))
@@ -263,7 +263,8 @@ struct LocalUserTests {
         #expect(o.stdout.contains("A=") && !o.stdout.contains("SECRETFS_"), "\(o.stdout)")
     }
 
-    static var binDir: String { (MountFixture.binary as NSString).deletingLastPathComponent }
+    /// Where other uids find the binary (see MountFixture.binaryForAnyUser).
+    static var binDir: String { (MountFixture.binaryForAnyUser as NSString).deletingLastPathComponent }
 }
 
 extension MountFixture {

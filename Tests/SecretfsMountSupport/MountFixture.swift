@@ -33,6 +33,19 @@ public final class MountFixture: @unchecked Sendable {
         return "secretfs"
     }()
 
+    /// The binary at a path every uid can reach (the build directory may sit
+    /// under a 0700 home, as in CI's clone): a copy in
+    /// /tmp/secretfs-test-bin, made once per test run. For tests that run it
+    /// as another user through setpriv.
+    public static let binaryForAnyUser: String = {
+        let dir = "/tmp/secretfs-test-bin"
+        let target = dir + "/secretfs"
+        let script = "mkdir -p \(dir) && chmod 0755 \(dir) && cp '\(binary)' \(target).new.$$ && chmod 0755 \(target).new.$$ "
+            + "&& mv -f \(target).new.$$ \(target)"
+        guard let o = try? shell(script), o.status == 0 else { return binary }
+        return target
+    }()
+
     nonisolated(unsafe) private static var swept = false
     private static let sweepLock = NSLock()
 

@@ -213,7 +213,7 @@ struct ResolveAndRedactTests {
         let sock2 = f.root + "/resolver2.sock"
         let other = try f.sh("chmod 755 \(f.root); '\(MountFixture.binary)' resolver --listen \(sock2) > r2.log 2>&1 & d2=$!; " +
                              "for i in $(seq 50); do [ -S \(sock2) ] && break; sleep 0.1; done; " +
-                             "echo secrets.API_TOKEN | setpriv --reuid=65534 --regid=65534 --clear-groups '\(MountFixture.binary)' " +
+                             "echo secrets.API_TOKEN | setpriv --reuid=65534 --regid=65534 --clear-groups '\(MountFixture.binaryForAnyUser)' " +
                              "resolve --project demo --resolver \(sock2) --format expr -; echo rc=$?; kill $d2; wait $d2")
         #expect(other.stdout == "rc=15\n", "\(other.stdout) \(other.stderr)")
         #expect(other.stderr.contains("permission denied") && !other.stderr.contains("api-token"), "\(other.stderr)")
