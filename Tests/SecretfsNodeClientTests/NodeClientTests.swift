@@ -4,7 +4,8 @@ import SecretfsMountSupport
 import SecretfsTestSupport
 import Testing
 
-/// The Node.js client (clients/node) under the real `node`, against a real resolver
+/// The Node.js client (clients/node) and the example runner
+/// (examples/node-runner) under the real `node`, against a real resolver
 /// daemon serving a real mount. The scripts they run are in
 /// clients/node/test/daemon; each prints what it got, and the checks are here.
 @Suite(.serialized)
@@ -244,6 +245,50 @@ struct NodeClientTests {
         // The owner is still served.
         let owner = try node(daemon, ["-e", script])
         #expect(try json(owner.stdout)["names"] as? [String] == ["ANTHROPIC_API_KEY", "API_TOKEN", "DEMO_BOT_SLACK_BOT_TOKEN", "DEMO_BOT_SLACK_SIGNING_SECRET"])
+    }
+
+    @Test func theRunnerEvaluatesABlockAndItsOutputIsRedacted() throws {
+        let f = try MountFixture()
+        let daemon = try Daemon(f)
+        defer { daemon.stop(); f.close() }
+        try f.mount()
+        try storeDemoSecrets(f)
+        let runner = Self.repo + "/examples/node-runner/run.js"
+        let outputs = #"{"helloEndpoint":{"params":{"name":"world"}}}"#
+        // The README's example, as it is.
+        let o = try node(daemon, [runner, "--project", "demo", "--outputs", outputs, Self.repo + "/examples/node-runner/flow.yaml", "Call API"])
+        #expect(o.status == 0 && o.stderr.isEmpty, "\(o.status) \(o.stderr)")
+        #expect(o.stdout == """
+            Call API inputs.default.config.url: "https://api.example.com/greet?name=world"
+            Call API inputs.default.config.headers: {"Authorization":"Bearer [REDACTED]","content-type":"application/json"}
+            Call API inputs.default.config.body: "{\\"greeting\\":\\"Hello, world\\",\\"tokenLength\\":15}"
+
+            """, "\(o.stdout)")
+
+        // A value inside an error message, and a value that needs escaping, are masked too.
+        let flow = try write(f, "errors.yaml", """
+            blocks:
+              - name: B
+                config:
+                  quoted: !expr 'secrets.ANTHROPIC_API_KEY'
+                  thrown: !expr 'secrets.API_TOKEN.nope()'
+
+            """)
+        let e = try node(daemon, [runner, "--project", "demo", flow, "B"])
+        #expect(e.status == 0, "\(e.status) \(e.stderr)")
+        // V8 quotes the string in its message: `"tok-value-12345".nope is not a function`.
+        #expect(e.stdout == """
+            B config.quoted: "[REDACTED]"
+            B config.thrown: error: TypeError: "[REDACTED]".nope is not a function
+
+            """, "\(e.stdout)")
+        #expect(!e.stdout.contains("tok-value") && !e.stdout.contains("sk-ant"))
+
+        // A flow that cannot be resolved: nothing on stdout, the problem and its place on stderr.
+        let missing = try write(f, "missing.yaml", "blocks:\n  - name: B\n    config:\n      x: !expr secrets.NOPE\n")
+        let m = try node(daemon, [runner, "--project", "demo", missing, "B"])
+        #expect(m.status == 14 && m.stdout.isEmpty, "\(m.status) \(m.stdout)")
+        #expect(m.stderr.contains(#"blocks[0] "B" config.x 4:16: secret NOPE does not exist in the project"#), "\(m.stderr)")
     }
 
     @Test func theClientsUnitTestsPass() throws {
