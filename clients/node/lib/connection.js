@@ -159,9 +159,6 @@ class Connection {
       { socketPath: this.socketPath, hint: 'the daemon may have stopped, or closed an idle connection' });
   }
 
-  /** Whether a request sent now would go out on a live connection. */
-  get usable() { return !this.dead; }
-
   /** Refs the socket while a reply is awaited (or always, with keepsAlive). */
   updateRef() {
     if (this.dead) return;

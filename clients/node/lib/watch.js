@@ -5,7 +5,6 @@
 const { EventEmitter } = require('node:events');
 const wire = require('./wire');
 const { openWithRequest } = require('./connection');
-const { SecretfsError } = require('./errors');
 
 /** Backoff between reconnection attempts (ms): doubles from the first to the last. */
 const BACKOFF = Object.freeze({ first: 50, last: 2000 });
@@ -63,7 +62,7 @@ class Watch extends EventEmitter {
    * Connects and sends WATCH. What arrives after WATCHING (events, the end)
    * is held until `deliver`: a CHANGED can come in the same read as
    * WATCHING, before the caller of `client.watch()` has its listeners on.
-   * @returns {Promise<{conn: import('./connection').Connection, ready: boolean, frames: Buffer[], end: SecretfsError|null, scheduled: boolean}|null>}
+   * @returns {Promise<{conn: import('./connection').Connection, ready: boolean, frames: Buffer[], end: import('./errors').SecretfsError|null, scheduled: boolean}|null>}
    */
   async subscribe() {
     let sub = null;
@@ -177,4 +176,4 @@ class Watch extends EventEmitter {
   }
 }
 
-module.exports = { Watch, BACKOFF, SecretfsError };
+module.exports = { Watch, BACKOFF };

@@ -42,8 +42,6 @@ const Type = Object.freeze({
   ERROR: 0xff,
 });
 
-const typeNames = Object.freeze(Object.fromEntries(Object.entries(Type).map(([k, v]) => [v, k])));
-
 /** RESOLVE's format and output codes. */
 const Format = Object.freeze({ flow: 1, config: 2, expr: 3 });
 const Output = Object.freeze({ document: 1, bindings: 2 });
@@ -308,7 +306,7 @@ function parseError(frame) {
 
 module.exports = {
   VERSION, HEADER, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, DATA_CHUNK, MAX_NAMES, MAX_MASK,
-  Type, typeNames, Format, Output,
+  Type, Format, Output,
   isValidName, textSize, ParseError, Builder, Reader, FrameSplitter,
   projectRequest, resolveRequest, valuesRequest, redactRequest, dataRequest, endRequest,
   parseProblems, parseError,
