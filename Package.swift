@@ -79,5 +79,7 @@ let package = Package(
         // Every finding of the trust-boundaries review, as an attacker would try it.
         .testTarget(name: "SecretfsHostileInputTests", dependencies: ["CShims", "CSQLite", "SecretfsStore", "SecretfsFS", "SecretfsProtocol", "secretfs",
                                                                        "SecretfsMountSupport", "SecretfsTestSupport"]),
+        // The Node.js client (clients/node) and runner (examples/node-runner) under `node`, against a real daemon and mount.
+        .testTarget(name: "SecretfsNodeClientTests", dependencies: ["secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
     ]
 )
