@@ -76,6 +76,8 @@ public final class SecretFilesystem: @unchecked Sendable {
         var written = false
         /// A failed write (EFBIG) poisons the handle: nothing is committed.
         var failure: Errno?
+        /// An O_APPEND write went into the buffer: history calls the commit `append`.
+        var appended = false
         /// Who opened it: the audit trail names them for the commit.
         let actor: Actor
 
@@ -387,6 +389,7 @@ public final class SecretFilesystem: @unchecked Sendable {
             }
             h.dirty = true
             h.written = true
+            if append { h.appended = true }
             return data.count
         }
     }
@@ -437,10 +440,11 @@ public final class SecretFilesystem: @unchecked Sendable {
         do {
             // Sealed straight from the write buffer: no copy of the value.
             h.node.info = try buffer.withValue(keepTrailingNewline: options.keepTrailingNewline) {
-                try vault.put(name, bytes: $0, actor: h.actor)
+                try vault.put(name, bytes: $0, actor: h.actor, action: h.appended ? .append : .set)
             }
             h.dirty = false
             h.written = false
+            h.appended = false
             namespace.lastChange = h.node.info!.updatedAt
             onChange?([name])
             logger.info("stored", metadata: ["name": "\(name)", "uid": "\(h.actor.uid)"])
