@@ -75,7 +75,7 @@ let package = Package(
                 path: "Tests/SecretfsMountSupport"),
         // Mount tests drive the real `secretfs` binary; depending on it makes
         // `swift build --build-tests` build it beside the test bundle.
-        .testTarget(name: "SecretfsMountTests", dependencies: ["SecretfsStore", "SecretfsFS", "secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
+        .testTarget(name: "SecretfsMountTests", dependencies: ["CSQLite", "SecretfsStore", "SecretfsFS", "secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
         // Every finding of the trust-boundaries review, as an attacker would try it.
         .testTarget(name: "SecretfsHostileInputTests", dependencies: ["CShims", "CSQLite", "SecretfsStore", "SecretfsFS", "SecretfsProtocol", "secretfs",
                                                                        "SecretfsMountSupport", "SecretfsTestSupport"]),
