@@ -273,6 +273,20 @@ public final class ProjectVault: @unchecked Sendable {
         }
     }
 
+    /// SQLite's `PRAGMA data_version` on this store's connection: it moves
+    /// whenever another connection (a CLI command, another process) commits
+    /// to the database, and not for this connection's own commits. Cheap (no
+    /// I/O beyond the shared-memory index): a mount polls it to notice
+    /// restores, undeletes and other changes made outside it.
+    public func storeDataVersion() throws -> Int64 {
+        try store.lock.withLock { _ in
+            let s = try db.statement("PRAGMA data_version")
+            defer { s.reset() }
+            guard try s.step("reading data_version") else { return 0 }
+            return s.int64(0)
+        }
+    }
+
     /// The highest version handed out so far: changes whenever any secret of
     /// the project changes (the socket's watch operation compares it).
     public func currentVersion() throws -> Int64 {

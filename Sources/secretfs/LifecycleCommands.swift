@@ -64,7 +64,7 @@ struct RestoreCommand: ParsableCommand {
         discussion: """
             Rollback without read: the version is opened and sealed again inside this process; \
             the value is never printed or sent anywhere. Works for a deleted name too (it leaves \
-            the trash). Audited as 'restore'.
+            the trash). Audited as 'restore'. A mounted project shows the change within a second.
             """)
 
     @OptionGroup var global: GlobalOptions
