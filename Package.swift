@@ -58,7 +58,7 @@ let package = Package(
         ]),
         .executableTarget(name: "secretfs", dependencies: [
             "CShims", "SecretfsNames", "SecretfsPOSIX", "SecretfsStore", "SecretfsFS", "SecretfsProtocol",
-            "SecretfsResolver", "SecretfsRedact",
+            "SecretfsResolver", "SecretfsRedact", "SecureMemory",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -200,6 +200,45 @@ public final class ProjectVault: @unchecked Sendable {
         }
     }
 
+    // MARK: Bulk import
+
+    public enum ImportStatus: String, Sendable { case new, changed, unchanged }
+
+    /// Writes every entry in one transaction (all or nothing), each changed
+    /// or new value as a new version with action `import`; unchanged values
+    /// (compared here, in constant time) are not written again. With
+    /// `dryRun` nothing is written. One audit row either way (`import` or
+    /// `import-dry-run`) with the names and the counts.
+    public func importValues(_ entries: [ImportEntry], dryRun: Bool, actor: Actor,
+                             progress: ((Int) -> Void)? = nil) throws -> [(name: String, status: ImportStatus)] {
+        for e in entries where !Names.isValid(e.name) { throw StoreError.invalidSecretName(e.name) }
+        return try store.lock.withLock { _ in
+            try db.transaction("importing into \(name)") {
+                var out: [(name: String, status: ImportStatus)] = []
+                out.reserveCapacity(entries.count)
+                for e in entries {
+                    let status: ImportStatus
+                    if let current = try valueLocked(e.name) {
+                        status = current.count == e.value.count && current.constantTimeEquals(e.value) ? .unchanged : .changed
+                        current.wipe()
+                    } else {
+                        status = .new
+                    }
+                    if !dryRun && status != .unchanged {
+                        _ = try writeRowLocked(e.name, value: e.value, actor: actor, createdAt: nil, action: .import)
+                    }
+                    out.append((e.name, status))
+                    if out.count % 250 == 0 { progress?(out.count) }
+                }
+                let count = { (s: ImportStatus) in out.filter { $0.status == s }.count }
+                try store.insertAudit(project: self.name, actor: actor, action: dryRun ? "import-dry-run" : "import",
+                                      names: out.filter { $0.status != .unchanged }.map(\.name).joined(separator: ","),
+                                      detail: "\(count(.new)) new, \(count(.changed)) changed, \(count(.unchanged)) unchanged")
+                return out
+            }
+        }
+    }
+
     // MARK: Rollback without read
 
     /// Makes version `version` of `name` its current value again, as a new

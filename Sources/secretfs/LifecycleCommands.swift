@@ -3,6 +3,7 @@ import Glibc
 import SecretfsNames
 import SecretfsProtocol
 import SecretfsStore
+import SecureMemory
 
 // Versions, rollback without read, and the trash. None of these commands
 // prints a value or a value's length: history and trash are built from
@@ -186,5 +187,100 @@ struct PurgeCommand: ParsableCommand {
             writeStdout(names.isEmpty ? "the trash of project \(project) was already empty\n"
                                       : "purged \(names.count) deleted name\(names.count == 1 ? "" : "s")\n")
         }
+    }
+}
+
+struct ImportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import",
+        abstract: "Import names and values from a .env or JSON file into a project, in one transaction.",
+        discussion: """
+            dotenv as people write it: KEY=value, an optional 'export ', # comments, single quotes \
+            (literal), double quotes with \\n, \\r, \\t, \\" and \\\\ escapes and real newlines, = inside \
+            values, CRLF line endings. JSON: one object of name to string. All or nothing: an error \
+            names its line (and the name), never a value, and nothing is written. A value equal to \
+            the current one is not written again; every other becomes a new version (action \
+            'import'), the earlier value kept. Values are read into locked memory and never printed.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The project.") var project: String
+    @Argument(help: ArgumentHelp("The file to import, or - for standard input.", valueName: "file")) var file: String
+    @Option(help: ArgumentHelp("env or json (default: json for a .json file, else env).", valueName: "format"))
+    var format: String?
+    @Flag(help: "List each name as new, changed or unchanged; write nothing.") var dryRun = false
+
+    func validate() throws {
+        try validateProjectName(project)
+        if let format, ImportDocument.Format(rawValue: format) == nil {
+            throw ValidationError("--format must be env or json, not '\(Wire.printable(format))'")
+        }
+    }
+
+    func run() throws {
+        let fmt = format.flatMap(ImportDocument.Format.init(rawValue:)) ?? (file.hasSuffix(".json") ? .json : .env)
+        let input = try readInput()
+        defer { input.wipe() }
+        let entries = try parse(input, fmt)
+        defer { for e in entries { e.value.wipe() } }
+        let store = try global.openStore()
+        let vault = try store.openProject(project)
+        let showProgress = isatty(2) == 1 && entries.count >= 1000
+        let results = try vault.importValues(entries, dryRun: dryRun, actor: .current, progress: showProgress ? { done in
+            let width = 30, filled = done * width / max(1, entries.count)
+            writeStderr("\r[" + String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled)
+                        + "] \(done)/\(entries.count)")
+        } : nil)
+        if showProgress { writeStderr("\r" + String(repeating: " ", count: 50) + "\r") }
+        let count = { (s: ProjectVault.ImportStatus) in results.filter { $0.status == s }.count }
+        let summary = "\(count(.new)) new, \(count(.changed)) changed, \(count(.unchanged)) unchanged"
+        if dryRun {
+            var text = ""
+            for r in results { text += pad(r.status.rawValue, 10) + r.name + "\n" }
+            writeStdout(text + "dry run: \(summary); nothing was written\n")
+        } else {
+            writeStdout("imported into \(project): \(summary)\n")
+        }
+    }
+
+    private func parse(_ input: SecureBytes, _ fmt: ImportDocument.Format) throws -> [ImportEntry] {
+        let parsed = Result { () throws(ImportError) -> [ImportEntry] in try ImportDocument.parse(input, format: fmt) }
+        switch parsed {
+        case .success(let entries): return entries
+        case .failure(let error):
+            throw Failure("\(file == "-" ? "standard input" : file): \(error.description)",
+                          hint: "nothing was imported; fix that line and run the import again", exit: .failure)
+        }
+    }
+
+    /// The whole file, read into locked memory (at most 256 MiB).
+    private func readInput() throws -> SecureBytes {
+        let fd = file == "-" ? 0 : open(file, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw Failure("cannot open \(file): \(String(cString: strerror(errno)))", exit: .failure) }
+        defer { if fd != 0 { close(fd) } }
+        var buf = SecureBytes(capacity: 64 << 10)
+        while true {
+            if buf.count == buf.capacity {
+                guard buf.capacity < 256 << 20 else { throw Failure("\(file) is larger than 256 MiB", exit: .failure) }
+                let bigger = buf.copy(capacity: buf.capacity * 2)
+                buf.wipe()
+                buf = bigger
+            }
+            let n = buf.withUnsafeMutableCapacity { b in
+                let have = buf.count
+                return retryRead(fd, b.baseAddress! + have, b.count - have)
+            }
+            if n < 0 { throw Failure("cannot read \(file): \(String(cString: strerror(errno)))", exit: .failure) }
+            if n == 0 { return buf }
+            buf.setCount(buf.count + n)
+        }
+    }
+}
+
+private func retryRead(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int) -> Int {
+    while true {
+        let r = read(fd, p, n)
+        if r < 0 && errno == EINTR { continue }
+        return r
     }
 }
