@@ -58,7 +58,7 @@ let package = Package(
         ]),
         .executableTarget(name: "secretfs", dependencies: [
             "CShims", "SecretfsNames", "SecretfsPOSIX", "SecretfsStore", "SecretfsFS", "SecretfsProtocol",
-            "SecretfsResolver", "SecretfsRedact",
+            "SecretfsResolver", "SecretfsRedact", "SecureMemory",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -75,7 +75,7 @@ let package = Package(
                 path: "Tests/SecretfsMountSupport"),
         // Mount tests drive the real `secretfs` binary; depending on it makes
         // `swift build --build-tests` build it beside the test bundle.
-        .testTarget(name: "SecretfsMountTests", dependencies: ["SecretfsStore", "SecretfsFS", "secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
+        .testTarget(name: "SecretfsMountTests", dependencies: ["CSQLite", "SecretfsStore", "SecretfsFS", "secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
         // Every finding of the trust-boundaries review, as an attacker would try it.
         .testTarget(name: "SecretfsHostileInputTests", dependencies: ["CShims", "CSQLite", "SecretfsStore", "SecretfsFS", "SecretfsProtocol", "secretfs",
                                                                        "SecretfsMountSupport", "SecretfsTestSupport"]),

@@ -8,7 +8,10 @@ import Logging
 /// `run` (blocks serving requests on a pool of threads until the filesystem is
 /// unmounted or the process gets SIGINT/SIGTERM/SIGHUP), then the session
 /// unmounts and tears down.
-public final class FuseSession {
+public final class FuseSession: @unchecked Sendable {
+    // @unchecked: `session` is set in init and cleared only by `close`, after
+    // the serving loop and the StoreWatcher (the one other thread that calls
+    // in, through `invalidate`; libfuse's notify calls are thread-safe) stopped.
     private let filesystem: SecretFilesystem
     private var session: OpaquePointer?
     private var args = fuse_args()
@@ -71,6 +74,19 @@ public final class FuseSession {
     /// dropped by `close`.
     public func requestExit() {
         if let se = session { fuse_session_exit(se) }
+    }
+
+    /// Drops what the kernel caches for these names and inodes (and the
+    /// directory's own attributes), so the next `ls` or `stat` asks again.
+    /// Never call this from a request handler or with the filesystem's lock
+    /// held: the kernel may wait for requests in flight on the directory.
+    public func invalidate(_ changes: SecretFilesystem.StoreChanges) {
+        guard let se = session else { return }
+        for name in changes.names {
+            _ = name.withCString { fuse_lowlevel_notify_inval_entry(se, 1, $0, strlen($0)) }
+        }
+        for ino in changes.inodes { _ = fuse_lowlevel_notify_inval_inode(se, ino, 0, 0) }
+        _ = fuse_lowlevel_notify_inval_inode(se, 1, 0, 0)
     }
 
     /// Unmounts (if still mounted) and frees the session.

@@ -76,6 +76,8 @@ public final class SecretFilesystem: @unchecked Sendable {
         var written = false
         /// A failed write (EFBIG) poisons the handle: nothing is committed.
         var failure: Errno?
+        /// An O_APPEND write went into the buffer: history calls the commit `append`.
+        var appended = false
         /// Who opened it: the audit trail names them for the commit.
         let actor: Actor
 
@@ -85,8 +87,9 @@ public final class SecretFilesystem: @unchecked Sendable {
     }
 
     /// Called with the names concerned after every successful store mutation
-    /// (write, truncate, delete, rename), under `lock`: it must not block or
-    /// call back into this object. Set before mounting; the privileged
+    /// (write, truncate, delete, rename), under `lock`, and by StoreWatcher
+    /// (outside `lock`) for changes made outside the mount: it must not block
+    /// or call back into this object. Set before mounting; the privileged
     /// socket's WATCH subscribes through it.
     public var onChange: (@Sendable ([String]) -> Void)?
 
@@ -387,6 +390,7 @@ public final class SecretFilesystem: @unchecked Sendable {
             }
             h.dirty = true
             h.written = true
+            if append { h.appended = true }
             return data.count
         }
     }
@@ -437,10 +441,11 @@ public final class SecretFilesystem: @unchecked Sendable {
         do {
             // Sealed straight from the write buffer: no copy of the value.
             h.node.info = try buffer.withValue(keepTrailingNewline: options.keepTrailingNewline) {
-                try vault.put(name, bytes: $0, actor: h.actor)
+                try vault.put(name, bytes: $0, actor: h.actor, action: h.appended ? .append : .set)
             }
             h.dirty = false
             h.written = false
+            h.appended = false
             namespace.lastChange = h.node.info!.updatedAt
             onChange?([name])
             logger.info("stored", metadata: ["name": "\(name)", "uid": "\(h.actor.uid)"])
@@ -663,6 +668,59 @@ public final class SecretFilesystem: @unchecked Sendable {
         namespace.lastChange = node.updatedAt
         onChange?([newName])
         logger.info("stored", metadata: ["name": "\(newName)", "uid": "\(caller.uid)", "from": "staging file"])
+    }
+
+    // MARK: Changes made outside this mount
+
+    /// What `reloadFromStore` changed: the names to report (CHANGED on the
+    /// socket) and to drop from the kernel's caches, and the inodes whose
+    /// cached attributes are stale.
+    public struct StoreChanges: Sendable, Equatable {
+        public var names: [String] = []
+        public var inodes: [UInt64] = []
+        public var isEmpty: Bool { names.isEmpty }
+    }
+
+    /// Re-reads the listing from the store and brings the namespace in line:
+    /// names that appeared (an undelete, a restore of a deleted name), names
+    /// whose version changed (a restore) and names that went. Files being
+    /// created or staged here are left alone. Reads the store under `lock`,
+    /// so no commit of this mount can fall between the read and the update.
+    /// Does not call `onChange` (the caller does, after invalidating the
+    /// kernel's caches outside `lock`).
+    public func reloadFromStore() -> StoreChanges {
+        lock.withLock { _ in
+            let secrets: [SecretInfo]
+            do { secrets = try vault.list() } catch {
+                logger.error("cannot re-read the listing", metadata: ["error": "\(error)"])
+                return StoreChanges()
+            }
+            var changes = StoreChanges()
+            var stored = Set<String>()
+            for s in secrets {
+                stored.insert(s.name)
+                if let n = namespace.node(named: s.name) {
+                    guard n.isCommitted, !n.isStaging, n.info != s else { continue }
+                    n.info = s
+                    changes.names.append(s.name)
+                    changes.inodes.append(n.ino)
+                } else {
+                    _ = namespace.add(name: s.name, info: s)
+                    changes.names.append(s.name)
+                }
+            }
+            for n in namespace.sortedNodes() where n.isCommitted {
+                guard let name = n.name, !stored.contains(name) else { continue }
+                changes.names.append(name)
+                changes.inodes.append(n.ino)
+                namespace.unlink(n)
+            }
+            if !changes.isEmpty {
+                namespace.lastChange = Timestamp.now()
+                logger.info("changed outside the mount", metadata: ["names": "\(changes.names.count)"])
+            }
+            return changes
+        }
     }
 
     // MARK: Listing

@@ -88,74 +88,76 @@ public final class ProjectVault: @unchecked Sendable {
     }
 
     // MARK: Writing
+    //
+    // Every change keeps what it replaces (docs/store-format.md, "Versions
+    // and trash"): the earlier value moves to `versions` as it was sealed,
+    // the oldest values beyond the project's limit are destroyed in the same
+    // transaction, and a deleted name goes to the trash.
 
-    /// Next version number, unique across the project for its lifetime, so an
-    /// old ciphertext can never be replayed into a newer row with the same name.
-    private func nextVersion() throws -> Int64 {
-        let s = try db.statement("UPDATE projects SET last_version = last_version + 1 WHERE id = ? RETURNING last_version")
-            .bind(1, id)
-        defer { s.reset() }
-        guard try s.step("allocating a version") else { throw StoreError.projectNotFound(name) }
-        return s.int64(0)
+    private func writeRowLocked(_ name: String, value: SecureBytes, actor: Actor, createdAt: Timestamp?,
+                                action: VersionAction) throws -> SecretInfo {
+        try value.withUnsafeBytes { try writeRowLocked(name, bytes: $0, actor: actor, createdAt: createdAt, action: action) }
     }
 
-    private func writeRowLocked(_ name: String, value: SecureBytes, actor: Actor, createdAt: Timestamp?) throws -> SecretInfo {
-        try value.withUnsafeBytes { try writeRowLocked(name, bytes: $0, actor: actor, createdAt: createdAt) }
-    }
-
+    /// Seals `value` as the new current version of `name`, keeping the
+    /// earlier one as a version. Returns the new metadata.
     private func writeRowLocked(_ name: String, bytes value: UnsafeRawBufferPointer, actor: Actor,
-                                createdAt: Timestamp?) throws -> SecretInfo {
-        let version = try nextVersion()
+                                createdAt: Timestamp?, action: VersionAction) throws -> SecretInfo {
+        let previous = try infoLocked(name)
+        _ = try store.archiveCurrentLocked(projectID: id, name: name)
+        // Live again: whatever the trash kept of it is now its history.
+        try db.statement("DELETE FROM trash WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name).run("updating the trash")
+        let version = try store.nextVersionLocked(id)
         let sealed = Envelope.seal(value, key: dataKey,
                                    associatedData: Envelope.valueAD(projectID: id, version: version, name: name))
-        let now = Timestamp.now()
-        let s = try db.statement("""
-            INSERT INTO secrets(project_id, name, ciphertext, nonce, version, created_at, updated_at, updated_by)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT(project_id, name) DO UPDATE SET
-                ciphertext = excluded.ciphertext, nonce = excluded.nonce, version = excluded.version,
-                updated_at = excluded.updated_at, updated_by = excluded.updated_by
-            RETURNING created_at
+        let now = store.now()
+        let created = createdAt ?? previous?.createdAt ?? now
+        try db.statement("""
+            INSERT INTO secrets(project_id, name, ciphertext, nonce, version, created_at, updated_at, updated_by, action)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
-        s.bind(1, id).bind(2, name).bind(3, blob: sealed.ciphertext).bind(4, blob: sealed.nonce).bind(5, version)
-            .bind(6, (createdAt ?? now).nanoseconds).bind(7, now.nanoseconds).bind(8, Int64(actor.uid))
-        defer { s.reset() }
-        guard try s.step("writing a secret") else { throw StoreError.corrupt("upsert returned no row") }
-        return SecretInfo(name: name, version: version, createdAt: Timestamp(nanoseconds: s.int64(0)),
-                          updatedAt: now, updatedBy: actor.uid)
+            .bind(1, id).bind(2, name).bind(3, blob: sealed.ciphertext).bind(4, blob: sealed.nonce).bind(5, version)
+            .bind(6, created.nanoseconds).bind(7, now.nanoseconds).bind(8, Int64(actor.uid)).bind(9, action.rawValue)
+            .run("writing a secret")
+        try store.pruneLocked(projectID: id, name: name)
+        try store.purgeExpiredLocked(projectID: id, projectName: self.name)
+        return SecretInfo(name: name, version: version, createdAt: created, updatedAt: now, updatedBy: actor.uid)
     }
 
     /// Creates or replaces a value, durably, in one transaction.
     @discardableResult
-    public func put(_ name: String, value: SecureBytes, actor: Actor) throws -> SecretInfo {
-        try value.withUnsafeBytes { try put(name, bytes: $0, actor: actor) }
+    public func put(_ name: String, value: SecureBytes, actor: Actor, action: VersionAction = .set) throws -> SecretInfo {
+        try value.withUnsafeBytes { try put(name, bytes: $0, actor: actor, action: action) }
     }
 
     /// Creates or replaces a value from bytes in the caller's locked memory
     /// (the filesystem commits straight from its write buffer, no copy).
+    /// `action` is what history shows (`set`, or `append` for an O_APPEND write).
     @discardableResult
-    public func put(_ name: String, bytes value: UnsafeRawBufferPointer, actor: Actor) throws -> SecretInfo {
+    public func put(_ name: String, bytes value: UnsafeRawBufferPointer, actor: Actor,
+                    action: VersionAction = .set) throws -> SecretInfo {
         guard Names.isValid(name) else { throw StoreError.invalidSecretName(name) }
         return try store.lock.withLock { _ in
             try db.transaction("writing secret \(name)") {
                 let existed = try infoLocked(name) != nil
-                let info = try writeRowLocked(name, bytes: value, actor: actor, createdAt: nil)
+                let info = try writeRowLocked(name, bytes: value, actor: actor, createdAt: nil, action: action)
                 try store.insertAudit(project: self.name, actor: actor, action: existed ? "update" : "create",
-                                      names: name, detail: nil)
+                                      names: name, detail: action == .append ? "append" : nil)
                 return info
             }
         }
     }
 
-    /// Deletes a secret; false if it did not exist. secure_delete overwrites
-    /// the freed ciphertext pages.
+    /// Deletes a secret; false if it did not exist. Its value stays in the
+    /// trash with its versions (for `undelete`) until the project's period
+    /// ends or it is purged; with no versions kept it is destroyed at once
+    /// (secure_delete overwrites the freed pages).
     @discardableResult
     public func delete(_ name: String, actor: Actor) throws -> Bool {
         try store.lock.withLock { _ in
             try db.transaction("deleting secret \(name)") {
-                try db.statement("DELETE FROM secrets WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name)
-                    .run("deleting a secret")
-                guard db.changes > 0 else { return false }
+                guard try store.moveToTrashLocked(projectID: id, name: name, actor: actor, action: .delete) else { return false }
+                try store.purgeExpiredLocked(projectID: id, projectName: self.name)
                 try store.insertAudit(project: self.name, actor: actor, action: "delete", names: name, detail: nil)
                 return true
             }
@@ -165,7 +167,9 @@ public final class ProjectVault: @unchecked Sendable {
     public enum RenameMode: Sendable { case replace, noReplace, exchange }
 
     /// Renames `from` to `to` in one transaction. The name is part of the
-    /// associated data, so the value is re-sealed under its new name.
+    /// associated data, so the value is re-sealed under its new name, as a new
+    /// version of `to` (whose earlier value is kept); `from` goes to the
+    /// trash with its versions, as after a delete.
     public func rename(_ from: String, to: String, mode: RenameMode = .replace, actor: Actor) throws {
         guard Names.isValid(to) else { throw StoreError.invalidSecretName(to) }
         if from == to { return }
@@ -180,29 +184,145 @@ public final class ProjectVault: @unchecked Sendable {
                     if toInfo != nil { throw StoreError.secretExists(to) }
                 case .exchange:
                     guard let toInfo, let toValue = try valueLocked(to) else { throw StoreError.secretNotFound(to) }
-                    _ = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt)
-                    _ = try writeRowLocked(from, value: toValue, actor: actor, createdAt: toInfo.createdAt)
+                    _ = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt, action: .rename)
+                    _ = try writeRowLocked(from, value: toValue, actor: actor, createdAt: toInfo.createdAt, action: .rename)
                     try store.insertAudit(project: self.name, actor: actor, action: "exchange",
                                           names: "\(from),\(to)", detail: nil)
                     return
                 case .replace:
                     break
                 }
-                try db.statement("DELETE FROM secrets WHERE project_id = ? AND name = ?").bind(1, id).bind(2, from)
-                    .run("renaming a secret")
-                try db.statement("DELETE FROM secrets WHERE project_id = ? AND name = ?").bind(1, id).bind(2, to)
-                    .run("renaming a secret")
-                _ = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt)
+                _ = try store.moveToTrashLocked(projectID: id, name: from, actor: actor, action: .rename)
+                _ = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt, action: .rename)
                 try store.insertAudit(project: self.name, actor: actor, action: "rename",
                                       names: "\(from),\(to)", detail: toInfo != nil ? "replaced \(to)" : nil)
             }
         }
     }
 
+    // MARK: Bulk import
+
+    public enum ImportStatus: String, Sendable { case new, changed, unchanged }
+
+    /// Writes every entry in one transaction (all or nothing), each changed
+    /// or new value as a new version with action `import`; unchanged values
+    /// (compared here, in constant time) are not written again. With
+    /// `dryRun` nothing is written. One audit row either way (`import` or
+    /// `import-dry-run`) with the names and the counts.
+    public func importValues(_ entries: [ImportEntry], dryRun: Bool, actor: Actor,
+                             progress: ((Int) -> Void)? = nil) throws -> [(name: String, status: ImportStatus)] {
+        for e in entries where !Names.isValid(e.name) { throw StoreError.invalidSecretName(e.name) }
+        return try store.lock.withLock { _ in
+            try db.transaction("importing into \(name)") {
+                var out: [(name: String, status: ImportStatus)] = []
+                out.reserveCapacity(entries.count)
+                for e in entries {
+                    let status: ImportStatus
+                    if let current = try valueLocked(e.name) {
+                        status = current.count == e.value.count && current.constantTimeEquals(e.value) ? .unchanged : .changed
+                        current.wipe()
+                    } else {
+                        status = .new
+                    }
+                    if !dryRun && status != .unchanged {
+                        _ = try writeRowLocked(e.name, value: e.value, actor: actor, createdAt: nil, action: .import)
+                    }
+                    out.append((e.name, status))
+                    if out.count % 250 == 0 { progress?(out.count) }
+                }
+                let count = { (s: ImportStatus) in out.filter { $0.status == s }.count }
+                try store.insertAudit(project: self.name, actor: actor, action: dryRun ? "import-dry-run" : "import",
+                                      names: out.filter { $0.status != .unchanged }.map(\.name).joined(separator: ","),
+                                      detail: "\(count(.new)) new, \(count(.changed)) changed, \(count(.unchanged)) unchanged")
+                return out
+            }
+        }
+    }
+
+    // MARK: Rollback without read
+
+    /// Makes version `version` of `name` its current value again, as a new
+    /// version (action `restore`). The value is opened and re-sealed here,
+    /// inside the store process: it is never returned. Works for a deleted
+    /// name too (which leaves the trash). Audited as `restore`.
+    @discardableResult
+    public func restore(_ name: String, version: Int64, actor: Actor) throws -> SecretInfo {
+        try store.lock.withLock { _ in
+            try db.transaction("restoring \(name)") {
+                let info = try restoreLocked(name, version: version, actor: actor)
+                try store.insertAudit(project: self.name, actor: actor, action: "restore", names: name,
+                                      detail: "version \(version) as version \(info.version)")
+                return info
+            }
+        }
+    }
+
+    /// Brings back a deleted name with the last value it had, as a new
+    /// version. Audited as `undelete`.
+    @discardableResult
+    public func undelete(_ name: String, actor: Actor) throws -> SecretInfo {
+        try store.lock.withLock { _ in
+            try db.transaction("undeleting \(name)") {
+                guard try store.isInTrashLocked(id, name) else {
+                    if try infoLocked(name) != nil { throw StoreError.secretNotDeleted(name) }
+                    throw StoreError.secretNotFound(name)
+                }
+                let s = try db.statement("""
+                    SELECT MAX(version) FROM versions WHERE project_id = ? AND name = ? AND length(ciphertext) > 0
+                    """).bind(1, id).bind(2, name)
+                guard try s.step("reading the history"), !s.isNull(0) else {
+                    s.reset()
+                    throw StoreError.secretNotFound(name)
+                }
+                let last = s.int64(0)
+                s.reset()
+                let info = try restoreLocked(name, version: last, actor: actor)
+                try store.insertAudit(project: self.name, actor: actor, action: "undelete", names: name,
+                                      detail: "version \(last) as version \(info.version)")
+                return info
+            }
+        }
+    }
+
+    private func restoreLocked(_ name: String, version: Int64, actor: Actor) throws -> SecretInfo {
+        if let current = try infoLocked(name), current.version == version {
+            throw StoreError.versionNotFound(name, version: version, delete: false)
+        }
+        let s = try db.statement("SELECT ciphertext, nonce FROM versions WHERE project_id = ? AND name = ? AND version = ?")
+            .bind(1, id).bind(2, name).bind(3, version)
+        guard try s.step("reading a version") else {
+            s.reset()
+            throw StoreError.versionNotFound(name, version: version, delete: false)
+        }
+        let sealed = Envelope.Sealed(ciphertext: s.blob(0), nonce: s.blob(1))
+        s.reset()
+        if sealed.ciphertext.isEmpty { throw StoreError.versionNotFound(name, version: version, delete: true) }
+        guard let plain = Envelope.open(sealed, key: dataKey,
+                                        associatedData: Envelope.valueAD(projectID: id, version: version, name: name)) else {
+            throw StoreError.corrupt("version \(version) of '\(name)' in project '\(self.name)' does not decrypt (moved or altered row)")
+        }
+        defer { plain.wipe() }
+        return try writeRowLocked(name, value: plain, actor: actor, createdAt: nil, action: .restore)
+    }
+
     /// Records an event that changes no secret (a refused caller, a socket read).
     public func audit(action: String, names: String? = nil, detail: String? = nil, actor: Actor) throws {
         try store.lock.withLock { _ in
             try store.insertAudit(project: name, actor: actor, action: action, names: names, detail: detail)
+        }
+    }
+
+    /// SQLite's `PRAGMA data_version` on this store's connection: it moves
+    /// whenever another connection (a CLI command, another process) commits
+    /// to the database, and not for this connection's own commits. Cheap (no
+    /// I/O beyond the shared-memory index): a mount polls it to notice
+    /// restores, undeletes and other changes made outside it.
+    public func storeDataVersion() throws -> Int64 {
+        try store.lock.withLock { _ in
+            let s = try db.statement("PRAGMA data_version")
+            defer { s.reset() }
+            guard try s.step("reading data_version") else { return 0 }
+            return s.int64(0)
         }
     }
 

@@ -28,6 +28,21 @@ public struct ProjectInfo: Sendable, Equatable {
     public var createdAt: Timestamp
     public var secretCount: Int
     public var lastUpdate: Timestamp?
+    /// How many values each name keeps, the current one included (0: none
+    /// kept, a delete is final).
+    public var keepVersions: Int = Retention.defaultKeepVersions
+    /// How long a deleted name stays in the trash before it is purged.
+    public var keepDeletedDays: Int = Retention.defaultKeepDeletedDays
+}
+
+/// A project's history limits (see docs/store-format.md, "Versions and trash").
+public enum Retention {
+    public static let defaultKeepVersions = 10
+    public static let defaultKeepDeletedDays = 30
+    /// Upper bounds, so that a typo cannot make a store grow without end
+    /// (or a day count overflow nanoseconds).
+    public static let maxKeepVersions = 1000
+    public static let maxKeepDeletedDays = 3650
 }
 
 /// Metadata of one secret. Deliberately no length: it would leak.
@@ -84,15 +99,22 @@ public final class Store: @unchecked Sendable {
     let db: SQLiteConnection
     let masterKey: SecureBytes
     let storeID: [UInt8]
+    /// The clock every time written to the store comes from (and that trash
+    /// expiry is judged by). Tests inject one; set it before using the store.
+    public let clock: @Sendable () -> Timestamp
 
-    static let schemaVersion: Int32 = 1
+    static var schemaVersion: Int32 { Int32(migrations.count) }
 
-    private init(location: StoreLocation, db: SQLiteConnection, masterKey: SecureBytes, storeID: [UInt8]) {
+    private init(location: StoreLocation, db: SQLiteConnection, masterKey: SecureBytes, storeID: [UInt8],
+                 clock: @escaping @Sendable () -> Timestamp) {
         self.location = location
         self.db = db
         self.masterKey = masterKey
         self.storeID = storeID
+        self.clock = clock
     }
+
+    func now() -> Timestamp { clock() }
 
     public static func exists(at location: StoreLocation) -> Bool {
         access(location.databasePath, F_OK) == 0
@@ -107,7 +129,8 @@ public final class Store: @unchecked Sendable {
     static let fileNames = [databaseName, databaseName + "-wal", databaseName + "-shm", keyFileName]
 
     /// Creates a new store. Refuses to touch a directory that already holds one.
-    public static func create(at location: StoreLocation, keySource: MasterKeySource) throws -> Store {
+    public static func create(at location: StoreLocation, keySource: MasterKeySource,
+                              clock: @escaping @Sendable () -> Timestamp = Timestamp.now) throws -> Store {
         Sodium.ensureInitialised()
         // A bad passphrase file is found before anything is created.
         let passphrase: SecureBytes?
@@ -178,11 +201,12 @@ public final class Store: @unchecked Sendable {
             }
         }
         done = true
-        return Store(location: location, db: db, masterKey: masterKey, storeID: storeID)
+        return Store(location: location, db: db, masterKey: masterKey, storeID: storeID, clock: clock)
     }
 
     /// Opens an existing store and checks the master key against it.
-    public static func open(at location: StoreLocation, keySource: MasterKeySource) throws -> Store {
+    public static func open(at location: StoreLocation, keySource: MasterKeySource,
+                            clock: @escaping @Sendable () -> Timestamp = Timestamp.now) throws -> Store {
         Sodium.ensureInitialised()
         let dir = try trustedDirectory(location, creating: false)
         let db = try openDatabase(dir, location)
@@ -219,18 +243,23 @@ public final class Store: @unchecked Sendable {
         guard Envelope.open(sealed, key: masterKey, associatedData: Envelope.keyCheckAD(storeID: storeID)) != nil else {
             throw StoreError.wrongKey
         }
-        return Store(location: location, db: db, masterKey: masterKey, storeID: storeID)
+        let store = Store(location: location, db: db, masterKey: masterKey, storeID: storeID, clock: clock)
+        try store.purgeExpiredTrash()
+        return store
     }
 
     /// Opens the store without any key: project names, counts and the audit
     /// trail can be read, no project can be opened. For `status`, `project
     /// list` and `audit`, which have no business holding key material.
-    public static func openMetadataOnly(at location: StoreLocation) throws -> Store {
+    public static func openMetadataOnly(at location: StoreLocation,
+                                        clock: @escaping @Sendable () -> Timestamp = Timestamp.now) throws -> Store {
         Sodium.ensureInitialised()
         let dir = try trustedDirectory(location, creating: false)
         let db = try openDatabase(dir, location)
         guard let storeID = try getMeta(db, "store_id") else { throw StoreError.corrupt("the store has no identity record") }
-        return Store(location: location, db: db, masterKey: SecureBytes(capacity: 0), storeID: storeID)
+        let store = Store(location: location, db: db, masterKey: SecureBytes(capacity: 0), storeID: storeID, clock: clock)
+        try store.purgeExpiredTrash()
+        return store
     }
 
     // MARK: One mount per project
@@ -405,6 +434,34 @@ public final class Store: @unchecked Sendable {
             detail   TEXT
         );
         """,
+        // 2: versions and trash (docs/store-format.md, "Versions and trash").
+        // Plain tables, integer times, composite primary keys and
+        // ALTER TABLE ADD COLUMN with constant defaults: the same statements
+        // (BLOB read as BYTEA) make the same schema in PostgreSQL.
+        """
+        ALTER TABLE projects ADD COLUMN keep_versions INTEGER NOT NULL DEFAULT 10;
+        ALTER TABLE projects ADD COLUMN keep_deleted_days INTEGER NOT NULL DEFAULT 30;
+        ALTER TABLE secrets ADD COLUMN action TEXT NOT NULL DEFAULT 'set';
+        CREATE TABLE versions (
+            project_id  INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            name        TEXT NOT NULL,
+            version     INTEGER NOT NULL,
+            ciphertext  BLOB NOT NULL,
+            nonce       BLOB NOT NULL,
+            action      TEXT NOT NULL,
+            made_at     INTEGER NOT NULL,
+            made_by     INTEGER NOT NULL,
+            PRIMARY KEY (project_id, name, version)
+        );
+        CREATE TABLE trash (
+            project_id  INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            name        TEXT NOT NULL,
+            deleted_at  INTEGER NOT NULL,
+            deleted_by  INTEGER NOT NULL,
+            purge_at    INTEGER NOT NULL,
+            PRIMARY KEY (project_id, name)
+        );
+        """,
     ]
 
     private static func migrate(_ db: SQLiteConnection) throws {
@@ -556,17 +613,22 @@ public final class Store: @unchecked Sendable {
 
     // MARK: Projects
 
-    public func createProject(_ name: String, actor: Actor = .current) throws {
+    public func createProject(_ name: String, keepVersions: Int = Retention.defaultKeepVersions,
+                              keepDeletedDays: Int = Retention.defaultKeepDeletedDays, actor: Actor = .current) throws {
         guard Names.isValid(name) else { throw StoreError.invalidProjectName(name) }
+        try Self.checkRetention(keepVersions: keepVersions, keepDeletedDays: keepDeletedDays)
         guard masterKey.count == Envelope.keyBytes else { throw StoreError.keyNotLoaded }
         try lock.withLock { _ in
             try db.transaction("creating project \(name)") {
                 let exists = try db.statement("SELECT 1 FROM projects WHERE name = ?").bind(1, name)
                 if try exists.step("looking up project") { throw StoreError.projectExists(name) }
-                let now = Timestamp.now()
-                let insert = try db.statement(
-                    "INSERT INTO projects(name, wrapped_key, wrap_nonce, created_at) VALUES (?, x'', x'', ?)")
-                try insert.bind(1, name).bind(2, now.nanoseconds).run("creating project")
+                let now = self.now()
+                let insert = try db.statement("""
+                    INSERT INTO projects(name, wrapped_key, wrap_nonce, created_at, keep_versions, keep_deleted_days)
+                    VALUES (?, x'', x'', ?, ?, ?)
+                    """)
+                try insert.bind(1, name).bind(2, now.nanoseconds).bind(3, Int64(keepVersions)).bind(4, Int64(keepDeletedDays))
+                    .run("creating project")
                 let id = sqlite3_last_insert_rowid(db.handle)
                 // The id is part of the wrapping's associated data, so wrap after insert.
                 let dataKey = SecureBytes.random(count: Envelope.keyBytes)
@@ -575,7 +637,8 @@ public final class Store: @unchecked Sendable {
                 try db.statement("UPDATE projects SET wrapped_key = ?, wrap_nonce = ? WHERE id = ?")
                     .bind(1, blob: wrapped.ciphertext).bind(2, blob: wrapped.nonce).bind(3, id)
                     .run("storing the project key")
-                try insertAudit(project: name, actor: actor, action: "project-create", names: nil, detail: nil)
+                try insertAudit(project: name, actor: actor, action: "project-create", names: nil,
+                                detail: "keep \(keepVersions) versions, \(keepDeletedDays) days")
             }
         }
     }
@@ -583,15 +646,16 @@ public final class Store: @unchecked Sendable {
     public func listProjects() throws -> [ProjectInfo] {
         try lock.withLock { _ in
             let s = try db.statement("""
-                SELECT p.id, p.name, p.created_at, COUNT(s.name), MAX(s.updated_at)
+                SELECT p.id, p.name, p.created_at, COUNT(s.name), MAX(s.updated_at), p.keep_versions, p.keep_deleted_days
                 FROM projects p LEFT JOIN secrets s ON s.project_id = p.id
-                GROUP BY p.id ORDER BY p.name
+                GROUP BY p.id, p.name, p.created_at, p.keep_versions, p.keep_deleted_days ORDER BY p.name
                 """)
             var out: [ProjectInfo] = []
             while try s.step("listing projects") {
                 out.append(ProjectInfo(id: s.int64(0), name: s.string(1) ?? "", createdAt: Timestamp(nanoseconds: s.int64(2)),
                                        secretCount: Int(s.int64(3)),
-                                       lastUpdate: s.isNull(4) ? nil : Timestamp(nanoseconds: s.int64(4))))
+                                       lastUpdate: s.isNull(4) ? nil : Timestamp(nanoseconds: s.int64(4)),
+                                       keepVersions: Int(s.int64(5)), keepDeletedDays: Int(s.int64(6))))
             }
             return out
         }
@@ -637,7 +701,7 @@ public final class Store: @unchecked Sendable {
     /// Must be called with `lock` held (inside a transaction or alone).
     func insertAudit(project: String, actor: Actor, action: String, names: String?, detail: String?) throws {
         try db.statement("INSERT INTO audit(project, at, uid, pid, action, names, detail) VALUES (?, ?, ?, ?, ?, ?, ?)")
-            .bind(1, project).bind(2, Timestamp.now().nanoseconds).bind(3, Int64(actor.uid)).bind(4, Int64(actor.pid))
+            .bind(1, project).bind(2, now().nanoseconds).bind(3, Int64(actor.uid)).bind(4, Int64(actor.pid))
             .bind(5, action).bind(6, names).bind(7, detail)
             .run("writing the audit trail")
     }

@@ -33,6 +33,11 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     case invalidSecretName(String)
     case secretNotFound(String)
     case secretExists(String)
+    /// `undelete` or `purge` of a name that is not in the trash (it is live).
+    case secretNotDeleted(String)
+    /// `restore --version N` of a version the name does not keep (or a delete marker).
+    case versionNotFound(String, version: Int64, delete: Bool)
+    case invalidRetention(String)
     case corrupt(String)
     case unsupportedSchema(Int)
     case io(path: String, errno: Int32, action: String)
@@ -64,6 +69,10 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .invalidSecretName(let n): return "'\(n)' is not a valid secret name"
         case .secretNotFound(let n): return "no secret named '\(n)'"
         case .secretExists(let n): return "a secret named '\(n)' already exists"
+        case .secretNotDeleted(let n): return "'\(n)' is not deleted: it has a current value"
+        case .versionNotFound(let n, let v, let delete):
+            return delete ? "version \(v) of '\(n)' is a delete, not a value" : "'\(n)' keeps no version \(v)"
+        case .invalidRetention(let m): return m
         case .corrupt(let m): return "the store is damaged: \(m)"
         case .unsupportedSchema(let v): return "the store has schema version \(v), newer than this secretfs understands"
         case .io(let p, let e, let a): return "cannot \(a) \(p): \(errnoText(e))"
@@ -99,8 +108,11 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .projectNotFound: return "list projects with 'secretfs project list', or create it with 'secretfs project create NAME'"
         case .projectNotEmpty: return "pass --force to delete the project and all its secrets"
         case .invalidProjectName, .invalidSecretName: return "names match [A-Za-z_][A-Za-z0-9_]* and are at most 255 bytes"
-        case .secretNotFound: return "list names with 'ls' on the mounted project"
+        case .secretNotFound: return "list names with 'ls' on the mounted project, deleted ones with 'secretfs trash PROJECT'"
         case .secretExists: return nil
+        case .secretNotDeleted(let n): return "see its versions with 'secretfs history PROJECT \(n)'; restore one with --version N"
+        case .versionNotFound(let n, _, _): return "list the versions with 'secretfs history PROJECT \(n)'"
+        case .invalidRetention: return nil
         case .corrupt: return "restore the store from a backup"
         case .unsupportedSchema: return "upgrade secretfs"
         case .io: return nil

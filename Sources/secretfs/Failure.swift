@@ -36,7 +36,8 @@ struct Failure: Error {
              .passphraseNotExpected, .passphraseUnreadable, .passphraseFileInsecure, .passphraseFileUntrusted,
              .wrongKey, .keyNotLoaded, .keyDerivationFailed: code = .keyProblem
         case .projectExists, .projectNotFound, .projectNotEmpty, .invalidProjectName: code = .projectProblem
-        case .invalidSecretName, .secretNotFound, .secretExists: code = .failure
+        case .invalidSecretName, .secretNotFound, .secretExists, .secretNotDeleted, .versionNotFound: code = .failure
+        case .invalidRetention: code = .usage
         }
         self.init(error.description, hint: error.hint, exit: code)
     }

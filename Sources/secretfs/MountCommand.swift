@@ -262,6 +262,10 @@ struct MountCommand: ParsableCommand {
             throw Failure(error.description, hint: error.hint, exit: .socketProblem)
         }
         filesystem.onChange = { [server] names in server.notifyChanged(names) }
+        // Changes made outside this mount (restore, undelete, purge) reach
+        // the listing, the kernel's caches and the socket's watchers.
+        let watcher = StoreWatcher(filesystem: filesystem, invalidate: { [session] in session.invalidate($0) })
+        if !watcher.start() { logger.warning("cannot start the store watcher: changes made outside this mount show only after a remount") }
         _ = chdir("/")
         if daemonized {
             // Ready: from now on stderr is the log file (already our stdout),
@@ -272,6 +276,7 @@ struct MountCommand: ParsableCommand {
                                           "secrets": "\(filesystem.secretCount)", "pid": "\(getpid())",
                                           "socket": "\(server.socketPath)"])
         let rc = session.run()
+        watcher.stop()
         server.stop()   // closes connections, unlinks the socket
         session.close()
         logger.info("unmounted", metadata: ["project": "\(project)", "status": "\(rc)"])

@@ -18,7 +18,8 @@ struct Secretfs: ParsableCommand {
         version: "0.1.0",
         subcommands: [
             InitCommand.self, ProjectCommand.self, MountCommand.self, UmountCommand.self,
-            StatusCommand.self, AuditCommand.self, DoctorCommand.self,
+            StatusCommand.self, AuditCommand.self, HistoryCommand.self, RestoreCommand.self, UndeleteCommand.self,
+            TrashCommand.self, PurgeCommand.self, ImportCommand.self, DoctorCommand.self,
             ResolveCommand.self, ResolverCommand.self, RedactCommand.self, RunCommand.self,
         ]
     )
@@ -48,7 +49,8 @@ struct Secretfs: ParsableCommand {
             if code == .success { exit(withError: error) }
             // Usage errors in the one voice, with the way to the usage text.
             let subcommands: Set<String> = ["init", "project", "create", "list", "delete", "mount", "umount", "status",
-                                            "audit", "resolve", "resolver", "redact", "run", "doctor"]
+                                            "audit", "resolve", "resolver", "redact", "run", "doctor", "set", "history",
+                                            "restore", "undelete", "trash", "purge", "import"]
             let command = CommandLine.arguments.dropFirst().prefix { subcommands.contains($0) }.joined(separator: " ")
             writeStderr("secretfs: error: \(message(for: error))\n"
                         + "hint: see 'secretfs \(command.isEmpty ? "" : command + " ")--help'\n")

@@ -34,24 +34,65 @@ struct InitCommand: ParsableCommand {
 struct ProjectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "project",
-        abstract: "Create, list and delete projects.",
-        subcommands: [Create.self, List.self, Delete.self])
+        abstract: "Create, list, change and delete projects.",
+        subcommands: [Create.self, SetLimits.self, List.self, Delete.self])
 
     struct Create: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create a project with its own data key.")
+        static let configuration = CommandConfiguration(
+            abstract: "Create a project with its own data key.",
+            discussion: """
+                Every overwrite, append, rename and delete keeps the earlier value as a version \
+                (see 'secretfs history'); each name keeps its newest --keep-versions values, the \
+                current one included, and a deleted name stays in the trash for --keep-deleted days.
+                """)
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Project name ([A-Za-z_][A-Za-z0-9_]*).") var name: String
+        @Option(help: ArgumentHelp("Values kept per name, the current one included (0 to \(Retention.maxKeepVersions); 0: no history, a delete is final).", valueName: "n"))
+        var keepVersions: Int = Retention.defaultKeepVersions
+        @Option(help: ArgumentHelp("Days a deleted name stays in the trash (0 to \(Retention.maxKeepDeletedDays)).", valueName: "days"))
+        var keepDeleted: Int = Retention.defaultKeepDeletedDays
 
         func validate() throws {
             guard Names.isValid(name) else {
                 throw ValidationError("'\(name)' is not a valid project name: use letters, digits and _, not starting with a digit")
             }
+            try validateRetention(keepVersions: keepVersions, keepDeleted: keepDeleted)
         }
 
         func run() throws {
             let store = try global.openStore()
-            try store.createProject(name)
-            writeStdout("created project \(name)\n")
+            try store.createProject(name, keepVersions: keepVersions, keepDeletedDays: keepDeleted)
+            writeStdout("created project \(name) (keeps \(keepVersions) versions per name, deleted names \(keepDeleted) days)\n")
+        }
+    }
+
+    struct SetLimits: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set",
+            abstract: "Change how many versions a project keeps and how long deleted names stay in the trash.",
+            discussion: """
+                A lower --keep-versions destroys the versions beyond it at once. A new --keep-deleted \
+                applies to names deleted from now on. Needs no key; works while the project is mounted.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Project name.") var name: String
+        @Option(help: ArgumentHelp("Values kept per name, the current one included (0 to \(Retention.maxKeepVersions)).", valueName: "n"))
+        var keepVersions: Int?
+        @Option(help: ArgumentHelp("Days a deleted name stays in the trash (0 to \(Retention.maxKeepDeletedDays)).", valueName: "days"))
+        var keepDeleted: Int?
+
+        func validate() throws {
+            guard keepVersions != nil || keepDeleted != nil else {
+                throw ValidationError("give --keep-versions N, --keep-deleted DAYS, or both")
+            }
+            try validateRetention(keepVersions: keepVersions, keepDeleted: keepDeleted)
+        }
+
+        func run() throws {
+            let store = try global.openStoreMetadata()
+            try store.setRetention(project: name, keepVersions: keepVersions, keepDeletedDays: keepDeleted)
+            let p = try store.project(named: name)
+            writeStdout("project \(name) keeps \(p.keepVersions) versions per name, deleted names \(p.keepDeletedDays) days\n")
         }
     }
 
@@ -67,7 +108,8 @@ struct ProjectCommand: ParsableCommand {
             if json {
                 writeStdout(projects.map { p in
                     "{\"project\":\(jsonString(p.name)),\"secrets\":\(p.secretCount),"
-                        + "\"lastChange\":\(p.lastUpdate.map { jsonString(iso8601($0)) } ?? "null")}\n"
+                        + "\"lastChange\":\(p.lastUpdate.map { jsonString(iso8601($0)) } ?? "null"),"
+                        + "\"keepVersions\":\(p.keepVersions),\"keepDeletedDays\":\(p.keepDeletedDays)}\n"
                 }.joined())
                 return
             }
@@ -104,6 +146,15 @@ struct ProjectCommand: ParsableCommand {
             try store.deleteProject(name, force: force)
             writeStdout("deleted project \(name)\n")
         }
+    }
+}
+
+func validateRetention(keepVersions: Int?, keepDeleted: Int?) throws {
+    if let k = keepVersions, !(0...Retention.maxKeepVersions).contains(k) {
+        throw ValidationError("--keep-versions needs a number from 0 to \(Retention.maxKeepVersions), got \(k)")
+    }
+    if let d = keepDeleted, !(0...Retention.maxKeepDeletedDays).contains(d) {
+        throw ValidationError("--keep-deleted needs a number of days from 0 to \(Retention.maxKeepDeletedDays), got \(d)")
     }
 }
 

@@ -1,0 +1,76 @@
+import Glibc
+import Logging
+import Synchronization
+
+/// The one place a mount learns of changes made outside it (a CLI restore,
+/// undelete or purge, an expired trash): a thread polls the store's
+/// `PRAGMA data_version` every `interval` (a read of SQLite's shared-memory
+/// index, no disk I/O), and when it moves it re-reads the listing
+/// (`SecretFilesystem.reloadFromStore`), drops the kernel's cached entries and
+/// attributes for what changed, and reports the names through the
+/// filesystem's `onChange` (the privileged socket's CHANGED, so resolver
+/// daemons drop cached values). The mount's own commits do not move
+/// data_version; they report themselves.
+public final class StoreWatcher: @unchecked Sendable {
+    // @unchecked: `thread` is set by start and read by stop, on one thread.
+    private let filesystem: SecretFilesystem
+    private let invalidate: @Sendable (SecretFilesystem.StoreChanges) -> Void
+    private let interval: Double
+    private let stopping = Atomic<Bool>(false)
+    private var thread: pthread_t?
+
+    /// `invalidate` drops kernel caches (FuseSession.invalidate); called
+    /// outside every lock before `onChange`.
+    public init(filesystem: SecretFilesystem, interval: Double = 0.2,
+                invalidate: @escaping @Sendable (SecretFilesystem.StoreChanges) -> Void) {
+        self.filesystem = filesystem
+        self.interval = interval
+        self.invalidate = invalidate
+    }
+
+    /// One poll: true when the store changed and the changes were applied.
+    @discardableResult
+    public func poll(last: inout Int64?) -> Bool {
+        guard let now = try? filesystem.vault.storeDataVersion() else { return false }
+        defer { last = now }
+        guard let before = last, before != now else { return false }
+        let changes = filesystem.reloadFromStore()
+        guard !changes.isEmpty else { return false }
+        invalidate(changes)
+        filesystem.onChange?(changes.names)
+        return true
+    }
+
+    public func start() -> Bool {
+        final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+        let box = Unmanaged.passRetained(Box { [self] in loop() }).toOpaque()
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, { p in
+            Unmanaged<Box>.fromOpaque(p!).takeRetainedValue().body()
+            return nil
+        }, box)
+        if rc != 0 {
+            Unmanaged<Box>.fromOpaque(box).release()
+            return false
+        }
+        thread = tid
+        return true
+    }
+
+    /// Stops the thread and waits for it (before the session is closed).
+    public func stop() {
+        stopping.store(true, ordering: .relaxed)
+        if let t = thread { pthread_join(t, nil) }
+        thread = nil
+    }
+
+    private func loop() {
+        var last: Int64?
+        poll(last: &last)
+        let micros = useconds_t(interval * 1_000_000)
+        while !stopping.load(ordering: .relaxed) {
+            usleep(micros)
+            poll(last: &last)
+        }
+    }
+}

@@ -1,0 +1,286 @@
+import ArgumentParser
+import Glibc
+import SecretfsNames
+import SecretfsProtocol
+import SecretfsStore
+import SecureMemory
+
+// Versions, rollback without read, and the trash. None of these commands
+// prints a value or a value's length: history and trash are built from
+// versions, times, uids and actions only, and restore/undelete re-seal the
+// value inside this process without ever handing it out.
+
+private func validateSecretName(_ name: String) throws {
+    guard Names.isValid(name) else {
+        throw ValidationError("'\(Wire.printable(name))' is not a valid secret name: names match [A-Za-z_][A-Za-z0-9_]* and are at most 255 bytes")
+    }
+}
+
+private func validateProjectName(_ name: String) throws {
+    guard Names.isValid(name) else { throw ValidationError("'\(Wire.printable(name))' is not a valid project name") }
+}
+
+struct HistoryCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "history",
+        abstract: "List the kept versions of a secret: version, time, uid and action (never a value or a length).",
+        discussion: """
+            Actions: set (written), append (written with O_APPEND), rename (arrived by a rename), \
+            restore (made by 'secretfs restore' or 'secretfs undelete'), delete (removed, or renamed \
+            away). The current value is marked. Works for deleted names too (see 'secretfs trash'). \
+            Needs no key.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The project.") var project: String
+    @Argument(help: "The secret's name.") var name: String
+    @Flag(help: "One JSON object per version, one per line.") var json = false
+
+    func validate() throws {
+        try validateProjectName(project)
+        try validateSecretName(name)
+    }
+
+    func run() throws {
+        let store = try global.openStoreMetadata()
+        let versions = try store.history(project: project, name: name)
+        var text = json ? "" : pad("VERSION", 9) + pad("TIME", 22) + pad("UID", 8) + "ACTION\n"
+        for v in versions {
+            if json {
+                text += "{\"version\":\(v.version),\"time\":\(jsonString(iso8601(v.at))),\"uid\":\(v.uid),"
+                    + "\"action\":\(jsonString(v.action.rawValue)),\"current\":\(v.isCurrent)}\n"
+            } else {
+                text += pad(String(v.version), 9) + pad(iso8601(v.at), 22) + pad(String(v.uid), 8) + v.action.rawValue
+                    + (v.isCurrent ? "  (current)" : "") + "\n"
+            }
+        }
+        writeStdout(text)
+    }
+}
+
+struct RestoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore",
+        abstract: "Make an earlier version of a secret its current value again, as a new version.",
+        discussion: """
+            Rollback without read: the version is opened and sealed again inside this process; \
+            the value is never printed or sent anywhere. Works for a deleted name too (it leaves \
+            the trash). Audited as 'restore'. A mounted project shows the change within a second.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The project.") var project: String
+    @Argument(help: "The secret's name.") var name: String
+    @Option(help: ArgumentHelp("The version to bring back (see 'secretfs history').", valueName: "n")) var version: Int64
+
+    func validate() throws {
+        try validateProjectName(project)
+        try validateSecretName(name)
+        guard version > 0 else { throw ValidationError("--version needs a version number from 'secretfs history', got \(version)") }
+    }
+
+    func run() throws {
+        let store = try global.openStore()
+        let vault = try store.openProject(project)
+        let info = try vault.restore(name, version: version, actor: .current)
+        writeStdout("restored \(name) to version \(version) (now version \(info.version))\n")
+    }
+}
+
+struct UndeleteCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "undelete",
+        abstract: "Bring a deleted secret back with the last value it had.",
+        discussion: """
+            The value is sealed again as a new version inside this process, never printed. \
+            Audited as 'undelete'. See deleted names with 'secretfs trash PROJECT'.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The project.") var project: String
+    @Argument(help: "The deleted secret's name.") var name: String
+
+    func validate() throws {
+        try validateProjectName(project)
+        try validateSecretName(name)
+    }
+
+    func run() throws {
+        let store = try global.openStore()
+        let vault = try store.openProject(project)
+        let info = try vault.undelete(name, actor: .current)
+        writeStdout("undeleted \(name) (now version \(info.version))\n")
+    }
+}
+
+struct TrashCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "trash",
+        abstract: "List a project's deleted secrets: when, by whom, versions kept, and when they will be purged.",
+        discussion: "Bring one back with 'secretfs undelete'; destroy it now with 'secretfs purge'. Needs no key.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The project.") var project: String
+    @Flag(help: "One JSON object per deleted name, one per line.") var json = false
+
+    func validate() throws { try validateProjectName(project) }
+
+    func run() throws {
+        let store = try global.openStoreMetadata()
+        let entries = try store.trash(project: project)
+        if json {
+            writeStdout(entries.map { e in
+                "{\"name\":\(jsonString(e.name)),\"deleted\":\(jsonString(iso8601(e.deletedAt))),\"uid\":\(e.deletedBy),"
+                    + "\"versions\":\(e.versionsKept),\"purge\":\(jsonString(iso8601(e.purgeAt)))}\n"
+            }.joined())
+            return
+        }
+        if entries.isEmpty {
+            writeStdout("the trash of project \(project) is empty\n")
+            return
+        }
+        var text = pad("NAME", 24) + pad("DELETED", 22) + pad("UID", 8) + pad("VERSIONS", 10) + "PURGED AFTER\n"
+        for e in entries {
+            text += pad(Wire.printable(e.name), 24) + pad(iso8601(e.deletedAt), 22) + pad(String(e.deletedBy), 8)
+                + pad(String(e.versionsKept), 10) + iso8601(e.purgeAt) + "\n"
+        }
+        writeStdout(text)
+    }
+}
+
+struct PurgeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "purge",
+        abstract: "Destroy every version of a deleted secret now (or of every deleted secret with --all-deleted).",
+        discussion: """
+            Only names in the trash can be purged; a live secret's history goes only as its \
+            project's --keep-versions limit allows. Destroyed versions are overwritten in the \
+            database (secure_delete). Expired trash is purged without this command. Needs no key.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The project.") var project: String
+    @Argument(help: "The deleted secret's name (or --all-deleted).") var name: String?
+    @Flag(help: "Purge the whole trash of the project.") var allDeleted = false
+    @Flag(help: "Really destroy: purging cannot be undone.") var force = false
+
+    func validate() throws {
+        try validateProjectName(project)
+        switch (name, allDeleted) {
+        case (nil, false): throw ValidationError("name a deleted secret, or pass --all-deleted")
+        case (_?, true): throw ValidationError("give a name or --all-deleted, not both")
+        case (let n?, false): try validateSecretName(n)
+        case (nil, true): break
+        }
+        guard force else {
+            throw ValidationError("purging destroys every version for good: pass --force to do it")
+        }
+    }
+
+    func run() throws {
+        let store = try global.openStoreMetadata()
+        if let name {
+            try store.purge(project: project, name: name)
+            writeStdout("purged \(name)\n")
+        } else {
+            let names = try store.purgeAllDeleted(project: project)
+            writeStdout(names.isEmpty ? "the trash of project \(project) was already empty\n"
+                                      : "purged \(names.count) deleted name\(names.count == 1 ? "" : "s")\n")
+        }
+    }
+}
+
+struct ImportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import",
+        abstract: "Import names and values from a .env or JSON file into a project, in one transaction.",
+        discussion: """
+            dotenv as people write it: KEY=value, an optional 'export ', # comments, single quotes \
+            (literal), double quotes with \\n, \\r, \\t, \\" and \\\\ escapes and real newlines, = inside \
+            values, CRLF line endings. JSON: one object of name to string. All or nothing: an error \
+            names its line (and the name), never a value, and nothing is written. A value equal to \
+            the current one is not written again; every other becomes a new version (action \
+            'import'), the earlier value kept. Values are read into locked memory and never printed.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The project.") var project: String
+    @Argument(help: ArgumentHelp("The file to import, or - for standard input.", valueName: "file")) var file: String
+    @Option(help: ArgumentHelp("env or json (default: json for a .json file, else env).", valueName: "format"))
+    var format: String?
+    @Flag(help: "List each name as new, changed or unchanged; write nothing.") var dryRun = false
+
+    func validate() throws {
+        try validateProjectName(project)
+        if let format, ImportDocument.Format(rawValue: format) == nil {
+            throw ValidationError("--format must be env or json, not '\(Wire.printable(format))'")
+        }
+    }
+
+    func run() throws {
+        let fmt = format.flatMap(ImportDocument.Format.init(rawValue:)) ?? (file.hasSuffix(".json") ? .json : .env)
+        let input = try readInput()
+        defer { input.wipe() }
+        let entries = try parse(input, fmt)
+        defer { for e in entries { e.value.wipe() } }
+        let store = try global.openStore()
+        let vault = try store.openProject(project)
+        let showProgress = isatty(2) == 1 && entries.count >= 1000
+        let results = try vault.importValues(entries, dryRun: dryRun, actor: .current, progress: showProgress ? { done in
+            let width = 30, filled = done * width / max(1, entries.count)
+            writeStderr("\r[" + String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled)
+                        + "] \(done)/\(entries.count)")
+        } : nil)
+        if showProgress { writeStderr("\r" + String(repeating: " ", count: 50) + "\r") }
+        let count = { (s: ProjectVault.ImportStatus) in results.filter { $0.status == s }.count }
+        let summary = "\(count(.new)) new, \(count(.changed)) changed, \(count(.unchanged)) unchanged"
+        if dryRun {
+            var text = ""
+            for r in results { text += pad(r.status.rawValue, 10) + r.name + "\n" }
+            writeStdout(text + "dry run: \(summary); nothing was written\n")
+        } else {
+            writeStdout("imported into \(project): \(summary)\n")
+        }
+    }
+
+    private func parse(_ input: SecureBytes, _ fmt: ImportDocument.Format) throws -> [ImportEntry] {
+        let parsed = Result { () throws(ImportError) -> [ImportEntry] in try ImportDocument.parse(input, format: fmt) }
+        switch parsed {
+        case .success(let entries): return entries
+        case .failure(let error):
+            throw Failure("\(file == "-" ? "standard input" : file): \(error.description)",
+                          hint: "nothing was imported; fix that line and run the import again", exit: .failure)
+        }
+    }
+
+    /// The whole file, read into locked memory (at most 256 MiB).
+    private func readInput() throws -> SecureBytes {
+        let fd = file == "-" ? 0 : open(file, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw Failure("cannot open \(file): \(String(cString: strerror(errno)))", exit: .failure) }
+        defer { if fd != 0 { close(fd) } }
+        var buf = SecureBytes(capacity: 64 << 10)
+        while true {
+            if buf.count == buf.capacity {
+                guard buf.capacity < 256 << 20 else { throw Failure("\(file) is larger than 256 MiB", exit: .failure) }
+                let bigger = buf.copy(capacity: buf.capacity * 2)
+                buf.wipe()
+                buf = bigger
+            }
+            let n = buf.withUnsafeMutableCapacity { b in
+                let have = buf.count
+                return retryRead(fd, b.baseAddress! + have, b.count - have)
+            }
+            if n < 0 { throw Failure("cannot read \(file): \(String(cString: strerror(errno)))", exit: .failure) }
+            if n == 0 { return buf }
+            buf.setCount(buf.count + n)
+        }
+    }
+}
+
+private func retryRead(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int) -> Int {
+    while true {
+        let r = read(fd, p, n)
+        if r < 0 && errno == EINTR { continue }
+        return r
+    }
+}
