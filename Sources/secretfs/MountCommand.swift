@@ -179,9 +179,7 @@ struct MountCommand: ParsableCommand {
                 let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 1
                 Glibc.exit(code == 0 ? Exit.mountProblem.rawValue : code)
             }
-            if MountTable.fuseEntry(at: target) != nil {
-                var st = stat()
-                _ = stat(target, &st)   // returns once the filesystem answers
+            if mountAnswers(at: target) {
                 writeStderr(message)
                 writeStdout("mounted project \(project) at \(target) (pid \(pid), log \(logPath))\n")
                 return
@@ -264,7 +262,22 @@ struct MountCommand: ParsableCommand {
         logger.info("mounted", metadata: ["project": "\(project)", "mountpoint": "\(target)",
                                           "secrets": "\(filesystem.secretCount)", "pid": "\(getpid())",
                                           "socket": "\(server.socketPath)"])
+        // Under a Type=notify unit (secretfs@.service) this process is the
+        // one systemd watches: READY=1 once the mount answers, STOPPING=1 as
+        // soon as the loop ends (SIGTERM or an unmount). A daemonized mount
+        // process reports to the parent that started it, never to systemd.
+        let notifier = daemonized ? nil : ServiceNotifier.fromEnvironment()
+        let readiness: MountReadiness?
+        do {
+            readiness = try MountReadiness.watch(target, notifier: notifier, status: "serving project \(project) at \(target)")
+        } catch {
+            server.stop()
+            session.close()
+            throw error
+        }
         let rc = session.run()
+        readiness?.finish()
+        notifier?.send("STOPPING=1\nSTATUS=unmounting \(target)")
         server.stop()   // closes connections, unlinks the socket
         session.close()
         logger.info("unmounted", metadata: ["project": "\(project)", "status": "\(rc)"])
