@@ -79,5 +79,7 @@ let package = Package(
         // Every finding of the trust-boundaries review, as an attacker would try it.
         .testTarget(name: "SecretfsHostileInputTests", dependencies: ["CShims", "CSQLite", "SecretfsStore", "SecretfsFS", "SecretfsProtocol", "secretfs",
                                                                        "SecretfsMountSupport", "SecretfsTestSupport"]),
+        // Operations: the mount(8) helper, driven through the real mount and umount.
+        .testTarget(name: "SecretfsOperationsTests", dependencies: ["secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
     ]
 )
