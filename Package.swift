@@ -79,7 +79,8 @@ let package = Package(
         // Every finding of the trust-boundaries review, as an attacker would try it.
         .testTarget(name: "SecretfsHostileInputTests", dependencies: ["CShims", "CSQLite", "SecretfsStore", "SecretfsFS", "SecretfsProtocol", "secretfs",
                                                                        "SecretfsMountSupport", "SecretfsTestSupport"]),
-        // Operations: the mount(8) helper, driven through the real mount and umount.
+        // Operations: install, the mount(8) helper and the systemd units, driven through the
+        // real mount, umount and systemd-analyze.
         .testTarget(name: "SecretfsOperationsTests", dependencies: ["secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
     ]
 )
