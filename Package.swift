@@ -79,8 +79,8 @@ let package = Package(
         // Every finding of the trust-boundaries review, as an attacker would try it.
         .testTarget(name: "SecretfsHostileInputTests", dependencies: ["CShims", "CSQLite", "SecretfsStore", "SecretfsFS", "SecretfsProtocol", "secretfs",
                                                                        "SecretfsMountSupport", "SecretfsTestSupport"]),
-        // Operations: install, the mount(8) helper and the systemd units, driven through the
-        // real mount, umount and systemd-analyze.
+        // Install, the mount(8) helper, the systemd units and the completions, driven through the
+        // real mount, umount, systemd-analyze, bash, zsh and fish.
         .testTarget(name: "SecretfsOperationsTests", dependencies: ["secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
     ]
 )

@@ -25,8 +25,8 @@ struct MountCommand: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Argument(help: "The project to mount.") var project: String
-    @Argument(help: "An empty directory to mount it on.") var mountpoint: String
+    @Argument(help: "The project to mount.", completion: .projectNames) var project: String
+    @Argument(help: "An empty directory to mount it on.", completion: .directory) var mountpoint: String
 
     @Flag(name: [.customShort("f"), .long], help: "Stay in the foreground; log to stderr.")
     var foreground = false

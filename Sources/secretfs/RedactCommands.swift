@@ -21,7 +21,7 @@ struct RedactCommand: ParsableCommand {
             """)
 
     @OptionGroup var global: GlobalOptions
-    @Option(help: "The project whose values to mask.") var project: String
+    @Option(help: "The project whose values to mask.", completion: .projectNames) var project: String
     @Option(help: ArgumentHelp("Get the values through a resolver daemon listening on this socket.", valueName: "socket"))
     var resolver: String?
     @Option(help: "Values shorter than this many bytes are not masked (reported on stderr).") var minLength = 4
