@@ -193,12 +193,3 @@ struct LocalUserTests {
 
     static var binDir: String { (MountFixture.binary as NSString).deletingLastPathComponent }
 }
-
-extension MountFixture {
-    /// The mount's options as /proc/self/mountinfo shows them (fields 6 and after the separator).
-    var mountOptions: String {
-        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").first { $0.split(separator: " ").dropFirst(4).first.map(String.init) == mnt }
-            .map(String.init) ?? ""
-    }
-}

@@ -32,7 +32,7 @@ struct MountHelperTests {
             let entry = try #require(MountTable.fuseEntry(at: f.mnt))
             #expect(entry.source == "secretfs:demo" && entry.fsType == "fuse.secretfs")
             // group= reached secretfs mount -o: the group may enter, the kernel checks the modes.
-            #expect(f.optionsShown.contains("allow_other") && f.optionsShown.contains("default_permissions"), "\(f.optionsShown)")
+            #expect(f.mountOptions.contains("allow_other") && f.mountOptions.contains("default_permissions"), "\(f.mountOptions)")
             try f.expectOK(f.sh("echo by-mount-8 > $MNT/TOKEN && test \"$(stat -c %g $MNT/TOKEN)\" = 4242"))
             #expect(try f.storedValue("TOKEN") == "by-mount-8")
             let pid = try #require(f.mountPID())
@@ -62,7 +62,7 @@ struct MountHelperTests {
             #expect(o.status == 0 && o.stderr.isEmpty, "\(o.status) \(o.stderr)")
             #expect(MountTable.fuseEntry(at: f.mnt)?.source == "secretfs:demo")
             // `user` implies noexec (and nosuid, nodev), which libfuse applies.
-            #expect(f.optionsShown.contains("noexec") && f.optionsShown.contains("allow_other"), "\(f.optionsShown)")
+            #expect(f.mountOptions.contains("noexec") && f.mountOptions.contains("allow_other"), "\(f.mountOptions)")
             // max_size=1K reached the mount.
             let big = try f.sh("head -c 2000 /dev/zero | tr '\\0' x > $MNT/BIG")
             #expect(big.status != 0 && big.stderr.contains("too large"), "\(big.stderr)")
@@ -137,14 +137,5 @@ struct MountHelperTests {
             #expect(relative.status == 1 && relative.stderr.contains("-o store needs an absolute path or a URL"), "\(relative.stderr)")
             #expect(MountTable.fuseEntry(at: f.mnt) == nil)
         }
-    }
-}
-
-extension MountFixture {
-    /// The mount's options as /proc/self/mountinfo shows them.
-    var optionsShown: String {
-        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").first { $0.split(separator: " ").dropFirst(4).first.map(String.init) == mnt }
-            .map(String.init) ?? ""
     }
 }

@@ -103,27 +103,31 @@ struct ServiceUnitTests {
 
     // MARK: secretfs@.service, run
 
-    /// The mount unit for project `demo` of the fixture's store, with a
-    /// configuration file in %E/secretfs/demo.conf.
-    struct MountService {
+    /// An installed unit of the fixture's, run as ServiceEmulation starts it:
+    /// its settings file written to %E/secretfs/`settings`, %t under the
+    /// fixture's root, NOTIFY_SOCKET at a socket of the test's.
+    struct UnitRun {
         let f: MountFixture
         let emulation: ServiceEmulation
         let notify: NotifyListener
         let environment: [String: String]
 
-        init(_ f: MountFixture, project: String = "demo", conf: String, notifyAddress: String? = nil) throws {
+        init(_ f: MountFixture, unit: String, instance: String = "", settings: String, _ text: String,
+             notifyAddress: String? = nil, readOnlyPaths: [String] = []) throws {
             self.f = f
             let installed = try Installation(under: f.root)
             let etc = f.root + "/etc", run = f.root + "/runroot"
             try FileManager.default.createDirectory(atPath: etc + "/secretfs", withIntermediateDirectories: true)
             try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
-            try conf.write(toFile: "\(etc)/secretfs/\(project).conf", atomically: true, encoding: .utf8)
-            emulation = ServiceEmulation(try UnitFile(installed.unit("secretfs@.service")), instance: project,
-                                         configRoot: etc, runtimeRoot: run)
+            try text.write(toFile: "\(etc)/secretfs/\(settings)", atomically: true, encoding: .utf8)
+            var emulation = ServiceEmulation(try UnitFile(installed.unit(unit)), instance: instance, configRoot: etc, runtimeRoot: run)
+            emulation.readOnlyPaths = readOnlyPaths
+            self.emulation = emulation
             notify = try NotifyListener(notifyAddress ?? f.root + "/notify.sock")
             environment = try emulation.environment(adding: ["NOTIFY_SOCKET": notify.address, "SWIFT_BACKTRACE": "enable=no"])
         }
 
+        /// Runs each `key=` command to its end (ExecStartPre=, ExecStop=).
         func run(_ key: String) throws -> [ProcessOutput] {
             try emulation.commands(key, environment: environment).map { argv in
                 let cmd = try emulation.hardened(argv)
@@ -131,12 +135,19 @@ struct ServiceUnitTests {
             }
         }
 
+        /// RuntimeDirectory=, ExecStartPre=, then ExecStart= in the background: the main process.
         func start() throws -> Spawned {
+            try emulation.prepareRuntimeDirectories()
             for o in try run("ExecStartPre") { try f.expectOK(o) }
             let argv = try #require(try emulation.commands("ExecStart", environment: environment).first)
             let cmd = try emulation.hardened(argv)
             return try Spawned(cmd[0], Array(cmd.dropFirst()), environment: environment, in: f.root)
         }
+    }
+
+    /// secretfs@PROJECT with /etc/secretfs/PROJECT.conf.
+    func mountUnit(_ f: MountFixture, project: String = "demo", conf: String, notifyAddress: String? = nil) throws -> UnitRun {
+        try UnitRun(f, unit: "secretfs@.service", instance: project, settings: "\(project).conf", conf, notifyAddress: notifyAddress)
     }
 
     func conf(_ f: MountFixture, _ extra: String = "") -> String {
@@ -154,7 +165,7 @@ struct ServiceUnitTests {
         defer { f.close() }
         rmdir(f.mnt)   // ExecStartPre creates it
         // cache_timeout=60: what the mount answered stays in the kernel's cache for the check below.
-        let service = try MountService(f, conf: conf(f, "OPTIONS=group=4242,max_size=1K,cache_timeout=60\nARGS=--resolver-group 4242"))
+        let service = try mountUnit(f, conf: conf(f, "OPTIONS=group=4242,max_size=1K,cache_timeout=60\nARGS=--resolver-group 4242"))
         let main = try service.start()
         defer { main.finish() }
 
@@ -174,7 +185,7 @@ struct ServiceUnitTests {
         #expect(entry?.source == "secretfs:demo" && answered, "at READY=1: \(String(describing: entry)), stat \(frozen.status) \(frozen.stdout)")
         #expect(ready.fields.contains("STATUS=serving project demo at \(f.mnt)"), "\(ready)")
         // The configuration file reached the mount (OPTIONS, ARGS).
-        #expect(f.optionsShown.contains("allow_other"), "\(f.optionsShown)")
+        #expect(f.mountOptions.contains("allow_other"), "\(f.mountOptions)")
         #expect(try f.sh("head -c 2000 /dev/zero > $MNT/BIG").status != 0)
         try f.expectOK(f.sh("echo from-the-unit > $MNT/TOKEN"))
         #expect(try f.storedValue("TOKEN") == "from-the-unit")
@@ -193,7 +204,7 @@ struct ServiceUnitTests {
         let f = try MountFixture()
         defer { f.close() }
         // An abstract NOTIFY_SOCKET name, as systemd may hand out.
-        let service = try MountService(f, conf: conf(f), notifyAddress: "@secretfs-test-notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        let service = try mountUnit(f, conf: conf(f), notifyAddress: "@secretfs-test-notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         let main = try service.start()
         defer { main.finish() }
         let ready = service.notify.messages(until: "READY=1", timeout: 15) { main.poll() != nil }
@@ -208,7 +219,7 @@ struct ServiceUnitTests {
     @Test func aBusyMountStillStopsOnTheSigtermThatFollowsAFailedExecStop() throws {
         let f = try MountFixture()
         defer { f.close() }
-        let service = try MountService(f, conf: conf(f))
+        let service = try mountUnit(f, conf: conf(f))
         let main = try service.start()
         defer { main.finish() }
         #expect(service.notify.messages(until: "READY=1", timeout: 15) { main.poll() != nil }.last?.fields.contains("READY=1") == true)
@@ -229,7 +240,7 @@ struct ServiceUnitTests {
     @Test func aMountThatFailsNeverSaysReady() throws {
         let f = try MountFixture()
         defer { f.close() }
-        let service = try MountService(f, project: "nosuch", conf: conf(f))
+        let service = try mountUnit(f, project: "nosuch", conf: conf(f))
         let main = try service.start()
         defer { main.finish() }
         let messages = service.notify.messages(until: "READY=1", timeout: 15) { main.poll() != nil }
@@ -259,25 +270,16 @@ struct ServiceUnitTests {
         defer { f.close() }
         try f.mount()
         try f.expectOK(f.sh("echo through-the-daemon > $MNT/TOKEN"))
-        let installed = try Installation(under: f.root)
-        let etc = f.root + "/etc", run = f.root + "/runroot"
-        try FileManager.default.createDirectory(atPath: etc + "/secretfs", withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
-        try "ALLOW=--allow-group 4242\nSECRETFS_RUNTIME_DIR=\(f.runtimeDir)\n"
-            .write(toFile: etc + "/secretfs/secretfs-resolver.conf", atomically: true, encoding: .utf8)
-        var emulation = ServiceEmulation(try UnitFile(installed.unit("secretfs-resolver.service")), configRoot: etc, runtimeRoot: run)
         // ProtectSystem=strict leaves the mounts' runtime directory read-only to the daemon.
-        emulation.readOnlyPaths = [f.runtimeDir]
-        try emulation.prepareRuntimeDirectories()
-        let notify = try NotifyListener("@secretfs-test-notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        let env = try emulation.environment(adding: ["NOTIFY_SOCKET": notify.address, "SWIFT_BACKTRACE": "enable=no"])
-        let argv = try #require(try emulation.commands("ExecStart", environment: env).first)
-        let cmd = try emulation.hardened(argv)
-        let main = try Spawned(cmd[0], Array(cmd.dropFirst()), environment: env, in: f.root)
+        let service = try UnitRun(f, unit: "secretfs-resolver.service", settings: "secretfs-resolver.conf",
+                                  "ALLOW=--allow-group 4242\nSECRETFS_RUNTIME_DIR=\(f.runtimeDir)\n",
+                                  notifyAddress: "@secretfs-test-notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))",
+                                  readOnlyPaths: [f.runtimeDir])
+        let main = try service.start()
         defer { main.finish() }
 
-        let socket = run + "/secretfs-resolver/resolver.sock"
-        let messages = notify.messages(until: "READY=1", timeout: 15) { main.poll() != nil }
+        let socket = service.emulation.runtimeRoot + "/secretfs-resolver/resolver.sock"
+        let messages = service.notify.messages(until: "READY=1", timeout: 15) { main.poll() != nil }
         // At READY=1 the socket already listens: with the daemon frozen, the
         // kernel still completes a connection (into the listen backlog).
         kill(main.pid, SIGSTOP)
@@ -296,7 +298,7 @@ struct ServiceUnitTests {
         #expect(o.status == 0 && o.stdout == "\"through-the-daemon\"", "\(o.status) \(o.stderr) \(main.stderr)")
 
         main.signal(SIGTERM)
-        let stopping = notify.messages(until: "STOPPING=1", timeout: 10)
+        let stopping = service.notify.messages(until: "STOPPING=1", timeout: 10)
         #expect(stopping.last?.fields.contains("STOPPING=1") == true && stopping.last?.pid == main.pid, "\(stopping)")
         #expect(main.wait() == 0, "\(main.stderr)")
         #expect(access(socket, F_OK) != 0)

@@ -13,27 +13,7 @@ final class Spawned {
     init(_ exe: String, _ args: [String], environment: [String: String], in directory: String) throws {
         outPath = directory + "/spawned-\(UUID().uuidString).out"
         errPath = directory + "/spawned-\(UUID().uuidString).err"
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var none = sigset_t()
-        sigemptyset(&none)
-        posix_spawnattr_setsigmask(&attr, &none)
-        var all = sigset_t()
-        sigfillset(&all)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var pid: pid_t = 0
-        let envp = environment.map { "\($0.key)=\($0.value)" }
-        let rc = withCStrings([exe] + args) { a in withCStrings(envp) { e in posix_spawn(&pid, exe, &actions, &attr, a, e) } }
-        guard rc == 0 else { throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EIO) }
-        self.pid = pid
+        pid = try Processes.spawn(exe, args, environment: environment, stdin: "/dev/null", stdout: outPath, stderr: errPath)
     }
 
     /// The exit status (128+N for signal N) once it has exited, else nil.
