@@ -81,5 +81,8 @@ let package = Package(
                                                                        "SecretfsMountSupport", "SecretfsTestSupport"]),
         // The Node.js client (clients/node) and runner (examples/node-runner) under `node`, against a real daemon and mount.
         .testTarget(name: "SecretfsNodeClientTests", dependencies: ["secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
+        // Install, the mount(8) helper, the systemd units and the completions, driven through the
+        // real mount, umount, systemd-analyze, bash, zsh and fish.
+        .testTarget(name: "SecretfsOperationsTests", dependencies: ["secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
     ]
 )

@@ -373,8 +373,10 @@ public final class SecretFilesystem: @unchecked Sendable {
                 }
             }
             if failure == .noMemory {
-                // Not the writer's fault and not final: nothing was changed.
-                logger.error("out of locked memory growing a write buffer", metadata: ["name": "\(h.node.name ?? "-")"])
+                // Like EFBIG, the handle is poisoned: a value cut short must
+                // never be committed at close; the stored value stays.
+                logger.error("no locked memory to grow a write buffer", metadata: ["name": "\(h.node.name ?? "-")"])
+                h.failure = .noMemory
                 throw .noMemory
             }
             guard failure == nil else {

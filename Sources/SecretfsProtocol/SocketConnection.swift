@@ -274,6 +274,8 @@ public final class ChangeFeed: @unchecked Sendable {
     private struct State {
         var connection: SocketConnection?
         var cancelled = false
+        /// An event was read and its handler has not returned yet.
+        var handling = false
     }
     private let state = Mutex(State())
 
@@ -304,6 +306,15 @@ public final class ChangeFeed: @unchecked Sendable {
     }
 
     public var isCancelled: Bool { state.withLock { $0.cancelled } }
+
+    /// Whether an event has arrived on the connection that the feed's thread
+    /// has not handled yet (it is in the socket buffer). A consumer that must
+    /// not act on stale data (a redactor about to print) waits while this is
+    /// true, which closes most of the gap between a change and its handling.
+    public var hasUnhandledInput: Bool {
+        let (connection, handling) = state.withLock { ($0.connection, $0.handling) }
+        return handling || connection?.hasPendingInput == true
+    }
 
     private func subscribe() throws(ProtocolError) -> SocketConnection {
         let s = subscription
@@ -355,6 +366,8 @@ public final class ChangeFeed: @unchecked Sendable {
             } catch {
                 return error
             }
+            state.withLock { $0.handling = true }
+            defer { state.withLock { $0.handling = false } }
             let change: (names: [String], complete: Bool)
             do {
                 change = try subscription.parse(frame)

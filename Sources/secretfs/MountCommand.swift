@@ -26,8 +26,8 @@ struct MountCommand: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Argument(help: "The project to mount.") var project: String
-    @Argument(help: "An empty directory to mount it on.") var mountpoint: String
+    @Argument(help: "The project to mount.", completion: .projectNames) var project: String
+    @Argument(help: "An empty directory to mount it on.", completion: .directory) var mountpoint: String
 
     @Flag(name: [.customShort("f"), .long], help: "Stay in the foreground; log to stderr.")
     var foreground = false
@@ -182,9 +182,7 @@ struct MountCommand: ParsableCommand {
                 let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 1
                 Glibc.exit(code == 0 ? Exit.mountProblem.rawValue : code)
             }
-            if MountTable.fuseEntry(at: target) != nil {
-                var st = stat()
-                _ = stat(target, &st)   // returns once the filesystem answers
+            if mountAnswers(at: target) {
                 writeStderr(message)
                 writeStdout("mounted project \(project) at \(target) (pid \(pid), log \(logPath))\n")
                 return
@@ -275,8 +273,23 @@ struct MountCommand: ParsableCommand {
         logger.info("mounted", metadata: ["project": "\(project)", "mountpoint": "\(target)",
                                           "secrets": "\(filesystem.secretCount)", "pid": "\(getpid())",
                                           "socket": "\(server.socketPath)"])
+        // Under a Type=notify unit (secretfs@.service) this process is the
+        // one systemd watches: READY=1 once the mount answers, STOPPING=1 as
+        // soon as the loop ends (SIGTERM or an unmount). A daemonized mount
+        // process reports to the parent that started it, never to systemd.
+        let notifier = daemonized ? nil : ServiceNotifier.fromEnvironment()
+        let readiness: MountReadiness?
+        do {
+            readiness = try MountReadiness.watch(target, notifier: notifier, status: "serving project \(project) at \(target)")
+        } catch {
+            server.stop()
+            session.close()
+            throw error
+        }
         let rc = session.run()
         watcher.stop()
+        readiness?.finish()
+        notifier?.send("STOPPING=1\nSTATUS=unmounting \(target)")
         server.stop()   // closes connections, unlinks the socket
         session.close()
         logger.info("unmounted", metadata: ["project": "\(project)", "status": "\(rc)"])

@@ -21,7 +21,7 @@ struct RedactCommand: ParsableCommand {
             """)
 
     @OptionGroup var global: GlobalOptions
-    @Option(help: "The project whose values to mask.") var project: String
+    @Option(help: "The project whose values to mask.", completion: .projectNames) var project: String
     @Option(help: ArgumentHelp("Get the values through a resolver daemon listening on this socket.", valueName: "socket"))
     var resolver: String?
     @Option(help: "Values shorter than this many bytes are not masked (reported on stderr).") var minLength = 4
@@ -184,7 +184,9 @@ final class RedactorFeed: @unchecked Sendable {
     /// stderr says the output may hold a value changed moments ago).
     func awaitCurrent() {
         let deadline = monotonicSeconds() + Self.applyTimeout
-        while state.withLock({ $0.pending > 0 }) {
+        // A change being applied, or one already in the feed's socket buffer
+        // that its thread has not picked up yet (a loaded machine).
+        while state.withLock({ $0.pending > 0 }) || feed?.hasUnhandledInput == true {
             if monotonicSeconds() > deadline {
                 let first = notices.withLock { n -> Bool in
                     defer { n.slow = true }

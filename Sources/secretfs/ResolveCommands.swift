@@ -23,7 +23,7 @@ struct ResolveCommand: ParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Option(help: "The project whose secrets to inject.") var project: String
+    @Option(help: "The project whose secrets to inject.", completion: .projectNames) var project: String
     @Option(help: ArgumentHelp("flow, config or expr (default: from the file extension).", valueName: "format"))
     var format: String?
     @Option(help: ArgumentHelp("Go through a resolver daemon listening on this socket instead of the mount's socket.", valueName: "socket"))

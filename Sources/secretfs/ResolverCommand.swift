@@ -88,8 +88,13 @@ struct ResolverCommand: ParsableCommand {
         } catch {
             throw Failure(error.message, hint: error.hint, exit: .socketProblem)
         }
+        // Under secretfs-resolver.service (Type=notify): ready once the
+        // socket listens, stopping as soon as a stop signal arrives.
+        let notifier = ServiceNotifier.fromEnvironment()
+        notifier?.send("READY=1\nSTATUS=listening on \(socketPath)")
         var signal: Int32 = 0
         while sigwait(&stopSignals, &signal) != 0 {}
+        notifier?.send("STOPPING=1")
         logger.info("stopping", metadata: ["signal": "\(signal)"])
         daemon.stop()
     }

@@ -19,7 +19,7 @@ struct RunCommand: ParsableCommand {
             """)
 
     @OptionGroup var global: GlobalOptions
-    @Option(help: "The project.") var project: String
+    @Option(help: "The project.", completion: .projectNames) var project: String
     @Option(help: ArgumentHelp("Get the values through a resolver daemon listening on this socket.", valueName: "socket"))
     var resolver: String?
     @Option(name: .customLong("env"), help: ArgumentHelp("VAR=NAME: set VAR to the value of secret NAME (repeatable).", valueName: "VAR=NAME"))

@@ -26,6 +26,10 @@ struct Secretfs: ParsableCommand {
 
     /// Runs the command and maps every error to one voice and a fixed exit code.
     static func main() {
+        // Installed as /sbin/mount.secretfs, this binary is mount(8)'s helper.
+        if CommandLine.arguments.first?.split(separator: "/").last == Substring(MountHelper.name) {
+            MountHelper.main(Array(CommandLine.arguments.dropFirst()))
+        }
         do {
             var command = try parseAsRoot()
             try command.run()

@@ -11,7 +11,7 @@ struct UmountCommand: ParsableCommand {
         discussion: "Plain `fusermount3 -u MOUNTPOINT` works too.")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "The mountpoint.") var mountpoint: String
+    @Argument(help: "The mountpoint.", completion: .directory) var mountpoint: String
 
     func run() throws {
         let target = absolute(mountpoint)
@@ -93,7 +93,7 @@ struct AuditCommand: ParsableCommand {
         abstract: "Print a project's audit trail: writes, renames and deletes with the caller's uid, socket reads, refused connections.")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "The project.") var project: String
+    @Argument(help: "The project.", completion: .projectNames) var project: String
     @Option(help: ArgumentHelp("Only events at or after TIME: an ISO 8601 UTC time (2026-11-26 or 2026-11-26T10:00:00Z) or an age such as 30m, 12h, 7d.", valueName: "time"))
     var since: String?
     @Flag(help: "One JSON object per line instead of a table.") var json = false

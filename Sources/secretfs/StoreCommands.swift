@@ -129,7 +129,7 @@ struct ProjectCommand: ParsableCommand {
     struct Delete: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Delete a project and its data key (with --force also when it has secrets).")
         @OptionGroup var global: GlobalOptions
-        @Argument(help: "Project name.") var name: String
+        @Argument(help: "Project name.", completion: .projectNames) var name: String
         @Flag(help: "Delete even if the project still has secrets.") var force = false
 
         func run() throws {

@@ -157,6 +157,14 @@ public final class MountFixture: @unchecked Sendable {
         return pid_t(line)
     }
 
+    /// The mount's line in /proc/self/mountinfo (its options, the fs type,
+    /// the source), or "" when nothing is mounted there.
+    public var mountOptions: String {
+        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").first { $0.split(separator: " ").dropFirst(4).first.map(String.init) == mnt }
+            .map(String.init) ?? ""
+    }
+
     public var logText: String {
         (try? String(contentsOfFile: "\(runtimeDir)/\(project).log", encoding: .utf8)) ?? ""
     }
