@@ -188,7 +188,13 @@ struct LocalUserTests {
 extension MountFixture {
     /// The mount's options as /proc/self/mountinfo shows them (fields 6 and after the separator).
     var mountOptions: String {
-        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        // Read to the end, not with String(contentsOfFile:): Foundation reads a
+        // file whose size is 0 (all of /proc) only until the first short read,
+        // and the kernel hands mountinfo out a page at a time, so with more
+        // than ~4 KiB of mounts (other tests' mounts, a busy machine) the line
+        // for this mount was missing and the test failed. Seen in a sanitizer run.
+        let data = FileHandle(forReadingAtPath: "/proc/self/mountinfo")?.readDataToEndOfFile() ?? Data()
+        let text = String(decoding: data, as: UTF8.self)
         return text.split(separator: "\n").first { $0.split(separator: " ").dropFirst(4).first.map(String.init) == mnt }
             .map(String.init) ?? ""
     }
