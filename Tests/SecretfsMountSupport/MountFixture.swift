@@ -160,7 +160,12 @@ public final class MountFixture: @unchecked Sendable {
     /// The mount's line in /proc/self/mountinfo (its options, the fs type,
     /// the source), or "" when nothing is mounted there.
     public var mountOptions: String {
-        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        // Read to the end, not with String(contentsOfFile:): Foundation reads a
+        // file whose size is 0 (all of /proc) only until the first short read,
+        // and the kernel hands mountinfo out a page at a time, so with more
+        // than ~4 KiB of mounts the line for this mount could be missing.
+        let data = FileHandle(forReadingAtPath: "/proc/self/mountinfo")?.readDataToEndOfFile() ?? Data()
+        let text = String(decoding: data, as: UTF8.self)
         return text.split(separator: "\n").first { $0.split(separator: " ").dropFirst(4).first.map(String.init) == mnt }
             .map(String.init) ?? ""
     }
