@@ -313,7 +313,7 @@ public final class Store: @unchecked Sendable {
     /// or root and writable by nobody else, or another user could swap in
     /// their own master.key and secretfs.db. `creating` (init) makes it 0700
     /// if it is missing and leaves its own mode to `narrowNewStoreDirectory`.
-    private static func trustedDirectory(_ location: StoreLocation, creating: Bool) throws -> TrustedDirectory {
+    static func trustedDirectory(_ location: StoreLocation, creating: Bool) throws -> TrustedDirectory {
         do {
             return try TrustedDirectory.open(location.directory, creatingWith: creating ? 0o700 : nil,
                                              checkingOwnMode: !creating)
@@ -332,7 +332,7 @@ public final class Store: @unchecked Sendable {
     /// descriptor, but if it had a group or other bit only while it is empty
     /// (and still empty once narrowed: until then others could add entries);
     /// a directory of someone else (root) with such bits is refused.
-    private static func narrowNewStoreDirectory(_ dir: TrustedDirectory) throws {
+    static func narrowNewStoreDirectory(_ dir: TrustedDirectory) throws {
         if dir.mode & 0o777 == 0o700 { return }
         let openToOthers = dir.mode & 0o077 != 0
         func refuse() -> StoreError { StoreError.storeDirectoryOpenToOthers(path: dir.path, mode: dir.mode) }
@@ -377,7 +377,7 @@ public final class Store: @unchecked Sendable {
     }
 
     /// Applies the pragmas the design requires on every connection.
-    private static func configure(_ db: SQLiteConnection) throws {
+    static func configure(_ db: SQLiteConnection) throws {
         // busy_timeout first: other processes (another mount, the CLI) may hold the lock.
         try db.execute("PRAGMA busy_timeout = 10000", context: "configuring the database")
         // Whatever the file holds, no view, trigger, default or CHECK in its
@@ -464,7 +464,7 @@ public final class Store: @unchecked Sendable {
         """,
     ]
 
-    private static func migrate(_ db: SQLiteConnection) throws {
+    static func migrate(_ db: SQLiteConnection) throws {
         let s = try db.statement("PRAGMA user_version")
         _ = try s.step("reading schema version")
         let current = Int32(s.int64(0))
@@ -484,7 +484,7 @@ public final class Store: @unchecked Sendable {
             .bind(1, key).bind(2, blob: value).run("writing store metadata")
     }
 
-    private static func getMeta(_ db: SQLiteConnection, _ key: String) throws -> [UInt8]? {
+    static func getMeta(_ db: SQLiteConnection, _ key: String) throws -> [UInt8]? {
         let s = try db.statement("SELECT value FROM meta WHERE key = ?").bind(1, key)
         defer { s.reset() }
         return try s.step("reading store metadata") ? s.blob(0) : nil
@@ -554,7 +554,12 @@ public final class Store: @unchecked Sendable {
     /// The key file: a regular file in the store directory (never through a
     /// symlink), owned by the caller or root, no group or other bit.
     private static func readKeyFile(in dir: TrustedDirectory, path: String) throws -> SecureBytes {
-        let fd = try openSecret(at: dir.descriptor, keyFileName, path: path,
+        try readKeyFile(at: dir.descriptor, keyFileName, path: path)
+    }
+
+    /// A key file `name` relative to `dirFD` (AT_FDCWD for a path of its own).
+    static func readKeyFile(at dirFD: Int32, _ name: String, path: String) throws -> SecureBytes {
+        let fd = try openSecret(at: dirFD, name, path: path,
                                 insecure: { StoreError.keyFileInsecure(path: path, mode: $0) },
                                 untrusted: StoreError.keyFileUntrusted,
                                 unreadable: { StoreError.keyFileUnreadable(path: path, errno: $0) })
@@ -569,7 +574,7 @@ public final class Store: @unchecked Sendable {
     }
 
     /// `openSecretFile`, its refusals sorted into the store's errors.
-    private static func openSecret(at dirFD: Int32, _ name: String, path: String,
+    static func openSecret(at dirFD: Int32, _ name: String, path: String,
                                    insecure: (UInt32) -> StoreError, untrusted: (TrustError) -> StoreError,
                                    unreadable: (Int32) -> StoreError) throws -> Int32 {
         do {
