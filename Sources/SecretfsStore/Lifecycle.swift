@@ -82,6 +82,23 @@ extension Store {
 
     // MARK: Reading history and trash (no key needed)
 
+    /// The live names of a project with their metadata, by name, without
+    /// unwrapping its key (for `secretfs ls`).
+    public func secrets(project: String) throws -> [SecretInfo] {
+        try lock.withLock { _ in
+            let id = try projectIDLocked(project)
+            let s = try db.statement("""
+                SELECT name, version, created_at, updated_at, updated_by FROM secrets WHERE project_id = ? ORDER BY name
+                """).bind(1, id)
+            var out: [SecretInfo] = []
+            while try s.step("listing secrets") {
+                out.append(SecretInfo(name: s.string(0) ?? "", version: s.int64(1), createdAt: Timestamp(nanoseconds: s.int64(2)),
+                                      updatedAt: Timestamp(nanoseconds: s.int64(3)), updatedBy: UInt32(truncatingIfNeeded: s.int64(4))))
+            }
+            return out
+        }
+    }
+
     /// Every kept version of `name`, oldest first, the current one marked.
     /// Works for deleted names; `secretNotFound` when nothing is kept.
     public func history(project: String, name: String) throws -> [VersionInfo] {

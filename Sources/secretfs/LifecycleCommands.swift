@@ -369,3 +369,31 @@ struct BackupCommand: ParsableCommand {
         }
     }
 }
+
+struct LsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ls",
+        abstract: "List a project's secret names with their last update, without a mount (never values or lengths).",
+        discussion: "Needs no key. Names are listed in byte order, as in the mounted directory.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The project.") var project: String
+    @Flag(help: "One JSON object per name, one per line (name, updated, uid, version).") var json = false
+
+    func validate() throws { try validateProjectName(project) }
+
+    func run() throws {
+        let store = try global.openStoreMetadata()
+        let secrets = try store.secrets(project: project)
+        var text = ""
+        for s in secrets {
+            if json {
+                text += "{\"name\":\(jsonString(s.name)),\"updated\":\(jsonString(iso8601(s.updatedAt))),\"uid\":\(s.updatedBy),"
+                    + "\"version\":\(s.version)}\n"
+            } else {
+                text += pad(Wire.printable(s.name), 32) + iso8601(s.updatedAt) + "\n"
+            }
+        }
+        writeStdout(text)
+    }
+}
