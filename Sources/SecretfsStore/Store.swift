@@ -102,6 +102,9 @@ public final class Store: @unchecked Sendable {
     /// The clock every time written to the store comes from (and that trash
     /// expiry is judged by). Tests inject one; set it before using the store.
     public let clock: @Sendable () -> Timestamp
+    /// What opening the store had to repair (an interrupted `rekey`), for the
+    /// command to say.
+    public internal(set) var notices: [String] = []
 
     static var schemaVersion: Int32 { Int32(migrations.count) }
 
@@ -216,9 +219,10 @@ public final class Store: @unchecked Sendable {
         }
         let kdfName = try getMeta(db, "kdf").map { String(decoding: $0, as: UTF8.self) }
         let masterKey: SecureBytes
+        var notices: [String] = []
         switch (keySource, kdfName) {
         case (.keyFile, nil):
-            masterKey = try readKeyFile(in: dir, path: location.keyFilePath)
+            masterKey = try keyFileFinishingRekey(dir, location, storeID: storeID, check: check, notices: &notices)
         case (.passphraseFile(let path), "argon2id13"?):
             guard let salt = try getMeta(db, "kdf_salt"),
                   let ops = try getMeta(db, "kdf_opslimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }),
@@ -243,7 +247,9 @@ public final class Store: @unchecked Sendable {
         guard Envelope.open(sealed, key: masterKey, associatedData: Envelope.keyCheckAD(storeID: storeID)) != nil else {
             throw StoreError.wrongKey
         }
+        if kdfName != nil { removeKeyFileLeftByRekey(dir, location, notices: &notices) }
         let store = Store(location: location, db: db, masterKey: masterKey, storeID: storeID, clock: clock)
+        store.notices = notices
         try store.purgeExpiredTrash()
         return store
     }
@@ -479,7 +485,7 @@ public final class Store: @unchecked Sendable {
         }
     }
 
-    private static func putMeta(_ db: SQLiteConnection, _ key: String, _ value: [UInt8]) throws {
+    static func putMeta(_ db: SQLiteConnection, _ key: String, _ value: [UInt8]) throws {
         try db.statement("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)")
             .bind(1, key).bind(2, blob: value).run("writing store metadata")
     }

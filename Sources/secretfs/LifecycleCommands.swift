@@ -397,3 +397,42 @@ struct LsCommand: ParsableCommand {
         writeStdout(text)
     }
 }
+
+struct RekeyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rekey",
+        abstract: "Re-wrap every project's data key under a new master key (a new key file, or a passphrase).",
+        discussion: """
+            The current key (the key file, or --passphrase-file) opens the store; the new one is \
+            --new-key-file FILE (32 raw bytes, for instance from 'head -c 32 /dev/urandom', \
+            mode 0400 or 0600; it is copied to STORE/master.key) or --new-passphrase-file FILE \
+            (STORE/master.key is then removed). One transaction plus a crash-safe swap of the \
+            key file: after a crash at any point exactly one of the two keys opens the store, and \
+            the next command says which. Data keys do not change: mounted projects keep working. \
+            The old key is refused afterwards. Audited as 'rekey' in every project.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Option(help: ArgumentHelp("A file holding the new 32-byte master key.", valueName: "file")) var newKeyFile: String?
+    @Option(help: ArgumentHelp("A file holding the new passphrase.", valueName: "file")) var newPassphraseFile: String?
+
+    func validate() throws {
+        guard (newKeyFile == nil) != (newPassphraseFile == nil) else {
+            throw ValidationError("give exactly one of --new-key-file FILE and --new-passphrase-file FILE")
+        }
+    }
+
+    func run() throws {
+        let store = try global.openStore()
+        let projects = try store.listProjects().count
+        if let f = newKeyFile {
+            try store.rekey(to: .keyFile(absolute(f)))
+            writeStdout("re-wrapped \(projects) project key\(projects == 1 ? "" : "s") under the new key, now \(global.location.keyFilePath); "
+                        + "the old key no longer opens this store\n")
+        } else if let f = newPassphraseFile {
+            try store.rekey(to: .passphraseFile(absolute(f)))
+            writeStdout("re-wrapped \(projects) project key\(projects == 1 ? "" : "s") under the new passphrase; "
+                        + "\(global.location.keyFilePath) was removed and the old key no longer opens this store\n")
+        }
+    }
+}
