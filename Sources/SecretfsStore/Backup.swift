@@ -137,12 +137,12 @@ extension Store {
             throw StoreError.wrongKey
         }
         var report = BackupReport(manifest: manifest, projects: 0, opened: 1, failures: [])
-        let p = try db.statement("SELECT id, name, wrapped_key, wrap_nonce FROM projects ORDER BY name")
-        var projects: [(Int64, String, Envelope.Sealed)] = []
+        let p = try db.statement("SELECT id, name, wrapped_key, wrap_nonce, key_generation FROM projects ORDER BY name")
+        var projects: [(Int64, String, Envelope.Sealed, Int64)] = []
         while try p.step("reading the backup's projects") {
-            projects.append((p.int64(0), p.string(1) ?? "", Envelope.Sealed(ciphertext: p.blob(2), nonce: p.blob(3))))
+            projects.append((p.int64(0), p.string(1) ?? "", Envelope.Sealed(ciphertext: p.blob(2), nonce: p.blob(3)), p.int64(4)))
         }
-        for (id, name, wrapped) in projects {
+        for (id, name, wrapped, newest) in projects {
             report.projects += 1
             guard let dataKey = Envelope.open(wrapped, key: masterKey,
                                               associatedData: Envelope.projectKeyAD(storeID: storeID, projectID: id, projectName: name)) else {
@@ -150,16 +150,27 @@ extension Store {
                 continue
             }
             report.opened += 1
+            // A backup taken during a rotation: older generations through the backward links.
+            var keys: [Int64: SecureBytes] = [newest: dataKey]
+            let links = try db.statement("SELECT generation, backward_key, backward_nonce FROM key_links WHERE project_id = ? ORDER BY generation DESC")
+                .bind(1, id)
+            while try links.step("reading the key chain") {
+                let g = links.int64(0)
+                if let k = keys[g], let older = Envelope.open(Envelope.Sealed(ciphertext: links.blob(1), nonce: links.blob(2)), key: k,
+                                                             associatedData: Envelope.keyLinkAD(projectID: id, generation: g, forward: false)) {
+                    keys[g - 1] = older
+                }
+            }
             let rows = try db.statement("""
-                SELECT name, version, ciphertext, nonce FROM secrets WHERE project_id = ?
+                SELECT name, version, ciphertext, nonce, key_generation FROM secrets WHERE project_id = ?
                 UNION ALL
-                SELECT name, version, ciphertext, nonce FROM versions WHERE project_id = ? AND length(ciphertext) > 0
+                SELECT name, version, ciphertext, nonce, key_generation FROM versions WHERE project_id = ? AND length(ciphertext) > 0
                 ORDER BY 1, 2
                 """).bind(1, id).bind(2, id)
             while try rows.step("reading the backup's values") {
                 let secret = rows.string(0) ?? "", version = rows.int64(1)
                 let sealed = Envelope.Sealed(ciphertext: rows.blob(2), nonce: rows.blob(3))
-                if let plain = Envelope.open(sealed, key: dataKey,
+                if let key = keys[rows.int64(4)], let plain = Envelope.open(sealed, key: key,
                                              associatedData: Envelope.valueAD(projectID: id, version: version, name: secret)) {
                     plain.wipe()
                     report.opened += 1

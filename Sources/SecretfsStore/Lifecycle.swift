@@ -274,8 +274,8 @@ extension Store {
     /// it was sealed, and removes it from `secrets`. Returns whether there was one.
     func archiveCurrentLocked(projectID id: Int64, name: String) throws -> Bool {
         try db.statement("""
-            INSERT INTO versions(project_id, name, version, ciphertext, nonce, action, made_at, made_by)
-            SELECT project_id, name, version, ciphertext, nonce, action, updated_at, updated_by
+            INSERT INTO versions(project_id, name, version, ciphertext, nonce, action, made_at, made_by, key_generation)
+            SELECT project_id, name, version, ciphertext, nonce, action, updated_at, updated_by, key_generation
             FROM secrets WHERE project_id = ? AND name = ?
             """).bind(1, id).bind(2, name).run("keeping the earlier value")
         guard db.changes > 0 else { return false }

@@ -468,6 +468,23 @@ public final class Store: @unchecked Sendable {
             PRIMARY KEY (project_id, name)
         );
         """,
+        // 3: data key rotation (docs/store-format.md, "Rotating a data
+        // key"): each sealed value records the generation of the data key
+        // it is sealed under; key_links chains generations during a rotation.
+        """
+        ALTER TABLE projects ADD COLUMN key_generation INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE secrets ADD COLUMN key_generation INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE versions ADD COLUMN key_generation INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE key_links (
+            project_id      INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            generation      INTEGER NOT NULL,
+            forward_key     BLOB NOT NULL,
+            forward_nonce   BLOB NOT NULL,
+            backward_key    BLOB NOT NULL,
+            backward_nonce  BLOB NOT NULL,
+            PRIMARY KEY (project_id, generation)
+        );
+        """,
     ]
 
     static func migrate(_ db: SQLiteConnection) throws {
@@ -694,7 +711,7 @@ public final class Store: @unchecked Sendable {
     public func openProject(_ name: String) throws -> ProjectVault {
         guard masterKey.count == Envelope.keyBytes else { throw StoreError.keyNotLoaded }
         return try lock.withLock { _ in
-            let s = try db.statement("SELECT id, wrapped_key, wrap_nonce FROM projects WHERE name = ?").bind(1, name)
+            let s = try db.statement("SELECT id, wrapped_key, wrap_nonce, key_generation FROM projects WHERE name = ?").bind(1, name)
             defer { s.reset() }
             guard try s.step("opening project") else { throw StoreError.projectNotFound(name) }
             let id = s.int64(0)
@@ -703,7 +720,7 @@ public final class Store: @unchecked Sendable {
                                               associatedData: Envelope.projectKeyAD(storeID: storeID, projectID: id, projectName: name)) else {
                 throw StoreError.corrupt("the data key of project '\(name)' does not open with this master key")
             }
-            return ProjectVault(store: self, id: id, name: name, dataKey: dataKey)
+            return ProjectVault(store: self, id: id, name: name, dataKey: dataKey, generation: s.int64(3))
         }
     }
 

@@ -50,7 +50,7 @@ struct Secretfs: ParsableCommand {
             // Usage errors in the one voice, with the way to the usage text.
             let subcommands: Set<String> = ["init", "project", "create", "list", "delete", "mount", "umount", "status",
                                             "audit", "resolve", "resolver", "redact", "run", "doctor", "set", "history",
-                                            "restore", "undelete", "trash", "purge", "import", "backup", "verify", "ls", "rekey"]
+                                            "restore", "undelete", "trash", "purge", "import", "backup", "verify", "ls", "rekey", "rotate-key"]
             let command = CommandLine.arguments.dropFirst().prefix { subcommands.contains($0) }.joined(separator: " ")
             writeStderr("secretfs: error: \(message(for: error))\n"
                         + "hint: see 'secretfs \(command.isEmpty ? "" : command + " ")--help'\n")
