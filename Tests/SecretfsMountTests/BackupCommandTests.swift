@@ -59,5 +59,7 @@ struct BackupCommandTests {
         #expect(bad.status == 10, "\(bad.stdout) \(bad.stderr)")
         #expect(bad.stdout.contains("FAIL  project demo, B, version \(version) does not open"), "\(bad.stdout)")
         #expect(bad.stderr.hasPrefix("secretfs: error: 1 sealed blob of the backup do not open"), "\(bad.stderr)")
+        let printed = [o, verify, r, again, noKey, bad].map { $0.stdout + $0.stderr }.joined()
+        #expect(!printed.contains("backup-value") && !printed.contains("during-"), "\(printed)")
     }
 }
