@@ -34,6 +34,9 @@ public final class StoreWatcher: @unchecked Sendable {
         guard let now = try? filesystem.vault.storeDataVersion() else { return false }
         defer { last = now }
         guard let before = last, before != now else { return false }
+        // A rotation of the data key made elsewhere: follow its link now,
+        // before the rotation ends and drops it.
+        filesystem.vault.followKeyRotation()
         let changes = filesystem.reloadFromStore()
         guard !changes.isEmpty else { return false }
         invalidate(changes)

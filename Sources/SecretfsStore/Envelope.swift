@@ -78,6 +78,15 @@ enum Envelope {
         return ad
     }
 
+    /// A data key sealed under the key of the next (forward) or previous
+    /// (backward) generation during a rotation.
+    static func keyLinkAD(projectID: Int64, generation: Int64, forward: Bool) -> [UInt8] {
+        var ad = Array((forward ? "secretfs/v1/key-link-forward" : "secretfs/v1/key-link-backward").utf8)
+        appendUInt64(&ad, UInt64(bitPattern: projectID))
+        appendUInt64(&ad, UInt64(bitPattern: generation))
+        return ad
+    }
+
     static func valueAD(projectID: Int64, version: Int64, name: String) -> [UInt8] {
         var ad = Array("secretfs/v1/value".utf8)
         appendUInt64(&ad, UInt64(bitPattern: projectID))

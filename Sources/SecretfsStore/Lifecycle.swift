@@ -82,6 +82,23 @@ extension Store {
 
     // MARK: Reading history and trash (no key needed)
 
+    /// The live names of a project with their metadata, by name, without
+    /// unwrapping its key (for `secretfs ls`).
+    public func secrets(project: String) throws -> [SecretInfo] {
+        try lock.withLock { _ in
+            let id = try projectIDLocked(project)
+            let s = try db.statement("""
+                SELECT name, version, created_at, updated_at, updated_by FROM secrets WHERE project_id = ? ORDER BY name
+                """).bind(1, id)
+            var out: [SecretInfo] = []
+            while try s.step("listing secrets") {
+                out.append(SecretInfo(name: s.string(0) ?? "", version: s.int64(1), createdAt: Timestamp(nanoseconds: s.int64(2)),
+                                      updatedAt: Timestamp(nanoseconds: s.int64(3)), updatedBy: UInt32(truncatingIfNeeded: s.int64(4))))
+            }
+            return out
+        }
+    }
+
     /// Every kept version of `name`, oldest first, the current one marked.
     /// Works for deleted names; `secretNotFound` when nothing is kept.
     public func history(project: String, name: String) throws -> [VersionInfo] {
@@ -257,8 +274,8 @@ extension Store {
     /// it was sealed, and removes it from `secrets`. Returns whether there was one.
     func archiveCurrentLocked(projectID id: Int64, name: String) throws -> Bool {
         try db.statement("""
-            INSERT INTO versions(project_id, name, version, ciphertext, nonce, action, made_at, made_by)
-            SELECT project_id, name, version, ciphertext, nonce, action, updated_at, updated_by
+            INSERT INTO versions(project_id, name, version, ciphertext, nonce, action, made_at, made_by, key_generation)
+            SELECT project_id, name, version, ciphertext, nonce, action, updated_at, updated_by, key_generation
             FROM secrets WHERE project_id = ? AND name = ?
             """).bind(1, id).bind(2, name).run("keeping the earlier value")
         guard db.changes > 0 else { return false }

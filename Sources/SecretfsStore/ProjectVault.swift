@@ -11,13 +11,81 @@ public final class ProjectVault: @unchecked Sendable {
     public let store: Store
     public let id: Int64
     public let name: String
-    private let dataKey: SecureBytes
+    /// Data keys by generation (see docs/store-format.md, "Rotating a data
+    /// key"), and the newest one known; both only under the store's lock.
+    private var keys: [Int64: SecureBytes]
+    private var generation: Int64
 
-    init(store: Store, id: Int64, name: String, dataKey: SecureBytes) {
+    init(store: Store, id: Int64, name: String, dataKey: SecureBytes, generation: Int64) {
         self.store = store
         self.id = id
         self.name = name
-        self.dataKey = dataKey
+        self.keys = [generation: dataKey]
+        self.generation = generation
+    }
+
+    /// Follows a rotation of the data key made elsewhere: the new key is
+    /// sealed under the one this vault holds, so no master key is needed.
+    /// Under the store's lock (every write does it inside its transaction).
+    func followLocked() throws {
+        let s = try db.statement("SELECT key_generation FROM projects WHERE id = ?").bind(1, id)
+        guard try s.step("reading the key generation") else { s.reset(); throw StoreError.projectNotFound(name) }
+        let newest = s.int64(0)
+        s.reset()
+        while generation < newest {
+            let next = generation + 1
+            let l = try db.statement("SELECT forward_key, forward_nonce FROM key_links WHERE project_id = ? AND generation = ?")
+                .bind(1, id).bind(2, next)
+            guard try l.step("reading the key chain") else {
+                l.reset()
+                throw StoreError.corrupt("the data key of project '\(name)' was rotated past what this process can follow; open the project again (remount)")
+            }
+            let sealed = Envelope.Sealed(ciphertext: l.blob(0), nonce: l.blob(1))
+            l.reset()
+            guard let current = keys[generation],
+                  let key = Envelope.open(sealed, key: current, associatedData: Envelope.keyLinkAD(projectID: id, generation: next, forward: true)) else {
+                throw StoreError.corrupt("the key chain of project '\(name)' does not open")
+            }
+            keys[next] = key
+            generation = next
+        }
+    }
+
+    /// The data key of generation `g`: known, reached forward through the
+    /// chain, or backward from the newest (rows not yet re-sealed).
+    func keyLocked(_ g: Int64) throws -> SecureBytes {
+        if let k = keys[g] { return k }
+        try followLocked()
+        if let k = keys[g] { return k }
+        var lowest = keys.keys.min() ?? generation
+        while lowest > g {
+            let l = try db.statement("SELECT backward_key, backward_nonce FROM key_links WHERE project_id = ? AND generation = ?")
+                .bind(1, id).bind(2, lowest)
+            guard try l.step("reading the key chain") else { l.reset(); break }
+            let sealed = Envelope.Sealed(ciphertext: l.blob(0), nonce: l.blob(1))
+            l.reset()
+            guard let from = keys[lowest],
+                  let key = Envelope.open(sealed, key: from, associatedData: Envelope.keyLinkAD(projectID: id, generation: lowest, forward: false)) else {
+                break
+            }
+            keys[lowest - 1] = key
+            lowest -= 1
+        }
+        if let k = keys[g] { return k }
+        throw StoreError.corrupt("a value of project '\(name)' is sealed under a data key generation (\(g)) that is not in the store")
+    }
+
+    /// Catches up with a rotation now (the mount's StoreWatcher calls this
+    /// when the store changes), so the chain can be dropped when it ends.
+    public func followKeyRotation() {
+        store.lock.withLock { _ in try? followLocked() }
+    }
+
+    /// Seals with the newest data key, after following any rotation.
+    private func newestKeyLocked() throws -> (SecureBytes, Int64) {
+        try followLocked()
+        guard let k = keys[generation] else { throw StoreError.corrupt("no data key") }
+        return (k, generation)
     }
 
     private var db: SQLiteConnection { store.db }
@@ -61,13 +129,15 @@ public final class ProjectVault: @unchecked Sendable {
     }
 
     private func valueLocked(_ name: String) throws -> SecureBytes? {
-        let s = try db.statement("SELECT ciphertext, nonce, version FROM secrets WHERE project_id = ? AND name = ?")
+        let s = try db.statement("SELECT ciphertext, nonce, version, key_generation FROM secrets WHERE project_id = ? AND name = ?")
             .bind(1, id).bind(2, name)
-        defer { s.reset() }
-        guard try s.step("reading a secret") else { return nil }
+        guard try s.step("reading a secret") else { s.reset(); return nil }
         let sealed = Envelope.Sealed(ciphertext: s.blob(0), nonce: s.blob(1))
+        let version = s.int64(2), keyGeneration = s.int64(3)
+        s.reset()
+        let dataKey = try keyLocked(keyGeneration)
         guard let plain = Envelope.open(sealed, key: dataKey,
-                                        associatedData: Envelope.valueAD(projectID: id, version: s.int64(2), name: name)) else {
+                                        associatedData: Envelope.valueAD(projectID: id, version: version, name: name)) else {
             throw StoreError.corrupt("secret '\(name)' of project '\(self.name)' does not decrypt (moved or altered row)")
         }
         return plain
@@ -108,17 +178,18 @@ public final class ProjectVault: @unchecked Sendable {
         // Live again: whatever the trash kept of it is now its history.
         try db.statement("DELETE FROM trash WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name).run("updating the trash")
         let version = try store.nextVersionLocked(id)
+        let (dataKey, keyGeneration) = try newestKeyLocked()
         let sealed = Envelope.seal(value, key: dataKey,
                                    associatedData: Envelope.valueAD(projectID: id, version: version, name: name))
         let now = store.now()
         let created = createdAt ?? previous?.createdAt ?? now
         try db.statement("""
-            INSERT INTO secrets(project_id, name, ciphertext, nonce, version, created_at, updated_at, updated_by, action)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO secrets(project_id, name, ciphertext, nonce, version, created_at, updated_at, updated_by, action, key_generation)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
             .bind(1, id).bind(2, name).bind(3, blob: sealed.ciphertext).bind(4, blob: sealed.nonce).bind(5, version)
             .bind(6, created.nanoseconds).bind(7, now.nanoseconds).bind(8, Int64(actor.uid)).bind(9, action.rawValue)
-            .run("writing a secret")
+            .bind(10, keyGeneration).run("writing a secret")
         try store.pruneLocked(projectID: id, name: name)
         try store.purgeExpiredLocked(projectID: id, projectName: self.name)
         return SecretInfo(name: name, version: version, createdAt: created, updatedAt: now, updatedBy: actor.uid)
@@ -288,15 +359,17 @@ public final class ProjectVault: @unchecked Sendable {
         if let current = try infoLocked(name), current.version == version {
             throw StoreError.versionNotFound(name, version: version, delete: false)
         }
-        let s = try db.statement("SELECT ciphertext, nonce FROM versions WHERE project_id = ? AND name = ? AND version = ?")
+        let s = try db.statement("SELECT ciphertext, nonce, key_generation FROM versions WHERE project_id = ? AND name = ? AND version = ?")
             .bind(1, id).bind(2, name).bind(3, version)
         guard try s.step("reading a version") else {
             s.reset()
             throw StoreError.versionNotFound(name, version: version, delete: false)
         }
         let sealed = Envelope.Sealed(ciphertext: s.blob(0), nonce: s.blob(1))
+        let keyGeneration = s.int64(2)
         s.reset()
         if sealed.ciphertext.isEmpty { throw StoreError.versionNotFound(name, version: version, delete: true) }
+        let dataKey = try keyLocked(keyGeneration)
         guard let plain = Envelope.open(sealed, key: dataKey,
                                         associatedData: Envelope.valueAD(projectID: id, version: version, name: name)) else {
             throw StoreError.corrupt("version \(version) of '\(name)' in project '\(self.name)' does not decrypt (moved or altered row)")

@@ -11,9 +11,9 @@ final class SQLiteConnection {
     /// Opens an existing database file (`init` creates it beforehand, 0600 and
     /// O_EXCL, so SQLite never creates a file itself). SQLITE_OPEN_NOFOLLOW
     /// refuses a symlink anywhere in `path`: callers pass a canonical path.
-    init(path: String) throws {
+    init(path: String, readOnly: Bool = false) throws {
         self.path = path
-        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW
+        let flags = (readOnly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW
         var db: OpaquePointer?
         let rc = sqlite3_open_v2(path, &db, flags, nil)
         guard rc == SQLITE_OK, let db else {

@@ -102,6 +102,9 @@ public final class Store: @unchecked Sendable {
     /// The clock every time written to the store comes from (and that trash
     /// expiry is judged by). Tests inject one; set it before using the store.
     public let clock: @Sendable () -> Timestamp
+    /// What opening the store had to repair (an interrupted `rekey`), for the
+    /// command to say.
+    public internal(set) var notices: [String] = []
 
     static var schemaVersion: Int32 { Int32(migrations.count) }
 
@@ -216,9 +219,10 @@ public final class Store: @unchecked Sendable {
         }
         let kdfName = try getMeta(db, "kdf").map { String(decoding: $0, as: UTF8.self) }
         let masterKey: SecureBytes
+        var notices: [String] = []
         switch (keySource, kdfName) {
         case (.keyFile, nil):
-            masterKey = try readKeyFile(in: dir, path: location.keyFilePath)
+            masterKey = try keyFileFinishingRekey(dir, location, storeID: storeID, check: check, notices: &notices)
         case (.passphraseFile(let path), "argon2id13"?):
             guard let salt = try getMeta(db, "kdf_salt"),
                   let ops = try getMeta(db, "kdf_opslimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }),
@@ -243,7 +247,9 @@ public final class Store: @unchecked Sendable {
         guard Envelope.open(sealed, key: masterKey, associatedData: Envelope.keyCheckAD(storeID: storeID)) != nil else {
             throw StoreError.wrongKey
         }
+        if kdfName != nil { removeKeyFileLeftByRekey(dir, location, notices: &notices) }
         let store = Store(location: location, db: db, masterKey: masterKey, storeID: storeID, clock: clock)
+        store.notices = notices
         try store.purgeExpiredTrash()
         return store
     }
@@ -313,7 +319,7 @@ public final class Store: @unchecked Sendable {
     /// or root and writable by nobody else, or another user could swap in
     /// their own master.key and secretfs.db. `creating` (init) makes it 0700
     /// if it is missing and leaves its own mode to `narrowNewStoreDirectory`.
-    private static func trustedDirectory(_ location: StoreLocation, creating: Bool) throws -> TrustedDirectory {
+    static func trustedDirectory(_ location: StoreLocation, creating: Bool) throws -> TrustedDirectory {
         do {
             return try TrustedDirectory.open(location.directory, creatingWith: creating ? 0o700 : nil,
                                              checkingOwnMode: !creating)
@@ -332,7 +338,7 @@ public final class Store: @unchecked Sendable {
     /// descriptor, but if it had a group or other bit only while it is empty
     /// (and still empty once narrowed: until then others could add entries);
     /// a directory of someone else (root) with such bits is refused.
-    private static func narrowNewStoreDirectory(_ dir: TrustedDirectory) throws {
+    static func narrowNewStoreDirectory(_ dir: TrustedDirectory) throws {
         if dir.mode & 0o777 == 0o700 { return }
         let openToOthers = dir.mode & 0o077 != 0
         func refuse() -> StoreError { StoreError.storeDirectoryOpenToOthers(path: dir.path, mode: dir.mode) }
@@ -377,7 +383,7 @@ public final class Store: @unchecked Sendable {
     }
 
     /// Applies the pragmas the design requires on every connection.
-    private static func configure(_ db: SQLiteConnection) throws {
+    static func configure(_ db: SQLiteConnection) throws {
         // busy_timeout first: other processes (another mount, the CLI) may hold the lock.
         try db.execute("PRAGMA busy_timeout = 10000", context: "configuring the database")
         // Whatever the file holds, no view, trigger, default or CHECK in its
@@ -462,9 +468,26 @@ public final class Store: @unchecked Sendable {
             PRIMARY KEY (project_id, name)
         );
         """,
+        // 3: data key rotation (docs/store-format.md, "Rotating a data
+        // key"): each sealed value records the generation of the data key
+        // it is sealed under; key_links chains generations during a rotation.
+        """
+        ALTER TABLE projects ADD COLUMN key_generation INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE secrets ADD COLUMN key_generation INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE versions ADD COLUMN key_generation INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE key_links (
+            project_id      INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            generation      INTEGER NOT NULL,
+            forward_key     BLOB NOT NULL,
+            forward_nonce   BLOB NOT NULL,
+            backward_key    BLOB NOT NULL,
+            backward_nonce  BLOB NOT NULL,
+            PRIMARY KEY (project_id, generation)
+        );
+        """,
     ]
 
-    private static func migrate(_ db: SQLiteConnection) throws {
+    static func migrate(_ db: SQLiteConnection) throws {
         let s = try db.statement("PRAGMA user_version")
         _ = try s.step("reading schema version")
         let current = Int32(s.int64(0))
@@ -479,12 +502,12 @@ public final class Store: @unchecked Sendable {
         }
     }
 
-    private static func putMeta(_ db: SQLiteConnection, _ key: String, _ value: [UInt8]) throws {
+    static func putMeta(_ db: SQLiteConnection, _ key: String, _ value: [UInt8]) throws {
         try db.statement("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)")
             .bind(1, key).bind(2, blob: value).run("writing store metadata")
     }
 
-    private static func getMeta(_ db: SQLiteConnection, _ key: String) throws -> [UInt8]? {
+    static func getMeta(_ db: SQLiteConnection, _ key: String) throws -> [UInt8]? {
         let s = try db.statement("SELECT value FROM meta WHERE key = ?").bind(1, key)
         defer { s.reset() }
         return try s.step("reading store metadata") ? s.blob(0) : nil
@@ -554,7 +577,12 @@ public final class Store: @unchecked Sendable {
     /// The key file: a regular file in the store directory (never through a
     /// symlink), owned by the caller or root, no group or other bit.
     private static func readKeyFile(in dir: TrustedDirectory, path: String) throws -> SecureBytes {
-        let fd = try openSecret(at: dir.descriptor, keyFileName, path: path,
+        try readKeyFile(at: dir.descriptor, keyFileName, path: path)
+    }
+
+    /// A key file `name` relative to `dirFD` (AT_FDCWD for a path of its own).
+    static func readKeyFile(at dirFD: Int32, _ name: String, path: String) throws -> SecureBytes {
+        let fd = try openSecret(at: dirFD, name, path: path,
                                 insecure: { StoreError.keyFileInsecure(path: path, mode: $0) },
                                 untrusted: StoreError.keyFileUntrusted,
                                 unreadable: { StoreError.keyFileUnreadable(path: path, errno: $0) })
@@ -569,7 +597,7 @@ public final class Store: @unchecked Sendable {
     }
 
     /// `openSecretFile`, its refusals sorted into the store's errors.
-    private static func openSecret(at dirFD: Int32, _ name: String, path: String,
+    static func openSecret(at dirFD: Int32, _ name: String, path: String,
                                    insecure: (UInt32) -> StoreError, untrusted: (TrustError) -> StoreError,
                                    unreadable: (Int32) -> StoreError) throws -> Int32 {
         do {
@@ -683,7 +711,7 @@ public final class Store: @unchecked Sendable {
     public func openProject(_ name: String) throws -> ProjectVault {
         guard masterKey.count == Envelope.keyBytes else { throw StoreError.keyNotLoaded }
         return try lock.withLock { _ in
-            let s = try db.statement("SELECT id, wrapped_key, wrap_nonce FROM projects WHERE name = ?").bind(1, name)
+            let s = try db.statement("SELECT id, wrapped_key, wrap_nonce, key_generation FROM projects WHERE name = ?").bind(1, name)
             defer { s.reset() }
             guard try s.step("opening project") else { throw StoreError.projectNotFound(name) }
             let id = s.int64(0)
@@ -692,7 +720,7 @@ public final class Store: @unchecked Sendable {
                                               associatedData: Envelope.projectKeyAD(storeID: storeID, projectID: id, projectName: name)) else {
                 throw StoreError.corrupt("the data key of project '\(name)' does not open with this master key")
             }
-            return ProjectVault(store: self, id: id, name: name, dataKey: dataKey)
+            return ProjectVault(store: self, id: id, name: name, dataKey: dataKey, generation: s.int64(3))
         }
     }
 

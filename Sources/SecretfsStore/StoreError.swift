@@ -12,6 +12,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     /// The key file is a symlink, not a regular file, or owned by someone else.
     case keyFileUntrusted(TrustError)
     case passphraseRequired
+    /// Restoring a key-file store's backup without its key file.
+    case keyFileRequired
     case passphraseNotExpected
     case passphraseUnreadable(path: String, errno: Int32)
     case passphraseFileInsecure(path: String, mode: UInt32)
@@ -52,6 +54,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .keyFileMalformed(let p): return "master key file \(p) is not a 32-byte key"
         case .keyFileUntrusted(let t): return "cannot trust the master key file: \(t)"
         case .passphraseRequired: return "this store is protected by a passphrase"
+        case .keyFileRequired: return "this backup is of a store with a master key file, and no key file was given"
         case .passphraseNotExpected: return "this store uses a master key file, not a passphrase"
         case .passphraseUnreadable(let p, let e): return "cannot read passphrase file \(p): \(errnoText(e))"
         case .passphraseFileInsecure(let p, let m): return "passphrase file \(p) has mode \(String(m, radix: 8)); it must not be readable by group or others"
@@ -91,6 +94,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .keyFileUntrusted(let t):
             return (t.fix.map { $0 + "; " } ?? "") + "the key file must be a regular file owned by you or root, mode 0400"
         case .passphraseRequired: return "pass --passphrase-file FILE (or set SECRETFS_PASSPHRASE_FILE)"
+        case .keyFileRequired: return "pass --key-file FILE with the store's master.key (from your key backup)"
         case .passphraseNotExpected: return "drop --passphrase-file"
         case .passphraseUnreadable: return "check the path and its permissions"
         case .passphraseFileInsecure(let p, _): return "chmod 0600 \(p)"

@@ -32,7 +32,7 @@ struct Failure: Error {
         switch error {
         case .storeExists, .storeMissing, .corrupt, .unsupportedSchema, .sqlite, .io, .storeUntrusted,
              .storeDirectoryOpenToOthers: code = .storeProblem
-        case .keyFileUnreadable, .keyFileInsecure, .keyFileMalformed, .keyFileUntrusted, .passphraseRequired,
+        case .keyFileUnreadable, .keyFileRequired, .keyFileInsecure, .keyFileMalformed, .keyFileUntrusted, .passphraseRequired,
              .passphraseNotExpected, .passphraseUnreadable, .passphraseFileInsecure, .passphraseFileUntrusted,
              .wrongKey, .keyNotLoaded, .keyDerivationFailed: code = .keyProblem
         case .projectExists, .projectNotFound, .projectNotEmpty, .invalidProjectName: code = .projectProblem

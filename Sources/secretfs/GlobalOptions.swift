@@ -36,7 +36,9 @@ struct GlobalOptions: ParsableArguments {
     }
 
     func openStore() throws -> Store {
-        try Store.open(at: location, keySource: keySource)
+        let store = try Store.open(at: location, keySource: keySource)
+        for n in store.notices { writeStderr("secretfs: note: \(n)\n") }
+        return store
     }
 
     /// The store without its key: names, counts and the audit trail only.

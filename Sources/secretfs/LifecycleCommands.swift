@@ -284,3 +284,155 @@ private func retryRead(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int) -> I
         return r
     }
 }
+
+struct BackupCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backup",
+        abstract: "Take, verify and restore consistent snapshots of the whole store (ciphertext only).",
+        subcommands: [Create.self, Verify.self, Restore.self])
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a consistent snapshot of the store to a new file, while mounts go on writing.",
+            discussion: """
+                SQLite's VACUUM INTO, in one read transaction: values stay sealed (the backup holds \
+                ciphertexts, wrapped keys, names, times and the audit trail, never a value or a key). \
+                The file is created mode 0600 (refused if it exists), holds a manifest (store id, \
+                time, projects and counts, the key check) and is fsync'd. Needs no key; the master \
+                key file is not in the backup: keep a copy of it apart.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The backup file to create.") var file: String
+
+        func run() throws {
+            let store = try global.openStoreMetadata()
+            let m = try store.createBackup(to: absolute(file))
+            let secrets = m.projects.reduce(0) { $0 + $1.secrets }, versions = m.projects.reduce(0) { $0 + $1.versions }
+            writeStdout("backed up \(m.projects.count) project\(m.projects.count == 1 ? "" : "s") (\(secrets) secrets, "
+                        + "\(versions) earlier versions) to \(absolute(file))\n")
+        }
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Open every sealed blob of a backup with the key and report any that fails, by project, name and version.",
+            discussion: """
+                The key is the store's key file (or --key-file FILE), or the passphrase \
+                (--passphrase-file) for a passphrase store. Prints counts and names, never a value. \
+                Exits 10 when any blob fails to open.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The backup file.") var file: String
+        @Option(help: ArgumentHelp("The master key file (default: the store's master.key).", valueName: "file"))
+        var keyFile: String?
+
+        func run() throws {
+            let key: BackupKey
+            if case .passphraseFile(let p) = global.keySource { key = .passphraseFile(p) }
+            else { key = .keyFile(absolute(keyFile ?? global.location.keyFilePath)) }
+            let report = try Store.verifyBackup(at: absolute(file), key: key)
+            var text = ""
+            if let m = report.manifest {
+                text += "backup of store \(m.storeID) taken \(iso8601(m.createdAt)) (schema version \(m.schemaVersion))\n"
+            }
+            text += "\(report.projects) project\(report.projects == 1 ? "" : "s"), \(report.opened) sealed blobs open"
+                + (report.failures.isEmpty ? "; all good\n" : "\n")
+            for f in report.failures { text += "FAIL  \(Wire.printable(f.description)) does not open\n" }
+            writeStdout(text)
+            if !report.failures.isEmpty {
+                throw Failure("\(report.failures.count) sealed blob\(report.failures.count == 1 ? "" : "s") of the backup do not open",
+                              hint: "the backup is damaged (or was altered); take a new one", exit: .storeProblem)
+            }
+        }
+    }
+
+    struct Restore: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a new store (--store DIR) from a backup; an existing store is refused.",
+            discussion: """
+                The directory follows init's rules. A key-file store needs its master key file \
+                (--key-file FILE, copied to DIR/master.key, mode 0400); a passphrase store needs \
+                --passphrase-file. The new store is opened with that key before the command succeeds.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The backup file.") var file: String
+        @Option(help: ArgumentHelp("The master key file of a key-file store.", valueName: "file"))
+        var keyFile: String?
+
+        func run() throws {
+            var passphrase: String?
+            if case .passphraseFile(let p) = global.keySource { passphrase = p }
+            let store = try Store.restoreBackup(from: absolute(file), to: global.location, keyFile: keyFile.map(absolute),
+                                                passphraseFile: passphrase)
+            let projects = try store.listProjects()
+            writeStdout("restored \(projects.count) project\(projects.count == 1 ? "" : "s") into \(global.storeDirectory)\n")
+        }
+    }
+}
+
+struct LsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ls",
+        abstract: "List a project's secret names with their last update, without a mount (never values or lengths).",
+        discussion: "Needs no key. Names are listed in byte order, as in the mounted directory.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The project.") var project: String
+    @Flag(help: "One JSON object per name, one per line (name, updated, uid, version).") var json = false
+
+    func validate() throws { try validateProjectName(project) }
+
+    func run() throws {
+        let store = try global.openStoreMetadata()
+        let secrets = try store.secrets(project: project)
+        var text = ""
+        for s in secrets {
+            if json {
+                text += "{\"name\":\(jsonString(s.name)),\"updated\":\(jsonString(iso8601(s.updatedAt))),\"uid\":\(s.updatedBy),"
+                    + "\"version\":\(s.version)}\n"
+            } else {
+                text += pad(Wire.printable(s.name), 32) + iso8601(s.updatedAt) + "\n"
+            }
+        }
+        writeStdout(text)
+    }
+}
+
+struct RekeyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rekey",
+        abstract: "Re-wrap every project's data key under a new master key (a new key file, or a passphrase).",
+        discussion: """
+            The current key (the key file, or --passphrase-file) opens the store; the new one is \
+            --new-key-file FILE (32 raw bytes, for instance from 'head -c 32 /dev/urandom', \
+            mode 0400 or 0600; it is copied to STORE/master.key) or --new-passphrase-file FILE \
+            (STORE/master.key is then removed). One transaction plus a crash-safe swap of the \
+            key file: after a crash at any point exactly one of the two keys opens the store, and \
+            the next command says which. Data keys do not change: mounted projects keep working. \
+            The old key is refused afterwards. Audited as 'rekey' in every project.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Option(help: ArgumentHelp("A file holding the new 32-byte master key.", valueName: "file")) var newKeyFile: String?
+    @Option(help: ArgumentHelp("A file holding the new passphrase.", valueName: "file")) var newPassphraseFile: String?
+
+    func validate() throws {
+        guard (newKeyFile == nil) != (newPassphraseFile == nil) else {
+            throw ValidationError("give exactly one of --new-key-file FILE and --new-passphrase-file FILE")
+        }
+    }
+
+    func run() throws {
+        let store = try global.openStore()
+        let projects = try store.listProjects().count
+        if let f = newKeyFile {
+            try store.rekey(to: .keyFile(absolute(f)))
+            writeStdout("re-wrapped \(projects) project key\(projects == 1 ? "" : "s") under the new key, now \(global.location.keyFilePath); "
+                        + "the old key no longer opens this store\n")
+        } else if let f = newPassphraseFile {
+            try store.rekey(to: .passphraseFile(absolute(f)))
+            writeStdout("re-wrapped \(projects) project key\(projects == 1 ? "" : "s") under the new passphrase; "
+                        + "\(global.location.keyFilePath) was removed and the old key no longer opens this store\n")
+        }
+    }
+}

@@ -35,7 +35,31 @@ struct ProjectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "project",
         abstract: "Create, list, change and delete projects.",
-        subcommands: [Create.self, SetLimits.self, List.self, Delete.self])
+        subcommands: [Create.self, SetLimits.self, List.self, Delete.self, RotateKey.self])
+
+    struct RotateKey: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rotate-key",
+            abstract: "Give a project a new data key and re-seal every kept value under it (works while mounted).",
+            discussion: """
+                In batches, with progress on a terminal. A mounted project follows the new key \
+                through a link sealed under its old one (it never needs the master key), and writes \
+                made meanwhile are sealed under the new key. At the end no value is sealed under the \
+                old key any more and the link is gone. Needs the master key. Audited as 'rotate-key'.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Project name.") var name: String
+
+        func run() throws {
+            let store = try global.openStore()
+            let tty = isatty(2) == 1
+            let n = try store.rotateKey(project: name, progress: tty ? { p in
+                writeStderr("\rre-sealing: \(p.done)/\(p.total)")
+            } : nil)
+            if tty { writeStderr("\r" + String(repeating: " ", count: 40) + "\r") }
+            writeStdout("rotated the data key of \(name): \(n) value\(n == 1 ? "" : "s") re-sealed; nothing is sealed under the old key\n")
+        }
+    }
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(

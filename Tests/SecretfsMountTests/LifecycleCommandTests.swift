@@ -146,3 +146,24 @@ struct LifecycleCommandTests {
         #expect(!all.contains("54321") && !all.contains("54337") && !all.contains("\"length\"") && !all.contains("size"), "\(all)")
     }
 }
+
+extension LifecycleCommandTests {
+    /// purge destroys for good: after purging 300 deleted names, none of
+    /// their ciphertexts is anywhere in the database file (not even a
+    /// fragment a page rebalance left behind).
+    @Test func purgeLeavesNoCiphertextOfThePurgedNames() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        let env = f.root + "/many.env"
+        FileManager.default.createFile(atPath: env, contents: Data((0..<300).map { "P\($0)=purge-value-\($0)\n" }.joined().utf8))
+        try f.expectOK(f.secretfs(["import", "demo", env]))
+        let before = (0..<300).map { ciphertext(f, "P\($0)") }
+        try f.mount()
+        try f.expectOK(f.sh("cd $MNT && for i in $(seq 0 299); do rm P$i; done"))
+        try f.unmount()
+        try f.expectOK(f.secretfs(["purge", "demo", "--all-deleted", "--force"]))
+        try f.openVault().store.checkpoint()
+        let left = before.filter { fileContains(f.storeDir + "/secretfs.db", $0) }
+        #expect(left.isEmpty, "\(left.count) of 300 purged ciphertexts are still in the file")
+    }
+}

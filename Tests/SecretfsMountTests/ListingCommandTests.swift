@@ -36,4 +36,20 @@ struct ListingCommandTests {
         let demo = status.split(separator: "\n").first { $0.contains("\"demo\"") } ?? ""
         #expect(demo.contains("\"mountpoint\":\"\(f.mnt)\""), "\(demo)")
     }
+
+    @Test func lsListsNamesWithoutAMountAndWithoutValues() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount()
+        try f.expectOK(f.sh("echo ls-value-1 > $MNT/B_NAME && echo ls-value-2 > $MNT/A_NAME && echo gone > $MNT/C && rm $MNT/C"))
+        try f.unmount()
+        let text = try f.expectOK(f.secretfs(["ls", "demo", "--json"])).stdout
+        let objects = text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(objects.map { $0["name"] as? String } == ["A_NAME", "B_NAME"], "\(text)")
+        #expect(objects.allSatisfy { ($0["updated"] as? String)?.hasSuffix("Z") == true && $0["uid"] as? Int == Int(getuid()) })
+        let table = try f.expectOK(f.secretfs(["ls", "demo"])).stdout
+        #expect(table.split(separator: "\n").map { $0.split(separator: " ").first.map(String.init) } == ["A_NAME", "B_NAME"])
+        #expect(!(text + table).contains("ls-value") && !(text + table).contains("\"size\""))
+        #expect(try f.secretfs(["ls", "nope"]).status == 12)
+    }
 }

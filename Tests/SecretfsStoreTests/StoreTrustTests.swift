@@ -228,7 +228,7 @@ struct StoreTrustTests {
             ("CREATE VIEW v AS SELECT name FROM secrets", "unexpected view 'v'"),
             ("CREATE INDEX i ON audit(project)", "unexpected index 'i'"),
             ("CREATE TABLE extra(x)", "unexpected table 'extra'"),
-            ("ALTER TABLE secrets ADD COLUMN note TEXT", "table 'secrets' is not as schema version 2 defines it"),
+            ("ALTER TABLE secrets ADD COLUMN note TEXT", "table 'secrets' is not as schema version 3 defines it"),
             ("ALTER TABLE audit RENAME TO audit_old", "table 'audit' is missing"),
         ]
         for c in changes {

@@ -301,7 +301,7 @@ struct VersionTests {
         #expect(count(dir, "PRAGMA user_version") == 1)
 
         let store = try Store.open(at: location, keySource: .keyFile)
-        #expect(count(dir, "PRAGMA user_version") == 2)
+        #expect(count(dir, "PRAGMA user_version") == 3)
         let v = try store.openProject("legacy")
         #expect(string(try v.value("A")) == "legacy-a")
         #expect(string(try v.value("B")) == "legacy-b")

@@ -1,0 +1,65 @@
+import CSQLite
+import Foundation
+import Glibc
+import SecretfsMountSupport
+import SecretfsStore
+import Testing
+
+/// `backup create` while a mount writes, `verify` (a flipped byte is named by
+/// project, name and version), `restore` into a new store; the backup holds
+/// no value and is mode 0600.
+@Suite(.serialized)
+struct BackupCommandTests {
+    func sql(_ path: String, _ text: String) {
+        var db: OpaquePointer?
+        #expect(sqlite3_open(path, &db) == SQLITE_OK)
+        defer { sqlite3_close(db) }
+        #expect(sqlite3_exec(db, text, nil, nil, nil) == SQLITE_OK, "\(String(cString: sqlite3_errmsg(db)))")
+    }
+
+    @Test func createDuringWritesThenVerifyAndRestore() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount()
+        try f.expectOK(f.sh("echo backup-value-0001 > $MNT/A && echo backup-value-0002 > $MNT/A && echo backup-value-0003 > $MNT/B"))
+        let backup = f.root + "/store.backup"
+        // A writer runs through the mount while the snapshot is taken.
+        let o = try f.expectOK(f.sh("(for i in $(seq 1 40); do echo during-$i > $MNT/W; done) & "
+                                    + "\(MountFixture.binary) backup create \(backup); wait"))
+        #expect(o.stdout.hasPrefix("backed up 1 project ("), "\(o.stdout)")
+        var st = stat()
+        #expect(stat(backup, &st) == 0 && st.st_mode & 0o777 == 0o600)
+        #expect(access(backup + "-wal", F_OK) != 0, "one file, no WAL left beside it")
+        let data = try #require(FileManager.default.contents(atPath: backup))
+        #expect(data.range(of: Data("backup-value".utf8)) == nil && data.range(of: Data("during-".utf8)) == nil)
+        #expect(try f.secretfs(["backup", "create", backup]).status == 10, "an existing file is refused")
+
+        let verify = try f.expectOK(f.secretfs(["backup", "verify", backup]))
+        #expect(verify.stdout.contains("1 project, ") && verify.stdout.hasSuffix("; all good\n"), "\(verify.stdout)")
+        #expect(verify.stdout.hasPrefix("backup of store "), "\(verify.stdout)")
+
+        // Restore into a new store, with the key file; then it mounts and holds the values.
+        let restored = f.root + "/restored"
+        let r = try f.expectOK(f.secretfs(["backup", "restore", backup, "--store", restored, "--key-file", f.storeDir + "/master.key"]))
+        #expect(r.stdout == "restored 1 project into \(restored)\n", "\(r.stdout)")
+        let vault = try Store.open(at: StoreLocation(directory: restored), keySource: .keyFile).openProject("demo")
+        #expect(try vault.value("B").map { $0.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } } == "backup-value-0003")
+        #expect(try vault.store.history(project: "demo", name: "A").count == 2)
+        let again = try f.secretfs(["backup", "restore", backup, "--store", restored, "--key-file", f.storeDir + "/master.key"])
+        #expect(again.status == 10 && again.stderr.hasPrefix("secretfs: error: a store already exists at \(restored)"), "\(again.stderr)")
+        let noKey = try f.secretfs(["backup", "restore", backup, "--store", f.root + "/other"])
+        #expect(noKey.status == 11 && noKey.stderr.contains("hint: pass --key-file FILE"), "\(noKey.stderr)")
+        #expect(access(f.root + "/other/secretfs.db", F_OK) != 0, "a failed restore leaves no store")
+
+        // One flipped byte in one ciphertext: named by project, name and version.
+        let version = try #require(try f.openVault().store.history(project: "demo", name: "B").first?.version)
+        sql(backup, "UPDATE secrets SET ciphertext = CAST(CASE WHEN substr(ciphertext, 1, 1) = X'00' THEN X'01' ELSE X'00' END "
+            + "|| substr(ciphertext, 2) AS BLOB) WHERE name = 'B'")
+        let bad = try f.secretfs(["backup", "verify", backup])
+        #expect(bad.status == 10, "\(bad.stdout) \(bad.stderr)")
+        #expect(bad.stdout.contains("FAIL  project demo, B, version \(version) does not open"), "\(bad.stdout)")
+        #expect(bad.stderr.hasPrefix("secretfs: error: 1 sealed blob of the backup do not open"), "\(bad.stderr)")
+        let printed = [o, verify, r, again, noKey, bad].map { $0.stdout + $0.stderr }.joined()
+        #expect(!printed.contains("backup-value") && !printed.contains("during-"), "\(printed)")
+    }
+}
