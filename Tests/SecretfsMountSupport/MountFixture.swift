@@ -49,20 +49,33 @@ public final class MountFixture: @unchecked Sendable {
     nonisolated(unsafe) private static var swept = false
     private static let sweepLock = NSLock()
 
-    /// Unmounts FUSE mounts left under the test prefix by an earlier crashed run.
+    /// The test process a fixture path belongs to: roots are
+    /// `/tmp/secretfs-test-PID-XXXXXX`, PID the test runner's. Nil for a path
+    /// of the older form (no PID).
+    public static func owningPID(of path: String) -> pid_t? {
+        guard path.hasPrefix(prefix) else { return nil }
+        let digits = path.dropFirst(prefix.count).prefix { $0.isASCII && $0.isNumber }
+        guard !digits.isEmpty, path.dropFirst(prefix.count + digits.count).first == "-" else { return nil }
+        return pid_t(digits)
+    }
+
+    /// Unmounts FUSE mounts left under the test prefix by an earlier crashed
+    /// run: only those whose test process is gone, so a run never pulls the
+    /// mounts from under another run going on at the same time.
     public static func sweepLeftovers() {
         sweepLock.lock()
         defer { sweepLock.unlock() }
         if swept { return }
         swept = true
         for e in MountTable.entries() where e.mountpoint.hasPrefix(prefix) && e.fsType.hasPrefix("fuse") {
+            if let pid = owningPID(of: e.mountpoint), pid == getpid() || kill(pid, 0) == 0 || errno == EPERM { continue }
             _ = try? shell("fusermount3 -u -z '\(e.mountpoint)' || umount -l '\(e.mountpoint)'")
         }
     }
 
     public init(project: String = "demo", initStore: Bool = true, createProject: Bool = true) throws {
         Self.sweepLeftovers()
-        var template = Array((Self.prefix + "XXXXXX").utf8CString)
+        var template = Array((Self.prefix + "\(getpid())-XXXXXX").utf8CString)
         guard mkdtemp(&template) != nil else { throw POSIXError(.EIO) }
         root = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         // mkdtemp makes 0700; other uids must reach the mountpoint so that the

@@ -23,7 +23,8 @@ struct LifecycleCommandTests {
         var s: OpaquePointer?
         sqlite3_prepare_v2(db, "SELECT ciphertext FROM secrets WHERE name = ?", -1, &s, nil)
         defer { sqlite3_finalize(s) }
-        sqlite3_bind_text(s, 1, name, -1, nil)
+        // SQLITE_TRANSIENT: SQLite copies the text (Swift's temporary C string dies after the call).
+        sqlite3_bind_text(s, 1, name, -1, unsafeBitCast(-1, to: sqlite3_destructor_type.self))
         guard sqlite3_step(s) == SQLITE_ROW, let p = sqlite3_column_blob(s, 0) else { return [] }
         return Array(UnsafeRawBufferPointer(start: p, count: Int(sqlite3_column_bytes(s, 0))))
     }

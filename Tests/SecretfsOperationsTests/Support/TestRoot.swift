@@ -18,7 +18,7 @@ struct CommandFailedHere: Error, CustomStringConvertible {
 
 /// mkdtemp under the mount tests' prefix, so the suites' sweeps know it.
 func makeTestRoot(_ tag: String) throws -> String {
-    var template = Array((MountFixture.prefix + "\(tag)-XXXXXX").utf8CString)
+    var template = Array((MountFixture.prefix + "\(getpid())-\(tag)-XXXXXX").utf8CString)
     guard mkdtemp(&template) != nil else { throw POSIXError(.EIO) }
     let root = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     chmod(root, 0o755)
