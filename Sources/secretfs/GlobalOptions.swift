@@ -14,6 +14,19 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Read the store's passphrase from this file (env SECRETFS_PASSPHRASE_FILE) instead of using the key file.", valueName: "file"))
     var passphraseFile: String?
 
+    /// A database URL or libpq conninfo where a store directory goes: this
+    /// build keeps its store in a directory, and says so plainly (the value
+    /// is not repeated: it may hold a password) instead of treating the URL
+    /// as a relative path.
+    func validate() throws {
+        guard let s = store ?? Self.environment("SECRETFS_STORE") else { return }
+        let lower = s.lowercased()
+        if lower.hasPrefix("postgresql:") || lower.hasPrefix("postgres:") || lower.contains("host=") || lower.contains("dbname=") {
+            throw ValidationError("the store names a PostgreSQL database; this version of secretfs keeps its store in a directory "
+                                  + "(--store DIR or SECRETFS_STORE=DIR)")
+        }
+    }
+
     static func environment(_ name: String) -> String? {
         guard let p = getenv(name) else { return nil }
         let s = String(cString: p)

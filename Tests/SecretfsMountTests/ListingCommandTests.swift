@@ -16,6 +16,16 @@ struct ListingCommandTests {
         #expect(try f.secretfs(["status", "--json"]).stdout.isEmpty)
     }
 
+    @Test func aDatabaseURLAsTheStoreIsAClearUsageErrorThatDoesNotEchoIt() throws {
+        let f = try MountFixture(initStore: false)
+        defer { f.close() }
+        for store in ["postgresql://app:s3cret-pw@db.example/secrets", "host=db password=s3cret-pw dbname=secrets"] {
+            let o = try f.secretfs(["status", "--store", store])
+            #expect(o.status == 64 && o.stderr.contains("names a PostgreSQL database"), "\(o.stderr)")
+            #expect(!o.stderr.contains("s3cret-pw"))
+        }
+    }
+
     @Test func statusAndProjectListSpeakJSON() throws {
         let f = try MountFixture()
         defer { f.close() }
