@@ -44,17 +44,8 @@ public enum MountRequest: Equatable, Sendable {
             guard count <= maxNamesPerGet else {
                 throw Refusal(code: .tooManyNames, message: "GET asks for \(count) names (limit \(maxNamesPerGet))", closes: false)
             }
-            var seen = Set<String>()
-            var invalid: Int?
-            for i in 0..<count {
-                // Every field is read even past an invalid name, so a frame
-                // that is also truncated is reported as malformed.
-                guard let n = try field({ r throws(ParseError) in try r.name() }) else {
-                    if invalid == nil { invalid = i + 1 }
-                    continue
-                }
-                if seen.insert(n).inserted { names.append(n) }
-            }
+            let (distinct, invalid) = try field { r throws(ParseError) in try r.distinctNames(count) }
+            names = distinct
             try field { r throws(ParseError) in try r.expectEnd() }
             if let invalid {
                 throw Refusal(code: .invalidName, message: "name #\(invalid) is not a valid secret name", closes: false)

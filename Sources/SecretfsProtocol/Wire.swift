@@ -300,6 +300,24 @@ public struct FrameReader {
         }
     }
 
+    /// `count` names as GET and VALUES carry them: the distinct valid ones in
+    /// the order sent, and the position (1-based) of the first invalid one.
+    /// Every field is read even past an invalid name, so a frame that is also
+    /// cut short is reported as malformed rather than as an invalid name.
+    public mutating func distinctNames(_ count: Int) throws(ParseError) -> (names: [String], firstInvalid: Int?) {
+        var names: [String] = []
+        var seen = Set<String>()
+        var invalid: Int?
+        for i in 0..<count {
+            guard let n = try name() else {
+                if invalid == nil { invalid = i + 1 }
+                continue
+            }
+            if seen.insert(n).inserted { names.append(n) }
+        }
+        return (names, invalid)
+    }
+
     /// Free text (error messages), decoded leniently.
     public mutating func text() throws(ParseError) -> String {
         let n = Int(try u16())

@@ -286,16 +286,7 @@ public enum DaemonRequest: Equatable, Sendable {
             guard count <= Wire.maxNamesPerGet else {
                 throw Refusal(code: .tooManyNames, message: "VALUES asks for \(count) names (limit \(Wire.maxNamesPerGet))", closes: false)
             }
-            var names: [String] = []
-            var seen = Set<String>()
-            var invalid: Int?
-            for i in 0..<count {
-                guard let n = try field({ r throws(ParseError) in try r.name() }) else {
-                    if invalid == nil { invalid = i + 1 }
-                    continue
-                }
-                if seen.insert(n).inserted { names.append(n) }
-            }
+            let (names, invalid) = try field { r throws(ParseError) in try r.distinctNames(count) }
             try end()
             if let invalid {
                 throw Refusal(code: .invalidName, message: "name #\(invalid) is not a valid secret name", closes: false)
