@@ -42,8 +42,12 @@ struct RekeyCommandTests {
         try f.unmount()
         let bin = MountFixture.binary
         var outcomes: Set<String> = []
-        for round in 0..<24 {
-            let delay = Double(round % 12) * 0.004   // 0 to 44 ms
+        // 0 to 44 ms at first; each further dozen of rounds doubles the step,
+        // so a slow machine (or a sanitizer build) still lands kills on both
+        // sides of the commit. At least 24 rounds; stop once both were seen.
+        for round in 0..<60 {
+            if round >= 24 && outcomes.count == 2 { break }
+            let delay = Double(round % 12) * 0.004 * Double(1 << (round / 12))
             try f.expectOK(f.sh("""
                 cp $SECRETFS_STORE/master.key \(f.root)/old.key
                 rm -f \(f.root)/new.key; head -c 32 /dev/urandom > \(f.root)/new.key; chmod 0400 \(f.root)/new.key
