@@ -18,6 +18,8 @@ public final class StoreWatcher: @unchecked Sendable {
     private let interval: Double
     private let stopping = Atomic<Bool>(false)
     private var thread: pthread_t?
+    /// The last poll failed (touched by the polling thread only).
+    private var failing = false
 
     /// `invalidate` drops kernel caches (FuseSession.invalidate); called
     /// outside every lock before `onChange`.
@@ -31,12 +33,23 @@ public final class StoreWatcher: @unchecked Sendable {
     /// One poll: true when the store changed and the changes were applied.
     @discardableResult
     public func poll(last: inout Int64?) -> Bool {
-        guard let now = try? filesystem.vault.storeDataVersion() else { return false }
+        let now: Int64
+        do {
+            now = try filesystem.vault.storeDataVersion()
+            // A rotation of the data key made elsewhere: follow its link now,
+            // before the rotation ends and drops it.
+            if let before = last, before != now { try filesystem.vault.followKeyRotation() }
+        } catch {
+            // Not silent: outside changes go unseen until the store answers
+            // again (said once per outage; writes report their own errors).
+            if !failing { filesystem.logger.warning("cannot follow changes made outside the mount", metadata: ["error": "\(error)"]) }
+            failing = true
+            return false
+        }
+        if failing { filesystem.logger.info("following changes made outside the mount again") }
+        failing = false
         defer { last = now }
         guard let before = last, before != now else { return false }
-        // A rotation of the data key made elsewhere: follow its link now,
-        // before the rotation ends and drops it.
-        filesystem.vault.followKeyRotation()
         let changes = filesystem.reloadFromStore()
         guard !changes.isEmpty else { return false }
         invalidate(changes)

@@ -77,8 +77,8 @@ public final class ProjectVault: @unchecked Sendable {
 
     /// Catches up with a rotation now (the mount's StoreWatcher calls this
     /// when the store changes), so the chain can be dropped when it ends.
-    public func followKeyRotation() {
-        store.lock.withLock { _ in try? followLocked() }
+    public func followKeyRotation() throws {
+        try store.lock.withLock { _ in try followLocked() }
     }
 
     /// Seals with the newest data key, after following any rotation.
