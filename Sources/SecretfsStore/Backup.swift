@@ -123,13 +123,7 @@ extension Store {
             masterKey = try readKeyFile(at: AT_FDCWD, p, path: p)
         case .passphraseFile(let p):
             guard try getMeta(db, "kdf") != nil else { throw StoreError.passphraseNotExpected }
-            guard let salt = try getMeta(db, "kdf_salt"),
-                  let ops = try getMeta(db, "kdf_opslimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }),
-                  let mem = try getMeta(db, "kdf_memlimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }) else {
-                throw StoreError.corrupt("incomplete key derivation parameters")
-            }
-            let params = KeyDerivation(opsLimit: ops, memLimit: mem, salt: salt)
-            try params.validate()
+            let params = try storedKeyDerivation(db)
             masterKey = try params.deriveKey(from: try readPassphrase(path: p))
         }
         let sealedCheck = Envelope.Sealed(ciphertext: Array(check[Envelope.nonceBytes...]), nonce: Array(check[..<Envelope.nonceBytes]))

@@ -224,15 +224,9 @@ public final class Store: @unchecked Sendable {
         case (.keyFile, nil):
             masterKey = try keyFileFinishingRekey(dir, location, storeID: storeID, check: check, notices: &notices)
         case (.passphraseFile(let path), "argon2id13"?):
-            guard let salt = try getMeta(db, "kdf_salt"),
-                  let ops = try getMeta(db, "kdf_opslimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }),
-                  let mem = try getMeta(db, "kdf_memlimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }) else {
-                throw StoreError.corrupt("incomplete key derivation parameters")
-            }
             // Checked before the passphrase is read: a damaged store is
             // reported as one whatever passphrase file is given.
-            let params = KeyDerivation(opsLimit: ops, memLimit: mem, salt: salt)
-            try params.validate()
+            let params = try storedKeyDerivation(db)
             let passphrase = try readPassphrase(path: path)
             masterKey = try params.deriveKey(from: passphrase)
         case (.keyFile, _?):
@@ -312,6 +306,19 @@ public final class Store: @unchecked Sendable {
               let fd = try? dir.open(Self.mountLockName(project), O_RDONLY | O_NONBLOCK) else { return false }
         defer { close(fd) }
         return flock(fd, LOCK_SH | LOCK_NB) != 0
+    }
+
+    /// The Argon2id parameters recorded in a passphrase store, checked: a
+    /// missing or out-of-range one is a damaged store (for open and backup verify).
+    static func storedKeyDerivation(_ db: SQLiteConnection) throws -> KeyDerivation {
+        guard let salt = try getMeta(db, "kdf_salt"),
+              let ops = try getMeta(db, "kdf_opslimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }),
+              let mem = try getMeta(db, "kdf_memlimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }) else {
+            throw StoreError.corrupt("incomplete key derivation parameters")
+        }
+        let params = KeyDerivation(opsLimit: ops, memLimit: mem, salt: salt)
+        try params.validate()
+        return params
     }
 
     /// The store directory, checked under the directory-trust rule
