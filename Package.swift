@@ -7,7 +7,8 @@ import PackageDescription
 //   SecretfsPOSIX      thin libc layer: errno text, EINTR retry, O_NOFOLLOW opens,
 //                      the directory-trust check (store and runtime directories)
 //   SecureMemory       locked, wiped buffers for keys and values
-//   SecretfsStore      encrypted SQLite store (envelope encryption, audit)
+//   SecretfsStore      the encrypted store (envelope encryption, audit) on one
+//                      DatabaseConnection: embedded SQLite or shared PostgreSQL
 //   SecretfsFS         FUSE low-level adapter: the write-only directory contract
 //   SecretfsProtocol   privileged-socket wire format, server and client
 //   SecretfsInject     JavaScript tokenizer + rewriter, flow/config documents
@@ -30,13 +31,15 @@ let package = Package(
         .systemLibrary(name: "CSodium", pkgConfig: "libsodium",
                        providers: [.apt(["libsodium-dev"])]),
         .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
+        // libpq, for the shared store (docs/deployment.md says why libpq).
+        .systemLibrary(name: "CPostgres", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .target(name: "CShims"),
         .target(name: "SecretfsPOSIX", dependencies: ["CShims"]),
 
         .target(name: "SecretfsNames"),
         .target(name: "SecureMemory", dependencies: ["CSodium"]),
         .target(name: "SecretfsStore", dependencies: [
-            "CSQLite", "CSodium", "SecretfsNames", "SecretfsPOSIX", "SecureMemory",
+            "CSQLite", "CPostgres", "CSodium", "SecretfsNames", "SecretfsPOSIX", "SecureMemory",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SecretfsFS", dependencies: [

@@ -42,11 +42,14 @@ public final class StoreWatcher: @unchecked Sendable {
         } catch {
             // Not silent: outside changes go unseen until the store answers
             // again (said once per outage; writes report their own errors).
-            if !failing { filesystem.logger.warning("cannot follow changes made outside the mount", metadata: ["error": "\(error)"]) }
+            if !failing {
+                filesystem.logger.warning("store unavailable: cannot follow changes made outside the mount; listings are served from the last state",
+                                          metadata: ["error": "\(error)"])
+            }
             failing = true
             return false
         }
-        if failing { filesystem.logger.info("following changes made outside the mount again") }
+        if failing { filesystem.logger.info("store available again: following changes made outside the mount") }
         failing = false
         defer { last = now }
         guard let before = last, before != now else { return false }
@@ -83,9 +86,31 @@ public final class StoreWatcher: @unchecked Sendable {
     private func loop() {
         var last: Int64?
         poll(last: &last)
+        // A shared store announces other hosts' changes (NOTIFY): the wait
+        // ends as one arrives, and the poll between waits (at most `interval`
+        // apart, notice or not) covers a notice lost with its connection.
+        let notifications = filesystem.vault.changeNotifications()
+        var listening = true
         let micros = useconds_t(interval * 1_000_000)
         while !stopping.load(ordering: .relaxed) {
-            usleep(micros)
+            guard let notifications else {
+                usleep(micros)
+                poll(last: &last)
+                continue
+            }
+            switch notifications.wait(timeout: interval) {
+            case .changed, .quiet:
+                break
+            case .lost(let why):
+                if listening {
+                    filesystem.logger.warning("lost the store's change notifications; reconnecting", metadata: ["error": "\(why)"])
+                }
+                listening = false
+            case .restored:
+                filesystem.logger.info("listening to the store's change notifications again")
+                listening = true
+                // Notices sent while away are lost: the poll below resyncs.
+            }
             poll(last: &last)
         }
     }

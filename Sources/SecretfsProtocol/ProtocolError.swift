@@ -134,6 +134,7 @@ public struct ProtocolError: Error, Sendable, CustomStringConvertible, Equatable
         case (.internalError, .mount): hint = "see the mount's log (RUNTIME_DIR/PROJECT.log)"
         case (.internalError, .daemon), (.mountFailed, _): hint = "see the resolver daemon's log"
         case (.replyTooLarge, _): hint = "ask for fewer names at a time"
+        case (.storeUnavailable, _): hint = "the shared store's database is down or unreachable; retry once it is back"
         case (.notMounted, _): hint = "mount the project (secretfs mount PROJECT DIR) with the daemon's --runtime-dir"
         case (.mountRefused, _): hint = "mount the project with --resolver-uid or --resolver-group for the daemon's user"
         default: break

@@ -217,6 +217,15 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         }
     }
 
+    /// A store failure as an ERROR frame: a shared store's database out of
+    /// reach is said as such (the client may retry), anything else is internal.
+    private func sendStoreError(_ fd: Int32, _ error: Error, _ what: String) -> Bool {
+        if case StoreError.unavailable = error {
+            return sendError(fd, .storeUnavailable, "store unavailable: the database cannot be reached now; the mount reconnects by itself")
+        }
+        return sendError(fd, .internalError, what)
+    }
+
     /// LIST → LIST_REPLY. False if the connection should end.
     private func handleList(_ fd: Int32) -> Bool {
         let version: Int64
@@ -228,7 +237,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
             entries = try vault.list()
         } catch {
             logger.error("LIST failed", metadata: ["error": "\(error)"])
-            return sendError(fd, .internalError, "the store could not list secrets")
+            return sendStoreError(fd, error, "the store could not list secrets")
         }
         let project = vault.name
         var size = 8 + 8 + Wire.textSize(project) + 4
@@ -263,7 +272,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
                 values = try vault.values(names, actor: actor)
             } catch {
                 logger.error("GET failed", metadata: ["error": "\(error)", "uid": "\(peer.uid)"])
-                return sendError(fd, .internalError, "the store could not read the secrets")
+                return sendStoreError(fd, error, "the store could not read the secrets")
             }
         } else {
             version = (try? vault.currentVersion()) ?? 0

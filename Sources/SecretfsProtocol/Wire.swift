@@ -68,6 +68,7 @@ public enum WireErrorCode: UInt16, Sendable, CustomStringConvertible {
     case internalError = 10      // the store failed (details in the mount's log)
     case replyTooLarge = 11      // the values asked for do not fit one frame
     case unexpected = 12         // a request not valid in this state (after WATCH)
+    case storeUnavailable = 13   // the shared store's database cannot be reached now (the mount retries by itself)
     // 20 and up: the resolver daemon's own.
     case notMounted = 20         // no mount answers for the project (no socket, or a stale one)
     case mountRefused = 21       // the project's mount refused the daemon (its allow-list lacks the daemon's uid)
@@ -89,6 +90,7 @@ public enum WireErrorCode: UInt16, Sendable, CustomStringConvertible {
         case .internalError: return "internal-error"
         case .replyTooLarge: return "reply-too-large"
         case .unexpected: return "unexpected"
+        case .storeUnavailable: return "store-unavailable"
         case .notMounted: return "not-mounted"
         case .mountRefused: return "mount-refused"
         case .mountFailed: return "mount-failed"

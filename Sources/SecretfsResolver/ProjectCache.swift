@@ -20,6 +20,7 @@ struct UpstreamFailure: Error {
         switch e.kind {
         case .notListening, .connectionRefused: code = .notMounted
         case .server(.notAllowed), .permissionDenied: code = .mountRefused
+        case .server(.storeUnavailable): code = .storeUnavailable
         default: code = .mountFailed
         }
         message = e.message

@@ -51,6 +51,7 @@ extension Store {
     /// O_EXCL, gets its manifest, is switched out of WAL into one file and
     /// fsync'd with its directory. A failure removes it.
     public func createBackup(to path: String) throws -> BackupManifest {
+        guard !location.isShared else { throw StoreError.notOnSharedStore("backup create") }
         let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw StoreError.io(path: path, errno: errno, action: "create the backup") }
         fchmod(fd, 0o600)
@@ -130,6 +131,14 @@ extension Store {
         guard Envelope.open(sealedCheck, key: masterKey, associatedData: Envelope.keyCheckAD(storeID: storeID)) != nil else {
             throw StoreError.wrongKey
         }
+        return try openEverySealedBlob(db, storeID: storeID, masterKey: masterKey, manifest: manifest)
+    }
+
+    /// Opens every data key and every kept value of the database `db` with
+    /// `masterKey` (the key check already passed): the check of a backup and
+    /// of a store copy. Plaintexts are wiped as soon as they open.
+    static func openEverySealedBlob(_ db: DatabaseConnection, storeID: [UInt8], masterKey: SecureBytes,
+                                    manifest: BackupManifest?) throws -> BackupReport {
         var report = BackupReport(manifest: manifest, projects: 0, opened: 1, failures: [])
         let p = try db.statement("SELECT id, name, wrapped_key, wrap_nonce, key_generation FROM projects ORDER BY name")
         var projects: [(Int64, String, Envelope.Sealed, Int64)] = []
@@ -232,6 +241,7 @@ extension Store {
         let source = Glibc.open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard source >= 0 else { throw StoreError.io(path: path, errno: errno, action: "open the backup") }
         defer { close(source) }
+        guard !location.isShared else { throw StoreError.notOnSharedStore("backup restore") }
         let dir = try trustedDirectory(location, creating: true)
         try narrowNewStoreDirectory(dir)
         for name in fileNames {

@@ -281,6 +281,7 @@ extension Store {
         guard db.changes > 0 else { return false }
         try db.statement("DELETE FROM secrets WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name)
             .run("replacing a secret")
+        recordChangeLocked(projectID: id, name: name)
         return true
     }
 
@@ -294,9 +295,9 @@ extension Store {
         let at = now()
         try db.statement("""
             INSERT INTO versions(project_id, name, version, ciphertext, nonce, action, made_at, made_by)
-            VALUES (?, ?, ?, x'', x'', ?, ?, ?)
-            """).bind(1, id).bind(2, name).bind(3, marker).bind(4, action.rawValue).bind(5, at.nanoseconds)
-            .bind(6, Int64(actor.uid)).run("recording the delete")
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """).bind(1, id).bind(2, name).bind(3, marker).bind(4, blob: []).bind(5, blob: []).bind(6, action.rawValue)
+            .bind(7, at.nanoseconds).bind(8, Int64(actor.uid)).run("recording the delete")
         let days = try keepVersionsLocked(id).days
         try db.statement("DELETE FROM trash WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name).run("updating the trash")
         try db.statement("INSERT INTO trash(project_id, name, deleted_at, deleted_by, purge_at) VALUES (?, ?, ?, ?, ?)")

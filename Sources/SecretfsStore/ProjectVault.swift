@@ -88,7 +88,7 @@ public final class ProjectVault: @unchecked Sendable {
         return (k, generation)
     }
 
-    private var db: SQLiteConnection { store.db }
+    private var db: DatabaseConnection { store.db }
 
     // MARK: Reading
 
@@ -118,7 +118,7 @@ public final class ProjectVault: @unchecked Sendable {
         return try s.step("looking up a secret") ? info(s) : nil
     }
 
-    private func info(_ s: SQLiteStatement) -> SecretInfo {
+    private func info(_ s: DatabaseStatement) -> SecretInfo {
         SecretInfo(name: s.string(0) ?? "", version: s.int64(1), createdAt: Timestamp(nanoseconds: s.int64(2)),
                    updatedAt: Timestamp(nanoseconds: s.int64(3)), updatedBy: UInt32(truncatingIfNeeded: s.int64(4)))
     }
@@ -190,6 +190,7 @@ public final class ProjectVault: @unchecked Sendable {
             .bind(1, id).bind(2, name).bind(3, blob: sealed.ciphertext).bind(4, blob: sealed.nonce).bind(5, version)
             .bind(6, created.nanoseconds).bind(7, now.nanoseconds).bind(8, Int64(actor.uid)).bind(9, action.rawValue)
             .bind(10, keyGeneration).run("writing a secret")
+        store.recordChangeLocked(projectID: id, name: name)
         try store.pruneLocked(projectID: id, name: name)
         try store.purgeExpiredLocked(projectID: id, projectName: self.name)
         return SecretInfo(name: name, version: version, createdAt: created, updatedAt: now, updatedBy: actor.uid)
@@ -385,16 +386,21 @@ public final class ProjectVault: @unchecked Sendable {
         }
     }
 
-    /// SQLite's `PRAGMA data_version` on this store's connection: it moves
-    /// whenever another connection (a CLI command, another process) commits
-    /// to the database, and not for this connection's own commits. Cheap (no
-    /// I/O beyond the shared-memory index): a mount polls it to notice
-    /// restores, undeletes and other changes made outside it.
+    /// A counter that moves when the project may have changed outside this
+    /// process. SQLite: `PRAGMA data_version` on this store's connection, which
+    /// moves whenever another connection (a CLI command, another process)
+    /// commits, not for this connection's own commits, and costs no I/O beyond
+    /// the shared-memory index. A shared store: the project's newest change
+    /// log sequence (one index probe), which also moves for this mount's own
+    /// commits (re-reading then finds nothing new). A mount polls it to notice
+    /// restores, undeletes, and other hosts' writes.
     public func storeDataVersion() throws -> Int64 {
         try store.lock.withLock { _ in
-            let s = try db.statement("PRAGMA data_version")
+            let s = store.location.isShared
+                ? try db.statement("SELECT COALESCE(MAX(seq), 0) FROM change_log WHERE project_id = ?").bind(1, id)
+                : try db.statement("PRAGMA data_version")
             defer { s.reset() }
-            guard try s.step("reading data_version") else { return 0 }
+            guard try s.step("reading the store's change counter") else { return 0 }
             return s.int64(0)
         }
     }

@@ -28,7 +28,6 @@ public enum RekeyTarget: Sendable {
 /// `master.key` that the next passphrase open names. Data keys do not
 /// change, so mounts keep working throughout.
 extension Store {
-    static let newKeyFileName = "master.key.new"
 
     public func rekey(to target: RekeyTarget, actor: Actor = .current) throws {
         guard masterKey.count == Envelope.keyBytes else { throw StoreError.keyNotLoaded }
@@ -42,17 +41,18 @@ extension Store {
 
     /// Step 1: the new key, written beside the old one for a key file target.
     func rekeyPrepare(_ target: RekeyTarget) throws -> (SecureBytes, KeyDerivation?) {
-        let dir = try Self.trustedDirectory(location, creating: false)
+        let dir = try Self.keyDirectory(location)
+        let newKeyFileName = location.keyFileName + ".new"
         switch target {
         case .passphraseFile(let path):
             let params = KeyDerivation.fresh()
             return (try params.deriveKey(from: try Self.readPassphrase(path: path)), params)
         case .keyFile(let path):
             let key = try Self.readKeyFile(at: AT_FDCWD, path, path: path)
-            dir.remove(Self.newKeyFileName)   // a stray one from an interrupted rekey: it opens nothing now
+            dir.remove(newKeyFileName)   // a stray one from an interrupted rekey: it opens nothing now
             let fd: Int32
-            do { fd = try dir.create(Self.newKeyFileName, O_WRONLY, mode: 0o400) } catch {
-                throw StoreError.io(path: dir.path(of: Self.newKeyFileName), errno: error.errno, action: "create")
+            do { fd = try dir.create(newKeyFileName, O_WRONLY, mode: 0o400) } catch {
+                throw StoreError.io(path: dir.path(of: newKeyFileName), errno: error.errno, action: "create")
             }
             defer { close(fd) }
             let failed: SystemError? = key.withUnsafeBytes { b in
@@ -60,8 +60,8 @@ extension Store {
                 return retryOnInterrupt({ fsync(fd) }) == 0 ? nil : .current
             }
             if let failed {
-                dir.remove(Self.newKeyFileName)
-                throw StoreError.io(path: dir.path(of: Self.newKeyFileName), errno: failed.errno, action: "write key file")
+                dir.remove(newKeyFileName)
+                throw StoreError.io(path: dir.path(of: newKeyFileName), errno: failed.errno, action: "write key file")
             }
             Self.syncDirectory(dir)
             return (key, nil)
@@ -106,10 +106,10 @@ extension Store {
 
     /// Step 3: the key file swapped (or removed).
     func rekeyFinish(toPassphrase: Bool) throws {
-        let dir = try Self.trustedDirectory(location, creating: false)
+        let dir = try Self.keyDirectory(location)
         if toPassphrase {
-            dir.remove(Self.keyFileName)
-        } else if renameat(dir.descriptor, Self.newKeyFileName, dir.descriptor, Self.keyFileName) != 0 {
+            dir.remove(location.keyFileName)
+        } else if renameat(dir.descriptor, location.keyFileName + ".new", dir.descriptor, location.keyFileName) != 0 {
             throw StoreError.io(path: location.keyFilePath, errno: errno, action: "install the new key file")
         }
         Self.syncDirectory(dir)
@@ -129,6 +129,7 @@ extension Store {
         func opens(_ key: SecureBytes) -> Bool {
             Envelope.open(sealed, key: key, associatedData: Envelope.keyCheckAD(storeID: storeID)) != nil
         }
+        let keyFileName = location.keyFileName, newKeyFileName = keyFileName + ".new"
         let hasNew = ((try? dir.status(of: newKeyFileName)) ?? nil) != nil
         let current: Result<SecureBytes, Error> = Result { try readKeyFile(at: dir.descriptor, keyFileName, path: location.keyFilePath) }
         if case .success(let key) = current, opens(key) {
@@ -157,7 +158,7 @@ extension Store {
     /// file was removed: that file opens nothing now. Said, not removed (it
     /// is not ours to delete if someone put it there).
     static func removeKeyFileLeftByRekey(_ dir: TrustedDirectory, _ location: StoreLocation, notices: inout [String]) {
-        for name in [keyFileName, newKeyFileName] where ((try? dir.status(of: name)) ?? nil) != nil {
+        for name in [location.keyFileName, location.keyFileName + ".new"] where ((try? dir.status(of: name)) ?? nil) != nil {
             notices.append("\(dir.path(of: name)) does not open this store, which now opens with its passphrase only "
                            + "(left by an interrupted rekey?); remove it")
         }

@@ -1,9 +1,8 @@
 import CSQLite
 
-/// A thin wrapper over one SQLite connection. Not thread-safe by itself: the
-/// `Store` serialises every use under its lock. Only ciphertexts, names and
-/// metadata are ever bound here; plaintext values never reach SQLite.
-final class SQLiteConnection {
+/// The embedded backend's connection: a thin wrapper over one SQLite
+/// connection (see DatabaseConnection).
+final class SQLiteConnection: DatabaseConnection {
     private(set) var handle: OpaquePointer?
     let path: String
     private var cache: [String: SQLiteStatement] = [:]
@@ -46,7 +45,9 @@ final class SQLiteConnection {
     }
 
     /// A prepared statement, cached by its SQL text and reset before reuse.
-    func statement(_ sql: String) throws -> SQLiteStatement {
+    func statement(_ sql: String) throws -> DatabaseStatement { try sqliteStatement(sql) }
+
+    func sqliteStatement(_ sql: String) throws -> SQLiteStatement {
         if let s = cache[sql] {
             s.reset()
             return s
@@ -63,6 +64,8 @@ final class SQLiteConnection {
 
     var changes: Int { Int(sqlite3_changes(handle)) }
 
+    var beforeCommit: (() throws -> Void)?
+
     /// Runs `body` in a `BEGIN IMMEDIATE` transaction: committed when it
     /// returns, rolled back when it throws. IMMEDIATE takes the write lock up
     /// front so two processes never deadlock upgrading read locks.
@@ -70,6 +73,7 @@ final class SQLiteConnection {
         try execute("BEGIN IMMEDIATE", context: context)
         do {
             let result = try body()
+            try beforeCommit?()
             try execute("COMMIT", context: context)
             return result
         } catch {
@@ -82,7 +86,7 @@ final class SQLiteConnection {
 /// SQLITE_TRANSIENT is a macro Swift cannot import (PLATFORM-NOTES).
 private let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
-final class SQLiteStatement {
+final class SQLiteStatement: DatabaseStatement {
     let stmt: OpaquePointer
     unowned let connection: SQLiteConnection
 
@@ -127,11 +131,6 @@ final class SQLiteStatement {
         default:
             throw StoreError.sqlite(code: rc, message: connection.lastErrorMessage, context: context)
         }
-    }
-
-    /// Steps to completion, for statements that return no rows.
-    func run(_ context: String) throws {
-        while try step(context) {}
     }
 
     func int64(_ column: Int32) -> Int64 { sqlite3_column_int64(stmt, column) }

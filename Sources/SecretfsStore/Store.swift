@@ -6,12 +6,52 @@ import SecretfsPOSIX
 import SecureMemory
 import Synchronization
 
-/// Where a store lives and how its master key is obtained.
+/// Where a store lives: a directory holding the embedded SQLite database
+/// and its key file, or a PostgreSQL database that many hosts share (each
+/// with its own copy of the key file, which never enters the database).
 public struct StoreLocation: Sendable {
-    public var directory: String
-    public init(directory: String) { self.directory = directory }
-    public var databasePath: String { directory + "/secretfs.db" }
-    public var keyFilePath: String { directory + "/master.key" }
+    public enum Kind: Sendable, Equatable {
+        case directory(String)
+        case postgres(PostgresTarget)
+    }
+    public let kind: Kind
+    /// The master key file: STORE/master.key in a directory store; this
+    /// host's own file for a database (default `defaultSharedKeyFile`).
+    public let keyFilePath: String
+
+    public static let defaultSharedKeyFile = "/etc/secretfs/master.key"
+
+    public init(directory: String) {
+        kind = .directory(directory)
+        keyFilePath = directory + "/master.key"
+    }
+
+    public init(postgres target: PostgresTarget, keyFile: String? = nil) {
+        kind = .postgres(target)
+        keyFilePath = keyFile ?? Self.defaultSharedKeyFile
+    }
+
+    /// The store directory, or the database as messages show it (no password).
+    public var directory: String {
+        switch kind {
+        case .directory(let d): return d
+        case .postgres(let t): return t.displayName
+        }
+    }
+    public var databasePath: String { isShared ? directory : directory + "/secretfs.db" }
+    public var isShared: Bool { if case .postgres = kind { return true } else { return false } }
+    var postgresTarget: PostgresTarget? { if case .postgres(let t) = kind { return t } else { return nil } }
+
+    /// The directory that holds the key file, and its name there (the
+    /// trust rule and rekey's crash-safe swap work in that directory).
+    var keyDirectoryPath: String {
+        guard let slash = keyFilePath.lastIndex(of: "/") else { return "." }
+        let d = String(keyFilePath[..<slash])
+        return d.isEmpty ? "/" : d
+    }
+    var keyFileName: String {
+        keyFilePath.lastIndex(of: "/").map { String(keyFilePath[keyFilePath.index(after: $0)...]) } ?? keyFilePath
+    }
 }
 
 /// How the master key is supplied.
@@ -87,16 +127,17 @@ public struct AuditEvent: Sendable, Equatable {
     public var detail: String?
 }
 
-/// The encrypted store: one SQLite database (WAL, synchronous=FULL,
-/// secure_delete=ON) plus a master key that never leaves locked memory.
+/// The encrypted store: one database (the embedded SQLite file, WAL,
+/// synchronous=FULL, secure_delete=ON; or a shared PostgreSQL database, see
+/// SharedStore.swift) plus a master key that never leaves locked memory.
 ///
 /// Thread safety: one connection, every use under `lock`. A mount process
-/// calls in from FUSE threads and its socket thread at once; SQLite itself
-/// serialises writers across processes (`BEGIN IMMEDIATE`, busy timeout).
+/// calls in from FUSE threads and its socket thread at once; the database
+/// serialises writers across processes and hosts (`DatabaseConnection.transaction`).
 public final class Store: @unchecked Sendable {
     public let location: StoreLocation
     let lock = Mutex(())
-    let db: SQLiteConnection
+    let db: DatabaseConnection
     let masterKey: SecureBytes
     let storeID: [UInt8]
     /// The clock every time written to the store comes from (and that trash
@@ -108,19 +149,27 @@ public final class Store: @unchecked Sendable {
 
     static var schemaVersion: Int32 { Int32(migrations.count) }
 
-    private init(location: StoreLocation, db: SQLiteConnection, masterKey: SecureBytes, storeID: [UInt8],
-                 clock: @escaping @Sendable () -> Timestamp) {
+    /// Changes of the current write transaction, for the shared store's
+    /// change log (written just before COMMIT; see `recordChangeLocked`).
+    var pendingChanges: [(projectID: Int64, name: String?)] = []
+
+    init(location: StoreLocation, db: DatabaseConnection, masterKey: SecureBytes, storeID: [UInt8],
+         clock: @escaping @Sendable () -> Timestamp) {
         self.location = location
         self.db = db
         self.masterKey = masterKey
         self.storeID = storeID
         self.clock = clock
+        if location.isShared {
+            db.beforeCommit = { [unowned self] in try self.writeChangeLogLocked() }
+        }
     }
 
     func now() -> Timestamp { clock() }
 
     public static func exists(at location: StoreLocation) -> Bool {
-        access(location.databasePath, F_OK) == 0
+        if location.isShared { return (try? openMetadataOnly(at: location)) != nil }
+        return access(location.databasePath, F_OK) == 0
     }
 
     // MARK: Creating and opening
@@ -135,6 +184,9 @@ public final class Store: @unchecked Sendable {
     public static func create(at location: StoreLocation, keySource: MasterKeySource,
                               clock: @escaping @Sendable () -> Timestamp = Timestamp.now) throws -> Store {
         Sodium.ensureInitialised()
+        if let target = location.postgresTarget {
+            return try createShared(target, location: location, keySource: keySource, clock: clock)
+        }
         // A bad passphrase file is found before anything is created.
         let passphrase: SecureBytes?
         if case .passphraseFile(let path) = keySource { passphrase = try readPassphrase(path: path) } else { passphrase = nil }
@@ -211,8 +263,12 @@ public final class Store: @unchecked Sendable {
     public static func open(at location: StoreLocation, keySource: MasterKeySource,
                             clock: @escaping @Sendable () -> Timestamp = Timestamp.now) throws -> Store {
         Sodium.ensureInitialised()
-        let dir = try trustedDirectory(location, creating: false)
-        let db = try openDatabase(dir, location)
+        let db: DatabaseConnection
+        if let target = location.postgresTarget {
+            db = try openSharedDatabase(target)
+        } else {
+            db = try openDatabase(try trustedDirectory(location, creating: false), location)
+        }
         guard let storeID = try getMeta(db, "store_id"), let check = try getMeta(db, "key_check"),
               check.count >= Envelope.nonceBytes + Envelope.tagBytes else {
             throw StoreError.corrupt("the store has no key check record")
@@ -222,7 +278,7 @@ public final class Store: @unchecked Sendable {
         var notices: [String] = []
         switch (keySource, kdfName) {
         case (.keyFile, nil):
-            masterKey = try keyFileFinishingRekey(dir, location, storeID: storeID, check: check, notices: &notices)
+            masterKey = try keyFileFinishingRekey(try keyDirectory(location), location, storeID: storeID, check: check, notices: &notices)
         case (.passphraseFile(let path), "argon2id13"?):
             // Checked before the passphrase is read: a damaged store is
             // reported as one whatever passphrase file is given.
@@ -241,7 +297,7 @@ public final class Store: @unchecked Sendable {
         guard Envelope.open(sealed, key: masterKey, associatedData: Envelope.keyCheckAD(storeID: storeID)) != nil else {
             throw StoreError.wrongKey
         }
-        if kdfName != nil { removeKeyFileLeftByRekey(dir, location, notices: &notices) }
+        if kdfName != nil, let dir = try? keyDirectory(location) { removeKeyFileLeftByRekey(dir, location, notices: &notices) }
         let store = Store(location: location, db: db, masterKey: masterKey, storeID: storeID, clock: clock)
         store.notices = notices
         try store.purgeExpiredTrash()
@@ -254,8 +310,12 @@ public final class Store: @unchecked Sendable {
     public static func openMetadataOnly(at location: StoreLocation,
                                         clock: @escaping @Sendable () -> Timestamp = Timestamp.now) throws -> Store {
         Sodium.ensureInitialised()
-        let dir = try trustedDirectory(location, creating: false)
-        let db = try openDatabase(dir, location)
+        let db: DatabaseConnection
+        if let target = location.postgresTarget {
+            db = try openSharedDatabase(target)
+        } else {
+            db = try openDatabase(try trustedDirectory(location, creating: false), location)
+        }
         guard let storeID = try getMeta(db, "store_id") else { throw StoreError.corrupt("the store has no identity record") }
         let store = Store(location: location, db: db, masterKey: SecureBytes(capacity: 0), storeID: storeID, clock: clock)
         try store.purgeExpiredTrash()
@@ -269,7 +329,7 @@ public final class Store: @unchecked Sendable {
     public final class MountClaim: @unchecked Sendable {
         private let fd: Int32
         init(fd: Int32) { self.fd = fd }
-        deinit { close(fd) }
+        deinit { if fd >= 0 { close(fd) } }
     }
 
     static func mountLockName(_ project: String) -> String { "\(project).mount-lock" }
@@ -279,8 +339,12 @@ public final class Store: @unchecked Sendable {
     /// never hear of the first one's changes and would serve stale values).
     /// The lock file is opened in the checked store directory, never through
     /// a link, and must be the caller's own regular file.
+    ///
+    /// A shared store is mounted by many hosts at once, each following the
+    /// change feed, so it claims nothing (the claim is always granted).
     public func claimMount(of project: String) throws -> MountClaim? {
         guard Names.isValid(project) else { throw StoreError.invalidProjectName(project) }
+        if location.isShared { return MountClaim(fd: -1) }
         let dir = try Self.trustedDirectory(location, creating: false)
         let name = Self.mountLockName(project)
         var fd: Int32
@@ -301,8 +365,9 @@ public final class Store: @unchecked Sendable {
     }
 
     /// Whether a mount of this store holds `project` now.
+    /// (Always false for a shared store: its mounts are on other hosts too.)
     public func isMounted(_ project: String) -> Bool {
-        guard Names.isValid(project), let dir = try? Self.trustedDirectory(location, creating: false),
+        guard !location.isShared, Names.isValid(project), let dir = try? Self.trustedDirectory(location, creating: false),
               let fd = try? dir.open(Self.mountLockName(project), O_RDONLY | O_NONBLOCK) else { return false }
         defer { close(fd) }
         return flock(fd, LOCK_SH | LOCK_NB) != 0
@@ -310,7 +375,7 @@ public final class Store: @unchecked Sendable {
 
     /// The Argon2id parameters recorded in a passphrase store, checked: a
     /// missing or out-of-range one is a damaged store (for open and backup verify).
-    static func storedKeyDerivation(_ db: SQLiteConnection) throws -> KeyDerivation {
+    static func storedKeyDerivation(_ db: DatabaseConnection) throws -> KeyDerivation {
         guard let salt = try getMeta(db, "kdf_salt"),
               let ops = try getMeta(db, "kdf_opslimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }),
               let mem = try getMeta(db, "kdf_memlimit").flatMap({ UInt64(String(decoding: $0, as: UTF8.self)) }) else {
@@ -336,6 +401,21 @@ public final class Store: @unchecked Sendable {
             case .system(let e):
                 throw StoreError.io(path: error.path, errno: e, action: creating ? "create store directory" : "open store directory")
             default: throw StoreError.storeUntrusted(directory: location.directory, error)
+            }
+        }
+    }
+
+    /// The directory holding the master key file, checked under the same
+    /// rule: the store directory itself, or (a shared store) the directory of
+    /// this host's key file.
+    static func keyDirectory(_ location: StoreLocation) throws -> TrustedDirectory {
+        if !location.isShared { return try trustedDirectory(location, creating: false) }
+        do {
+            return try TrustedDirectory.open(location.keyDirectoryPath, creatingWith: nil, checkingOwnMode: true)
+        } catch {
+            switch error.problem {
+            case .system(let e): throw StoreError.keyFileUnreadable(path: location.keyFilePath, errno: e)
+            default: throw StoreError.keyFileUntrusted(error)
             }
         }
     }
@@ -406,7 +486,7 @@ public final class Store: @unchecked Sendable {
     }
 
     /// Versioned schema migrations; `PRAGMA user_version` is the schema version.
-    private static let migrations: [String] = [
+    static let migrations: [String] = [
         // 1: the first schema. See docs/store-format.md. Each commit of a
         // value writes the secret's page, its project's page (the version
         // counter) and the audit page: no AUTOINCREMENT (its sqlite_sequence
@@ -509,12 +589,12 @@ public final class Store: @unchecked Sendable {
         }
     }
 
-    static func putMeta(_ db: SQLiteConnection, _ key: String, _ value: [UInt8]) throws {
-        try db.statement("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)")
+    static func putMeta(_ db: DatabaseConnection, _ key: String, _ value: [UInt8]) throws {
+        try db.statement("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
             .bind(1, key).bind(2, blob: value).run("writing store metadata")
     }
 
-    static func getMeta(_ db: SQLiteConnection, _ key: String) throws -> [UInt8]? {
+    static func getMeta(_ db: DatabaseConnection, _ key: String) throws -> [UInt8]? {
         let s = try db.statement("SELECT value FROM meta WHERE key = ?").bind(1, key)
         defer { s.reset() }
         return try s.step("reading store metadata") ? s.blob(0) : nil
@@ -660,11 +740,13 @@ public final class Store: @unchecked Sendable {
                 let now = self.now()
                 let insert = try db.statement("""
                     INSERT INTO projects(name, wrapped_key, wrap_nonce, created_at, keep_versions, keep_deleted_days)
-                    VALUES (?, x'', x'', ?, ?, ?)
+                    VALUES (?, ?, ?, ?, ?, ?) RETURNING id
                     """)
-                try insert.bind(1, name).bind(2, now.nanoseconds).bind(3, Int64(keepVersions)).bind(4, Int64(keepDeletedDays))
-                    .run("creating project")
-                let id = sqlite3_last_insert_rowid(db.handle)
+                insert.bind(1, name).bind(2, blob: []).bind(3, blob: []).bind(4, now.nanoseconds)
+                    .bind(5, Int64(keepVersions)).bind(6, Int64(keepDeletedDays))
+                guard try insert.step("creating project") else { throw StoreError.corrupt("creating a project returned no id") }
+                let id = insert.int64(0)
+                insert.reset()
                 // The id is part of the wrapping's associated data, so wrap after insert.
                 let dataKey = SecureBytes.random(count: Envelope.keyBytes)
                 let wrapped = Envelope.seal(dataKey, key: masterKey,
@@ -708,6 +790,7 @@ public final class Store: @unchecked Sendable {
         try lock.withLock { _ in
             try db.transaction("deleting project \(name)") {
                 try db.statement("DELETE FROM projects WHERE id = ?").bind(1, info.id).run("deleting project")
+                recordChangeLocked(projectID: info.id, name: nil)
                 try insertAudit(project: name, actor: actor, action: "project-delete", names: nil,
                                 detail: "\(info.secretCount) secrets")
             }
@@ -766,6 +849,7 @@ public final class Store: @unchecked Sendable {
 
     /// Forces the WAL into the main database file (used by tests and `status`).
     public func checkpoint() throws {
+        guard !location.isShared else { return }
         try lock.withLock { _ in try db.execute("PRAGMA wal_checkpoint(TRUNCATE)", context: "checkpointing") }
     }
 }

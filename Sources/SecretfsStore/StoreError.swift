@@ -44,6 +44,14 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     case unsupportedSchema(Int)
     case io(path: String, errno: Int32, action: String)
     case sqlite(code: Int32, message: String, context: String)
+    /// The shared store's database cannot be reached (its display name, never
+    /// a password, and libpq's reason).
+    case unavailable(String, String)
+    case postgres(sqlstate: String, message: String, context: String)
+    /// `init` on a database that holds a store, on a host without its key file.
+    case sharedStoreNeedsKey(database: String, keyFile: String)
+    /// An operation of the embedded store only (a file backup).
+    case notOnSharedStore(String)
 
     public var description: String {
         switch self {
@@ -80,6 +88,10 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .unsupportedSchema(let v): return "the store has schema version \(v), newer than this secretfs understands"
         case .io(let p, let e, let a): return "cannot \(a) \(p): \(errnoText(e))"
         case .sqlite(let c, let m, let ctx): return "database error while \(ctx): \(m) (SQLite code \(c))"
+        case .unavailable(let db, let why): return "store unavailable: cannot reach \(db): \(why)"
+        case .postgres(let state, let m, let ctx): return "database error while \(ctx): \(m) (SQLSTATE \(state))"
+        case .sharedStoreNeedsKey(let db, let k): return "\(db) already holds a secretfs store, and this host has no key file \(k)"
+        case .notOnSharedStore(let what): return "\(what) works on a store directory, not on a shared PostgreSQL store"
         }
     }
 
@@ -120,6 +132,16 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .corrupt: return "restore the store from a backup"
         case .unsupportedSchema: return "upgrade secretfs"
         case .io: return nil
+        case .unavailable:
+            return "check that the database server is running and reachable (libpq settings: PGHOST, PGPORT, ~/.pgpass, PGSSLMODE); mounts reconnect by themselves"
+        case .postgres(let state, _, _):
+            if state.hasPrefix("42501") { return "grant the database user rights on the secretfs tables" }
+            if state.hasPrefix("25006") { return "the database is read-only (a standby?); point the store at the primary" }
+            return nil
+        case .sharedStoreNeedsKey(_, let k):
+            return "copy the master key file from a host that has it to \(k) (mode 0400), or pass --key-file FILE"
+        case .notOnSharedStore:
+            return "copy the shared store to a directory with 'secretfs store copy --from URL --to DIR' (that is its backup)"
         case .sqlite(let code, _, _):
             if code & 0xff == 5 || code & 0xff == 6 { return "another process holds the store busy; try again" }
             if code & 0xff == 8 { return "the store is read-only for this user" }

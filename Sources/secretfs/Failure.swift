@@ -31,10 +31,10 @@ struct Failure: Error {
         let code: Exit
         switch error {
         case .storeExists, .storeMissing, .corrupt, .unsupportedSchema, .sqlite, .io, .storeUntrusted,
-             .storeDirectoryOpenToOthers: code = .storeProblem
+             .storeDirectoryOpenToOthers, .unavailable, .postgres, .notOnSharedStore: code = .storeProblem
         case .keyFileUnreadable, .keyFileRequired, .keyFileInsecure, .keyFileMalformed, .keyFileUntrusted, .passphraseRequired,
              .passphraseNotExpected, .passphraseUnreadable, .passphraseFileInsecure, .passphraseFileUntrusted,
-             .wrongKey, .keyNotLoaded, .keyDerivationFailed: code = .keyProblem
+             .wrongKey, .keyNotLoaded, .keyDerivationFailed, .sharedStoreNeedsKey: code = .keyProblem
         case .projectExists, .projectNotFound, .projectNotEmpty, .invalidProjectName: code = .projectProblem
         case .invalidSecretName, .secretNotFound, .secretExists, .secretNotDeleted, .versionNotFound: code = .failure
         case .invalidRetention: code = .usage

@@ -5,7 +5,7 @@ import SecretfsStore
 /// Options every subcommand shares. Each location is resolved the same way:
 /// the flag, else the environment variable, else the system default.
 struct GlobalOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("Store directory (env SECRETFS_STORE, default /var/lib/secretfs).", valueName: "dir"))
+    @Option(name: .long, help: ArgumentHelp("Store directory, or a PostgreSQL URL or libpq conninfo for a store shared by many hosts (env SECRETFS_STORE, default /var/lib/secretfs).", valueName: "dir|url"))
     var store: String?
 
     @Option(name: .long, help: ArgumentHelp("Directory for sockets, pid files and logs (env SECRETFS_RUNTIME_DIR, default /run/secretfs).", valueName: "dir"))
@@ -14,16 +14,32 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Read the store's passphrase from this file (env SECRETFS_PASSPHRASE_FILE) instead of using the key file.", valueName: "file"))
     var passphraseFile: String?
 
-    /// A database URL or libpq conninfo where a store directory goes: this
-    /// build keeps its store in a directory, and says so plainly (the value
-    /// is not repeated: it may hold a password) instead of treating the URL
-    /// as a relative path.
+    @Option(name: .long, help: ArgumentHelp("This host's master key file for a PostgreSQL store (env SECRETFS_KEY_FILE, default /etc/secretfs/master.key); for backup verify and restore, the backup's key. A store directory keeps its key in DIR/master.key.", valueName: "file"))
+    var keyFile: String?
+
+    /// The store option as given (flag, else environment), if any.
+    private var storeText: String? { store ?? Self.environment("SECRETFS_STORE") }
+
+    /// A PostgreSQL URL or conninfo is parsed now: a malformed one, or one
+    /// holding a password, is a usage error (and the text is never repeated:
+    /// it may hold a password).
     func validate() throws {
-        guard let s = store ?? Self.environment("SECRETFS_STORE") else { return }
-        let lower = s.lowercased()
-        if lower.hasPrefix("postgresql:") || lower.hasPrefix("postgres:") || lower.contains("host=") || lower.contains("dbname=") {
-            throw ValidationError("the store names a PostgreSQL database; this version of secretfs keeps its store in a directory "
-                                  + "(--store DIR or SECRETFS_STORE=DIR)")
+        guard let s = storeText, PostgresTarget.looksLikeDatabase(s) else { return }
+        do { _ = try PostgresTarget(s) } catch { throw ValidationError(error.description) }
+    }
+
+    /// The shared store named by the store option, if it names a database.
+    var sharedTarget: PostgresTarget? {
+        guard let s = storeText, PostgresTarget.looksLikeDatabase(s) else { return nil }
+        return try? PostgresTarget(s)
+    }
+
+    /// A store named on the command line (`store copy --from/--to`): a
+    /// directory, or a database with this host's key file.
+    func location(named text: String) throws -> StoreLocation {
+        guard PostgresTarget.looksLikeDatabase(text) else { return StoreLocation(directory: absolute(text)) }
+        do { return StoreLocation(postgres: try PostgresTarget(text), keyFile: keyFileOption) } catch {
+            throw ValidationError(error.description)
         }
     }
 
@@ -33,15 +49,23 @@ struct GlobalOptions: ParsableArguments {
         return s.isEmpty ? nil : s
     }
 
+    /// The store directory, or the database as messages show it.
     var storeDirectory: String {
-        absolute(store ?? Self.environment("SECRETFS_STORE") ?? "/var/lib/secretfs")
+        if let t = sharedTarget { return t.displayName }
+        return absolute(storeText ?? "/var/lib/secretfs")
     }
+
+    /// The key file option as given (flag, else environment), absolute.
+    var keyFileOption: String? { (keyFile ?? Self.environment("SECRETFS_KEY_FILE")).map(absolute) }
 
     var runtimeDirectory: String {
         absolute(runtimeDir ?? Self.environment("SECRETFS_RUNTIME_DIR") ?? "/run/secretfs")
     }
 
-    var location: StoreLocation { StoreLocation(directory: storeDirectory) }
+    var location: StoreLocation {
+        if let t = sharedTarget { return StoreLocation(postgres: t, keyFile: keyFileOption) }
+        return StoreLocation(directory: storeDirectory)
+    }
 
     var keySource: MasterKeySource {
         if let p = passphraseFile ?? Self.environment("SECRETFS_PASSPHRASE_FILE") { return .passphraseFile(absolute(p)) }

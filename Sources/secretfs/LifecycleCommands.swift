@@ -323,13 +323,11 @@ struct BackupCommand: ParsableCommand {
                 """)
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The backup file.") var file: String
-        @Option(help: ArgumentHelp("The master key file (default: the store's master.key).", valueName: "file"))
-        var keyFile: String?
 
         func run() throws {
             let key: BackupKey
             if case .passphraseFile(let p) = global.keySource { key = .passphraseFile(p) }
-            else { key = .keyFile(absolute(keyFile ?? global.location.keyFilePath)) }
+            else { key = .keyFile(global.keyFileOption ?? global.location.keyFilePath) }
             let report = try Store.verifyBackup(at: absolute(file), key: key)
             var text = ""
             if let m = report.manifest {
@@ -356,13 +354,11 @@ struct BackupCommand: ParsableCommand {
                 """)
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The backup file.") var file: String
-        @Option(help: ArgumentHelp("The master key file of a key-file store.", valueName: "file"))
-        var keyFile: String?
 
         func run() throws {
             var passphrase: String?
             if case .passphraseFile(let p) = global.keySource { passphrase = p }
-            let store = try Store.restoreBackup(from: absolute(file), to: global.location, keyFile: keyFile.map(absolute),
+            let store = try Store.restoreBackup(from: absolute(file), to: global.location, keyFile: global.keyFileOption,
                                                 passphraseFile: passphrase)
             let projects = try store.listProjects()
             writeStdout("restored \(projects.count) project\(projects.count == 1 ? "" : "s") into \(global.storeDirectory)\n")

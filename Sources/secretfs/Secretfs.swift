@@ -19,7 +19,7 @@ struct Secretfs: ParsableCommand {
         subcommands: [
             InitCommand.self, ProjectCommand.self, MountCommand.self, UmountCommand.self,
             StatusCommand.self, AuditCommand.self, HistoryCommand.self, RestoreCommand.self, UndeleteCommand.self,
-            TrashCommand.self, PurgeCommand.self, ImportCommand.self, BackupCommand.self, LsCommand.self, RekeyCommand.self, DoctorCommand.self,
+            TrashCommand.self, PurgeCommand.self, ImportCommand.self, BackupCommand.self, StoreCommand.self, LsCommand.self, RekeyCommand.self, DoctorCommand.self,
             ResolveCommand.self, ResolverCommand.self, RedactCommand.self, RunCommand.self,
         ]
     )
@@ -54,7 +54,7 @@ struct Secretfs: ParsableCommand {
             // Usage errors in the one voice, with the way to the usage text.
             let subcommands: Set<String> = ["init", "project", "create", "list", "delete", "mount", "umount", "status",
                                             "audit", "resolve", "resolver", "redact", "run", "doctor", "set", "history",
-                                            "restore", "undelete", "trash", "purge", "import", "backup", "verify", "ls", "rekey", "rotate-key"]
+                                            "restore", "undelete", "trash", "purge", "import", "backup", "verify", "ls", "rekey", "rotate-key", "store", "copy"]
             let command = CommandLine.arguments.dropFirst().prefix { subcommands.contains($0) }.joined(separator: " ")
             writeStderr("secretfs: error: \(message(for: error))\n"
                         + "hint: see 'secretfs \(command.isEmpty ? "" : command + " ")--help'\n")

@@ -13,14 +13,24 @@ struct InitCommand: ParsableCommand {
             (mode 0400); keep a backup of it, the store cannot be opened without it. With \
             --passphrase-file, the key is derived with Argon2id and no key file is written; every \
             later command that needs the key must be given the same passphrase file. \
-            Refuses to overwrite an existing store.
+            Refuses to overwrite an existing store. \
+            With --store postgresql://USER@HOST:PORT/DB (or a libpq conninfo), the schema is created \
+            in an empty database and the key file is this host's own (--key-file, default \
+            /etc/secretfs/master.key; an existing one is used). On a database that already holds a \
+            store, init succeeds only if this host's key opens it: that is how a second host checks \
+            its copy of the key. The database password goes in ~/.pgpass or PGPASSFILE, never in the URL.
             """)
 
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
         let location = global.location
-        _ = try Store.create(at: location, keySource: global.keySource)
+        let store = try Store.create(at: location, keySource: global.keySource)
+        if !store.notices.isEmpty {
+            // A second host's init: the database had the store, and this host's key opens it.
+            for n in store.notices { writeStdout("\(n)\n") }
+            return
+        }
         var text = "created store \(location.directory)\n"
         if case .keyFile = global.keySource {
             text += "master key: \(location.keyFilePath) (back it up: without it the store cannot be opened)\n"
@@ -184,4 +194,45 @@ func validateRetention(keepVersions: Int?, keepDeleted: Int?) throws {
 
 func pad(_ s: String, _ width: Int) -> String {
     s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)
+}
+
+struct StoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "store",
+        abstract: "Work on a whole store: copy it between a directory and a PostgreSQL database.",
+        subcommands: [Copy.self])
+
+    struct Copy: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Copy every project, with its versions, trash and audit trail, to a new store.",
+            discussion: """
+                --from and --to are each a store directory or a PostgreSQL URL / libpq conninfo. \
+                Directory to database is the migration to a shared store; database to directory \
+                gives a local backup. The ciphertexts are copied as they are (no value is decrypted \
+                or re-encrypted), and the target must not hold a store yet. A key-file store's key \
+                goes to the target's key file: DIR/master.key, or for a database this host's key \
+                file (--key-file, default /etc/secretfs/master.key), which may already hold the same \
+                key. A passphrase store needs --passphrase-file and stays one. At the end the copy \
+                is read back and every data key and value in it is opened with the key. Writers to \
+                the source wait while it is copied.
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Option(help: ArgumentHelp("The store to copy.", valueName: "dir|url")) var from: String
+        @Option(help: ArgumentHelp("The new store.", valueName: "dir|url")) var to: String
+
+        func run() throws {
+            let source = try Store.open(at: try global.location(named: from), keySource: global.keySource)
+            for n in source.notices { writeStderr("secretfs: note: \(n)\n") }
+            let target = try global.location(named: to)
+            let report = try source.copy(to: target)
+            let count = { (t: String) in report.rows.first { $0.table == t }?.count ?? 0 }
+            writeStdout("copied \(count("projects")) project\(count("projects") == 1 ? "" : "s") (\(count("secrets")) secrets, "
+                        + "\(count("versions")) earlier versions and deletes, \(count("trash")) in the trash, \(count("audit")) audit events) "
+                        + "from \(source.location.directory) to \(target.directory); "
+                        + "verified: \(report.opened) sealed blobs open with the key\n")
+            if case .keyFile = global.keySource {
+                writeStdout("master key: \(target.keyFilePath)\n")
+            }
+        }
+    }
 }

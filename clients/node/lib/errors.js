@@ -20,6 +20,7 @@ const codes = Object.freeze({
   'internal-error': 10,
   'reply-too-large': 11,
   'unexpected': 12,
+  'store-unavailable': 13,
   'not-mounted': 20,
   'mount-refused': 21,
   'mount-failed': 22,

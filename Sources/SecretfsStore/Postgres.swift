@@ -1,0 +1,389 @@
+import CPostgres
+import Glibc
+
+/// The shared backend's connection: one libpq connection to the PostgreSQL
+/// database that many hosts mount from (see DatabaseConnection).
+///
+/// libpq rather than postgres-nio: its calls block, which is what a FUSE
+/// worker thread wants (it waits for its commit anyway), and it brings
+/// libpq's own handling of `~/.pgpass`, `PGPASSFILE`, `PGSSLMODE`,
+/// `sslmode=verify-full` and the rest of the libpq environment, so secretfs
+/// never sees the database password (docs/deployment.md).
+///
+/// A lost connection is reset on the next use; a statement that fails to
+/// reach the server outside a transaction is retried once on the new
+/// connection. When the server cannot be reached, every call throws
+/// `StoreError.unavailable` at once, and the next call tries again.
+final class PostgresConnection: DatabaseConnection {
+    private var conn: OpaquePointer?
+    let target: PostgresTarget
+    /// Bumped on every (re)connect: statements prepared on an earlier
+    /// connection are prepared again.
+    fileprivate private(set) var generation = 0
+    private var cache: [String: PostgresStatement] = [:]
+    private var nextStatementID = 0
+    private var inTransaction = false
+    fileprivate(set) var changes = 0
+    var beforeCommit: (() throws -> Void)?
+
+    /// The advisory lock every write transaction takes first: writers of all
+    /// hosts run one at a time, as SQLite's BEGIN IMMEDIATE makes them on one
+    /// host, so a transaction's reads and its compare-and-set of the version
+    /// see no other writer's half-done work. (The number spells "secretfs".)
+    static let writeLockKey: Int64 = 0x7365_6372_6574_6673
+
+    init(target: PostgresTarget) throws {
+        self.target = target
+        try connect()
+    }
+
+    deinit {
+        cache.removeAll()
+        if let conn { PQfinish(conn) }
+    }
+
+    // MARK: Connecting
+
+    /// libpq keywords set before the user's own conninfo, which overrides
+    /// them: a bound on connecting and on a silent network, and a name in
+    /// pg_stat_activity.
+    static let connectDefaults: [(String, String)] = [
+        ("connect_timeout", "5"),
+        ("keepalives_idle", "10"),
+        ("keepalives_interval", "5"),
+        ("keepalives_count", "3"),
+        ("tcp_user_timeout", "15000"),
+        ("application_name", "secretfs"),
+    ]
+
+    /// A new connection to `target` (the connection string expanded by
+    /// libpq), or nil with libpq's message.
+    static func open(_ target: PostgresTarget, extra: [(String, String)] = []) -> (OpaquePointer?, String?) {
+        let pairs = connectDefaults + extra + [("dbname", target.conninfo)]
+        let keys = pairs.map { strdup($0.0) }
+        let values = pairs.map { strdup($0.1) }
+        defer {
+            keys.forEach { free($0) }
+            values.forEach { free($0) }
+        }
+        var k: [UnsafePointer<CChar>?] = keys.map { UnsafePointer($0) } + [nil]
+        var v: [UnsafePointer<CChar>?] = values.map { UnsafePointer($0) } + [nil]
+        guard let c = PQconnectdbParams(&k, &v, 1) else { return (nil, "out of memory") }
+        if PQstatus(c) != CONNECTION_OK {
+            let message = firstLine(PQerrorMessage(c))
+            PQfinish(c)
+            return (nil, message)
+        }
+        // Notices (NOTICE, WARNING) would go to stderr by default: nowhere instead.
+        PQsetNoticeProcessor(c, { _, _ in }, nil)
+        return (c, nil)
+    }
+
+    private func connect() throws {
+        let (c, message) = Self.open(target)
+        guard let c else { throw StoreError.unavailable(target.displayName, message ?? "cannot connect") }
+        if let conn { PQfinish(conn) }
+        conn = c
+        generation += 1
+        // Every commit waits for its WAL flush, whatever the server's default:
+        // a close that returned 0 must survive a crash of the server.
+        try execute("SET synchronous_commit = on; SET client_min_messages = warning", context: "configuring the session")
+    }
+
+    /// The connection, reset first if it was lost.
+    private func live() throws -> OpaquePointer {
+        if let conn, PQstatus(conn) == CONNECTION_OK { return conn }
+        try connect()
+        return conn!
+    }
+
+    var isBroken: Bool { conn.map { PQstatus($0) != CONNECTION_OK } ?? true }
+
+    static func firstLine(_ p: UnsafePointer<CChar>?) -> String {
+        guard let p else { return "unknown error" }
+        let s = String(cString: p)
+        return String(s.split(separator: "\n").first ?? "unknown error")
+    }
+
+    /// The error of a failed result: the primary message only (its DETAIL can
+    /// quote a row's key), or `unavailable` when the connection is gone.
+    func error(of result: OpaquePointer?, context: String) -> StoreError {
+        if isBroken || result == nil {
+            return .unavailable(target.displayName, Self.firstLine(conn.map { PQerrorMessage($0) }))
+        }
+        let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) } ?? "?????"
+        let message = PQresultErrorField(result, Int32(UInt8(ascii: "M"))).map { String(cString: $0) } ?? "unknown error"
+        return .postgres(sqlstate: state, message: message, context: context)
+    }
+
+    // MARK: DatabaseConnection
+
+    func execute(_ sql: String, context: String) throws {
+        let result = try withRetry { PQexec($0, sql) }
+        defer { PQclear(result) }
+        let status = PQresultStatus(result)
+        guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK else { throw error(of: result, context: context) }
+    }
+
+    func statement(_ sql: String) throws -> DatabaseStatement {
+        if let s = cache[sql] {
+            s.reset()
+            return s
+        }
+        nextStatementID += 1
+        let s = PostgresStatement(connection: self, name: "secretfs_\(nextStatementID)", sql: Self.numberPlaceholders(sql))
+        cache[sql] = s
+        return s
+    }
+
+    func transaction<T>(_ context: String, _ body: () throws -> T) throws -> T {
+        // BEGIN is where a connection lost while idle shows: retried on a new one.
+        try execute("BEGIN; SELECT pg_advisory_xact_lock(\(Self.writeLockKey))", context: context)
+        inTransaction = true
+        do {
+            let result = try body()
+            try beforeCommit?()
+            inTransaction = false
+            try execute("COMMIT", context: context)
+            return result
+        } catch {
+            inTransaction = false
+            if let conn, PQstatus(conn) == CONNECTION_OK { PQclear(PQexec(conn, "ROLLBACK")) }
+            throw error
+        }
+    }
+
+    /// Runs `call` on the live connection; when the server was lost under a
+    /// statement outside a transaction, once more on a new connection (the
+    /// statement did not reach it, or was a read). Inside a transaction the
+    /// failure ends the transaction: the caller's write fails whole.
+    func withRetry(_ call: (OpaquePointer) -> OpaquePointer?) throws -> OpaquePointer? {
+        let result = call(try live())
+        let failed = result == nil || PQresultStatus(result) == PGRES_FATAL_ERROR
+        guard failed, isBroken, !inTransaction else { return result }
+        PQclear(result)
+        return call(try live())
+    }
+
+    /// `?` placeholders become PostgreSQL's `$1`, `$2`, ... (none occurs in
+    /// the store's quoted literals, which are skipped anyway).
+    static func numberPlaceholders(_ sql: String) -> String {
+        var out = ""
+        var n = 0
+        var quoted = false
+        for c in sql {
+            if c == "'" { quoted.toggle() }
+            if c == "?" && !quoted {
+                n += 1
+                out += "$\(n)"
+            } else {
+                out.append(c)
+            }
+        }
+        return out
+    }
+
+    fileprivate func prepare(_ s: PostgresStatement, parameters: Int) throws {
+        let result = try withRetry { PQprepare($0, s.name, s.sql, Int32(parameters), nil) }
+        defer { PQclear(result) }
+        guard PQresultStatus(result) == PGRES_COMMAND_OK else { throw error(of: result, context: "preparing a statement") }
+        s.preparedGeneration = generation
+    }
+
+    fileprivate func forgetPrepared() { cache.values.forEach { $0.preparedGeneration = -1 } }
+}
+
+/// A parameter of a PostgreSQL statement.
+private enum PostgresValue {
+    case null
+    case integer(Int64)
+    case text(String)
+    case bytes([UInt8])
+}
+
+/// A prepared statement on a `PostgresConnection`. The first `step` runs it
+/// (integers and text sent as text, blobs as binary; results come back
+/// binary) and later steps walk its rows.
+final class PostgresStatement: DatabaseStatement {
+    unowned let connection: PostgresConnection
+    let name: String
+    let sql: String
+    fileprivate var preparedGeneration = -1
+    private var parameters: [PostgresValue] = []
+    private var result: OpaquePointer?
+    private var row: Int32 = -1
+    private var rows: Int32 = 0
+
+    fileprivate init(connection: PostgresConnection, name: String, sql: String) {
+        self.connection = connection
+        self.name = name
+        self.sql = sql
+    }
+
+    deinit { if let result { PQclear(result) } }
+
+    func reset() {
+        if let result { PQclear(result) }
+        result = nil
+        row = -1
+        rows = 0
+        parameters.removeAll(keepingCapacity: true)
+    }
+
+    private func set(_ index: Int32, _ value: PostgresValue) {
+        let i = Int(index) - 1
+        while parameters.count <= i { parameters.append(.null) }
+        parameters[i] = value
+    }
+
+    @discardableResult func bind(_ index: Int32, _ value: Int64) -> Self { set(index, .integer(value)); return self }
+    @discardableResult func bind(_ index: Int32, _ value: String?) -> Self { set(index, value.map { .text($0) } ?? .null); return self }
+    @discardableResult func bind(_ index: Int32, blob: [UInt8]) -> Self { set(index, .bytes(blob)); return self }
+
+    func step(_ context: String) throws -> Bool {
+        if result == nil { try run(context: context) }
+        row += 1
+        return row < rows
+    }
+
+    private func run(context: String) throws {
+        var owned: [UnsafeMutablePointer<CChar>?] = []
+        defer { owned.forEach { free($0) } }
+        var values: [UnsafePointer<CChar>?] = []
+        var lengths: [Int32] = []
+        var formats: [Int32] = []
+        var blobs: [UnsafeMutableRawPointer] = []
+        defer { blobs.forEach { free($0) } }
+        for p in parameters {
+            switch p {
+            case .null:
+                values.append(nil); lengths.append(0); formats.append(0)
+            case .integer(let v):
+                let c = strdup(String(v)); owned.append(c)
+                values.append(UnsafePointer(c)); lengths.append(0); formats.append(0)
+            case .text(let s):
+                let c = strdup(s); owned.append(c)
+                values.append(UnsafePointer(c)); lengths.append(0); formats.append(0)
+            case .bytes(let b):
+                let m = malloc(max(b.count, 1))!
+                b.withUnsafeBytes { if let base = $0.baseAddress { m.copyMemory(from: base, byteCount: b.count) } }
+                blobs.append(m)
+                values.append(UnsafePointer(m.assumingMemoryBound(to: CChar.self))); lengths.append(Int32(b.count)); formats.append(1)
+            }
+        }
+        let count = Int32(parameters.count)
+        for attempt in 0..<2 {
+            if preparedGeneration != connection.generation { try connection.prepare(self, parameters: parameters.count) }
+            let r = try connection.withRetry { c in
+                PQexecPrepared(c, name, count, values, lengths, formats, 1)
+            }
+            let status = PQresultStatus(r)
+            if status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK {
+                result = r
+                rows = PQntuples(r)
+                connection.changes = Int(String(cString: PQcmdTuples(r))) ?? 0
+                return
+            }
+            // A retry reconnected under us: prepare on the new connection and run again.
+            if attempt == 0, preparedGeneration != connection.generation, !connection.isBroken {
+                PQclear(r)
+                continue
+            }
+            let e = connection.error(of: r, context: context)
+            PQclear(r)
+            throw e
+        }
+    }
+
+    private func bytes(_ column: Int32) -> UnsafeRawBufferPointer? {
+        guard let result, row >= 0, row < rows, PQgetisnull(result, row, column) == 0,
+              let p = PQgetvalue(result, row, column) else { return nil }
+        return UnsafeRawBufferPointer(start: p, count: Int(PQgetlength(result, row, column)))
+    }
+
+    func int64(_ column: Int32) -> Int64 {
+        guard let b = bytes(column) else { return 0 }
+        switch PQftype(result, column) {
+        case 16: return b.first.map { Int64($0) } ?? 0                    // bool
+        case 21, 23, 20:                                                    // int2, int4, int8
+            var v: Int64 = b.count > 0 && b[0] & 0x80 != 0 ? -1 : 0        // sign-extend
+            for byte in b { v = (v << 8) | Int64(byte) }
+            return v
+        default:
+            return Int64(String(decoding: b, as: UTF8.self)) ?? 0
+        }
+    }
+
+    func isNull(_ column: Int32) -> Bool {
+        guard let result, row >= 0, row < rows else { return true }
+        return PQgetisnull(result, row, column) != 0
+    }
+
+    func string(_ column: Int32) -> String? { bytes(column).map { String(decoding: $0, as: UTF8.self) } }
+
+    func blob(_ column: Int32) -> [UInt8] { bytes(column).map { Array($0) } ?? [] }
+}
+
+/// A PostgreSQL database named by a URL (`postgresql://USER@HOST:PORT/DB`) or
+/// a libpq conninfo (`host=... dbname=...`). The text is kept as given for
+/// libpq, and shown only as `displayName`, which never has a password.
+public struct PostgresTarget: Sendable, Equatable {
+    public let conninfo: String
+    /// user@host:port/dbname as libpq reads them from the text (unset parts
+    /// left out): what messages and logs show.
+    public let displayName: String
+
+    /// Whether `text` names a PostgreSQL database rather than a directory.
+    public static func looksLikeDatabase(_ text: String) -> Bool {
+        let lower = text.lowercased()
+        return lower.hasPrefix("postgresql:") || lower.hasPrefix("postgres:")
+            || (!text.hasPrefix("/") && !text.hasPrefix(".") && lower.contains("="))
+    }
+
+    public enum Problem: Error, Equatable, CustomStringConvertible {
+        case malformed(String)
+        case holdsPassword
+        public var description: String {
+            switch self {
+            case .malformed(let m): return "the store's PostgreSQL connection string does not parse: \(m)"
+            case .holdsPassword:
+                return "the store's PostgreSQL connection string holds a password, which would show in process listings and shell history; "
+                    + "keep it in ~/.pgpass or a PGPASSFILE (mode 0600) instead"
+            }
+        }
+    }
+
+    public init(_ text: String) throws(Problem) {
+        var message: UnsafeMutablePointer<CChar>?
+        guard let options = PQconninfoParse(text, &message) else {
+            let m = message.map { String(cString: $0) } ?? "out of memory"
+            if let message { PQfreemem(message) }
+            // libpq's message quotes the offending part of the text, which may
+            // be a password: only its first clause is kept.
+            throw .malformed(String(m.split(separator: "\"").first ?? "invalid syntax").trimmingCharacters(in: " :\n"))
+        }
+        defer { PQconninfoFree(options) }
+        var fields: [String: String] = [:]
+        var o = options
+        while let k = o.pointee.keyword {
+            if let v = o.pointee.val { fields[String(cString: k)] = String(cString: v) }
+            o += 1
+        }
+        if let p = fields["password"], !p.isEmpty { throw .holdsPassword }
+        conninfo = text
+        var shown = fields["user"].map { $0 + "@" } ?? ""
+        shown += fields["host"] ?? fields["hostaddr"] ?? "localhost"
+        if let port = fields["port"] { shown += ":" + port }
+        shown += "/" + (fields["dbname"] ?? fields["user"] ?? "")
+        displayName = "postgresql://" + shown
+    }
+}
+
+private extension String {
+    func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s.removeFirst() }
+        while let l = s.last, set.contains(l) { s.removeLast() }
+        return String(s)
+    }
+}
