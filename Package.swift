@@ -84,6 +84,9 @@ let package = Package(
                                                                        "SecretfsMountSupport", "SecretfsTestSupport"]),
         // The Node.js client (clients/node) and runner (examples/node-runner) under `node`, against a real daemon and mount.
         .testTarget(name: "SecretfsNodeClientTests", dependencies: ["secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
+        // One PostgreSQL store, two hosts: propagation, concurrent writers, server crashes
+        // and outages, store copy, and what the database sees (a real cluster from scripts/test).
+        .testTarget(name: "SecretfsSharedStoreTests", dependencies: ["secretfs", "SecretfsStore", "SecretfsMountSupport", "SecretfsTestSupport"]),
         // Install, the mount(8) helper, the systemd units and the completions, driven through the
         // real mount, umount, systemd-analyze, bash, zsh and fish.
         .testTarget(name: "SecretfsOperationsTests", dependencies: ["secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),

@@ -110,6 +110,7 @@ struct DoctorCommand: ParsableCommand {
     }
 
     private func store() -> [Check] {
+        if global.location.isShared { return sharedStore() }
         let dir = global.storeDirectory
         let trusted: TrustedDirectory
         do {
@@ -137,6 +138,28 @@ struct DoctorCommand: ParsableCommand {
         switch global.keySource {
         case .keyFile:
             out.append(keyFile(at: trusted.descriptor, "master.key", path: global.location.keyFilePath))
+        case .passphraseFile(let path):
+            out.append(keyFile(at: AT_FDCWD, path, path: path))
+        }
+        return out
+    }
+
+    /// A shared store: the database answers and holds a secretfs schema, and
+    /// this host's key file (or passphrase file) is safe to use.
+    private func sharedStore() -> [Check] {
+        let location = global.location
+        var out: [Check] = []
+        do {
+            _ = try Store.openMetadataOnly(at: location)
+            out.append(Check(level: .ok, what: "database \(location.directory): reachable, schema as expected"))
+        } catch let e as StoreError {
+            out.append(Check(level: .fail, what: "database: \(e.description)", hint: e.hint))
+        } catch {
+            out.append(Check(level: .fail, what: "database: \(error)"))
+        }
+        switch global.keySource {
+        case .keyFile:
+            out.append(keyFile(at: AT_FDCWD, location.keyFilePath, path: location.keyFilePath))
         case .passphraseFile(let path):
             out.append(keyFile(at: AT_FDCWD, path, path: path))
         }

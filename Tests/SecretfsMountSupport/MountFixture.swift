@@ -10,10 +10,20 @@ import SecretfsTestSupport
 /// commands, and an in-process view of the store to check stored values.
 /// Every fixture unmounts what it mounted in `close()`; mounts left behind by
 /// a crashed run are unmounted by `sweepLeftovers()` before the next run.
+///
+/// The store is a directory, or with SECRETFS_TEST_BACKEND=postgresql (the
+/// second pass of scripts/test) a fresh database of the test cluster
+/// (`TestDatabase`), `storeDir` then holding only the key file: the same
+/// tests drive both backends.
 public final class MountFixture: @unchecked Sendable {
     public static let prefix = "/tmp/secretfs-test-"
     public let root: String
+    /// The store directory; for a shared store, the directory of its key file.
     public let storeDir: String
+    /// The shared store's database, if the store is one.
+    public let database: TestDatabase?
+    /// Whether this fixture made `database` (and drops it at close).
+    private let ownsDatabase: Bool
     public let runtimeDir: String
     public let mnt: String
     public let project: String
@@ -73,7 +83,11 @@ public final class MountFixture: @unchecked Sendable {
         }
     }
 
-    public init(project: String = "demo", initStore: Bool = true, createProject: Bool = true) throws {
+    /// `sharing`: another host of `other`'s shared store (its database and a
+    /// copy of its key file; own runtime directory and mountpoint), nothing
+    /// created. `shared`: a shared store whatever SECRETFS_TEST_BACKEND says.
+    public init(project: String = "demo", initStore: Bool = true, createProject: Bool = true,
+                shared: Bool = TestDatabase.isDefault, sharing other: MountFixture? = nil) throws {
         Self.sweepLeftovers()
         var template = Array((Self.prefix + "\(getpid())-XXXXXX").utf8CString)
         guard mkdtemp(&template) != nil else { throw POSIXError(.EIO) }
@@ -86,6 +100,22 @@ public final class MountFixture: @unchecked Sendable {
         mnt = root + "/mnt"
         self.project = project
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        if let other {
+            guard let db = other.database else { throw CommandFailed(message: "sharing needs a shared store") }
+            database = db
+            ownsDatabase = false
+            try Self.shell("install -d -m 0700 '\(storeDir)' && install -m 0400 '\(other.storeDir)/master.key' '\(storeDir)/master.key'")
+                .requireSuccess()
+            return
+        }
+        if shared {
+            database = try TestDatabase.create()
+            ownsDatabase = true
+            try Self.shell("install -d -m 0700 '\(storeDir)'").requireSuccess()
+        } else {
+            database = nil
+            ownsDatabase = false
+        }
         if initStore {
             try expectOK(secretfs(["init"]))
             if createProject { try expectOK(secretfs(["project", "create", project])) }
@@ -99,13 +129,27 @@ public final class MountFixture: @unchecked Sendable {
         }
         if let pid = mountPID() { kill(pid, SIGKILL) }
         _ = try? Self.shell("rm -rf --one-file-system '\(root)'")
+        if ownsDatabase, let database { database.drop() }
+    }
+
+    /// The store as messages name it: the directory, or the database without a password.
+    public var storeDisplayName: String { storeLocation.directory }
+
+    /// What --store / SECRETFS_STORE is for this fixture.
+    public var storeArgument: String { database?.conninfo ?? storeDir }
+
+    public var storeLocation: StoreLocation {
+        guard let database else { return StoreLocation(directory: storeDir) }
+        // The conninfo is the test cluster's own, with no password: it parses.
+        return StoreLocation(postgres: try! PostgresTarget(database.conninfo), keyFile: storeDir + "/master.key")
     }
 
     deinit { close() }
 
     public var environment: [String: String] {
         var env = ProcessInfo.processInfo.environment
-        env["SECRETFS_STORE"] = storeDir
+        env["SECRETFS_STORE"] = storeArgument
+        if database != nil { env["SECRETFS_KEY_FILE"] = storeDir + "/master.key" }
         env["SECRETFS_RUNTIME_DIR"] = runtimeDir
         env["SWIFT_BACKTRACE"] = "enable=no"
         return env
@@ -133,7 +177,7 @@ public final class MountFixture: @unchecked Sendable {
             }
             return try Self.run("/usr/bin/setpriv", args + ["/bin/sh", "-c", "cd / && " + script], environment: env, stdin: nil)
         }
-        return try Self.run("/bin/sh", ["-c", "cd '\(root)' && " + script], environment: env, stdin: nil)
+        return try Self.run("/bin/sh", ["-c", "cd '\(root)' || exit 1\n" + script], environment: env, stdin: nil)
     }
 
     public static func shell(_ script: String) throws -> Output {
@@ -190,7 +234,7 @@ public final class MountFixture: @unchecked Sendable {
     // MARK: The store, in process (users have no read path; tests do)
 
     public func openVault() throws -> ProjectVault {
-        try Store.open(at: StoreLocation(directory: storeDir), keySource: .keyFile).openProject(project)
+        try Store.open(at: storeLocation, keySource: .keyFile).openProject(project)
     }
 
     /// The stored value as a String (tests only), nil if absent.
@@ -224,4 +268,65 @@ public struct CommandFailed: Error, CustomStringConvertible {
     public var description: String
     init(output o: ProcessOutput) { description = "exit \(o.status): \(o.stderr)" }
     init(message: String) { description = message }
+}
+
+extension ProcessOutput {
+    /// Throws `CommandFailed` unless the command exited 0.
+    @discardableResult
+    public func requireSuccess() throws -> ProcessOutput {
+        if status != 0 { throw CommandFailed(output: self) }
+        return self
+    }
+}
+
+/// A fresh database on the PostgreSQL test cluster that scripts/test starts
+/// (SECRETFS_TEST_PG_HOST / _PORT; see scripts/lib/postgres.sh), one per
+/// fixture, dropped at its close (the cluster goes at the end of the run).
+public struct TestDatabase: Sendable {
+    public let name: String
+    public let conninfo: String
+
+    /// SECRETFS_TEST_BACKEND=postgresql: every fixture's store is a database.
+    public static var isDefault: Bool { ProcessInfo.processInfo.environment["SECRETFS_TEST_BACKEND"] == "postgresql" }
+
+    /// The cluster's server (host, port), if the run has one.
+    public static var server: (host: String, port: String)? {
+        let env = ProcessInfo.processInfo.environment
+        guard let host = env["SECRETFS_TEST_PG_HOST"], let port = env["SECRETFS_TEST_PG_PORT"] else { return nil }
+        return (host, port)
+    }
+
+    /// The superuser connection to the cluster's maintenance database.
+    public static var adminConninfo: String? {
+        if let c = ProcessInfo.processInfo.environment["SECRETFS_TEST_PG_CONNINFO"] { return c }
+        return server.map { "host=\($0.host) port=\($0.port) user=postgres dbname=postgres" }
+    }
+
+    nonisolated(unsafe) private static var counter = 0
+    private static let counterLock = NSLock()
+
+    public static func create() throws -> TestDatabase {
+        guard let admin = adminConninfo else {
+            throw CommandFailed(message: "no PostgreSQL test cluster: run the tests through scripts/test (it starts one)")
+        }
+        counterLock.lock()
+        counter += 1
+        let name = "secretfs_test_\(getpid())_\(counter)"
+        counterLock.unlock()
+        try MountFixture.shell("psql '\(admin)' -qX -v ON_ERROR_STOP=1 -c 'CREATE DATABASE \(name)'").requireSuccess()
+        // A server of the developer's own: its keyword=value conninfo, the
+        // database named last (libpq takes the last value of a keyword).
+        let conninfo = server.map { "host=\($0.host) port=\($0.port) user=postgres dbname=\(name)" } ?? admin + " dbname=\(name)"
+        return TestDatabase(name: name, conninfo: conninfo)
+    }
+
+    /// Runs SQL on this database with psql; its output.
+    public func sql(_ statement: String) throws -> String {
+        try MountFixture.shell("psql '\(conninfo)' -qXAt -v ON_ERROR_STOP=1 -c \"\(statement)\"").requireSuccess().stdout
+    }
+
+    public func drop() {
+        guard let admin = Self.adminConninfo else { return }
+        _ = try? MountFixture.shell("psql '\(admin)' -qX -c 'DROP DATABASE IF EXISTS \(name) WITH (FORCE)'")
+    }
 }

@@ -8,7 +8,7 @@ import Testing
 /// `backup create` while a mount writes, `verify` (a flipped byte is named by
 /// project, name and version), `restore` into a new store; the backup holds
 /// no value and is mode 0600.
-@Suite(.serialized)
+@Suite(.serialized, .enabled(if: !TestDatabase.isDefault, "file backups are the embedded store's; a shared store is copied with store copy (SharedStoreTests)"))
 struct BackupCommandTests {
     func sql(_ path: String, _ text: String) {
         var db: OpaquePointer?

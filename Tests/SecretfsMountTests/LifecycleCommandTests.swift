@@ -57,7 +57,7 @@ struct LifecycleCommandTests {
                 && again.stderr.contains("\nhint: "), "\(again.stderr)")
     }
 
-    @Test func twelveOverwritesKeepTenAndDestroyTheOldest() throws {
+    @Test(.enabled(if: !TestDatabase.isDefault, "reads the embedded store's SQLite file; the shared store's own check is SharedStoreTests")) func twelveOverwritesKeepTenAndDestroyTheOldest() throws {
         let f = try MountFixture()
         defer { f.close() }
         try f.mount()
@@ -152,7 +152,7 @@ extension LifecycleCommandTests {
     /// purge destroys for good: after purging 300 deleted names, none of
     /// their ciphertexts is anywhere in the database file (not even a
     /// fragment a page rebalance left behind).
-    @Test func purgeLeavesNoCiphertextOfThePurgedNames() throws {
+    @Test(.enabled(if: !TestDatabase.isDefault, "reads the embedded store's SQLite file; the shared store's own check is SharedStoreTests")) func purgeLeavesNoCiphertextOfThePurgedNames() throws {
         let f = try MountFixture()
         defer { f.close() }
         let env = f.root + "/many.env"

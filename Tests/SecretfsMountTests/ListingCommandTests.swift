@@ -12,18 +12,27 @@ struct ListingCommandTests {
         let f = try MountFixture(initStore: false)
         defer { f.close() }
         let o = try f.secretfs(["status"])
-        #expect(o.status == 0 && o.stdout == "no store at \(f.storeDir) (create one with 'secretfs init')\n", "\(o.stdout) \(o.stderr)")
+        #expect(o.status == 0 && o.stdout == "no store at \(f.storeDisplayName) (create one with 'secretfs init')\n", "\(o.stdout) \(o.stderr)")
         #expect(try f.secretfs(["status", "--json"]).stdout.isEmpty)
     }
 
-    @Test func aDatabaseURLAsTheStoreIsAClearUsageErrorThatDoesNotEchoIt() throws {
+    @Test func aDatabaseURLWithAPasswordIsAClearUsageErrorThatDoesNotEchoIt() throws {
         let f = try MountFixture(initStore: false)
         defer { f.close() }
         for store in ["postgresql://app:s3cret-pw@db.example/secrets", "host=db password=s3cret-pw dbname=secrets"] {
             let o = try f.secretfs(["status", "--store", store])
-            #expect(o.status == 64 && o.stderr.contains("names a PostgreSQL database"), "\(o.stderr)")
+            #expect(o.status == 64 && o.stderr.contains("holds a password") && o.stderr.contains("~/.pgpass"), "\(o.stderr)")
             #expect(!o.stderr.contains("s3cret-pw"))
         }
+    }
+
+    @Test func anUnreachableDatabaseIsAClearStoreError() throws {
+        let f = try MountFixture(initStore: false)
+        defer { f.close() }
+        // Port 1 on loopback: refused at once.
+        let o = try f.secretfs(["project", "list", "--store", "postgresql://nobody@127.0.0.1:1/secrets"])
+        #expect(o.status == 10 && o.stderr.contains("store unavailable: cannot reach postgresql://nobody@127.0.0.1:1/secrets"), "\(o.stderr)")
+        #expect(o.stderr.contains("hint:"))
     }
 
     @Test func statusAndProjectListSpeakJSON() throws {

@@ -13,7 +13,7 @@ struct RekeyCommandTests {
         defer { f.close() }
         try f.mount()
         try f.expectOK(f.sh("echo before-rekey > $MNT/A"))
-        try f.expectOK(f.sh("cp $SECRETFS_STORE/master.key \(f.root)/old.key && head -c 32 /dev/urandom > \(f.root)/new.key && chmod 0400 \(f.root)/new.key"))
+        try f.expectOK(f.sh("cp \(f.storeDir)/master.key \(f.root)/old.key && head -c 32 /dev/urandom > \(f.root)/new.key && chmod 0400 \(f.root)/new.key"))
         let o = try f.expectOK(f.secretfs(["rekey", "--new-key-file", f.root + "/new.key"]))
         #expect(o.stdout.hasPrefix("re-wrapped 1 project key under the new key, now \(f.storeDir)/master.key"), "\(o.stdout)")
         try f.expectOK(f.sh("echo after-rekey > $MNT/B && echo again >> $MNT/A"))
@@ -22,7 +22,7 @@ struct RekeyCommandTests {
         try f.expectOK(f.sh("echo after-remount > $MNT/C"))
         #expect(try f.storedValue("A") == "before-rekeyagain" && f.storedValue("B") == "after-rekey" && f.storedValue("C") == "after-remount")
         try f.unmount()
-        try f.expectOK(f.sh("chmod 0600 $SECRETFS_STORE/master.key && cp \(f.root)/old.key $SECRETFS_STORE/master.key && chmod 0400 $SECRETFS_STORE/master.key"))
+        try f.expectOK(f.sh("chmod 0600 \(f.storeDir)/master.key && cp \(f.root)/old.key \(f.storeDir)/master.key && chmod 0400 \(f.storeDir)/master.key"))
         let refused = try f.secretfs(["mount", "demo", f.mnt])
         #expect(refused.status == 11 && refused.stderr.contains("the master key does not open this store"), "\(refused.stderr)")
         let usage = try f.secretfs(["rekey"])
@@ -49,7 +49,7 @@ struct RekeyCommandTests {
             if round >= 24 && outcomes.count == 2 { break }
             let delay = Double(round % 12) * 0.004 * Double(1 << (round / 12))
             try f.expectOK(f.sh("""
-                cp $SECRETFS_STORE/master.key \(f.root)/old.key
+                cp \(f.storeDir)/master.key \(f.root)/old.key
                 rm -f \(f.root)/new.key; head -c 32 /dev/urandom > \(f.root)/new.key; chmod 0400 \(f.root)/new.key
                 \(bin) rekey --new-key-file \(f.root)/new.key >/dev/null 2>&1 & pid=$!
                 sleep \(delay); kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; true
@@ -66,11 +66,11 @@ struct RekeyCommandTests {
             #expect(access(f.storeDir + "/master.key.new", F_OK) != 0, "round \(round): master.key.new left behind")
             // The other key does not open the store.
             let other = current == new ? f.root + "/old.key" : f.root + "/new.key"
-            try f.expectOK(f.sh("cp $SECRETFS_STORE/master.key \(f.root)/cur.key && chmod 0600 $SECRETFS_STORE/master.key && "
-                                + "cp \(other) $SECRETFS_STORE/master.key && chmod 0400 $SECRETFS_STORE/master.key"))
+            try f.expectOK(f.sh("cp \(f.storeDir)/master.key \(f.root)/cur.key && chmod 0600 \(f.storeDir)/master.key && "
+                                + "cp \(other) \(f.storeDir)/master.key && chmod 0400 \(f.storeDir)/master.key"))
             let refused = try f.secretfs(["project", "create", "refused\(round)"])
             #expect(refused.status == 11, "round \(round): the other key opened the store")
-            try f.expectOK(f.sh("chmod 0600 $SECRETFS_STORE/master.key && cp \(f.root)/cur.key $SECRETFS_STORE/master.key && chmod 0400 $SECRETFS_STORE/master.key"))
+            try f.expectOK(f.sh("chmod 0600 \(f.storeDir)/master.key && cp \(f.root)/cur.key \(f.storeDir)/master.key && chmod 0400 \(f.storeDir)/master.key"))
             #expect(try f.storedValue("A") == "survives-kill")
         }
         #expect(outcomes.count == 2, "kills landed only \(outcomes) of the rekey; widen the delays")
