@@ -22,7 +22,7 @@ enum MountHelper {
 
     /// Options that become `secretfs mount` flags, by option name.
     static let flagOptions: [String: String] = [
-        "store": "--store", "runtime_dir": "--runtime-dir", "passphrase_file": "--passphrase-file",
+        "store": "--store", "runtime_dir": "--runtime-dir", "passphrase_file": "--passphrase-file", "key_file": "--key-file",
         "resolver_uid": "--resolver-uid", "resolver_group": "--resolver-group",
         "socket_idle_timeout": "--socket-idle-timeout",
     ]
@@ -125,7 +125,7 @@ enum MountHelper {
                 guard let value, !value.isEmpty else { throw UsageError(message: "-o \(key) needs a value") }
                 // A location in fstab is read with no current directory
                 // to speak of; a store may also be a database URL.
-                let isPath = ["store", "runtime_dir", "passphrase_file"].contains(key)
+                let isPath = ["store", "runtime_dir", "passphrase_file", "key_file"].contains(key)
                 if isPath && !value.hasPrefix("/") && !(key == "store" && value.contains("://")) {
                     throw UsageError(message: "-o \(key) needs an absolute path\(key == "store" ? " or a URL" : ""), got '\(value)'")
                 }

@@ -320,6 +320,12 @@ public struct TestDatabase: Sendable {
         return TestDatabase(name: name, conninfo: conninfo)
     }
 
+    /// The database as a postgresql:// URL (the test cluster's socket directory as its host).
+    public var url: String? {
+        guard let server = Self.server else { return nil }
+        return "postgresql://postgres@localhost:\(server.port)/\(name)?host=\(server.host)"
+    }
+
     /// Runs SQL on this database with psql; its output.
     public func sql(_ statement: String) throws -> String {
         try MountFixture.shell("psql '\(conninfo)' -qXAt -v ON_ERROR_STOP=1 -c \"\(statement)\"").requireSuccess().stdout

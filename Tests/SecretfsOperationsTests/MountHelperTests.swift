@@ -113,6 +113,21 @@ struct MountHelperTests {
         #expect(try MountHelper.mountArguments(call) == ["mount", "--store", url, "demo", "/srv/d"])
     }
 
+    @Test(.enabled(if: TestDatabase.server != nil, "needs the PostgreSQL test cluster of scripts/test"))
+    func aSharedStoreMountsFromItsURLAndKeyFileOptions() throws {
+        let f = try MountFixture(shared: true)
+        defer { f.close() }
+        let url = try #require(f.database?.url)
+        try MountHelperLink.whileInstalled {
+            let o = try Self.run("/usr/bin/mount", ["-t", "secretfs", "demo", f.mnt, "-o",
+                                                    "store=\(url),key_file=\(f.storeDir)/master.key,runtime_dir=\(f.runtimeDir),nofail,_netdev"])
+            #expect(o.status == 0, "\(o.status) \(o.stderr)")
+            try f.expectOK(f.sh("/usr/bin/printf from-fstab > $MNT/TOKEN"))
+            #expect(try f.storedValue("TOKEN") == "from-fstab")
+            #expect(try Self.run("/usr/bin/umount", [f.mnt]).status == 0)
+        }
+    }
+
     @Test func unknownAndBadOptionsAreRefusedWithTheUsualErrors() throws {
         let f = try MountFixture()
         defer { f.close() }
