@@ -684,23 +684,29 @@ public final class SecretFilesystem: @unchecked Sendable {
     }
 
     /// Re-reads the listing from the store and brings the namespace in line:
-    /// names that appeared (an undelete, a restore of a deleted name), names
-    /// whose version changed (a restore) and names that went. Files being
-    /// created or staged here are left alone. Reads the store under `lock`,
-    /// so no commit of this mount can fall between the read and the update.
-    /// Does not call `onChange` (the caller does, after invalidating the
-    /// kernel's caches outside `lock`).
-    public func reloadFromStore() -> StoreChanges {
+    /// names that appeared (an undelete, a restore of a deleted name, another
+    /// host's write), names whose version changed and names that went. With
+    /// `names` (what a shared store's change log says changed) only those are
+    /// re-read; without, every name. Files being created or staged here are
+    /// left alone. Reads the store under `lock`, so no commit of this mount
+    /// can fall between the read and the update. Does not call `onChange`
+    /// (the caller does, after invalidating the kernel's caches outside `lock`).
+    public func reloadFromStore(names: [String]? = nil) -> StoreChanges {
         lock.withLock { _ in
-            let secrets: [SecretInfo]
-            do { secrets = try vault.list() } catch {
+            // What the store holds now, for the names in question.
+            var current: [String: SecretInfo] = [:]
+            do {
+                if let names {
+                    for n in names { if let info = try vault.info(n) { current[n] = info } }
+                } else {
+                    for s in try vault.list() { current[s.name] = s }
+                }
+            } catch {
                 logger.error("cannot re-read the listing", metadata: ["error": "\(error)"])
                 return StoreChanges()
             }
             var changes = StoreChanges()
-            var stored = Set<String>()
-            for s in secrets {
-                stored.insert(s.name)
+            for s in current.values.sorted(by: { $0.name < $1.name }) {
                 if let n = namespace.node(named: s.name) {
                     guard n.isCommitted, !n.isStaging, n.info != s else { continue }
                     n.info = s
@@ -711,8 +717,10 @@ public final class SecretFilesystem: @unchecked Sendable {
                     changes.names.append(s.name)
                 }
             }
-            for n in namespace.sortedNodes() where n.isCommitted {
-                guard let name = n.name, !stored.contains(name) else { continue }
+            // Names the store no longer has: every committed name, or those asked about.
+            let gone = names.map { $0.compactMap { namespace.node(named: $0) } } ?? namespace.sortedNodes()
+            for n in gone where n.isCommitted {
+                guard let name = n.name, current[name] == nil else { continue }
                 changes.names.append(name)
                 changes.inodes.append(n.ino)
                 namespace.unlink(n)

@@ -11,6 +11,12 @@ import Synchronization
 /// filesystem's `onChange` (the privileged socket's CHANGED, so resolver
 /// daemons drop cached values). The mount's own commits do not move
 /// data_version; they report themselves.
+///
+/// A shared (PostgreSQL) store: the counter is the project's newest change-
+/// log sequence, the thread waits on the store's NOTIFY (ChangeNotifications)
+/// instead of sleeping, so another host's change shows within milliseconds,
+/// and only the names the log lists since the last sequence seen are re-read.
+/// After a lost connection the sequence comparison is the resync.
 public final class StoreWatcher: @unchecked Sendable {
     // @unchecked: `thread` is set by start and read by stop, on one thread.
     private let filesystem: SecretFilesystem
@@ -53,7 +59,11 @@ public final class StoreWatcher: @unchecked Sendable {
         failing = false
         defer { last = now }
         guard let before = last, before != now else { return false }
-        let changes = filesystem.reloadFromStore()
+        // A shared store's log names what changed since the sequence seen
+        // last; when it cannot (pruned, too far behind, a whole-project
+        // change, or the embedded store), every name is re-read.
+        let names = try? filesystem.vault.changedNames(since: before)
+        let changes = filesystem.reloadFromStore(names: names ?? nil)
         guard !changes.isEmpty else { return false }
         invalidate(changes)
         filesystem.onChange?(changes.names)

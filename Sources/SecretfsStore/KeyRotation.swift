@@ -45,6 +45,9 @@ extension Store {
                     VALUES (?, ?, ?, ?, ?, ?)
                     """).bind(1, id).bind(2, next).bind(3, blob: forward.ciphertext).bind(4, blob: forward.nonce)
                     .bind(5, blob: backward.ciphertext).bind(6, blob: backward.nonce).run("linking the new data key")
+                // Mounts on other hosts hear of it now and follow the link
+                // before the rotation ends and drops it.
+                recordChangeLocked(projectID: id, name: nil)
                 let rewrapped = Envelope.seal(newKey, key: masterKey, associatedData: ad)
                 try db.statement("UPDATE projects SET wrapped_key = ?, wrap_nonce = ?, key_generation = ? WHERE id = ?")
                     .bind(1, blob: rewrapped.ciphertext).bind(2, blob: rewrapped.nonce).bind(3, next).bind(4, id)

@@ -206,6 +206,9 @@ extension Store {
                 .run("announcing the change")
         }
         if prune, let top = newest.values.max() {
+            // The mark first, in the same transaction: a reader that finds it
+            // past its sequence knows its entries may be gone (`changedNames(since:)`).
+            try Self.putMeta(db, "change_log_pruned_through", Array(String(top - Self.changeLogKeep).utf8))
             try db.statement("DELETE FROM change_log WHERE seq <= ?").bind(1, top - Self.changeLogKeep).run("pruning the change log")
         }
     }
@@ -303,6 +306,31 @@ public final class ChangeNotifications: @unchecked Sendable {
 }
 
 extension ProjectVault {
+    /// The names of this project that changed after change-log sequence
+    /// `sequence`, from the shared store's change log: what a mount applies.
+    /// Nil when the log cannot say (pruned past `sequence`, more than a
+    /// log's worth behind, or a change to the whole project such as a key
+    /// rotation): the mount then re-reads its whole listing. The embedded
+    /// store has no log and always answers nil.
+    public func changedNames(since sequence: Int64) throws -> [String]? {
+        guard store.location.isShared else { return nil }
+        return try store.lock.withLock { _ in
+            let s = try store.db.statement("SELECT name FROM change_log WHERE project_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+                .bind(1, id).bind(2, sequence).bind(3, Store.changeLogKeep + 1)
+            var names: [String] = []
+            var whole = false
+            while try s.step("reading the change log") {
+                if s.isNull(0) { whole = true } else { names.append(s.string(0) ?? "") }
+            }
+            if whole || names.count > Store.changeLogKeep { return nil }
+            // Read after the rows: a prune that committed before them has moved the mark.
+            let pruned = try Store.getMeta(store.db, "change_log_pruned_through").flatMap { Int64(String(decoding: $0, as: UTF8.self)) } ?? 0
+            if sequence < pruned { return nil }
+            var seen = Set<String>()
+            return names.filter { seen.insert($0).inserted }
+        }
+    }
+
     /// The shared store's notices of this project's changes; nil for the
     /// embedded store (its watcher polls `PRAGMA data_version`).
     public func changeNotifications() -> ChangeNotifications? {

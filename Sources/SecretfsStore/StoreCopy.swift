@@ -46,7 +46,7 @@ extension Store {
 
     /// Meta rows that belong to one database, not to the store: its schema
     /// version (recorded differently by each backend) and a backup's manifest.
-    private static let localMeta: Set<String> = ["schema_version", manifestKey]
+    private static let localMeta: Set<String> = ["schema_version", "change_log_pruned_through", manifestKey]
 
     private static func readRows(_ db: DatabaseConnection, _ table: (name: String, columns: [(String, ColumnKind)], order: String))
         throws -> [[Cell]] {

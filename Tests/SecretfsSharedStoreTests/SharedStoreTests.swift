@@ -181,6 +181,32 @@ struct SharedStoreTests {
         #expect(try Self.resolve(b, "secrets.S3").stdout == "\"seed-3\"")
     }
 
+    @Test func theChangeLogNamesWhatChangedSinceASequence() throws {
+        let f = try MountFixture(shared: true)
+        defer { f.close() }
+        let vault = try f.openVault()
+        func put(_ name: String, _ value: String) throws {
+            try Array(value.utf8).withUnsafeBytes { _ = try vault.put(name, bytes: $0, actor: .current) }
+        }
+        let start = try vault.storeDataVersion()
+        try put("ONE", "1")
+        try put("TWO", "2")
+        let mid = try vault.storeDataVersion()
+        #expect(mid > start)
+        _ = try vault.delete("ONE", actor: .current)
+        try put("TWO", "2b")
+        #expect(try vault.changedNames(since: start) == ["ONE", "TWO"])
+        #expect(try vault.changedNames(since: mid) == ["ONE", "TWO"])
+        #expect(try vault.changedNames(since: try vault.storeDataVersion()) == [])
+        // A change to the whole project (a key rotation) cannot be listed by name: re-read everything.
+        _ = try f.expectOK(f.secretfs(["project", "rotate-key", "demo"]))
+        #expect(try vault.changedNames(since: mid) == nil)
+        // The log holds names, sequences and times only.
+        let db = try #require(f.database)
+        #expect(try db.sql("SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_name = 'change_log'")
+                    .trimmingCharacters(in: .whitespacesAndNewlines) == "seq,project_id,name,at")
+    }
+
     // MARK: What the database sees
 
     @Test func aDumpOfTheDatabaseHoldsNoValue() throws {
