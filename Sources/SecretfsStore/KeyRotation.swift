@@ -116,8 +116,10 @@ extension Store {
             progress?(RotationProgress(done: done, total: max(total, done)))
             if n == 0 { break }
         }
-        // 3: the chain goes once a mount has had time to follow it.
-        if isMounted(project) { usleep(useconds_t(settle * 1_000_000)) }
+        // 3: the chain goes once a mount has had time to follow it. A shared
+        // store's mounts are on other hosts, out of sight: always wait (they
+        // heard of the rotation through the change log's NOTIFY at step 1).
+        if location.isShared || isMounted(project) { usleep(useconds_t(settle * 1_000_000)) }
         try lock.withLock { _ in
             try db.transaction("finishing the rotation of \(project)") {
                 let left = try db.statement("""
