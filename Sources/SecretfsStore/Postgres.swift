@@ -99,6 +99,14 @@ final class PostgresConnection: DatabaseConnection {
 
     var isBroken: Bool { conn.map { PQstatus($0) != CONNECTION_OK } ?? true }
 
+    /// How this connection reaches the server, for doctor.
+    var transport: StoreTransport {
+        guard let conn else { return .unencryptedTCP }
+        if PQsslInUse(conn) == 1 { return .tls }
+        if let h = PQhost(conn), String(cString: h).hasPrefix("/") { return .unixSocket }
+        return .unencryptedTCP
+    }
+
     static func firstLine(_ p: UnsafePointer<CChar>?) -> String {
         guard let p else { return "unknown error" }
         let s = String(cString: p)

@@ -305,6 +305,18 @@ public final class ChangeNotifications: @unchecked Sendable {
     }
 }
 
+/// How a shared store's connection reaches its server.
+public enum StoreTransport: Sendable, Equatable {
+    case tls, unixSocket, unencryptedTCP
+}
+
+extension Store {
+    /// How the shared store's connection reaches the server; nil for the embedded store.
+    public var transport: StoreTransport? {
+        lock.withLock { _ in (db as? PostgresConnection)?.transport }
+    }
+}
+
 extension ProjectVault {
     /// The names of this project that changed after change-log sequence
     /// `sequence`, from the shared store's change log: what a mount applies.

@@ -150,8 +150,15 @@ struct DoctorCommand: ParsableCommand {
         let location = global.location
         var out: [Check] = []
         do {
-            _ = try Store.openMetadataOnly(at: location)
+            let store = try Store.openMetadataOnly(at: location)
             out.append(Check(level: .ok, what: "database \(location.directory): reachable, schema as expected"))
+            switch store.transport {
+            case .tls?: out.append(Check(level: .ok, what: "database connection: TLS"))
+            case .unixSocket?: out.append(Check(level: .ok, what: "database connection: a local Unix socket"))
+            case .unencryptedTCP?, nil:
+                out.append(Check(level: .warn, what: "database connection: TCP without TLS (the network sees ciphertexts and can alter rows)",
+                                 hint: "add sslmode=verify-full (and sslrootcert=FILE) to the store URL, or set PGSSLMODE=verify-full"))
+            }
         } catch let e as StoreError {
             out.append(Check(level: .fail, what: "database: \(e.description)", hint: e.hint))
         } catch {

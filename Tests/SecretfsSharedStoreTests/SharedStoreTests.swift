@@ -207,6 +207,24 @@ struct SharedStoreTests {
                     .trimmingCharacters(in: .whitespacesAndNewlines) == "seq,project_id,name,at")
     }
 
+    @Test func doctorChecksTheDatabaseAndHowItIsReached() throws {
+        let f = try MountFixture(shared: true)
+        defer { f.close() }
+        let local = try f.secretfs(["doctor"])
+        #expect(local.stdout.contains("ok    database postgresql://") && local.stdout.contains("ok    database connection: a local Unix socket")
+                && local.stdout.contains("ok    key \(f.storeDir)/master.key"), "\(local.stdout)")
+        // Over TCP without TLS: a warning with the fix.
+        let db = try #require(f.database)
+        if let server = TestDatabase.server {
+            let tcp = try f.secretfs(["doctor", "--store", "postgresql://postgres@127.0.0.1:\(server.port)/\(db.name)?sslmode=disable"])
+            #expect(tcp.stdout.contains("warn  database connection: TCP without TLS") && tcp.stdout.contains("sslmode=verify-full"), "\(tcp.stdout)")
+        }
+        // Unreachable: a FAIL line with a hint, exit 1.
+        let down = try f.secretfs(["doctor", "--store", "postgresql://postgres@127.0.0.1:1/\(db.name)"])
+        #expect(down.status == 1 && down.stdout.contains("FAIL  database: store unavailable: cannot reach postgresql://postgres@127.0.0.1:1/"),
+                "\(down.status) \(down.stdout)")
+    }
+
     // MARK: What the database sees
 
     @Test func aDumpOfTheDatabaseHoldsNoValue() throws {
