@@ -23,6 +23,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // Tests only: an independent YAML reader, to check what the flow rewriter writes.
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
@@ -31,6 +32,7 @@ let package = Package(
         .systemLibrary(name: "CSodium", pkgConfig: "libsodium",
                        providers: [.apt(["libsodium-dev"])]),
         .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CYAML", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
         // libpq, for the shared store (docs/deployment.md says why libpq).
         .systemLibrary(name: "CPostgres", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .target(name: "CShims"),
@@ -50,10 +52,10 @@ let package = Package(
             "CShims", "SecretfsNames", "SecureMemory", "SecretfsStore",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "SecretfsInject", dependencies: [
-            "SecretfsNames", "SecureMemory",
-            .product(name: "Yams", package: "Yams"),
-        ]),
+        // The flow reader uses libyaml's event API only: Debian's libyaml
+        // directly, not a Swift YAML package, whose Foundation (and ICU)
+        // would cost every process start and every mount's memory.
+        .target(name: "SecretfsInject", dependencies: ["CYAML", "SecretfsNames", "SecureMemory"]),
         .target(name: "SecretfsRedact", dependencies: ["SecureMemory"]),
         .target(name: "SecretfsResolver", dependencies: [
             "SecretfsNames", "SecretfsProtocol", "SecretfsInject", "SecretfsRedact", "SecureMemory",
@@ -69,7 +71,8 @@ let package = Package(
         // Helpers shared by the test targets (spawning processes, seeded RNG).
         .target(name: "SecretfsTestSupport", path: "Tests/SecretfsTestSupport"),
         .testTarget(name: "SecretfsStoreTests", dependencies: ["SecretfsStore", "SecretfsPOSIX"]),
-        .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject", "SecretfsNames", "SecretfsTestSupport"]),
+        .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject", "SecretfsNames", "SecretfsTestSupport",
+                                                                .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "SecretfsRedactTests", dependencies: ["SecretfsRedact", "SecretfsTestSupport"]),
         .testTarget(name: "SecretfsProtocolTests", dependencies: ["CShims", "SecretfsProtocol", "SecretfsNames", "SecretfsStore", "SecureMemory", "SecretfsTestSupport"]),
         .testTarget(name: "SecretfsResolverTests", dependencies: ["SecretfsResolver", "SecretfsStore", "SecretfsProtocol", "SecureMemory", "SecretfsTestSupport"]),

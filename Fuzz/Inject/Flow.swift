@@ -5,7 +5,7 @@
 // each `!expr` scalar is the rewrite of the original expression (and a
 // rewritten one is double-quoted).
 
-import CYaml
+import CYAML
 import SecretfsInject
 
 struct YAMLEvent: Equatable {

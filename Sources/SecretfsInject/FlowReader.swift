@@ -1,4 +1,4 @@
-import CYaml
+import CYAML
 
 /// Reads a flow definition with libyaml's event API and plans an in-place
 /// rewrite: each scalar tagged `!expr` that holds a reference is replaced,
