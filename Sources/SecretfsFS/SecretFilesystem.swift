@@ -452,7 +452,11 @@ public final class SecretFilesystem: @unchecked Sendable {
             onChange?([name])
             logger.info("stored", metadata: ["name": "\(name)", "uid": "\(h.actor.uid)"])
         } catch {
+            // The writer is told now, and the handle keeps failing: a later
+            // flush or the release never stores what this close said was not
+            // stored (the old value stays, as the writer was told).
             logger.error("commit failed", metadata: ["name": "\(name)", "error": "\(error)"])
+            h.failure = .io
             throw .io
         }
     }
@@ -680,6 +684,8 @@ public final class SecretFilesystem: @unchecked Sendable {
     public struct StoreChanges: Sendable, Equatable {
         public var names: [String] = []
         public var inodes: [UInt64] = []
+        /// The store could not be read: nothing was applied (try again).
+        public var failed = false
         public var isEmpty: Bool { names.isEmpty }
     }
 
@@ -703,7 +709,7 @@ public final class SecretFilesystem: @unchecked Sendable {
                 }
             } catch {
                 logger.error("cannot re-read the listing", metadata: ["error": "\(error)"])
-                return StoreChanges()
+                return StoreChanges(failed: true)
             }
             var changes = StoreChanges()
             for s in current.values.sorted(by: { $0.name < $1.name }) {

@@ -57,13 +57,18 @@ public final class StoreWatcher: @unchecked Sendable {
         }
         if failing { filesystem.logger.info("store available again: following changes made outside the mount") }
         failing = false
-        defer { last = now }
-        guard let before = last, before != now else { return false }
+        guard let before = last, before != now else {
+            last = now
+            return false
+        }
         // A shared store's log names what changed since the sequence seen
         // last; when it cannot (pruned, too far behind, a whole-project
         // change, or the embedded store), every name is re-read.
         let names = try? filesystem.vault.changedNames(since: before)
         let changes = filesystem.reloadFromStore(names: names ?? nil)
+        // Applied, or not at all: the sequence seen moves only once it is.
+        guard !changes.failed else { return false }
+        last = now
         guard !changes.isEmpty else { return false }
         invalidate(changes)
         filesystem.onChange?(changes.names)
@@ -100,7 +105,7 @@ public final class StoreWatcher: @unchecked Sendable {
         // ends as one arrives, and the poll between waits (at most `interval`
         // apart, notice or not) covers a notice lost with its connection.
         let notifications = filesystem.vault.changeNotifications()
-        var listening = true
+        var listening: Bool?
         let micros = useconds_t(interval * 1_000_000)
         while !stopping.load(ordering: .relaxed) {
             guard let notifications else {
@@ -112,12 +117,13 @@ public final class StoreWatcher: @unchecked Sendable {
             case .changed, .quiet:
                 break
             case .lost(let why):
-                if listening {
+                if listening != false {
                     filesystem.logger.warning("lost the store's change notifications; reconnecting", metadata: ["error": "\(why)"])
                 }
                 listening = false
             case .restored:
-                filesystem.logger.info("listening to the store's change notifications again")
+                filesystem.logger.info(listening == false ? "listening to the store's change notifications again"
+                                                          : "listening to the store's change notifications")
                 listening = true
                 // Notices sent while away are lost: the poll below resyncs.
             }

@@ -46,15 +46,19 @@ final class PostgresConnection: DatabaseConnection {
 
     /// libpq keywords set before the user's own conninfo, which overrides
     /// them: a bound on connecting and on a silent network, and a name in
-    /// pg_stat_activity.
-    static let connectDefaults: [(String, String)] = [
-        ("connect_timeout", "5"),
-        ("keepalives_idle", "10"),
-        ("keepalives_interval", "5"),
-        ("keepalives_count", "3"),
-        ("tcp_user_timeout", "15000"),
-        ("application_name", "secretfs"),
-    ]
+    /// pg_stat_activity. A setting libpq's environment gives
+    /// (PGCONNECT_TIMEOUT, PGAPPNAME, ...) is left to libpq.
+    static var connectDefaults: [(String, String)] {
+        let defaults: [(String, String, String)] = [
+            ("connect_timeout", "5", "PGCONNECT_TIMEOUT"),
+            ("keepalives_idle", "10", ""),
+            ("keepalives_interval", "5", ""),
+            ("keepalives_count", "3", ""),
+            ("tcp_user_timeout", "15000", "PGTCPUSERTIMEOUT"),
+            ("application_name", "secretfs", "PGAPPNAME"),
+        ]
+        return defaults.filter { $0.2.isEmpty || getenv($0.2) == nil }.map { ($0.0, $0.1) }
+    }
 
     /// A new connection to `target` (the connection string expanded by
     /// libpq), or nil with libpq's message.
@@ -87,7 +91,12 @@ final class PostgresConnection: DatabaseConnection {
         generation += 1
         // Every commit waits for its WAL flush, whatever the server's default:
         // a close that returned 0 must survive a crash of the server.
-        try execute("SET synchronous_commit = on; SET client_min_messages = warning", context: "configuring the session")
+        // A host cut off in the middle of a write transaction holds the write
+        // lock of every host: the server ends such a session after a minute.
+        // (The store's own transactions are never idle: each runs its
+        // statements back to back.)
+        try execute("SET synchronous_commit = on; SET client_min_messages = warning; SET idle_in_transaction_session_timeout = '60s'",
+                    context: "configuring the session")
     }
 
     /// The connection, reset first if it was lost.
@@ -102,7 +111,19 @@ final class PostgresConnection: DatabaseConnection {
     /// How this connection reaches the server, for doctor.
     var transport: StoreTransport {
         guard let conn else { return .unencryptedTCP }
-        if PQsslInUse(conn) == 1 { return .tls }
+        if PQsslInUse(conn) == 1 {
+            // Whether the server's certificate and name were checked.
+            var mode = ""
+            if let options = PQconninfo(conn) {
+                var o = options
+                while let k = o.pointee.keyword {
+                    if String(cString: k) == "sslmode", let v = o.pointee.val { mode = String(cString: v) }
+                    o += 1
+                }
+                PQconninfoFree(options)
+            }
+            return mode == "verify-full" ? .tls : .tlsUnverified(mode)
+        }
         if let h = PQhost(conn), String(cString: h).hasPrefix("/") { return .unixSocket }
         return .unencryptedTCP
     }

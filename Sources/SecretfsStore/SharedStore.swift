@@ -307,7 +307,12 @@ public final class ChangeNotifications: @unchecked Sendable {
 
 /// How a shared store's connection reaches its server.
 public enum StoreTransport: Sendable, Equatable {
-    case tls, unixSocket, unencryptedTCP
+    /// TLS with the server's certificate and host name checked (sslmode=verify-full).
+    case tls
+    /// TLS under a weaker sslmode (require, verify-ca, ...): a machine in the
+    /// middle can pose as the server.
+    case tlsUnverified(String)
+    case unixSocket, unencryptedTCP
 }
 
 extension Store {

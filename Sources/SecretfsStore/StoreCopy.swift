@@ -77,67 +77,69 @@ extension Store {
     /// key-file store's key goes to the target's key file (0400), or must
     /// match the one already there. Then the copy is checked: every table
     /// read back equal, and every data key and value of the target opened
-    /// with the key. The source is held under its write lock meanwhile (a
-    /// consistent copy: writers wait).
+    /// with the key. The source is read in one transaction under its write
+    /// lock (a consistent copy: its writers wait while it is read).
     public func copy(to target: StoreLocation) throws -> StoreCopyReport {
         guard masterKey.count == Envelope.keyBytes else { throw StoreError.keyNotLoaded }
         if target.kind == location.kind { throw StoreError.storeExists(target.directory) }
-        return try lock.withLock { _ in
-            try db.transaction("copying the store") {
-                var data: [(String, [[Cell]])] = []
-                for t in Self.copiedTables { data.append((t.name, try Self.readRows(db, t))) }
-                let usesKeyFile = try Self.getMeta(db, "kdf") == nil
-                let (targetDB, undo) = try Self.emptyStore(at: target, key: usesKeyFile ? masterKey : nil)
-                do {
-                    try targetDB.transaction("writing the copy") {
-                        if target.isShared {
-                            for m in Self.migrations { try targetDB.execute(Self.postgresDDL(m), context: "creating the schema") }
-                            try targetDB.execute(Self.changeLogDDL, context: "creating the change log")
-                            try Self.putMeta(targetDB, "schema_version", Array(String(Self.migrations.count).utf8))
-                        }
-                        for (t, (_, rows)) in zip(Self.copiedTables, data) {
-                            let marks = Array(repeating: "?", count: t.columns.count).joined(separator: ", ")
-                            let insert = try targetDB.statement(
-                                "INSERT INTO \(t.name)(\(t.columns.map(\.0).joined(separator: ", "))) VALUES (\(marks))")
-                            for row in rows {
-                                insert.reset()
-                                for (i, cell) in row.enumerated() {
-                                    let index = Int32(i + 1)
-                                    switch cell {
-                                    case .null: insert.bind(index, nil as String?)
-                                    case .integer(let v): insert.bind(index, v)
-                                    case .text(let v): insert.bind(index, v)
-                                    case .blob(let v): insert.bind(index, blob: v)
-                                    }
-                                }
-                                try insert.run("copying \(t.name)")
-                            }
-                        }
-                        if target.isShared {
-                            // Explicit ids were written: new rows must number after them.
-                            for (table, column) in [("projects", "id"), ("audit", "id")] {
-                                try targetDB.statement("""
-                                    SELECT setval(pg_get_serial_sequence('\(table)', '\(column)'), COALESCE(MAX(\(column)), 0) + 1, false) FROM \(table)
-                                    """).run("numbering \(table)")
-                            }
-                        }
-                    }
-                    var report = StoreCopyReport(rows: [], opened: 0)
-                    for (t, (_, rows)) in zip(Self.copiedTables, data) {
-                        guard try Self.readRows(targetDB, t) == rows else {
-                            throw StoreError.corrupt("the copy's \(t.name) table does not read back as written")
-                        }
-                        report.rows.append((t.name, rows.count))
-                    }
-                    let check = try Self.openEverySealedBlob(targetDB, storeID: storeID, masterKey: masterKey, manifest: nil)
-                    if let f = check.failures.first { throw StoreError.corrupt("in the copy, \(f) does not open") }
-                    report.opened = check.opened
-                    return report
-                } catch {
-                    undo()
-                    throw error
-                }
+        // 1: every row of the source, read in one transaction (a consistent
+        // copy; writers wait only while it is read, not while it is written).
+        let (data, usesKeyFile) = try lock.withLock { _ in
+            try db.transaction("reading the store to copy") { () throws -> ([[[Cell]]], Bool) in
+                (try Self.copiedTables.map { try Self.readRows(db, $0) }, try Self.getMeta(db, "kdf") == nil)
             }
+        }
+        // 2: the target, written and checked in one transaction: a copy that
+        // does not check out is rolled back (and what was created removed).
+        let (targetDB, undo) = try Self.emptyStore(at: target, key: usesKeyFile ? masterKey : nil)
+        do {
+            return try targetDB.transaction("writing the copy") {
+                if target.isShared {
+                    for m in Self.migrations { try targetDB.execute(Self.postgresDDL(m), context: "creating the schema") }
+                    try targetDB.execute(Self.changeLogDDL, context: "creating the change log")
+                    try Self.putMeta(targetDB, "schema_version", Array(String(Self.migrations.count).utf8))
+                }
+                for (t, rows) in zip(Self.copiedTables, data) {
+                    let marks = Array(repeating: "?", count: t.columns.count).joined(separator: ", ")
+                    let insert = try targetDB.statement(
+                        "INSERT INTO \(t.name)(\(t.columns.map(\.0).joined(separator: ", "))) VALUES (\(marks))")
+                    for row in rows {
+                        insert.reset()
+                        for (i, cell) in row.enumerated() {
+                            let index = Int32(i + 1)
+                            switch cell {
+                            case .null: insert.bind(index, nil as String?)
+                            case .integer(let v): insert.bind(index, v)
+                            case .text(let v): insert.bind(index, v)
+                            case .blob(let v): insert.bind(index, blob: v)
+                            }
+                        }
+                        try insert.run("copying \(t.name)")
+                    }
+                }
+                if target.isShared {
+                    // Explicit ids were written: new rows must number after them.
+                    for (table, column) in [("projects", "id"), ("audit", "id")] {
+                        try targetDB.statement("""
+                            SELECT setval(pg_get_serial_sequence('\(table)', '\(column)'), COALESCE(MAX(\(column)), 0) + 1, false) FROM \(table)
+                            """).run("numbering \(table)")
+                    }
+                }
+                var report = StoreCopyReport(rows: [], opened: 0)
+                for (t, rows) in zip(Self.copiedTables, data) {
+                    guard try Self.readRows(targetDB, t) == rows else {
+                        throw StoreError.corrupt("the copy's \(t.name) table does not read back as written")
+                    }
+                    report.rows.append((t.name, rows.count))
+                }
+                let check = try Self.openEverySealedBlob(targetDB, storeID: storeID, masterKey: masterKey, manifest: nil)
+                if let f = check.failures.first { throw StoreError.corrupt("in the copy, \(f) does not open") }
+                report.opened = check.opened
+                return report
+            }
+        } catch {
+            undo()
+            throw error
         }
     }
 

@@ -153,7 +153,10 @@ struct DoctorCommand: ParsableCommand {
             let store = try Store.openMetadataOnly(at: location)
             out.append(Check(level: .ok, what: "database \(location.directory): reachable, schema as expected"))
             switch store.transport {
-            case .tls?: out.append(Check(level: .ok, what: "database connection: TLS"))
+            case .tls?: out.append(Check(level: .ok, what: "database connection: TLS, the server's certificate and name verified"))
+            case .tlsUnverified(let mode)?:
+                out.append(Check(level: .warn, what: "database connection: TLS without checking the server's name (sslmode=\(mode))",
+                                 hint: "use sslmode=verify-full with sslrootcert=FILE, or a machine in the middle can pose as the database"))
             case .unixSocket?: out.append(Check(level: .ok, what: "database connection: a local Unix socket"))
             case .unencryptedTCP?, nil:
                 out.append(Check(level: .warn, what: "database connection: TCP without TLS (the network sees ciphertexts and can alter rows)",
