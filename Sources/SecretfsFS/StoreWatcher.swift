@@ -40,11 +40,19 @@ public final class StoreWatcher: @unchecked Sendable {
     @discardableResult
     public func poll(last: inout Int64?) -> Bool {
         let now: Int64
+        // A shared store's log names what changed since the sequence seen
+        // last, but for this mount's own commits; nil when it cannot say
+        // (pruned, too far behind, a whole-project change such as a key
+        // rotation; always for the embedded store): then every name is re-read.
+        var names: [String]?
         do {
             now = try filesystem.vault.storeDataVersion()
-            // A rotation of the data key made elsewhere: follow its link now,
-            // before the rotation ends and drops it.
-            if let before = last, before != now { try filesystem.vault.followKeyRotation() }
+            if let before = last, before != now {
+                names = try filesystem.vault.changedNames(since: before)
+                // A rotation of the data key made elsewhere: follow its link
+                // now, before the rotation ends and drops it.
+                if names == nil { try filesystem.vault.followKeyRotation() }
+            }
         } catch {
             // Not silent: outside changes go unseen until the store answers
             // again (said once per outage; writes report their own errors).
@@ -57,15 +65,15 @@ public final class StoreWatcher: @unchecked Sendable {
         }
         if failing { filesystem.logger.info("store available again: following changes made outside the mount") }
         failing = false
-        guard let before = last, before != now else {
+        if last == nil || last == now {
             last = now
             return false
         }
-        // A shared store's log names what changed since the sequence seen
-        // last; when it cannot (pruned, too far behind, a whole-project
-        // change, or the embedded store), every name is re-read.
-        let names = try? filesystem.vault.changedNames(since: before)
-        let changes = filesystem.reloadFromStore(names: names ?? nil)
+        if names?.isEmpty == true {
+            last = now   // only this mount's own commits
+            return false
+        }
+        let changes = filesystem.reloadFromStore(names: names)
         // Applied, or not at all: the sequence seen moves only once it is.
         guard !changes.failed else { return false }
         last = now

@@ -207,6 +207,16 @@ extension Store {
         }
     }
 
+    /// `purgeExpiredLocked` for a commit: at most once a minute of the store's
+    /// clock per project and process (trash is kept for days; a look on every
+    /// write would be one more round trip each).
+    func purgeExpiredIfDueLocked(projectID id: Int64, projectName: String) throws {
+        let now = now()
+        if let last = lastTrashSweep[id], now.nanoseconds - last.nanoseconds < 60_000_000_000, now >= last { return }
+        try purgeExpiredLocked(projectID: id, projectName: projectName)
+        lastTrashSweep[id] = now
+    }
+
     /// Inside a transaction, with `lock` held.
     func purgeExpiredLocked(projectID id: Int64, projectName: String) throws {
         let names = try trashNamesLocked(id, expiredBy: now())
@@ -233,14 +243,28 @@ extension Store {
         return (max(0, s.int64(0)), max(0, s.int64(1)))
     }
 
+    /// What a write needs of its project's row, read as the version is taken.
+    struct VersionGrant {
+        var version: Int64
+        var keyGeneration: Int64
+        var keepVersions: Int64
+        var keepDeletedDays: Int64
+    }
+
     /// Next version number, unique across the project for its lifetime, so an
-    /// old ciphertext can never be replayed into a newer row with the same name.
-    func nextVersionLocked(_ id: Int64) throws -> Int64 {
-        let s = try db.statement("UPDATE projects SET last_version = last_version + 1 WHERE id = ? RETURNING last_version")
-            .bind(1, id)
+    /// old ciphertext can never be replayed into a newer row with the same
+    /// name; with the project's data key generation and limits, in the same
+    /// round trip (a shared store's write is a dozen of them, each a network
+    /// exchange).
+    func grantVersionLocked(_ id: Int64) throws -> VersionGrant {
+        let s = try db.statement("""
+            UPDATE projects SET last_version = last_version + 1 WHERE id = ?
+            RETURNING last_version, key_generation, keep_versions, keep_deleted_days
+            """).bind(1, id)
         defer { s.reset() }
         guard try s.step("allocating a version") else { throw StoreError.corrupt("project \(id) vanished") }
-        return s.int64(0)
+        return VersionGrant(version: s.int64(0), keyGeneration: s.int64(1), keepVersions: max(0, s.int64(2)),
+                            keepDeletedDays: max(0, s.int64(3)))
     }
 
     func liveLocked(_ id: Int64, _ name: String) throws -> Bool {
@@ -291,20 +315,21 @@ extension Store {
     /// Returns false if there was no such secret.
     func moveToTrashLocked(projectID id: Int64, name: String, actor: Actor, action: VersionAction) throws -> Bool {
         guard try archiveCurrentLocked(projectID: id, name: name) else { return false }
-        let marker = try nextVersionLocked(id)
+        let grant = try grantVersionLocked(id)
+        let marker = grant.version
         let at = now()
         try db.statement("""
             INSERT INTO versions(project_id, name, version, ciphertext, nonce, action, made_at, made_by)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
             """).bind(1, id).bind(2, name).bind(3, marker).bind(4, blob: []).bind(5, blob: []).bind(6, action.rawValue)
             .bind(7, at.nanoseconds).bind(8, Int64(actor.uid)).run("recording the delete")
-        let days = try keepVersionsLocked(id).days
+        let days = grant.keepDeletedDays
         try db.statement("DELETE FROM trash WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name).run("updating the trash")
         try db.statement("INSERT INTO trash(project_id, name, deleted_at, deleted_by, purge_at) VALUES (?, ?, ?, ?, ?)")
             .bind(1, id).bind(2, name).bind(3, at.nanoseconds).bind(4, Int64(actor.uid))
             .bind(5, at.nanoseconds.addingReportingOverflow(days * Self.nanosecondsPerDay).partialValue)
             .run("moving a secret to the trash")
-        _ = try pruneLocked(projectID: id, name: name)
+        _ = try pruneLocked(projectID: id, name: name, keep: grant.keepVersions, live: false)
         return true
     }
 
@@ -312,10 +337,11 @@ extension Store {
     /// included) and destroys the older ones, with the delete markers older
     /// than every value kept. A deleted name with no value left leaves the
     /// trash. Returns how many values were destroyed.
+    /// `keep` and `live`, when the caller knows them, save their lookups.
     @discardableResult
-    func pruneLocked(projectID id: Int64, name: String) throws -> Int {
-        let keep = try keepVersionsLocked(id).versions
-        let live = try liveLocked(id, name)
+    func pruneLocked(projectID id: Int64, name: String, keep knownKeep: Int64? = nil, live knownLive: Bool? = nil) throws -> Int {
+        let keep = try knownKeep ?? keepVersionsLocked(id).versions
+        let live = try knownLive ?? liveLocked(id, name)
         let earlier = max(0, keep - (live ? 1 : 0))
         try db.statement("""
             DELETE FROM versions WHERE project_id = ? AND name = ? AND length(ciphertext) > 0

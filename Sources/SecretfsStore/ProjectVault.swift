@@ -81,13 +81,6 @@ public final class ProjectVault: @unchecked Sendable {
         try store.lock.withLock { _ in try followLocked() }
     }
 
-    /// Seals with the newest data key, after following any rotation.
-    private func newestKeyLocked() throws -> (SecureBytes, Int64) {
-        try followLocked()
-        guard let k = keys[generation] else { throw StoreError.corrupt("no data key") }
-        return (k, generation)
-    }
-
     private var db: DatabaseConnection { store.db }
 
     // MARK: Reading
@@ -165,20 +158,34 @@ public final class ProjectVault: @unchecked Sendable {
     // transaction, and a deleted name goes to the trash.
 
     private func writeRowLocked(_ name: String, value: SecureBytes, actor: Actor, createdAt: Timestamp?,
-                                action: VersionAction) throws -> SecretInfo {
-        try value.withUnsafeBytes { try writeRowLocked(name, bytes: $0, actor: actor, createdAt: createdAt, action: action) }
+                                action: VersionAction, previous: SecretInfo?? = nil) throws -> SecretInfo {
+        try value.withUnsafeBytes {
+            try writeRowLocked(name, bytes: $0, actor: actor, createdAt: createdAt, action: action, previous: previous)
+        }
     }
 
     /// Seals `value` as the new current version of `name`, keeping the
-    /// earlier one as a version. Returns the new metadata.
+    /// earlier one as a version. Returns the new metadata. `previous`, when
+    /// the caller has just read it in this transaction, is the current row
+    /// (nil: none), which saves looking it up again.
     private func writeRowLocked(_ name: String, bytes value: UnsafeRawBufferPointer, actor: Actor,
-                                createdAt: Timestamp?, action: VersionAction) throws -> SecretInfo {
-        let previous = try infoLocked(name)
-        _ = try store.archiveCurrentLocked(projectID: id, name: name)
-        // Live again: whatever the trash kept of it is now its history.
-        try db.statement("DELETE FROM trash WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name).run("updating the trash")
-        let version = try store.nextVersionLocked(id)
-        let (dataKey, keyGeneration) = try newestKeyLocked()
+                                createdAt: Timestamp?, action: VersionAction, previous known: SecretInfo?? = nil) throws -> SecretInfo {
+        let previous = try known ?? infoLocked(name)
+        if previous != nil {
+            _ = try store.archiveCurrentLocked(projectID: id, name: name)
+        } else {
+            // Live again: whatever the trash kept of it is now its history.
+            // (Only a name with no current value can be in the trash.)
+            try db.statement("DELETE FROM trash WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name).run("updating the trash")
+        }
+        let grant = try store.grantVersionLocked(id)
+        let version = grant.version
+        // A rotation made elsewhere: follow its link to the new key first.
+        if grant.keyGeneration != generation { try followLocked() }
+        guard generation == grant.keyGeneration, let dataKey = keys[generation] else {
+            throw StoreError.corrupt("the data key of project '\(self.name)' is not at the generation the store names")
+        }
+        let keyGeneration = generation
         let sealed = Envelope.seal(value, key: dataKey,
                                    associatedData: Envelope.valueAD(projectID: id, version: version, name: name))
         let now = store.now()
@@ -191,8 +198,8 @@ public final class ProjectVault: @unchecked Sendable {
             .bind(6, created.nanoseconds).bind(7, now.nanoseconds).bind(8, Int64(actor.uid)).bind(9, action.rawValue)
             .bind(10, keyGeneration).run("writing a secret")
         store.recordChangeLocked(projectID: id, name: name)
-        try store.pruneLocked(projectID: id, name: name)
-        try store.purgeExpiredLocked(projectID: id, projectName: self.name)
+        try store.pruneLocked(projectID: id, name: name, keep: grant.keepVersions, live: true)
+        try store.purgeExpiredIfDueLocked(projectID: id, projectName: self.name)
         return SecretInfo(name: name, version: version, createdAt: created, updatedAt: now, updatedBy: actor.uid)
     }
 
@@ -211,9 +218,9 @@ public final class ProjectVault: @unchecked Sendable {
         guard Names.isValid(name) else { throw StoreError.invalidSecretName(name) }
         return try store.lock.withLock { _ in
             try db.transaction("writing secret \(name)") {
-                let existed = try infoLocked(name) != nil
-                let info = try writeRowLocked(name, bytes: value, actor: actor, createdAt: nil, action: action)
-                try store.insertAudit(project: self.name, actor: actor, action: existed ? "update" : "create",
+                let previous = try infoLocked(name)
+                let info = try writeRowLocked(name, bytes: value, actor: actor, createdAt: nil, action: action, previous: .some(previous))
+                try store.insertAudit(project: self.name, actor: actor, action: previous != nil ? "update" : "create",
                                       names: name, detail: action == .append ? "append" : nil)
                 return info
             }
@@ -229,7 +236,7 @@ public final class ProjectVault: @unchecked Sendable {
         try store.lock.withLock { _ in
             try db.transaction("deleting secret \(name)") {
                 guard try store.moveToTrashLocked(projectID: id, name: name, actor: actor, action: .delete) else { return false }
-                try store.purgeExpiredLocked(projectID: id, projectName: self.name)
+                try store.purgeExpiredIfDueLocked(projectID: id, projectName: self.name)
                 try store.insertAudit(project: self.name, actor: actor, action: "delete", names: name, detail: nil)
                 return true
             }
@@ -256,8 +263,10 @@ public final class ProjectVault: @unchecked Sendable {
                     if toInfo != nil { throw StoreError.secretExists(to) }
                 case .exchange:
                     guard let toInfo, let toValue = try valueLocked(to) else { throw StoreError.secretNotFound(to) }
-                    _ = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt, action: .rename)
-                    _ = try writeRowLocked(from, value: toValue, actor: actor, createdAt: toInfo.createdAt, action: .rename)
+                    _ = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt, action: .rename,
+                                           previous: .some(toInfo))
+                    _ = try writeRowLocked(from, value: toValue, actor: actor, createdAt: toInfo.createdAt, action: .rename,
+                                           previous: .some(fromInfo))
                     try store.insertAudit(project: self.name, actor: actor, action: "exchange",
                                           names: "\(from),\(to)", detail: nil)
                     return
@@ -265,7 +274,8 @@ public final class ProjectVault: @unchecked Sendable {
                     break
                 }
                 _ = try store.moveToTrashLocked(projectID: id, name: from, actor: actor, action: .rename)
-                _ = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt, action: .rename)
+                _ = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt, action: .rename,
+                                       previous: .some(toInfo))
                 try store.insertAudit(project: self.name, actor: actor, action: "rename",
                                       names: "\(from),\(to)", detail: toInfo != nil ? "replaced \(to)" : nil)
             }

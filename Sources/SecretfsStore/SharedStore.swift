@@ -198,12 +198,16 @@ extension Store {
             guard try s.step("writing the change log") else { throw StoreError.corrupt("the change log returned no sequence") }
             let seq = s.int64(0)
             newest[c.projectID] = seq
+            ownSequences.insert(seq)
             prune = prune || seq % 500 == 0
             s.reset()
         }
         for (project, seq) in newest.sorted(by: { $0.key < $1.key }) {
             try db.statement("SELECT pg_notify(?, ?)").bind(1, Self.changeChannel).bind(2, "\(project):\(seq)")
                 .run("announcing the change")
+        }
+        if ownSequences.count > 4096, let top = newest.values.max() {
+            ownSequences = ownSequences.filter { $0 > top - 2048 }
         }
         if prune, let top = newest.values.max() {
             // The mark first, in the same transaction: a reader that finds it
@@ -324,22 +328,26 @@ extension Store {
 
 extension ProjectVault {
     /// The names of this project that changed after change-log sequence
-    /// `sequence`, from the shared store's change log: what a mount applies.
-    /// Nil when the log cannot say (pruned past `sequence`, more than a
-    /// log's worth behind, or a change to the whole project such as a key
-    /// rotation): the mount then re-reads its whole listing. The embedded
-    /// store has no log and always answers nil.
+    /// `sequence`, from the shared store's change log, but for the changes
+    /// this process made itself (its mount applied them as it made them):
+    /// what a mount applies. Nil when the log cannot say (pruned past
+    /// `sequence`, more than a log's worth behind, or a change to the whole
+    /// project such as a key rotation): the mount then re-reads its whole
+    /// listing. The embedded store has no log and always answers nil.
     public func changedNames(since sequence: Int64) throws -> [String]? {
         guard store.location.isShared else { return nil }
         return try store.lock.withLock { _ in
-            let s = try store.db.statement("SELECT name FROM change_log WHERE project_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+            let s = try store.db.statement("SELECT seq, name FROM change_log WHERE project_id = ? AND seq > ? ORDER BY seq LIMIT ?")
                 .bind(1, id).bind(2, sequence).bind(3, Store.changeLogKeep + 1)
             var names: [String] = []
-            var whole = false
+            var whole = false, rows = 0
             while try s.step("reading the change log") {
-                if s.isNull(0) { whole = true } else { names.append(s.string(0) ?? "") }
+                rows += 1
+                if store.ownSequences.contains(s.int64(0)) { continue }
+                if s.isNull(1) { whole = true } else { names.append(s.string(1) ?? "") }
             }
-            if whole || names.count > Store.changeLogKeep { return nil }
+            if rows > Store.changeLogKeep { return nil }
+            if whole { return nil }
             // Read after the rows: a prune that committed before them has moved the mark.
             let pruned = try Store.getMeta(store.db, "change_log_pruned_through").flatMap { Int64(String(decoding: $0, as: UTF8.self)) } ?? 0
             if sequence < pruned { return nil }

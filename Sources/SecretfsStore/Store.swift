@@ -152,6 +152,13 @@ public final class Store: @unchecked Sendable {
     /// Changes of the current write transaction, for the shared store's
     /// change log (written just before COMMIT; see `recordChangeLocked`).
     var pendingChanges: [(projectID: Int64, name: String?)] = []
+    /// When each project's expired trash was last looked for by a commit
+    /// (`purgeExpiredIfDueLocked`; under `lock`).
+    var lastTrashSweep: [Int64: Timestamp] = [:]
+    /// The change-log sequences this process wrote (the newest few thousand,
+    /// under `lock`): its own mount has applied them already, so its watcher
+    /// skips them (`ProjectVault.changedNames`).
+    var ownSequences = Set<Int64>()
 
     init(location: StoreLocation, db: DatabaseConnection, masterKey: SecureBytes, storeID: [UInt8],
          clock: @escaping @Sendable () -> Timestamp) {

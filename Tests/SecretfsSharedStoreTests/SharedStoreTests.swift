@@ -184,20 +184,28 @@ struct SharedStoreTests {
     @Test func theChangeLogNamesWhatChangedSinceASequence() throws {
         let f = try MountFixture(shared: true)
         defer { f.close() }
+        // Another process's view (its own Store): what this one writes is
+        // the change of someone else.
         let vault = try f.openVault()
+        let writer = try f.openVault()
         func put(_ name: String, _ value: String) throws {
-            try Array(value.utf8).withUnsafeBytes { _ = try vault.put(name, bytes: $0, actor: .current) }
+            try Array(value.utf8).withUnsafeBytes { _ = try writer.put(name, bytes: $0, actor: .current) }
         }
         let start = try vault.storeDataVersion()
         try put("ONE", "1")
         try put("TWO", "2")
         let mid = try vault.storeDataVersion()
         #expect(mid > start)
-        _ = try vault.delete("ONE", actor: .current)
+        _ = try writer.delete("ONE", actor: .current)
         try put("TWO", "2b")
         #expect(try vault.changedNames(since: start) == ["ONE", "TWO"])
         #expect(try vault.changedNames(since: mid) == ["ONE", "TWO"])
         #expect(try vault.changedNames(since: try vault.storeDataVersion()) == [])
+        // A process's own changes are not news to it: its mount applied them as it made them.
+        let before = try vault.storeDataVersion()
+        try Array("own".utf8).withUnsafeBytes { _ = try vault.put("OWN", bytes: $0, actor: .current) }
+        #expect(try vault.changedNames(since: before) == [])
+        #expect(try writer.changedNames(since: before) == ["OWN"])
         // A change to the whole project (a key rotation) cannot be listed by name: re-read everything.
         _ = try f.expectOK(f.secretfs(["project", "rotate-key", "demo"]))
         #expect(try vault.changedNames(since: mid) == nil)
