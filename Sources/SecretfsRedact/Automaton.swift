@@ -35,8 +35,9 @@
 /// once per write and for each match only).
 ///
 /// The first `denseCount` states in breadth-first order (the shallow ones,
-/// where a scan of ordinary text spends nearly all its time) also get a full
-/// DFA row indexed by byte class, with failure transitions folded in: one
+/// where a scan of ordinary text spends nearly all its time: every state of
+/// depth 2 or less, and at least 1 MiB of rows, at most the budget's 2 MiB)
+/// also get a full DFA row indexed by byte class, with failure transitions folded in: one
 /// table load per input byte. A row entry is an encoded state (`UInt32`): for
 /// a dense state the row offset (`index * classCount`); for any other,
 /// `sparseFlag | id`. `matchFlag` is set on every state at which some form
@@ -65,6 +66,9 @@ final class Automaton {
     static let maxContinuation = Int(explicitCode - 1 - lastDenseCode)
     /// Dense states are numbered below 0x8000 in a code.
     static let maxDenseCount = Int(lastDenseCode) + 1
+    /// The dense table's least size in entries (4 bytes each: 1 MiB), when
+    /// the budget allows; it grows past that to hold every state of depth 2.
+    static let denseFloor = 1 << 18
 
     /// byte -> class (0 = byte in no form).
     let classOf: LockedArray<UInt8>
@@ -433,10 +437,19 @@ private final class AutomatonBuilder {
         }
     }
 
-    /// The dense states: the first in breadth-first order, as many as the
-    /// budget allows.
+    /// The dense states: the first in breadth-first order. Enough for every
+    /// state of depth 2 or less (ordinary text keeps the scan there: a pair
+    /// of bytes that begins some form is common, three are not), and at least
+    /// `Automaton.denseFloor` entries' worth, within `budget`.
     func chooseDense(budget: Int) {
-        let k = max(1, min(stateCount, budget / classCount, Automaton.maxDenseCount))
+        var shallow = 1
+        forEachStateByLevel { _, d, _, _ in
+            if d > 2 { return false }
+            shallow += 1
+            return true
+        }
+        let wanted = max(shallow, min(Automaton.denseFloor, budget) / classCount)
+        let k = max(1, min(stateCount, wanted, budget / classCount, Automaton.maxDenseCount))
         denseCount = k
         denseNode = LockedArray(repeating: 0, count: k, meter: meter)
         let bits = BitArray(count: stateCount, meter: meter)

@@ -55,12 +55,13 @@ public final class Redactor: @unchecked Sendable {
         self.init(secrets: secrets, options: options, denseBudget: Redactor.defaultDenseBudget)
     }
 
-    /// Dense-table budget in entries (4 bytes each, so 1 MiB of locked
-    /// memory): with the ~90 byte classes of a realistic set, every state of
-    /// depth 2 and some of depth 3 get a row, which is where a scan of
-    /// ordinary text stays, and the table stays in the CPU's second-level
-    /// cache. (2 MiB measured no faster at 100 or 1,000 secrets.)
-    static let defaultDenseBudget = 1 << 18
+    /// Most entries the dense table may take (4 bytes each, so 2 MiB of
+    /// locked memory). It takes what every state of depth 2 needs, and at
+    /// least 1 MiB (`Automaton.denseFloor`): with the ~90 byte classes of a
+    /// realistic set, that is 1 MiB up to about 1,500 secrets (2 MiB measured
+    /// no faster there), and the whole 2 MiB from about 3,000, where a 1 MiB
+    /// table scanned at a quarter of the speed.
+    static let defaultDenseBudget = 1 << 19
 
     /// `denseBudget` and `continuationLimit` are the automaton's (tests
     /// lower them to reach its deep paths with small sets).
