@@ -57,10 +57,10 @@ public final class Redactor: @unchecked Sendable {
 
     /// Most entries the dense table may take (4 bytes each, so 2 MiB of
     /// locked memory). It takes what every state of depth 2 needs, and at
-    /// least 1 MiB (`Automaton.denseFloor`): with the ~90 byte classes of a
-    /// realistic set, that is 1 MiB up to about 1,500 secrets (2 MiB measured
-    /// no faster there), and the whole 2 MiB from about 3,000, where a 1 MiB
-    /// table scanned at a quarter of the speed.
+    /// least 1 MiB (`Automaton.denseFloor`): for the benchmark's mix (~90 byte
+    /// classes), 1 MiB up to about 1,800 secrets (2 MiB measured no faster at
+    /// 1,000), 1.3 MiB at 3,000 (where a 1 MiB table scanned at a quarter of
+    /// the speed) and 1.9 MiB at 10,000.
     static let defaultDenseBudget = 1 << 19
 
     /// `denseBudget` and `continuationLimit` are the automaton's (tests
