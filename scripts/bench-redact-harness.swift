@@ -2,7 +2,10 @@
 // script compiles it against the release build of SecretfsRedact).
 //
 //   harness gen LOG MEGABYTES      write a deterministic log with secrets in it
-//   harness patterns N FILE        write the registered forms of N secrets, one a line
+//   harness patterns N FILE        write the registered forms of N secrets, one a line;
+//                                  on stderr, their count and the locked memory
+//                                  (`locked=` tables, `peak=` build, `vmlck=` the
+//                                  kernel's count after the build, all bytes)
 //   harness run LOG N              redact LOG with N secrets to stdout; stats on stderr
 //   harness adversarial MEGABYTES  a run of "aaaa…" against the value "a"*2000+"b",
 //                                  timed against clean text of the same size
@@ -105,15 +108,26 @@ func gen(_ path: String, megabytes: Int) {
     }
 }
 
+/// The process's locked memory in bytes (VmLck), or -1 where unknown.
+func lockedByProcess() -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmLck:") }),
+          let kb = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) })
+    else { return -1 }
+    return kb * 1024
+}
+
 func patterns(_ n: Int, _ path: String) {
     let (r, _) = makeRedactor(n)
+    let vmlck = lockedByProcess()   // the values are released: the tables only
     guard let f = fopen(path, "w") else { fatalError("cannot write \(path)") }
     defer { fclose(f) }
     r.forEachRegisteredForm { form in
         fwrite(form.baseAddress, 1, form.count, f)
         fputc(10, f)
     }
-    FileHandle.standardError.write("\(n) secrets: \(r.formCount) forms, longest \(r.longestForm) bytes\n".data(using: .utf8)!)
+    FileHandle.standardError.write(("\(n) secrets: \(r.formCount) forms, longest \(r.longestForm) bytes, "
+        + "locked=\(r.lockedBytes) peak=\(r.peakBuildLockedBytes) vmlck=\(vmlck)\n").data(using: .utf8)!)
 }
 
 func run(_ path: String, _ n: Int) {

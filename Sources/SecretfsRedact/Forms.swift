@@ -2,9 +2,8 @@ import SecureMemory
 /// Generation of the registered forms of a secret value.
 ///
 /// Every form is built in locked scratch memory and handed to `emit`, which
-/// inserts it into the matcher's trie (the trie deduplicates identical forms
-/// for free: a second insertion walks the same path). Nothing here creates a
-/// Swift `String` or `Array` holding value bytes.
+/// adds it to the build's `FormSet` (that drops a form it holds already).
+/// Nothing here creates a Swift `String` or `Array` holding value bytes.
 ///
 /// The rule that keeps streaming simple: no registered form contains a raw
 /// newline. A form that would (the value itself, or its XML or quote-escaped
@@ -15,12 +14,14 @@ struct FormGenerator {
     /// Receives each form (the buffer is only valid during the call).
     let emit: (UnsafeRawBufferPointer) -> Void
 
-    private let scratch = LockedArray<UInt8>(capacity: 256)
-    private let scratch2 = LockedArray<UInt8>(capacity: 256)
+    private let scratch: LockedArray<UInt8>
+    private let scratch2: LockedArray<UInt8>
 
-    init(minimumLength: Int, emit: @escaping (UnsafeRawBufferPointer) -> Void) {
+    init(minimumLength: Int, meter: LockedMeter? = nil, emit: @escaping (UnsafeRawBufferPointer) -> Void) {
         self.minimumLength = minimumLength
         self.emit = emit
+        scratch = LockedArray(capacity: 256, meter: meter)
+        scratch2 = LockedArray(capacity: 256, meter: meter)
     }
 
     /// Registers all forms of `value`.

@@ -1,4 +1,42 @@
 import SecureMemory
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Counts the locked memory of the arrays that report to it: what
+/// `sodium_malloc` locks for each (the allocation plus its 16-byte canary,
+/// rounded up to whole pages; the guard pages around it are not locked), the
+/// current total and the highest it has been. One meter follows one build on
+/// one thread; the arrays a finished automaton keeps are detached from it.
+final class LockedMeter {
+    private(set) var current = 0
+    private(set) var peak = 0
+
+    init() {}
+
+    func add(_ bytes: Int) {
+        current += bytes
+        if current > peak { peak = current }
+    }
+
+    func remove(_ bytes: Int) { current -= bytes }
+
+    static let pageSize: Int = {
+        let p = sysconf(Int32(_SC_PAGESIZE))
+        return p > 0 ? p : 4096
+    }()
+
+    /// Bytes `sodium_malloc(size)` locks: the canary and the region rounded
+    /// up to whole pages (libsodium's `_page_round(size + 16)`).
+    static func lockedFootprint(ofAllocation size: Int) -> Int {
+        let n = max(size, 1) + 16
+        return (n + pageSize - 1) / pageSize * pageSize
+    }
+}
 
 /// A growable array of plain values in `sodium_malloc`'d memory.
 ///
@@ -18,20 +56,40 @@ final class LockedArray<Element: BitwiseCopyable> {
     private(set) var base: UnsafeMutablePointer<Element>
     private(set) var count: Int
     private(set) var capacity: Int
+    /// Where the locked bytes are counted, if anywhere (see `LockedMeter`).
+    private var meter: LockedMeter?
 
-    init(capacity: Int = 16) {
+    init(capacity: Int = 16, meter: LockedMeter? = nil) {
         let cap = max(capacity, 1)
         storage = SecureBytes(capacity: cap * MemoryLayout<Element>.stride)
         base = LockedArray.pointer(of: storage)
         count = 0
         self.capacity = cap
+        self.meter = meter
+        meter?.add(lockedBytes)
     }
 
     /// An array of `count` copies of `value`.
-    convenience init(repeating value: Element, count: Int) {
-        self.init(capacity: count)
+    convenience init(repeating value: Element, count: Int, meter: LockedMeter? = nil) {
+        self.init(capacity: count, meter: meter)
         base.initialize(repeating: value, count: count)
         self.count = count
+    }
+
+    deinit {
+        meter?.remove(lockedBytes)
+    }
+
+    /// Locked memory of the current allocation (whole pages, see `LockedMeter`).
+    var lockedBytes: Int {
+        LockedMeter.lockedFootprint(ofAllocation: capacity * MemoryLayout<Element>.stride)
+    }
+
+    /// Stops reporting to the meter (the array outlives the build it was
+    /// counted in, and may be released on another thread).
+    func detachMeter() {
+        meter?.remove(lockedBytes)
+        meter = nil
     }
 
     private static func pointer(of storage: SecureBytes) -> UnsafeMutablePointer<Element> {
@@ -59,9 +117,12 @@ final class LockedArray<Element: BitwiseCopyable> {
         var newCap = capacity
         while newCap < minimumCapacity { newCap *= 2 }
         let newStorage = SecureBytes(capacity: newCap * MemoryLayout<Element>.stride)
+        let oldBytes = lockedBytes
+        meter?.add(LockedMeter.lockedFootprint(ofAllocation: newCap * MemoryLayout<Element>.stride))
         let newBase = LockedArray.pointer(of: newStorage)
         newBase.update(from: base, count: count)
         storage = newStorage  // the old SecureBytes is freed (and wiped) here
+        meter?.remove(oldBytes)
         base = newBase
         capacity = newCap
     }

@@ -65,7 +65,7 @@ public final class RedactingStream {
         if let a = redactor.automaton {
             scan(a, p, n)
             position += n
-            finalPoint = position - Int(a.depth[a.decode(state)])
+            finalPoint = position - a.depth(of: state)
         } else {
             position += n
         }
@@ -181,7 +181,7 @@ public final class RedactingStream {
             s &= ~Automaton.matchFlag
             let e = i - 1
             if e >= from {
-                let len = Int(a.out.base[a.decode(s)])
+                let len = a.matchLength(of: s)
                 let absEnd = chunkStart + e
                 if queue { queued.append((absEnd - len + 1, absEnd)) } else { addMatch(start: absEnd - len + 1, end: absEnd) }
             }

@@ -55,17 +55,44 @@ public final class Redactor: @unchecked Sendable {
         self.init(secrets: secrets, options: options, denseBudget: Redactor.defaultDenseBudget)
     }
 
-    /// Dense-table budget in entries (4 bytes each): sized so the hot part
-    /// of the table stays in the CPU's second-level cache.
+    /// Most entries the dense table may take (4 bytes each, so 2 MiB of
+    /// locked memory). It takes what every state of depth 2 needs, and at
+    /// least 1 MiB (`Automaton.denseFloor`): for the benchmark's mix (~90 byte
+    /// classes), 1 MiB up to about 1,800 secrets (2 MiB measured no faster at
+    /// 1,000), 1.3 MiB at 3,000 (where a 1 MiB table scanned at a quarter of
+    /// the speed) and 1.9 MiB at 10,000.
     static let defaultDenseBudget = 1 << 19
 
-    init(secrets: [(name: String, value: SecureBytes)], options: RedactionOptions, denseBudget: Int) {
+    /// `denseBudget` and `continuationLimit` are the automaton's (tests
+    /// lower them to reach its deep paths with small sets).
+    init(secrets: [(name: String, value: SecureBytes)], options: RedactionOptions, denseBudget: Int,
+         continuationLimit: Int = Automaton.maxContinuation) {
         self.options = options
         maskBytes = Array(options.mask.utf8)
+        let meter = LockedMeter()
         var skipped: [SkippedSecret] = []
         var registered: [String] = []
-        let trie = Trie()
-        let generator = FormGenerator(minimumLength: options.minimumLength) { trie.insert($0) }
+        var forms: FormSet? = Redactor.collectForms(secrets, options, meter, &skipped, &registered)
+        self.skipped = skipped
+        self.registeredNames = registered
+        if forms!.count > 0 {
+            automaton = Automaton(forms: &forms, denseBudget: denseBudget, meter: meter,
+                                  continuationLimit: continuationLimit)
+        } else {
+            forms = nil
+            automaton = nil
+        }
+        lockedBytes = automaton?.lockedBytes ?? 0
+        peakBuildLockedBytes = meter.peak
+    }
+
+    /// The distinct forms of every value that is long enough; the others are
+    /// listed with the reason.
+    private static func collectForms(_ secrets: [(name: String, value: SecureBytes)], _ options: RedactionOptions,
+                                     _ meter: LockedMeter, _ skipped: inout [SkippedSecret],
+                                     _ registered: inout [String]) -> FormSet {
+        let forms = FormSet(meter: meter)
+        let generator = FormGenerator(minimumLength: options.minimumLength, meter: meter) { forms.insert($0) }
         for (name, value) in secrets {
             if value.count == 0 {
                 skipped.append(SkippedSecret(name: name, reason: "the value is empty"))
@@ -84,10 +111,18 @@ public final class Redactor: @unchecked Sendable {
             value.withUnsafeBytes { generator.addForms(of: $0) }
             registered.append(name)
         }
-        self.skipped = skipped
-        self.registeredNames = registered
-        automaton = trie.formCount > 0 ? Automaton(trie: trie, denseBudget: denseBudget) : nil
+        return forms
     }
+
+    /// Locked memory held by the matcher tables, in bytes (whole pages, as
+    /// `sodium_malloc` locks them). Streams add their held-back tail.
+    @_spi(Testing)
+    public let lockedBytes: Int
+
+    /// The most locked memory the build held at once (forms, scratch and
+    /// tables), in bytes.
+    @_spi(Testing)
+    public let peakBuildLockedBytes: Int
 
     /// Number of distinct registered forms (all values, all encodings).
     public var formCount: Int { automaton?.formCount ?? 0 }
@@ -125,19 +160,5 @@ public final class Redactor: @unchecked Sendable {
     @_spi(Testing)
     public func forEachRegisteredForm(_ body: (UnsafeRawBufferPointer) -> Void) {
         automaton?.forEachForm(body)
-    }
-}
-
-extension Trie {
-    func contains(_ form: UnsafeRawBufferPointer) -> Bool {
-        guard form.count > 0 else { return false }
-        var node: UInt32 = 0
-        for b in form {
-            var c = firstChild[Int(node)]
-            while c != Trie.none && byte[Int(c)] != b { c = nextSibling[Int(c)] }
-            if c == Trie.none { return false }
-            node = c
-        }
-        return terminal[Int(node)] != 0
     }
 }
