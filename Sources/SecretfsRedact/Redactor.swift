@@ -52,7 +52,18 @@ public final class Redactor: @unchecked Sendable {
     /// Builds the matcher for `secrets`. The caller keeps ownership of the
     /// values (nothing retains them after init returns).
     public convenience init(secrets: [(name: String, value: SecureBytes)], options: RedactionOptions = RedactionOptions()) {
-        self.init(secrets: secrets, options: options, denseBudget: Redactor.defaultDenseBudget)
+        var held = secrets
+        self.init(secrets: &held, options: options, denseBudget: Redactor.defaultDenseBudget)
+    }
+
+    /// Takes the values over: once their forms are collected the array is
+    /// emptied, so values nobody else holds are freed (and wiped) before the
+    /// automaton's tables are built. Each value is a locked page of its own;
+    /// 1,000 of them and the tables for 1,000 secrets together would not fit
+    /// a non-root user's default 8 MiB of locked memory, the tables alone do.
+    public convenience init(consuming secrets: inout [(name: String, value: SecureBytes)],
+                            options: RedactionOptions = RedactionOptions()) {
+        self.init(secrets: &secrets, options: options, denseBudget: Redactor.defaultDenseBudget)
     }
 
     /// Most entries the dense table may take (4 bytes each, so 2 MiB of
@@ -65,7 +76,7 @@ public final class Redactor: @unchecked Sendable {
 
     /// `denseBudget` and `continuationLimit` are the automaton's (tests
     /// lower them to reach its deep paths with small sets).
-    init(secrets: [(name: String, value: SecureBytes)], options: RedactionOptions, denseBudget: Int,
+    init(secrets: inout [(name: String, value: SecureBytes)], options: RedactionOptions, denseBudget: Int,
          continuationLimit: Int = Automaton.maxContinuation) {
         self.options = options
         maskBytes = Array(options.mask.utf8)
@@ -73,6 +84,7 @@ public final class Redactor: @unchecked Sendable {
         var skipped: [SkippedSecret] = []
         var registered: [String] = []
         var forms: FormSet? = Redactor.collectForms(secrets, options, meter, &skipped, &registered)
+        secrets.removeAll()
         self.skipped = skipped
         self.registeredNames = registered
         if forms!.count > 0 {

@@ -150,13 +150,14 @@ final class RedactorFeed: @unchecked Sendable {
         reportShort(fresh)
     }
 
+    /// The values are handed over to the redactor, and no other reference is
+    /// kept here: each is freed (wiped) as soon as its forms are collected,
+    /// before the tables are built (see Redactor.init(consuming:)).
     private func build() throws -> Redactor {
         let names = try source.names()
-        let values = names.isEmpty ? [:] : try source.values(names)
-        defer { for v in values.values { v.wipe() } }
-        var secrets = values.map { (name: $0.key, value: $0.value) }
+        var secrets: [(name: String, value: SecureBytes)] = names.isEmpty ? [] : try source.values(names).map { (name: $0.key, value: $0.value) }
         pinned.withLock { p in for (i, v) in p.enumerated() { secrets.append((name: "pinned value \(i + 1)", value: v)) } }
-        return Redactor(secrets: secrets, options: options)
+        return Redactor(consuming: &secrets, options: options)
     }
 
     private func announceDown(_ what: String) {

@@ -15,7 +15,8 @@ private func secure(_ b: [UInt8]) -> SecureBytes {
 
 private func build(_ values: [[UInt8]], minimumLength: Int = 4, denseBudget: Int = Redactor.defaultDenseBudget,
                    continuationLimit: Int = Automaton.maxContinuation) -> Redactor {
-    Redactor(secrets: values.enumerated().map { (name: "S\($0.offset)", value: secure($0.element)) },
+    var secrets = values.enumerated().map { (name: "S\($0.offset)", value: secure($0.element)) }
+    return Redactor(secrets: &secrets,
              options: RedactionOptions(minimumLength: minimumLength), denseBudget: denseBudget,
              continuationLimit: continuationLimit)
 }

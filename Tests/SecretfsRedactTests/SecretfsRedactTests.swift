@@ -16,7 +16,8 @@ private func secure(_ b: [UInt8]) -> SecureBytes {
 
 private func makeRedactor(_ values: [String], minimumLength: Int = 4, mask: String = "[REDACTED]",
                           denseBudget: Int = Redactor.defaultDenseBudget) -> Redactor {
-    Redactor(secrets: values.enumerated().map { (name: "S\($0.offset)", value: secure($0.element)) },
+    var secrets = values.enumerated().map { (name: "S\($0.offset)", value: secure($0.element)) }
+    return Redactor(secrets: &secrets,
              options: RedactionOptions(minimumLength: minimumLength, mask: mask),
              denseBudget: denseBudget)
 }
