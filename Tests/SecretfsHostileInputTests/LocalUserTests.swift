@@ -91,6 +91,23 @@ struct LocalUserTests {
         #expect(try f.expectOK(f.sh(script)).stdout == "20\n")
     }
 
+    @Test func redactWithAThousandSecretsWorksAsANonRootUserUnderTheDefaultLockedMemoryLimit() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        // 1,000 values of 40-odd bytes, each registered in all its encoded forms.
+        var env = ""
+        for i in 0..<1000 { env += "S\(i)=value-\(i)-" + String(repeating: String(format: "%08x", i &* 2_654_435_761), count: 4) + "\n" }
+        try f.expectOK(f.secretfs(["import", "demo", "-"], stdin: env))
+        try f.expectOK(f.secretfs(["mount", f.project, f.mnt, "--resolver-uid", "65534"]))
+        let needle = "value-7-" + String(repeating: String(format: "%08x", 7 &* 2_654_435_761), count: 4)
+        // As nobody, under the default 8 MiB RLIMIT_MEMLOCK (no CAP_IPC_LOCK).
+        let script = "PATH=\(Self.binDir):$PATH; printf 'token=%s end\\n' '\(needle)' | "
+            + "setpriv --reuid=65534 --regid=65534 --clear-groups prlimit --memlock=8388608:8388608 secretfs redact --project demo"
+        let o = try f.sh(script)
+        #expect(o.status == 0 && o.stdout == "token=[REDACTED] end\n", "\(o.status) \(o.stdout) \(o.stderr)")
+        #expect(!o.stderr.contains("locked memory") && !o.stdout.contains(needle), "\(o.stderr)")
+    }
+
     @Test func theDaemonRefusesASocketDirectoryAnotherUserCanWrite() throws {
         let f = try MountFixture()
         defer { f.close() }
