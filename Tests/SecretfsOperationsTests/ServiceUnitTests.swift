@@ -154,10 +154,27 @@ struct ServiceUnitTests {
         """
         # the fixture's store, a mountpoint the unit creates
         MOUNTPOINT=\(f.mnt)
-        SECRETFS_STORE=\(f.storeDir)
+        SECRETFS_STORE=\(f.database?.url ?? f.storeDir)
         SECRETFS_RUNTIME_DIR=\(f.runtimeDir)
+        \(f.database != nil ? "SECRETFS_KEY_FILE=\(f.storeDir)/master.key" : "")
         \(extra)
         """
+    }
+
+    @Test(.enabled(if: TestDatabase.server != nil, "needs the PostgreSQL test cluster of scripts/test"))
+    func theMountUnitMountsASharedStoreFromItsURL() throws {
+        let f = try MountFixture(shared: true)
+        defer { f.close() }
+        rmdir(f.mnt)
+        let service = try mountUnit(f, conf: conf(f))
+        let main = try service.start()
+        defer { main.finish() }
+        let messages = service.notify.messages(until: "READY=1", timeout: 15) { main.poll() != nil }
+        #expect(messages.last?.fields.contains("READY=1") == true, "no READY=1: \(main.stderr)")
+        try f.expectOK(f.sh("/usr/bin/printf from-the-unit > $MNT/TOKEN"))
+        #expect(try f.storedValue("TOKEN") == "from-the-unit")
+        for o in try service.run("ExecStop") { #expect(o.status == 0, "\(o.stderr)") }
+        #expect(main.wait() == 0, "\(main.stderr)")
     }
 
     @Test func theMountUnitIsReadyOnlyOnceTheMountAnswersAndStopsCleanly() throws {
