@@ -174,8 +174,13 @@ public final class Store: @unchecked Sendable {
 
     func now() -> Timestamp { clock() }
 
+    /// Whether a store is there. For a database: it answers and holds one;
+    /// one that cannot be reached counts as there (opening it then says why),
+    /// so `status` never calls an unreachable store missing.
     public static func exists(at location: StoreLocation) -> Bool {
-        if location.isShared { return (try? openMetadataOnly(at: location)) != nil }
+        if location.isShared {
+            do { _ = try openMetadataOnly(at: location); return true } catch StoreError.storeMissing { return false } catch { return true }
+        }
         return access(location.databasePath, F_OK) == 0
     }
 
