@@ -34,7 +34,9 @@ let package = Package(
         .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CYAML", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
         // libpq, for the shared store (docs/deployment.md says why libpq).
-        .systemLibrary(name: "CPostgres", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        // libpq's header only: the library is opened when a shared store is
+        // first used (SecretfsStore/LibPQ.swift says why).
+        .systemLibrary(name: "CPostgres", providers: [.apt(["libpq-dev"])]),
         .target(name: "CShims"),
         .target(name: "SecretfsPOSIX", dependencies: ["CShims"]),
 

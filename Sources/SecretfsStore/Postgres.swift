@@ -32,14 +32,17 @@ final class PostgresConnection: DatabaseConnection {
     /// see no other writer's half-done work. (The number spells "secretfs".)
     static let writeLockKey: Int64 = 0x7365_6372_6574_6673
 
+    let pq: LibPQ
+
     init(target: PostgresTarget) throws {
         self.target = target
+        pq = try LibPQ.get()
         try connect()
     }
 
     deinit {
         cache.removeAll()
-        if let conn { PQfinish(conn) }
+        if let conn { pq.finish(conn) }
     }
 
     // MARK: Connecting
@@ -63,6 +66,8 @@ final class PostgresConnection: DatabaseConnection {
     /// A new connection to `target` (the connection string expanded by
     /// libpq), or nil with libpq's message.
     static func open(_ target: PostgresTarget, extra: [(String, String)] = []) -> (OpaquePointer?, String?) {
+        let pq: LibPQ
+        do { pq = try LibPQ.get() } catch { return (nil, error.description) }
         let pairs = connectDefaults + extra + [("dbname", target.conninfo)]
         let keys = pairs.map { strdup($0.0) }
         let values = pairs.map { strdup($0.1) }
@@ -72,21 +77,21 @@ final class PostgresConnection: DatabaseConnection {
         }
         var k: [UnsafePointer<CChar>?] = keys.map { UnsafePointer($0) } + [nil]
         var v: [UnsafePointer<CChar>?] = values.map { UnsafePointer($0) } + [nil]
-        guard let c = PQconnectdbParams(&k, &v, 1) else { return (nil, "out of memory") }
-        if PQstatus(c) != CONNECTION_OK {
-            let message = firstLine(PQerrorMessage(c))
-            PQfinish(c)
+        guard let c = pq.connectdbParams(&k, &v, 1) else { return (nil, "out of memory") }
+        if pq.status(c) != CONNECTION_OK {
+            let message = firstLine(pq.errorMessage(c))
+            pq.finish(c)
             return (nil, message)
         }
         // Notices (NOTICE, WARNING) would go to stderr by default: nowhere instead.
-        PQsetNoticeProcessor(c, { _, _ in }, nil)
+        pq.setNoticeProcessor(c, { _, _ in }, nil)
         return (c, nil)
     }
 
     private func connect() throws {
         let (c, message) = Self.open(target)
         guard let c else { throw StoreError.unavailable(target.displayName, message ?? "cannot connect") }
-        if let conn { PQfinish(conn) }
+        if let conn { pq.finish(conn) }
         conn = c
         generation += 1
         // Every commit waits for its WAL flush, whatever the server's default:
@@ -101,32 +106,34 @@ final class PostgresConnection: DatabaseConnection {
 
     /// The connection, reset first if it was lost.
     private func live() throws -> OpaquePointer {
-        if let conn, PQstatus(conn) == CONNECTION_OK { return conn }
+        if let conn, pq.status(conn) == CONNECTION_OK { return conn }
         try connect()
         return conn!
     }
 
-    var isBroken: Bool { conn.map { PQstatus($0) != CONNECTION_OK } ?? true }
+    var isBroken: Bool { conn.map { pq.status($0) != CONNECTION_OK } ?? true }
 
     /// How this connection reaches the server, for doctor.
     var transport: StoreTransport {
         guard let conn else { return .unencryptedTCP }
-        if PQsslInUse(conn) == 1 {
+        if pq.sslInUse(conn) == 1 {
             // Whether the server's certificate and name were checked.
             var mode = ""
-            if let options = PQconninfo(conn) {
+            if let options = pq.conninfo(conn) {
                 var o = options
                 while let k = o.pointee.keyword {
                     if String(cString: k) == "sslmode", let v = o.pointee.val { mode = String(cString: v) }
                     o += 1
                 }
-                PQconninfoFree(options)
+                pq.conninfoFree(options)
             }
             return mode == "verify-full" ? .tls : .tlsUnverified(mode)
         }
-        if let h = PQhost(conn), String(cString: h).hasPrefix("/") { return .unixSocket }
+        if let h = pq.host(conn), String(cString: h).hasPrefix("/") { return .unixSocket }
         return .unencryptedTCP
     }
+
+    static func firstLine(_ p: UnsafeMutablePointer<CChar>?) -> String { firstLine(p.map { UnsafePointer($0) }) }
 
     static func firstLine(_ p: UnsafePointer<CChar>?) -> String {
         guard let p else { return "unknown error" }
@@ -138,19 +145,19 @@ final class PostgresConnection: DatabaseConnection {
     /// quote a row's key), or `unavailable` when the connection is gone.
     func error(of result: OpaquePointer?, context: String) -> StoreError {
         if isBroken || result == nil {
-            return .unavailable(target.displayName, Self.firstLine(conn.map { PQerrorMessage($0) }))
+            return .unavailable(target.displayName, Self.firstLine(conn.flatMap { pq.errorMessage($0) }))
         }
-        let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) } ?? "?????"
-        let message = PQresultErrorField(result, Int32(UInt8(ascii: "M"))).map { String(cString: $0) } ?? "unknown error"
+        let state = pq.resultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) } ?? "?????"
+        let message = pq.resultErrorField(result, Int32(UInt8(ascii: "M"))).map { String(cString: $0) } ?? "unknown error"
         return .postgres(sqlstate: state, message: message, context: context)
     }
 
     // MARK: DatabaseConnection
 
     func execute(_ sql: String, context: String) throws {
-        let result = try withRetry { PQexec($0, sql) }
-        defer { PQclear(result) }
-        let status = PQresultStatus(result)
+        let result = try withRetry { pq.exec($0, sql) }
+        defer { pq.clear(result) }
+        let status = pq.resultStatus(result)
         guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK else { throw error(of: result, context: context) }
     }
 
@@ -177,7 +184,7 @@ final class PostgresConnection: DatabaseConnection {
             return result
         } catch {
             inTransaction = false
-            if let conn, PQstatus(conn) == CONNECTION_OK { PQclear(PQexec(conn, "ROLLBACK")) }
+            if let conn, pq.status(conn) == CONNECTION_OK { pq.clear(pq.exec(conn, "ROLLBACK")) }
             throw error
         }
     }
@@ -188,9 +195,9 @@ final class PostgresConnection: DatabaseConnection {
     /// failure ends the transaction: the caller's write fails whole.
     func withRetry(_ call: (OpaquePointer) -> OpaquePointer?) throws -> OpaquePointer? {
         let result = call(try live())
-        let failed = result == nil || PQresultStatus(result) == PGRES_FATAL_ERROR
+        let failed = result == nil || pq.resultStatus(result) == PGRES_FATAL_ERROR
         guard failed, isBroken, !inTransaction else { return result }
-        PQclear(result)
+        pq.clear(result)
         return call(try live())
     }
 
@@ -213,9 +220,9 @@ final class PostgresConnection: DatabaseConnection {
     }
 
     fileprivate func prepare(_ s: PostgresStatement, parameters: Int) throws {
-        let result = try withRetry { PQprepare($0, s.name, s.sql, Int32(parameters), nil) }
-        defer { PQclear(result) }
-        guard PQresultStatus(result) == PGRES_COMMAND_OK else { throw error(of: result, context: "preparing a statement") }
+        let result = try withRetry { pq.prepare($0, s.name, s.sql, Int32(parameters), nil) }
+        defer { pq.clear(result) }
+        guard pq.resultStatus(result) == PGRES_COMMAND_OK else { throw error(of: result, context: "preparing a statement") }
         s.preparedGeneration = generation
     }
 
@@ -243,16 +250,20 @@ final class PostgresStatement: DatabaseStatement {
     private var row: Int32 = -1
     private var rows: Int32 = 0
 
+    /// Its own copy: the statement's deinit may run during the connection's.
+    private let pq: LibPQ
+
     fileprivate init(connection: PostgresConnection, name: String, sql: String) {
         self.connection = connection
+        self.pq = connection.pq
         self.name = name
         self.sql = sql
     }
 
-    deinit { if let result { PQclear(result) } }
+    deinit { if let result { pq.clear(result) } }
 
     func reset() {
-        if let result { PQclear(result) }
+        if let result { pq.clear(result) }
         result = nil
         row = -1
         rows = 0
@@ -304,35 +315,35 @@ final class PostgresStatement: DatabaseStatement {
         for attempt in 0..<2 {
             if preparedGeneration != connection.generation { try connection.prepare(self, parameters: parameters.count) }
             let r = try connection.withRetry { c in
-                PQexecPrepared(c, name, count, values, lengths, formats, 1)
+                pq.execPrepared(c, name, count, values, lengths, formats, 1)
             }
-            let status = PQresultStatus(r)
+            let status = pq.resultStatus(r)
             if status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK {
                 result = r
-                rows = PQntuples(r)
-                connection.changes = Int(String(cString: PQcmdTuples(r))) ?? 0
+                rows = pq.ntuples(r)
+                connection.changes = pq.cmdTuples(r).flatMap { Int(String(cString: $0)) } ?? 0
                 return
             }
             // A retry reconnected under us: prepare on the new connection and run again.
             if attempt == 0, preparedGeneration != connection.generation, !connection.isBroken {
-                PQclear(r)
+                pq.clear(r)
                 continue
             }
             let e = connection.error(of: r, context: context)
-            PQclear(r)
+            pq.clear(r)
             throw e
         }
     }
 
     private func bytes(_ column: Int32) -> UnsafeRawBufferPointer? {
-        guard let result, row >= 0, row < rows, PQgetisnull(result, row, column) == 0,
-              let p = PQgetvalue(result, row, column) else { return nil }
-        return UnsafeRawBufferPointer(start: p, count: Int(PQgetlength(result, row, column)))
+        guard let result, row >= 0, row < rows, pq.getisnull(result, row, column) == 0,
+              let p = pq.getvalue(result, row, column) else { return nil }
+        return UnsafeRawBufferPointer(start: p, count: Int(pq.getlength(result, row, column)))
     }
 
     func int64(_ column: Int32) -> Int64 {
         guard let b = bytes(column) else { return 0 }
-        switch PQftype(result, column) {
+        switch pq.ftype(result, column) {
         case 16: return b.first.map { Int64($0) } ?? 0                    // bool
         case 21, 23, 20:                                                    // int2, int4, int8
             var v: Int64 = b.count > 0 && b[0] & 0x80 != 0 ? -1 : 0        // sign-extend
@@ -345,7 +356,7 @@ final class PostgresStatement: DatabaseStatement {
 
     func isNull(_ column: Int32) -> Bool {
         guard let result, row >= 0, row < rows else { return true }
-        return PQgetisnull(result, row, column) != 0
+        return pq.getisnull(result, row, column) != 0
     }
 
     func string(_ column: Int32) -> String? { bytes(column).map { String(decoding: $0, as: UTF8.self) } }
@@ -372,9 +383,11 @@ public struct PostgresTarget: Sendable, Equatable {
     public enum Problem: Error, Equatable, CustomStringConvertible {
         case malformed(String)
         case holdsPassword
+        case libpqMissing(String)
         public var description: String {
             switch self {
             case .malformed(let m): return "the store's PostgreSQL connection string does not parse: \(m)"
+            case .libpqMissing(let m): return m + " (a PostgreSQL store needs Debian's libpq5)"
             case .holdsPassword:
                 return "the store's PostgreSQL connection string holds a password, which would show in process listings and shell history; "
                     + "keep it in ~/.pgpass or a PGPASSFILE (mode 0600) instead"
@@ -383,15 +396,17 @@ public struct PostgresTarget: Sendable, Equatable {
     }
 
     public init(_ text: String) throws(Problem) {
+        let pq: LibPQ
+        do { pq = try LibPQ.get() } catch { throw .libpqMissing(error.description) }
         var message: UnsafeMutablePointer<CChar>?
-        guard let options = PQconninfoParse(text, &message) else {
+        guard let options = pq.conninfoParse(text, &message) else {
             let m = message.map { String(cString: $0) } ?? "out of memory"
-            if let message { PQfreemem(message) }
+            if let message { pq.freemem(message) }
             // libpq's message quotes the offending part of the text, which may
             // be a password: only its first clause is kept.
             throw .malformed(String(m.split(separator: "\"").first ?? "invalid syntax").trimmingCharacters(in: " :\n"))
         }
-        defer { PQconninfoFree(options) }
+        defer { pq.conninfoFree(options) }
         var fields: [String: String] = [:]
         var o = options
         while let k = o.pointee.keyword {

@@ -229,6 +229,7 @@ public final class ChangeNotifications: @unchecked Sendable {
     // @unchecked: used by the one watcher thread only.
     private let target: PostgresTarget
     private let projectID: Int64
+    private let pq: LibPQ
     private var conn: OpaquePointer?
     private var backoff = 0.1
     private var retryAt = 0.0
@@ -244,12 +245,13 @@ public final class ChangeNotifications: @unchecked Sendable {
         case restored
     }
 
-    init(target: PostgresTarget, projectID: Int64) {
+    init(target: PostgresTarget, projectID: Int64, pq: LibPQ) {
         self.target = target
         self.projectID = projectID
+        self.pq = pq
     }
 
-    deinit { if let conn { PQfinish(conn) } }
+    deinit { if let conn { pq.finish(conn) } }
 
     private static func monotonic() -> Double {
         var ts = timespec()
@@ -260,11 +262,11 @@ public final class ChangeNotifications: @unchecked Sendable {
     private func listen() -> String? {
         let (c, message) = PostgresConnection.open(target, extra: [("application_name", "secretfs-listen")])
         guard let c else { return message ?? "cannot connect" }
-        let r = PQexec(c, "LISTEN \(Store.changeChannel)")
-        defer { PQclear(r) }
-        guard PQresultStatus(r) == PGRES_COMMAND_OK else {
-            let m = PostgresConnection.firstLine(PQerrorMessage(c))
-            PQfinish(c)
+        let r = pq.exec(c, "LISTEN \(Store.changeChannel)")
+        defer { pq.clear(r) }
+        guard pq.resultStatus(r) == PGRES_COMMAND_OK else {
+            let m = PostgresConnection.firstLine(pq.errorMessage(c))
+            pq.finish(c)
             return m
         }
         conn = c
@@ -288,22 +290,22 @@ public final class ChangeNotifications: @unchecked Sendable {
             }
             return .restored
         }
-        var pfd = pollfd(fd: PQsocket(c), events: Int16(POLLIN), revents: 0)
+        var pfd = pollfd(fd: pq.socket(c), events: Int16(POLLIN), revents: 0)
         let ready = poll(&pfd, 1, Int32(timeout * 1000))
         if ready < 0 && errno == EINTR { return .quiet }
         if ready == 0 { return .quiet }
-        if PQconsumeInput(c) == 0 || PQstatus(c) != CONNECTION_OK {
-            let message = PostgresConnection.firstLine(PQerrorMessage(c))
-            PQfinish(c)
+        if pq.consumeInput(c) == 0 || pq.status(c) != CONNECTION_OK {
+            let message = PostgresConnection.firstLine(pq.errorMessage(c))
+            pq.finish(c)
             conn = nil
             retryAt = Self.monotonic() + backoff
             return .lost(message)
         }
         var mine = false
-        while let n = PQnotifies(c) {
+        while let n = pq.notifies(c) {
             let payload = n.pointee.extra.map { String(cString: $0) } ?? ""
             if payload.split(separator: ":").first.map(String.init) == String(projectID) { mine = true }
-            PQfreemem(n)
+            pq.freemem(n)
         }
         return mine ? .changed : .quiet
     }
@@ -359,7 +361,7 @@ extension ProjectVault {
     /// The shared store's notices of this project's changes; nil for the
     /// embedded store (its watcher polls `PRAGMA data_version`).
     public func changeNotifications() -> ChangeNotifications? {
-        guard let target = store.location.postgresTarget else { return nil }
-        return ChangeNotifications(target: target, projectID: id)
+        guard let target = store.location.postgresTarget, let pq = try? LibPQ.get() else { return nil }
+        return ChangeNotifications(target: target, projectID: id, pq: pq)
     }
 }

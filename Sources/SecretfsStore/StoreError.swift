@@ -52,6 +52,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     case sharedStoreNeedsKey(database: String, keyFile: String)
     /// An operation of the embedded store only (a file backup).
     case notOnSharedStore(String)
+    /// A library loaded when needed (libpq) is not there.
+    case libraryMissing(String, String)
 
     public var description: String {
         switch self {
@@ -92,6 +94,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .postgres(let state, let m, let ctx): return "database error while \(ctx): \(m) (SQLSTATE \(state))"
         case .sharedStoreNeedsKey(let db, let k): return "\(db) already holds a secretfs store, and this host has no key file \(k)"
         case .notOnSharedStore(let what): return "\(what) works on a store directory, not on a shared PostgreSQL store"
+        case .libraryMissing(let lib, let why): return "cannot load \(lib): \(why)"
         }
     }
 
@@ -140,6 +143,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
             return nil
         case .sharedStoreNeedsKey(_, let k):
             return "copy the master key file from a host that has it to \(k) (mode 0400), or pass --key-file FILE"
+        case .libraryMissing:
+            return "a PostgreSQL store needs libpq: apt-get install libpq5"
         case .notOnSharedStore:
             return "copy the shared store to a directory with 'secretfs store copy --from URL --to DIR' (that is its backup)"
         case .sqlite(let code, _, _):
