@@ -151,6 +151,19 @@ struct DurabilityAndSecrecyTests {
         #expect(check.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "ok" || check.status == 127, "\(check.stdout)\(check.stderr)")
     }
 
+    @Test(.enabled(if: !TestDatabase.isDefault, "a mount of the embedded store"))
+    func aMountOfAStoreDirectoryNeverLoadsLibpq() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount()
+        try f.expectOK(f.sh("echo v > $MNT/X"))
+        let pid = try #require(f.mountPID())
+        // Read to the end (String(contentsOfFile:) stops at /proc's first short read).
+        let maps = String(decoding: FileHandle(forReadingAtPath: "/proc/\(pid)/maps")?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
+        #expect(maps.contains("libsqlite3") && !maps.contains("libpq") && !maps.contains("libssl"),
+                "libpq (and its TLS stack) is opened only for a PostgreSQL store: \(maps.split(separator: "\n").filter { $0.contains("libpq") || $0.contains("libssl") }.prefix(3))")
+    }
+
     @Test func theMountProcessIsHardened() throws {
         let f = try MountFixture()
         defer { f.close() }
