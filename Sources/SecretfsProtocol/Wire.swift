@@ -331,15 +331,14 @@ public struct FrameReader {
         }
     }
 
-    /// A value: u32 length + bytes, copied into its own locked buffer.
+    /// A value: u32 length + bytes, a slice of the frame's own locked
+    /// buffer (no copy; the frame lives as long as any of its values).
     public mutating func value() throws(ParseError) -> SecureBytes {
         let n = Int(try u32())
         guard remaining >= n else { throw ParseError(reason: "truncated value at byte \(offset)") }
         let o = offset
         offset += n
-        return frame.storage.withUnsafeBytes { raw in
-            SecureBytes(copying: UnsafeRawBufferPointer(rebasing: raw[o..<(o + n)]))
-        }
+        return SecureBytes(slicing: frame.storage, offset: o, count: n)
     }
 
     public func expectEnd() throws(ParseError) {

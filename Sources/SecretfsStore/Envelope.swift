@@ -42,6 +42,31 @@ enum Envelope {
 
     /// Opens a sealed box into locked memory; nil when the tag does not verify
     /// (wrong key, wrong associated data, or tampering).
+    /// The size of what `sealed` opens to (0 for a malformed one, which then fails to open).
+    static func plaintextSize(_ sealed: Sealed) -> Int { max(0, sealed.ciphertext.count - tagBytes) }
+
+    /// Opens `sealed` into `out`, whose count must be `plaintextSize(sealed)`:
+    /// false (and `out` zeroed) if it does not open.
+    static func open(_ sealed: Sealed, key: SecureBytes, associatedData: [UInt8], into out: SecureBytes) -> Bool {
+        guard sealed.nonce.count == nonceBytes, sealed.ciphertext.count >= tagBytes, key.count == keyBytes,
+              out.count == plaintextSize(sealed) else { return false }
+        var plainLen: UInt64 = 0
+        let rc = out.withUnsafeMutableCapacity { o in
+            key.withUnsafeBytes { k in
+                crypto_aead_xchacha20poly1305_ietf_decrypt(
+                    o.baseAddress!.assumingMemoryBound(to: UInt8.self), &plainLen, nil,
+                    sealed.ciphertext, UInt64(sealed.ciphertext.count),
+                    associatedData, UInt64(associatedData.count),
+                    sealed.nonce, k.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            }
+        }
+        guard rc == 0, Int(plainLen) == out.count else {
+            out.wipe()
+            return false
+        }
+        return true
+    }
+
     static func open(_ sealed: Sealed, key: SecureBytes, associatedData: [UInt8]) -> SecureBytes? {
         guard sealed.nonce.count == nonceBytes, sealed.ciphertext.count >= tagBytes, key.count == keyBytes else {
             return nil

@@ -121,28 +121,53 @@ public final class ProjectVault: @unchecked Sendable {
         try store.lock.withLock { _ in try valueLocked(name) }
     }
 
-    private func valueLocked(_ name: String) throws -> SecureBytes? {
+    /// The current sealed row of `name`, if any.
+    private func sealedLocked(_ name: String) throws -> (sealed: Envelope.Sealed, version: Int64, keyGeneration: Int64)? {
         let s = try db.statement("SELECT ciphertext, nonce, version, key_generation FROM secrets WHERE project_id = ? AND name = ?")
             .bind(1, id).bind(2, name)
-        guard try s.step("reading a secret") else { s.reset(); return nil }
-        let sealed = Envelope.Sealed(ciphertext: s.blob(0), nonce: s.blob(1))
-        let version = s.int64(2), keyGeneration = s.int64(3)
-        s.reset()
-        let dataKey = try keyLocked(keyGeneration)
-        guard let plain = Envelope.open(sealed, key: dataKey,
-                                        associatedData: Envelope.valueAD(projectID: id, version: version, name: name)) else {
+        defer { s.reset() }
+        guard try s.step("reading a secret") else { return nil }
+        return (Envelope.Sealed(ciphertext: s.blob(0), nonce: s.blob(1)), s.int64(2), s.int64(3))
+    }
+
+    /// Opens a sealed row of `name` into `out` (exactly its plaintext's size).
+    private func openLocked(_ row: (sealed: Envelope.Sealed, version: Int64, keyGeneration: Int64), _ name: String,
+                            into out: SecureBytes) throws {
+        let dataKey = try keyLocked(row.keyGeneration)
+        guard Envelope.open(row.sealed, key: dataKey, associatedData: Envelope.valueAD(projectID: id, version: row.version, name: name),
+                            into: out) else {
             throw StoreError.corrupt("secret '\(name)' of project '\(self.name)' does not decrypt (moved or altered row)")
         }
+    }
+
+    private func valueLocked(_ name: String) throws -> SecureBytes? {
+        guard let row = try sealedLocked(name) else { return nil }
+        let plain = SecureBytes(capacity: Envelope.plaintextSize(row.sealed), count: Envelope.plaintextSize(row.sealed))
+        try openLocked(row, name, into: plain)
         return plain
     }
 
     /// Decrypts several values at once (for the privileged socket), auditing
-    /// the read as one event. Names that do not exist are absent from the result.
+    /// the read as one event. Names that do not exist are absent from the
+    /// result. The values are slices of one locked buffer: one allocation for
+    /// the lot, not a guarded, locked mapping each (SecureBytes(slicing:)).
     public func values(_ names: [String], actor: Actor, action: String = "get") throws -> [String: SecureBytes] {
         try store.lock.withLock { _ in
+            var rows: [(name: String, row: (sealed: Envelope.Sealed, version: Int64, keyGeneration: Int64))] = []
+            var seen = Set<String>()
+            for n in names where seen.insert(n).inserted {
+                if let row = try sealedLocked(n) { rows.append((n, row)) }
+            }
+            let total = rows.reduce(0) { $0 + Envelope.plaintextSize($1.row.sealed) }
+            guard let arena = SecureBytes(allocating: total, count: total) else { throw StoreError.outOfLockedMemory }
             var out: [String: SecureBytes] = [:]
-            for n in names where out[n] == nil {
-                if let v = try valueLocked(n) { out[n] = v }
+            var offset = 0
+            for r in rows {
+                let size = Envelope.plaintextSize(r.row.sealed)
+                let value = SecureBytes(slicing: arena, offset: offset, count: size)
+                try openLocked(r.row, r.name, into: value)
+                out[r.name] = value
+                offset += size
             }
             try store.insertAudit(project: self.name, actor: actor, action: action,
                                   names: names.joined(separator: ","), detail: "\(out.count) found")

@@ -54,6 +54,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     case notOnSharedStore(String)
     /// A library loaded when needed (libpq) is not there.
     case libraryMissing(String, String)
+    /// No locked memory for the values asked for.
+    case outOfLockedMemory
 
     public var description: String {
         switch self {
@@ -95,6 +97,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .sharedStoreNeedsKey(let db, let k): return "\(db) already holds a secretfs store, and this host has no key file \(k)"
         case .notOnSharedStore(let what): return "\(what) works on a store directory, not on a shared PostgreSQL store"
         case .libraryMissing(let lib, let why): return "cannot load \(lib): \(why)"
+        case .outOfLockedMemory: return "out of locked memory for the values asked for"
         }
     }
 
@@ -145,6 +148,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
             return "copy the master key file from a host that has it to \(k) (mode 0400), or pass --key-file FILE"
         case .libraryMissing:
             return "a PostgreSQL store needs libpq: apt-get install libpq5"
+        case .outOfLockedMemory:
+            return "ask for fewer values at once, or raise RLIMIT_MEMLOCK (ulimit -l)"
         case .notOnSharedStore:
             return "copy the shared store to a directory with 'secretfs store copy --from URL --to DIR' (that is its backup)"
         case .sqlite(let code, _, _):

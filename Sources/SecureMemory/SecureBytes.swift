@@ -26,6 +26,9 @@ public final class SecureBytes: @unchecked Sendable {
     public let capacity: Int
     public private(set) var count: Int
     private let base: UnsafeMutableRawPointer
+    /// The buffer this one is a range of (`init(slicing:)`), kept alive by
+    /// it; nil for a buffer of its own, which frees (and so wipes) its pages.
+    private let owner: SecureBytes?
 
     /// A zero-filled buffer of `capacity` bytes, `count` bytes in use.
     public init(capacity: Int, count: Int = 0) {
@@ -40,6 +43,22 @@ public final class SecureBytes: @unchecked Sendable {
         self.base = p
         self.capacity = capacity
         self.count = count
+        self.owner = nil
+    }
+
+    /// `count` bytes of `parent` from `offset`, in place: no allocation, no
+    /// copy. Each `sodium_malloc` maps guard pages and locks its own (about
+    /// ten system calls, and a page of locked memory however small the
+    /// value), so many values read or decrypted together share one buffer
+    /// and are handed out as slices of it. A slice keeps its parent alive;
+    /// the parent's pages are freed and wiped when the last slice goes.
+    /// `wipe()` on a slice zeroes its own range.
+    public init(slicing parent: SecureBytes, offset: Int, count: Int) {
+        precondition(offset >= 0 && count >= 0 && offset + count <= parent.capacity, "slice out of range")
+        self.base = parent.base + offset
+        self.capacity = count
+        self.count = count
+        self.owner = parent.owner ?? parent
     }
 
     /// A zero-filled buffer, or nil when `sodium_malloc` fails (the address
@@ -53,6 +72,7 @@ public final class SecureBytes: @unchecked Sendable {
         self.base = p
         self.capacity = capacity
         self.count = count
+        self.owner = nil
     }
 
     /// Copies `bytes` into a new buffer of exactly that size. The caller should
@@ -72,7 +92,7 @@ public final class SecureBytes: @unchecked Sendable {
     }
 
     deinit {
-        sodium_free(base)
+        if owner == nil { sodium_free(base) }
     }
 
     public var isEmpty: Bool { count == 0 }

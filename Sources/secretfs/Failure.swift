@@ -31,7 +31,7 @@ struct Failure: Error {
         let code: Exit
         switch error {
         case .storeExists, .storeMissing, .corrupt, .unsupportedSchema, .sqlite, .io, .storeUntrusted,
-             .storeDirectoryOpenToOthers, .unavailable, .postgres, .notOnSharedStore, .libraryMissing: code = .storeProblem
+             .storeDirectoryOpenToOthers, .unavailable, .postgres, .notOnSharedStore, .libraryMissing, .outOfLockedMemory: code = .storeProblem
         case .keyFileUnreadable, .keyFileRequired, .keyFileInsecure, .keyFileMalformed, .keyFileUntrusted, .passphraseRequired,
              .passphraseNotExpected, .passphraseUnreadable, .passphraseFileInsecure, .passphraseFileUntrusted,
              .wrongKey, .keyNotLoaded, .keyDerivationFailed, .sharedStoreNeedsKey: code = .keyProblem

@@ -511,3 +511,22 @@ func waitUntil(timeout: Double = 5, _ condition: () throws -> Bool) throws {
     Issue.record("condition not met within \(timeout) s")
     throw CancellationError()
 }
+
+/// Values parsed from a frame, and values decrypted together, are slices of
+/// one locked buffer (SecureBytes(slicing:)): they must read their own bytes,
+/// wipe only their own range, and keep the buffer alive after every other
+/// reference to it is gone.
+@Test func secureSlicesShareAndOutliveTheirBuffer() {
+    var parent: SecureBytes? = Array("abcdefgh".utf8).withUnsafeBytes { SecureBytes(copying: $0) }
+    let first = SecureBytes(slicing: parent!, offset: 1, count: 2)
+    let second = SecureBytes(slicing: first, offset: 1, count: 1)   // a slice of a slice: same buffer
+    let last = SecureBytes(slicing: parent!, offset: 5, count: 3)
+    #expect(first.withUnsafeBytes { Array($0) } == Array("bc".utf8))
+    #expect(second.withUnsafeBytes { Array($0) } == Array("c".utf8))
+    first.wipe()
+    #expect(parent!.withUnsafeBytes { Array($0) } == Array("a".utf8) + [0, 0] + Array("defgh".utf8))
+    parent = nil
+    #expect(last.withUnsafeBytes { Array($0) } == Array("fgh".utf8), "the slice keeps the buffer alive")
+    let more = Array("x".utf8)
+    #expect(!more.withUnsafeBytes { last.append($0) }, "a slice cannot grow into its neighbours")
+}
