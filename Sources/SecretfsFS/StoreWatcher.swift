@@ -26,6 +26,21 @@ public final class StoreWatcher: @unchecked Sendable {
     private var thread: pthread_t?
     /// The last poll failed (touched by the polling thread only).
     private var failing = false
+    /// When the whole listing was last re-read (monotonic seconds; polling thread only).
+    private var lastFullReload = 0.0
+    /// A shared store's listing is re-read whole this often whatever its
+    /// change log says: other hosts write that log, and a forged or broken
+    /// sequence must not freeze what this mount shows for longer than this.
+    public static let sharedFullReloadInterval = 60.0
+    /// More names than this in one poll are read as one listing, not one
+    /// query each (a flood of log rows must not hold the filesystem lock).
+    public static let maxNamesPerPoll = 256
+
+    private static func monotonic() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
 
     /// `invalidate` drops kernel caches (FuseSession.invalidate); called
     /// outside every lock before `onChange`.
@@ -65,18 +80,24 @@ public final class StoreWatcher: @unchecked Sendable {
         }
         if failing { filesystem.logger.info("store available again: following changes made outside the mount") }
         failing = false
-        if last == nil || last == now {
-            last = now
-            return false
+        // The whole listing: at the first poll (what changed between the
+        // mount's first read and now), and now and then on a shared store.
+        let clock = Self.monotonic()
+        let full = last == nil
+            || (filesystem.vault.store.location.isShared && clock - lastFullReload >= Self.sharedFullReloadInterval)
+        if !full {
+            if last == now { return false }
+            if names?.isEmpty == true {
+                last = now   // only this mount's own commits
+                return false
+            }
         }
-        if names?.isEmpty == true {
-            last = now   // only this mount's own commits
-            return false
-        }
-        let changes = filesystem.reloadFromStore(names: names)
+        let asked = full ? nil : names.flatMap { $0.count > Self.maxNamesPerPoll ? nil : $0 }
+        let changes = filesystem.reloadFromStore(names: asked)
         // Applied, or not at all: the sequence seen moves only once it is.
         guard !changes.failed else { return false }
         last = now
+        if full || asked == nil { lastFullReload = clock }
         guard !changes.isEmpty else { return false }
         invalidate(changes)
         filesystem.onChange?(changes.names)

@@ -30,6 +30,10 @@ protocol DatabaseConnection: AnyObject {
     /// Called inside every write transaction just before its COMMIT (the
     /// PostgreSQL backend writes the change log and its NOTIFY there).
     var beforeCommit: (() throws -> Void)? { get set }
+    /// Called with the transaction's outcome once it is known: true after
+    /// COMMIT returned, false after a rollback or a COMMIT whose outcome is
+    /// unknown (the connection broke under it).
+    var afterTransaction: ((Bool) -> Void)? { get set }
 }
 
 protocol DatabaseStatement: AnyObject {

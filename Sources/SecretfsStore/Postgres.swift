@@ -25,6 +25,7 @@ final class PostgresConnection: DatabaseConnection {
     private var inTransaction = false
     fileprivate(set) var changes = 0
     var beforeCommit: (() throws -> Void)?
+    var afterTransaction: ((Bool) -> Void)?
 
     /// The advisory lock every write transaction takes first: writers of all
     /// hosts run one at a time, as SQLite's BEGIN IMMEDIATE makes them on one
@@ -137,8 +138,13 @@ final class PostgresConnection: DatabaseConnection {
 
     static func firstLine(_ p: UnsafePointer<CChar>?) -> String {
         guard let p else { return "unknown error" }
-        let s = String(cString: p)
-        return String(s.split(separator: "\n").first ?? "unknown error")
+        return printable(String(String(cString: p).split(separator: "\n").first ?? "unknown error"))
+    }
+
+    /// Text from the server or the network, fit for a terminal and a log
+    /// line: control characters (escape sequences, forged line breaks) become '?'.
+    static func printable(_ s: String) -> String {
+        String(String.UnicodeScalarView(s.unicodeScalars.map { $0.value < 0x20 || ($0.value >= 0x7F && $0.value < 0xA0) ? "?" : $0 }))
     }
 
     /// The error of a failed result: the primary message only (its DETAIL can
@@ -147,8 +153,8 @@ final class PostgresConnection: DatabaseConnection {
         if isBroken || result == nil {
             return .unavailable(target.displayName, Self.firstLine(conn.flatMap { pq.errorMessage($0) }))
         }
-        let state = pq.resultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) } ?? "?????"
-        let message = pq.resultErrorField(result, Int32(UInt8(ascii: "M"))).map { String(cString: $0) } ?? "unknown error"
+        let state = pq.resultErrorField(result, Int32(UInt8(ascii: "C"))).map { Self.printable(String(cString: $0)) } ?? "?????"
+        let message = pq.resultErrorField(result, Int32(UInt8(ascii: "M"))).map { Self.printable(String(cString: $0)) } ?? "unknown error"
         return .postgres(sqlstate: state, message: message, context: context)
     }
 
@@ -174,17 +180,27 @@ final class PostgresConnection: DatabaseConnection {
 
     func transaction<T>(_ context: String, _ body: () throws -> T) throws -> T {
         // BEGIN is where a connection lost while idle shows: retried on a new one.
-        try execute("BEGIN; SELECT pg_advisory_xact_lock(\(Self.writeLockKey))", context: context)
+        try execute("BEGIN", context: context)
         inTransaction = true
         do {
+            // Inside the block: a lock wait that fails (a lock_timeout, a
+            // cancelled backend) is rolled back like any other failure, so
+            // the session never stays in an aborted transaction.
+            try execute("SELECT pg_advisory_xact_lock(\(Self.writeLockKey))", context: context)
             let result = try body()
             try beforeCommit?()
-            inTransaction = false
+            // Never retried: a COMMIT lost with its connection may or may not
+            // have committed, and a retry on a new session would "succeed"
+            // with nothing to commit. Its failure is the writer's EIO, and
+            // the mount's watcher finds out what the store holds.
             try execute("COMMIT", context: context)
+            inTransaction = false
+            afterTransaction?(true)
             return result
         } catch {
             inTransaction = false
             if let conn, pq.status(conn) == CONNECTION_OK { pq.clear(pq.exec(conn, "ROLLBACK")) }
+            afterTransaction?(false)
             throw error
         }
     }
@@ -413,7 +429,8 @@ public struct PostgresTarget: Sendable, Equatable {
             if let v = o.pointee.val { fields[String(cString: k)] = String(cString: v) }
             o += 1
         }
-        if let p = fields["password"], !p.isEmpty { throw .holdsPassword }
+        // The client key's passphrase would show as plainly as a password.
+        for key in ["password", "sslpassword"] { if let p = fields[key], !p.isEmpty { throw .holdsPassword } }
         conninfo = text
         var shown = fields["user"].map { $0 + "@" } ?? ""
         shown += fields["host"] ?? fields["hostaddr"] ?? "localhost"

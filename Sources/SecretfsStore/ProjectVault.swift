@@ -93,7 +93,14 @@ public final class ProjectVault: @unchecked Sendable {
                 WHERE project_id = ? ORDER BY name
                 """).bind(1, id)
             var out: [SecretInfo] = []
-            while try s.step("listing secrets") { out.append(info(s)) }
+            while try s.step("listing secrets") {
+                // A name no secretfs would store (written into a shared
+                // database by hand: a '/', a staging '.' name, a control
+                // character) is never listed: the mount, its socket and the
+                // resolver see stored names only.
+                let i = info(s)
+                if Names.isValid(i.name) { out.append(i) }
+            }
             return out
         }
     }

@@ -65,6 +65,7 @@ final class SQLiteConnection: DatabaseConnection {
     var changes: Int { Int(sqlite3_changes(handle)) }
 
     var beforeCommit: (() throws -> Void)?
+    var afterTransaction: ((Bool) -> Void)?
 
     /// Runs `body` in a `BEGIN IMMEDIATE` transaction: committed when it
     /// returns, rolled back when it throws. IMMEDIATE takes the write lock up
@@ -75,9 +76,11 @@ final class SQLiteConnection: DatabaseConnection {
             let result = try body()
             try beforeCommit?()
             try execute("COMMIT", context: context)
+            afterTransaction?(true)
             return result
         } catch {
             _ = sqlite3_exec(handle, "ROLLBACK", nil, nil, nil)
+            afterTransaction?(false)
             throw error
         }
     }

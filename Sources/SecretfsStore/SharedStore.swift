@@ -1,6 +1,7 @@
 import CPostgres
 import CSodium
 import Glibc
+import SecretfsNames
 import SecretfsPOSIX
 import SecureMemory
 
@@ -54,7 +55,7 @@ extension Store {
         defer { t.reset() }
         guard try t.step("looking for a secretfs schema"), t.int64(0) != 0 else { return nil }
         guard let v = try getMeta(db, "schema_version") else { return nil }
-        guard let n = Int(String(decoding: v, as: UTF8.self)) else { throw StoreError.corrupt("its schema version is unreadable") }
+        guard let n = Int(String(decoding: v, as: UTF8.self)), n >= 0 else { throw StoreError.corrupt("its schema version is unreadable") }
         return n
     }
 
@@ -69,6 +70,7 @@ extension Store {
         if version < migrations.count {
             try db.transaction("migrating the schema") {
                 guard let current = try sharedSchemaVersion(db) else { throw StoreError.storeMissing(target.displayName) }
+                guard current <= migrations.count else { throw StoreError.unsupportedSchema(current) }
                 for v in current..<migrations.count {
                     try db.execute(postgresDDL(migrations[v]), context: "migrating the schema to version \(v + 1)")
                 }
@@ -187,6 +189,7 @@ extension Store {
     /// exactly when the change is visible. Older rows are pruned now and then.
     func writeChangeLogLocked() throws {
         defer { pendingChanges.removeAll() }
+        pendingOwnSequences.removeAll()
         guard !pendingChanges.isEmpty else { return }
         var seen = Set<String>()
         var newest: [Int64: Int64] = [:]
@@ -198,7 +201,7 @@ extension Store {
             guard try s.step("writing the change log") else { throw StoreError.corrupt("the change log returned no sequence") }
             let seq = s.int64(0)
             newest[c.projectID] = seq
-            ownSequences.insert(seq)
+            pendingOwnSequences.append(seq)
             prune = prune || seq % 500 == 0
             s.reset()
         }
@@ -215,6 +218,17 @@ extension Store {
             try Self.putMeta(db, "change_log_pruned_through", Array(String(top - Self.changeLogKeep).utf8))
             try db.statement("DELETE FROM change_log WHERE seq <= ?").bind(1, top - Self.changeLogKeep).run("pruning the change log")
         }
+    }
+}
+
+extension Store {
+    /// After a write transaction (DatabaseConnection.afterTransaction): its
+    /// sequences become this process's own once it committed; a rolled-back
+    /// one leaves no pending change behind for the next transaction.
+    func finishChangeLogLocked(committed: Bool) {
+        if committed { ownSequences.formUnion(pendingOwnSequences) }
+        pendingOwnSequences.removeAll()
+        pendingChanges.removeAll()
     }
 }
 
@@ -354,7 +368,7 @@ extension ProjectVault {
             let pruned = try Store.getMeta(store.db, "change_log_pruned_through").flatMap { Int64(String(decoding: $0, as: UTF8.self)) } ?? 0
             if sequence < pruned { return nil }
             var seen = Set<String>()
-            return names.filter { seen.insert($0).inserted }
+            return names.filter { Names.isValid($0) && seen.insert($0).inserted }
         }
     }
 

@@ -159,6 +159,10 @@ public final class Store: @unchecked Sendable {
     /// under `lock`): its own mount has applied them already, so its watcher
     /// skips them (`ProjectVault.changedNames`).
     var ownSequences = Set<Int64>()
+    /// The sequences of the transaction being committed: this process's own
+    /// only once its COMMIT is known to have succeeded (a commit whose outcome
+    /// is unknown is news to the watcher, which then reads what was stored).
+    var pendingOwnSequences: [Int64] = []
 
     init(location: StoreLocation, db: DatabaseConnection, masterKey: SecureBytes, storeID: [UInt8],
          clock: @escaping @Sendable () -> Timestamp) {
@@ -169,6 +173,7 @@ public final class Store: @unchecked Sendable {
         self.clock = clock
         if location.isShared {
             db.beforeCommit = { [unowned self] in try self.writeChangeLogLocked() }
+            db.afterTransaction = { [unowned self] committed in self.finishChangeLogLocked(committed: committed) }
         }
     }
 

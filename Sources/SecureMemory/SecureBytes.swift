@@ -92,7 +92,9 @@ public final class SecureBytes: @unchecked Sendable {
     }
 
     deinit {
-        if owner == nil { sodium_free(base) }
+        // A buffer of its own is wiped by sodium_free; a slice wipes its
+        // range now, not when its last sibling goes.
+        if owner == nil { sodium_free(base) } else if capacity > 0 { sodium_memzero(base, capacity) }
     }
 
     public var isEmpty: Bool { count == 0 }
@@ -146,7 +148,9 @@ public final class SecureBytes: @unchecked Sendable {
 
     /// Wipes the contents now and sets `count` to 0 (the memory stays allocated).
     public func wipe() {
-        sodium_memzero(base, max(capacity, 1))
+        // Exactly its own bytes: an empty slice at the end of its parent
+        // points at libsodium's guard page, and must not touch it.
+        if capacity > 0 { sodium_memzero(base, capacity) }
         count = 0
     }
 

@@ -107,7 +107,8 @@ enum MountHelper {
             default: current.append(c)
             }
         }
-        guard !quoted else { throw UsageError(message: "unbalanced double quote in -o \(list)") }
+        // The list is not repeated: a store= in it may hold a password.
+        guard !quoted else { throw UsageError(message: "unbalanced double quote in the -o options") }
         if !current.isEmpty { out.append(current) }
         return out
     }
@@ -127,7 +128,8 @@ enum MountHelper {
                 // to speak of; a store may also be a database URL.
                 let isPath = ["store", "runtime_dir", "passphrase_file", "key_file"].contains(key)
                 if isPath && !value.hasPrefix("/") && !(key == "store" && value.contains("://")) {
-                    throw UsageError(message: "-o \(key) needs an absolute path\(key == "store" ? " or a URL" : ""), got '\(value)'")
+                    // A store value is never repeated (a conninfo may hold a password).
+                    throw UsageError(message: "-o \(key) needs an absolute path\(key == "store" ? " or a postgresql:// URL" : ", got '\(value)'")")
                 }
                 flags += [flag, value]
             } else if option.contains(",") {
@@ -156,6 +158,17 @@ enum MountHelper {
 
     /// `scheme://user:password@rest` as `scheme://user:***@rest`; anything else as it is.
     static func maskingURLPassword(_ s: String) -> String {
+        // A conninfo or URL parameter `password=...` (`sslpassword=` too):
+        // its value masked up to the next space or `&`.
+        var s = s
+        var from = s.startIndex
+        while let r = s[from...].firstRange(of: "password=") {
+            let rest = s[r.upperBound...]
+            let end = rest.firstIndex { $0 == " " || $0 == "&" } ?? rest.endIndex
+            let prefix = String(s[..<r.upperBound]) + "***"
+            s = prefix + String(rest[end...])
+            from = s.index(s.startIndex, offsetBy: prefix.count)
+        }
         let u = Array(s.utf8)
         guard let colonSlash = (0..<max(0, u.count - 2)).first(where: { u[$0] == 58 && u[$0 + 1] == 47 && u[$0 + 2] == 47 }) else { return s }
         let authority = colonSlash + 3

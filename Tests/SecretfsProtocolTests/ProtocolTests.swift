@@ -529,4 +529,9 @@ func waitUntil(timeout: Double = 5, _ condition: () throws -> Bool) throws {
     #expect(last.withUnsafeBytes { Array($0) } == Array("fgh".utf8), "the slice keeps the buffer alive")
     let more = Array("x".utf8)
     #expect(!more.withUnsafeBytes { last.append($0) }, "a slice cannot grow into its neighbours")
+    // An empty slice at the very end of its buffer points at the guard page
+    // after it: wiping it (and dropping it) must touch nothing.
+    let end = SecureBytes(slicing: last, offset: 3, count: 0)
+    end.wipe()
+    #expect(end.isEmpty && last.withUnsafeBytes { Array($0) } == Array("fgh".utf8))
 }
