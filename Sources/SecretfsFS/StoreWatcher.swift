@@ -130,33 +130,43 @@ public final class StoreWatcher: @unchecked Sendable {
     private func loop() {
         var last: Int64?
         poll(last: &last)
-        // A shared store announces other hosts' changes (NOTIFY): the wait
-        // ends as one arrives, and the poll between waits (at most `interval`
-        // apart, notice or not) covers a notice lost with its connection.
+        // A shared store announces other hosts' changes (NOTIFY): a poll
+        // follows each notice at once, and one runs at least every
+        // `interval` anyway, covering a notice lost with its connection.
+        // The waits are short slices, so that `stop` (an unmount) does not
+        // wait out a whole interval.
         let notifications = filesystem.vault.changeNotifications()
         var listening: Bool?
-        let micros = useconds_t(interval * 1_000_000)
+        var nextPoll = Self.monotonic() + interval
         while !stopping.load(ordering: .relaxed) {
-            guard let notifications else {
-                usleep(micros)
-                poll(last: &last)
-                continue
-            }
-            switch notifications.wait(timeout: interval) {
-            case .changed, .quiet:
-                break
-            case .lost(let why):
-                if listening != false {
-                    filesystem.logger.warning("lost the store's change notifications; reconnecting", metadata: ["error": "\(why)"])
+            var now = false
+            if let notifications {
+                switch notifications.wait(timeout: Self.stopSlice) {
+                case .quiet:
+                    break
+                case .changed:
+                    now = true
+                case .lost(let why):
+                    if listening != false {
+                        filesystem.logger.warning("lost the store's change notifications; reconnecting", metadata: ["error": "\(why)"])
+                    }
+                    listening = false
+                case .restored:
+                    filesystem.logger.info(listening == false ? "listening to the store's change notifications again"
+                                                              : "listening to the store's change notifications")
+                    listening = true
+                    now = true   // notices sent while away are lost: resync
                 }
-                listening = false
-            case .restored:
-                filesystem.logger.info(listening == false ? "listening to the store's change notifications again"
-                                                          : "listening to the store's change notifications")
-                listening = true
-                // Notices sent while away are lost: the poll below resyncs.
+            } else {
+                usleep(useconds_t(Self.stopSlice * 1_000_000))
             }
-            poll(last: &last)
+            if now || Self.monotonic() >= nextPoll {
+                poll(last: &last)
+                nextPoll = Self.monotonic() + interval
+            }
         }
     }
+
+    /// How long the thread waits at a time before it looks at `stopping`.
+    static let stopSlice = 0.02
 }
