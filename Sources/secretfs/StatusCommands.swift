@@ -26,9 +26,25 @@ struct UmountCommand: ParsableCommand {
         }
         if let owner {
             let deadline = monotonicSeconds() + 10
-            while kill(owner.pid, 0) == 0 && monotonicSeconds() < deadline { usleep(10_000) }
+            while isRunning(owner.pid) && monotonicSeconds() < deadline { usleep(10_000) }
         }
         writeStdout("unmounted \(target)\n")
+    }
+
+    /// Alive and not a zombie: a daemonized mount's parent is init, which
+    /// may take its time to reap it, and a zombie has finished everything.
+    private func isRunning(_ pid: pid_t) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return true }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 512)
+        let n = read(fd, &buf, buf.count)
+        guard n > 0 else { return true }
+        // "PID (COMM) STATE ...": the state follows the last ')'.
+        let text = buf[..<n]
+        guard let paren = text.lastIndex(of: UInt8(ascii: ")")), paren + 2 < n else { return true }
+        return text[paren + 2] != UInt8(ascii: "Z")
     }
 
     private func unmount(_ target: String) -> Bool {
