@@ -179,14 +179,15 @@ final class PostgresConnection: DatabaseConnection {
     }
 
     func transaction<T>(_ context: String, _ body: () throws -> T) throws -> T {
-        // BEGIN is where a connection lost while idle shows: retried on a new one.
-        try execute("BEGIN", context: context)
-        inTransaction = true
         do {
-            // Inside the block: a lock wait that fails (a lock_timeout, a
-            // cancelled backend) is rolled back like any other failure, so
-            // the session never stays in an aborted transaction.
-            try execute("SELECT pg_advisory_xact_lock(\(Self.writeLockKey))", context: context)
+            // One round trip, inside the error handling: a lock wait that
+            // fails (a lock_timeout, a cancelled backend) is rolled back like
+            // any other failure, so the session never stays in an aborted
+            // transaction. Sent before `inTransaction` is set: a connection
+            // lost while idle shows here, and the pair is sent again on a
+            // new one (where no transaction was begun).
+            try execute("BEGIN; SELECT pg_advisory_xact_lock(\(Self.writeLockKey))", context: context)
+            inTransaction = true
             let result = try body()
             try beforeCommit?()
             // Never retried: a COMMIT lost with its connection may or may not
@@ -206,13 +207,14 @@ final class PostgresConnection: DatabaseConnection {
     }
 
     /// Runs `call` on the live connection; when the server was lost under a
-    /// statement outside a transaction, once more on a new connection (the
-    /// statement did not reach it, or was a read). Inside a transaction the
-    /// failure ends the transaction: the caller's write fails whole.
-    func withRetry(_ call: (OpaquePointer) -> OpaquePointer?) throws -> OpaquePointer? {
+    /// statement outside a transaction that is safe to repeat (a read, a
+    /// session setting, BEGIN), once more on a new connection. Inside a
+    /// transaction the failure ends the transaction: the caller's write fails
+    /// whole; and a write outside one is not repeated (it may have been done).
+    func withRetry(idempotent: Bool = true, _ call: (OpaquePointer) -> OpaquePointer?) throws -> OpaquePointer? {
         let result = call(try live())
         let failed = result == nil || pq.resultStatus(result) == PGRES_FATAL_ERROR
-        guard failed, isBroken, !inTransaction else { return result }
+        guard failed, isBroken, !inTransaction, idempotent else { return result }
         pq.clear(result)
         return call(try live())
     }
@@ -330,7 +332,9 @@ final class PostgresStatement: DatabaseStatement {
         let count = Int32(parameters.count)
         for attempt in 0..<2 {
             if preparedGeneration != connection.generation { try connection.prepare(self, parameters: parameters.count) }
-            let r = try connection.withRetry { c in
+            // A write outside a transaction (an audit row) may have been
+            // done before the connection broke: not sent twice.
+            let r = try connection.withRetry(idempotent: sql.hasPrefix("SELECT")) { c in
                 pq.execPrepared(c, name, count, values, lengths, formats, 1)
             }
             let status = pq.resultStatus(r)
