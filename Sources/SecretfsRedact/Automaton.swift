@@ -1,3 +1,4 @@
+import Synchronization
 /// An Aho-Corasick automaton over bytes, in compact tables.
 ///
 /// Why compact: the tables live in locked memory, and a non-root user may lock
@@ -53,6 +54,11 @@
 /// build sorts the forms and derives the tables from them in locked memory too;
 /// it keeps no form bytes anywhere else.
 final class Automaton {
+    #if DEBUG
+    /// Failure links followed on the sparse path since the automaton was
+    /// built (debug builds only): the linearity test counts work, not time.
+    let failureSteps = Atomic<Int>(0)
+    #endif
     static let matchFlag: UInt32 = 1 << 31
     static let sparseFlag: UInt32 = 1 << 30
     static let flags: UInt32 = matchFlag | sparseFlag
@@ -183,6 +189,9 @@ final class Automaton {
                 return dense.base[Int(code) &* classCount &+ Int(classOf.base[Int(b)])]
             }
             v = deepFail(v, code)
+            #if DEBUG
+            failureSteps.add(1, ordering: .relaxed)
+            #endif
         }
     }
 

@@ -404,51 +404,46 @@ private func sampleInput() throws -> (Redactor, [UInt8]) {
     #expect(count <= 1 + 9 * 2)
 }
 
-/// Time to stream `input` through `r` in 64 KiB writes (best of three: the
-/// suite runs tests in parallel, and under ThreadSanitizer on two shared cores
-/// best of two once gave the sparse check 3.3x for 2N, linear code measured
-/// during a burst of other work; the bounds stay as they are).
-private func streamTime(_ r: Redactor, _ input: [UInt8]) -> Double {
-    var best = Double.infinity
-    for _ in 0..<3 {
-        let start = ContinuousClock.now
-        var count = 0
-        let stream = RedactingStream(redactor: r) { count += $0.count }
-        input.withUnsafeBytes { raw in
-            var i = 0
-            while i < raw.count {
-                let n = min(65536, raw.count - i)
-                try! stream.write(UnsafeRawBufferPointer(rebasing: raw[i..<(i + n)]))
-                i += n
-            }
-        }
-        try! stream.finish()
-        #expect(count == input.count)
-        let d = ContinuousClock.now - start
-        best = min(best, Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18)
-    }
-    return best
-}
 
 @Test func adversarialInputStaysLinear() throws {
-    let size = 5 << 20
+    // Counted, not timed: the failure links the sparse path follows. Aho-
+    // Corasick follows about one per input byte at most, amortised (each
+    // moves to a strictly shallower state, and each byte deepens by one at
+    // most; the compact tables' links to a run's start add a little); a
+    // matcher that backtracked would follow ~2000 per byte here.
+    let size = 1 << 20
     let value = String(repeating: "a", count: 2000) + "b"
     let run = [UInt8](repeating: UInt8(ascii: "a"), count: size)
-    var clean = [UInt8](repeating: 0, count: size)
-    var rng = SplitMix64(seed: 1)
-    for i in 0..<size { clean[i] = UInt8(ascii: "c") + UInt8(rng.next() % 20) }
-    // The usual configuration: as fast as clean text.
-    let r = makeRedactor([value])
-    let tClean = streamTime(r, clean), tAdv = streamTime(r, run)
-    // Margins are wide (the machine may be loaded by other builds); what
-    // this separates is linear from quadratic, which is ~2000x here.
-    #expect(tAdv < 20 * tClean + 0.2, "adversarial \(tAdv)s vs clean \(tClean)s")
-    // Deep states on the sparse (failure link) path: slower per byte, but
-    // still linear: twice the input, about twice the time (a quadratic
-    // matcher would take ~2000x here).
-    let sparse = makeRedactor([value], denseBudget: 64)
-    let half = Array(run[..<(size / 2)])
-    let tHalf = streamTime(sparse, half), tFull = streamTime(sparse, run)
-    #expect(tFull < 8 * tHalf + 0.2, "sparse: \(tFull)s for 2N vs \(tHalf)s for N")
+    for budget in [Redactor.defaultDenseBudget, 64] {   // the usual tables, and deep states on the sparse path
+        let r = makeRedactor([value], denseBudget: budget)
+        let automaton = try #require(r.automaton)
+        let before = automaton.failureSteps.load(ordering: .relaxed)
+        let out = redactAll(r, run, chunk: 65536)
+        let steps = automaton.failureSteps.load(ordering: .relaxed) - before
+        #expect(out == run, "nothing matches a run with no 'b'")
+        #expect(steps <= 2 * size, "dense budget \(budget): \(steps) failure steps for \(size) bytes")
+        // Twice the input, at most twice the steps (plus the one-off climb).
+        let before2 = automaton.failureSteps.load(ordering: .relaxed)
+        _ = redactAll(r, run + run, chunk: 65536)
+        let steps2 = automaton.failureSteps.load(ordering: .relaxed) - before2
+        #expect(steps2 <= 2 * steps + 4096, "dense budget \(budget): \(steps2) steps for 2N against \(steps) for N")
+    }
+}
+
+/// Streams `input` through a redacting stream in `chunk`-byte writes; what comes out.
+private func redactAll(_ r: Redactor, _ input: [UInt8], chunk: Int) -> [UInt8] {
+    var out: [UInt8] = []
+    out.reserveCapacity(input.count)
+    let stream = RedactingStream(redactor: r) { out.append(contentsOf: $0) }
+    input.withUnsafeBytes { raw in
+        var i = 0
+        while i < raw.count {
+            let n = min(chunk, raw.count - i)
+            try! stream.write(UnsafeRawBufferPointer(rebasing: raw[i..<(i + n)]))
+            i += n
+        }
+    }
+    try! stream.finish()
+    return out
 }
 
