@@ -85,7 +85,7 @@ final class PostgresConnection: DatabaseConnection {
             return (nil, message)
         }
         // Notices (NOTICE, WARNING) would go to stderr by default: nowhere instead.
-        pq.setNoticeProcessor(c, { _, _ in }, nil)
+        _ = pq.setNoticeProcessor(c, { _, _ in }, nil)
         return (c, nil)
     }
 
