@@ -33,6 +33,13 @@ final class PostgresConnection: DatabaseConnection {
     /// see no other writer's half-done work. (The number spells "secretfs".)
     static let writeLockKey: Int64 = 0x7365_6372_6574_6673
 
+    /// How long a writer waits for that lock, unless the role or database
+    /// sets its own `lock_timeout`: a mount commits under its own locks, so
+    /// a wait that never ends (a host holding the lock, cut off) would stall
+    /// the whole mount; past this the write fails with EIO instead.
+    static let lockWait = "30s"
+    static let boundLockWait = "SELECT set_config('lock_timeout', '\(lockWait)', true) WHERE current_setting('lock_timeout') = '0';"
+
     let pq: LibPQ
 
     init(target: PostgresTarget) throws {
@@ -186,7 +193,7 @@ final class PostgresConnection: DatabaseConnection {
             // transaction. Sent before `inTransaction` is set: a connection
             // lost while idle shows here, and the pair is sent again on a
             // new one (where no transaction was begun).
-            try execute("BEGIN; SELECT pg_advisory_xact_lock(\(Self.writeLockKey))", context: context)
+            try execute("BEGIN; \(Self.boundLockWait) SELECT pg_advisory_xact_lock(\(Self.writeLockKey))", context: context)
             inTransaction = true
             let result = try body()
             try beforeCommit?()
