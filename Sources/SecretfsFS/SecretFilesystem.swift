@@ -397,10 +397,24 @@ public final class SecretFilesystem: @unchecked Sendable {
         }
     }
 
+    /// Runs `body` (which may commit) under `lock`, then waits, outside
+    /// it, until what it committed is durable: with group commit on
+    /// (Store.enableGroupCommit) concurrent writers share one sync of the
+    /// WAL, and none returns before its commit is on disk. The one place the
+    /// filesystem's writes wait for durability.
+    private func committing<T>(_ body: () throws(Errno) -> T) throws(Errno) -> T {
+        let result = try lock.withLock { _ throws(Errno) in try body() }
+        do { try vault.store.syncCommits() } catch {
+            logger.error("commit not durable", metadata: ["error": "\(error)"])
+            throw .io
+        }
+        return result
+    }
+
     /// FLUSH (each close): commit what was written, durably. The error
     /// returned here is what close(2) returns.
     public func flush(fh: UInt64) throws(Errno) {
-        try lock.withLock { _ throws(Errno) in
+        try committing { () throws(Errno) in
             guard let h = handles[fh] else { throw .badHandle }
             if let failure = h.failure { throw failure }
             if h.written { try commit(h) }
@@ -409,7 +423,7 @@ public final class SecretFilesystem: @unchecked Sendable {
 
     /// FSYNC: commit whatever differs from the store, written or truncated.
     public func fsync(fh: UInt64) throws(Errno) {
-        try lock.withLock { _ throws(Errno) in
+        try committing { () throws(Errno) in
             guard let h = handles[fh] else { throw .badHandle }
             try commit(h)
         }
@@ -477,6 +491,11 @@ public final class SecretFilesystem: @unchecked Sendable {
             }
             namespace.collect(h.node)
         }
+        // What a release committed is made durable too (nobody waits for it,
+        // but a later close must not return before an earlier commit is on disk).
+        do { try vault.store.syncCommits() } catch {
+            logger.error("commit not durable", metadata: ["error": "\(error)"])
+        }
     }
 
     // MARK: setattr
@@ -492,7 +511,7 @@ public final class SecretFilesystem: @unchecked Sendable {
 
     public func setattr(ino: UInt64, change: AttributeChange, fh: UInt64?, caller: Caller) throws(Errno) -> Attributes {
         try check(caller)
-        return try lock.withLock { _ throws(Errno) in
+        return try committing { () throws(Errno) in
             // Mode, ownership and times are the mount's policy, not per file:
             // a change succeeds and changes nothing (as vfat's `quiet`), so
             // `cp -p`, `install -m` and `rsync -a` work and no change can add
@@ -551,7 +570,7 @@ public final class SecretFilesystem: @unchecked Sendable {
         try check(caller)
         guard parent == Namespace.rootIno else { throw .notDirectory }
         guard Names.isValid(name) || Names.isStaging(name) else { throw .noEntry }
-        try lock.withLock { _ throws(Errno) in
+        try committing { () throws(Errno) in
             guard let n = namespace.node(named: name), visible(n, to: caller) else { throw .noEntry }
             if n.isStaging {
                 // Discarded: its bytes are wiped, nothing was ever stored.
@@ -597,7 +616,7 @@ public final class SecretFilesystem: @unchecked Sendable {
             logger.info("refused name", metadata: ["reason": "invalid secret name"])
             throw .notPermitted
         }
-        try lock.withLock { _ throws(Errno) in
+        try committing { () throws(Errno) in
             guard let source = namespace.node(named: name), visible(source, to: caller) else { throw .noEntry }
             let target = namespace.node(named: newName)
             if source === target { return }

@@ -163,6 +163,8 @@ public final class Store: @unchecked Sendable {
     /// only once its COMMIT is known to have succeeded (a commit whose outcome
     /// is unknown is news to the watcher, which then reads what was stored).
     var pendingOwnSequences: [Int64] = []
+    /// Group commit, when a mount turned it on (GroupCommit.swift; under `lock`).
+    var groupCommit: GroupCommit?
 
     init(location: StoreLocation, db: DatabaseConnection, masterKey: SecureBytes, storeID: [UInt8],
          clock: @escaping @Sendable () -> Timestamp) {

@@ -212,6 +212,9 @@ struct MountCommand: ParsableCommand {
         let store = try global.openStore()
         let vault = try store.openProject(project)
         store.discardMasterKey()
+        // Concurrent closes share one sync of the WAL (GroupCommit.swift);
+        // each still returns only once its value is durable.
+        try store.enableGroupCommit()
         // One mount per project per store: a second one (through another
         // runtime directory) would never hear of the first one's changes
         // and its resolvers would serve stale values.

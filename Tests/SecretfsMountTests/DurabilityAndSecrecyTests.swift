@@ -151,6 +151,42 @@ struct DurabilityAndSecrecyTests {
         #expect(check.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "ok" || check.status == 127, "\(check.stdout)\(check.stderr)")
     }
 
+    @Test func killingTheMountDuringAConcurrentBurstLosesNoAcknowledgedWrite() throws {
+        // Eight writers at once: their closes share syncs of the WAL (group
+        // commit), and each close returns only once its own value is durable.
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount()
+        let pid = try #require(f.mountPID())
+        let burst = """
+            for p in 1 2 3 4 5 6 7 8; do
+              ( i=0; while [ $i -lt 100000 ]; do
+                  i=$((i+1))
+                  if /usr/bin/printf 'w%d-%d' $p $i > $MNT/W${p}_$((i % 10)); then echo "$p $i" >> acked.txt; else break; fi
+                done ) >/dev/null 2>&1 &
+            done
+            sleep 0.8
+            kill -9 \(pid)
+            wait
+            """
+        try f.sh(burst)
+        #expect(f.eventually { kill(pid, 0) != 0 })
+        _ = try MountFixture.shell("fusermount3 -u -z '\(f.mnt)'")
+        let acked = try String(contentsOfFile: f.root + "/acked.txt", encoding: .utf8).split(separator: "\n")
+            .compactMap { line -> (Int, Int)? in
+                let parts = line.split(separator: " ").compactMap { Int($0) }
+                return parts.count == 2 ? (parts[0], parts[1]) : nil
+            }
+        #expect(Set(acked.map(\.0)).count == 8 && acked.count > 40, "all eight wrote (\(acked.count) acknowledged)")
+        var lastAcked: [String: Int] = [:]
+        for (p, i) in acked { lastAcked["W\(p)_\(i % 10)"] = i }
+        for (name, i) in lastAcked {
+            let stored = try #require(try f.storedValue(name), "\(name) missing")
+            let n = Int(stored.split(separator: "-").last ?? "") ?? -1
+            #expect(n >= i && n % 10 == i % 10, "\(name): stored \(stored), last acknowledged \(i)")
+        }
+    }
+
     @Test(.enabled(if: !TestDatabase.isDefault, "a mount of the embedded store"))
     func aMountOfAStoreDirectoryNeverLoadsLibpq() throws {
         let f = try MountFixture()
