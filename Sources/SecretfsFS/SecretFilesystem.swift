@@ -403,8 +403,16 @@ public final class SecretFilesystem: @unchecked Sendable {
     /// WAL, and none returns before its commit is on disk. The one place the
     /// filesystem's writes wait for durability.
     private func committing<T>(_ body: () throws(Errno) -> T) throws(Errno) -> T {
-        let result = try lock.withLock { _ throws(Errno) in try body() }
-        do { try vault.store.syncCommits() } catch {
+        // The commit count before and after, under `lock`: an operation that
+        // committed nothing (most flushes: a close of a file not written)
+        // waits for nobody else's sync.
+        let (result, before, after) = try lock.withLock { _ throws(Errno) in
+            let before = vault.store.commitTicket()
+            let result = try body()
+            return (result, before, vault.store.commitTicket())
+        }
+        guard after > before else { return result }
+        do { try vault.store.syncCommits(through: after) } catch {
             logger.error("commit not durable", metadata: ["error": "\(error)"])
             throw .io
         }
@@ -478,7 +486,10 @@ public final class SecretFilesystem: @unchecked Sendable {
     /// RELEASE: the last close. Commits what a flush did not (errors can only
     /// be logged now), drops a created file that never got a value, wipes.
     public func release(fh: UInt64) {
+        var ticket: (before: UInt64, after: UInt64) = (0, 0)
         lock.withLock { _ in
+            ticket.before = vault.store.commitTicket()
+            defer { ticket.after = vault.store.commitTicket() }
             guard let h = handles.removeValue(forKey: fh) else { return }
             if h.dirty && h.failure == nil { try? commit(h) }
             h.buffer?.wipe()
@@ -493,7 +504,8 @@ public final class SecretFilesystem: @unchecked Sendable {
         }
         // What a release committed is made durable too (nobody waits for it,
         // but a later close must not return before an earlier commit is on disk).
-        do { try vault.store.syncCommits() } catch {
+        guard ticket.after > ticket.before else { return }
+        do { try vault.store.syncCommits(through: ticket.after) } catch {
             logger.error("commit not durable", metadata: ["error": "\(error)"])
         }
     }

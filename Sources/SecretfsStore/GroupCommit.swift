@@ -96,11 +96,19 @@ extension Store {
         }
     }
 
-    /// Returns once every commit this process made so far is durable (group
-    /// commit; immediately when it is off). Called outside every lock.
-    public func syncCommits() throws {
+    /// How many commits this process has made (with group commit on; 0
+    /// when it is off): taken before and after an operation, it says whether
+    /// the operation committed, and through which commit it must wait.
+    public func commitTicket() -> UInt64 {
+        lock.withLock { _ in groupCommit?.committed ?? 0 }
+    }
+
+    /// Returns once commits up to `ticket` (all of them so far, if nil) are
+    /// durable (group commit; immediately when it is off). Called outside
+    /// every lock.
+    public func syncCommits(through ticket: UInt64? = nil) throws {
         guard let group = lock.withLock({ _ in groupCommit }) else { return }
-        let target = lock.withLock { _ in group.committed }
+        let target = ticket ?? lock.withLock { _ in group.committed }
         let error = group.waitDurable(through: target)
         if error != 0 { throw StoreError.io(path: location.databasePath + "-wal", errno: error, action: "fsync") }
     }
