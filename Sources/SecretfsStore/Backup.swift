@@ -292,11 +292,7 @@ extension Store {
             let key = try readKeyFile(at: AT_FDCWD, keyFile, path: keyFile)
             let fd = try create(keyFileName, mode: 0o400)
             defer { close(fd) }
-            let failed: SystemError? = key.withUnsafeBytes { b in
-                do throws(SystemError) { try writeAll(fd, b) } catch { return error }
-                return retryOnInterrupt({ fsync(fd) }) == 0 ? nil : .current
-            }
-            if let failed { throw StoreError.io(path: location.keyFilePath, errno: failed.errno, action: "write key file") }
+            try writeKey(key, to: fd, path: location.keyFilePath)
         }
         if isPassphrase && passphraseFile == nil { throw StoreError.passphraseRequired }
         let store = try open(at: location, keySource: isPassphrase ? .passphraseFile(passphraseFile ?? "") : .keyFile)

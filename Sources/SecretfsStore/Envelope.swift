@@ -67,24 +67,12 @@ enum Envelope {
         return true
     }
 
+    /// Opens `sealed` into a new buffer of its own.
     static func open(_ sealed: Sealed, key: SecureBytes, associatedData: [UInt8]) -> SecureBytes? {
-        guard sealed.nonce.count == nonceBytes, sealed.ciphertext.count >= tagBytes, key.count == keyBytes else {
-            return nil
-        }
-        let plain = SecureBytes(capacity: sealed.ciphertext.count - tagBytes)
-        var plainLen: UInt64 = 0
-        let rc = plain.withUnsafeMutableCapacity { out in
-            key.withUnsafeBytes { k in
-                crypto_aead_xchacha20poly1305_ietf_decrypt(
-                    out.baseAddress!.assumingMemoryBound(to: UInt8.self), &plainLen, nil,
-                    sealed.ciphertext, UInt64(sealed.ciphertext.count),
-                    associatedData, UInt64(associatedData.count),
-                    sealed.nonce, k.baseAddress!.assumingMemoryBound(to: UInt8.self))
-            }
-        }
-        guard rc == 0 else { return nil }
-        plain.setCount(Int(plainLen))
-        return plain
+        guard sealed.ciphertext.count >= tagBytes else { return nil }
+        let size = plaintextSize(sealed)
+        let plain = SecureBytes(capacity: size, count: size)
+        return open(sealed, key: key, associatedData: associatedData, into: plain) ? plain : nil
     }
 
     // MARK: Associated data (length-prefixed so no two tuples encode alike)

@@ -55,13 +55,9 @@ extension Store {
                 throw StoreError.io(path: dir.path(of: newKeyFileName), errno: error.errno, action: "create")
             }
             defer { close(fd) }
-            let failed: SystemError? = key.withUnsafeBytes { b in
-                do throws(SystemError) { try writeAll(fd, b) } catch { return error }
-                return retryOnInterrupt({ fsync(fd) }) == 0 ? nil : .current
-            }
-            if let failed {
+            do { try Self.writeKey(key, to: fd, path: dir.path(of: newKeyFileName)) } catch {
                 dir.remove(newKeyFileName)
-                throw StoreError.io(path: dir.path(of: newKeyFileName), errno: failed.errno, action: "write key file")
+                throw error
             }
             Self.syncDirectory(dir)
             return (key, nil)
@@ -89,17 +85,7 @@ extension Store {
                     try insertAudit(project: name, actor: actor, action: "rekey", names: nil,
                                     detail: kdf != nil ? "now a passphrase" : "now a key file")
                 }
-                let check = Envelope.seal(SecureBytes(capacity: 0), key: newKey, associatedData: Envelope.keyCheckAD(storeID: storeID))
-                try Self.putMeta(db, "key_check", check.nonce + check.ciphertext)
-                for k in ["kdf", "kdf_salt", "kdf_opslimit", "kdf_memlimit"] {
-                    try db.statement("DELETE FROM meta WHERE key = ?").bind(1, k).run("replacing the key derivation")
-                }
-                if let kdf {
-                    try Self.putMeta(db, "kdf", Array("argon2id13".utf8))
-                    try Self.putMeta(db, "kdf_salt", kdf.salt)
-                    try Self.putMeta(db, "kdf_opslimit", Array(String(kdf.opsLimit).utf8))
-                    try Self.putMeta(db, "kdf_memlimit", Array(String(kdf.memLimit).utf8))
-                }
+                try Self.putKeyRecords(db, key: newKey, storeID: storeID, kdf: kdf)
             }
         }
     }

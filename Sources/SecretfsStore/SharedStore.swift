@@ -136,7 +136,6 @@ extension Store {
             (masterKey, removeKeyFile) = try hostKeyFile(location)
         }
         do {
-            let check = Envelope.seal(SecureBytes(capacity: 0), key: masterKey, associatedData: Envelope.keyCheckAD(storeID: storeID))
             try db.transaction("initialising the store") {
                 // Two hosts running init at once: the second waits for the
                 // first's lock, then finds its schema.
@@ -145,13 +144,7 @@ extension Store {
                 try db.execute(changeLogDDL, context: "creating the change log")
                 try putMeta(db, "schema_version", Array(String(migrations.count).utf8))
                 try putMeta(db, "store_id", storeID)
-                try putMeta(db, "key_check", check.nonce + check.ciphertext)
-                if let kdf {
-                    try putMeta(db, "kdf", Array("argon2id13".utf8))
-                    try putMeta(db, "kdf_salt", kdf.salt)
-                    try putMeta(db, "kdf_opslimit", Array(String(kdf.opsLimit).utf8))
-                    try putMeta(db, "kdf_memlimit", Array(String(kdf.memLimit).utf8))
-                }
+                try putKeyRecords(db, key: masterKey, storeID: storeID, kdf: kdf)
             }
         } catch {
             removeKeyFile()

@@ -245,11 +245,7 @@ public final class Store: @unchecked Sendable {
             masterKey = SecureBytes.random(count: Envelope.keyBytes)
             let fd = try createFile(keyFileName, O_WRONLY, mode: 0o400)
             defer { close(fd) }
-            let failed: SystemError? = masterKey.withUnsafeBytes { b in
-                do throws(SystemError) { try writeAll(fd, b) } catch { return error }
-                return retryOnInterrupt({ fsync(fd) }) == 0 ? nil : .current
-            }
-            if let failed { throw StoreError.io(path: location.keyFilePath, errno: failed.errno, action: "write key file") }
+            try writeKey(masterKey, to: fd, path: location.keyFilePath)
         }
         // The database and (through SQLite, which gives them the database's
         // mode) its -wal and -shm are 0600 whatever the umask.
@@ -262,17 +258,9 @@ public final class Store: @unchecked Sendable {
         try configure(db)
         try migrate(db)
         try checkSchema(db)
-        let check = Envelope.seal(SecureBytes(capacity: 0), key: masterKey,
-                                  associatedData: Envelope.keyCheckAD(storeID: storeID))
         try db.transaction("initialising the store") {
             try putMeta(db, "store_id", storeID)
-            try putMeta(db, "key_check", check.nonce + check.ciphertext)
-            if let kdf {
-                try putMeta(db, "kdf", Array("argon2id13".utf8))
-                try putMeta(db, "kdf_salt", kdf.salt)
-                try putMeta(db, "kdf_opslimit", Array(String(kdf.opsLimit).utf8))
-                try putMeta(db, "kdf_memlimit", Array(String(kdf.memLimit).utf8))
-            }
+            try putKeyRecords(db, key: masterKey, storeID: storeID, kdf: kdf)
         }
         done = true
         return Store(location: location, db: db, masterKey: masterKey, storeID: storeID, clock: clock)
@@ -613,6 +601,23 @@ public final class Store: @unchecked Sendable {
             .bind(1, key).bind(2, blob: value).run("writing store metadata")
     }
 
+    /// What says which key opens the store: the key check (nothing, sealed
+    /// under `key`) and, for a passphrase, its Argon2id parameters (init on
+    /// either backend, rekey). Earlier key derivation rows go.
+    static func putKeyRecords(_ db: DatabaseConnection, key: SecureBytes, storeID: [UInt8], kdf: KeyDerivation?) throws {
+        let check = Envelope.seal(SecureBytes(capacity: 0), key: key, associatedData: Envelope.keyCheckAD(storeID: storeID))
+        try putMeta(db, "key_check", check.nonce + check.ciphertext)
+        for k in ["kdf", "kdf_salt", "kdf_opslimit", "kdf_memlimit"] {
+            try db.statement("DELETE FROM meta WHERE key = ?").bind(1, k).run("replacing the key derivation")
+        }
+        if let kdf {
+            try putMeta(db, "kdf", Array("argon2id13".utf8))
+            try putMeta(db, "kdf_salt", kdf.salt)
+            try putMeta(db, "kdf_opslimit", Array(String(kdf.opsLimit).utf8))
+            try putMeta(db, "kdf_memlimit", Array(String(kdf.memLimit).utf8))
+        }
+    }
+
     static func getMeta(_ db: DatabaseConnection, _ key: String) throws -> [UInt8]? {
         let s = try db.statement("SELECT value FROM meta WHERE key = ?").bind(1, key)
         defer { s.reset() }
@@ -679,6 +684,16 @@ public final class Store: @unchecked Sendable {
     }
 
     // MARK: Key and passphrase files
+
+    /// Writes `key` into the new key file `fd` and fsyncs it (init, backup
+    /// restore, rekey, store copy); the error names `path`.
+    static func writeKey(_ key: SecureBytes, to fd: Int32, path: String) throws {
+        let failed: SystemError? = key.withUnsafeBytes { b in
+            do throws(SystemError) { try writeAll(fd, b) } catch { return error }
+            return retryOnInterrupt({ fsync(fd) }) == 0 ? nil : .current
+        }
+        if let failed { throw StoreError.io(path: path, errno: failed.errno, action: "write key file") }
+    }
 
     /// The key file: a regular file in the store directory (never through a
     /// symlink), owned by the caller or root, no group or other bit.

@@ -205,13 +205,9 @@ extension Store {
             throw StoreError.io(path: target.keyFilePath, errno: error.errno, action: "create")
         }
         defer { close(fd) }
-        let failed: SystemError? = key.withUnsafeBytes { b in
-            do throws(SystemError) { try writeAll(fd, b) } catch { return error }
-            return retryOnInterrupt({ fsync(fd) }) == 0 ? nil : .current
-        }
-        if let failed {
+        do { try writeKey(key, to: fd, path: target.keyFilePath) } catch {
             dir.remove(name)
-            throw StoreError.io(path: target.keyFilePath, errno: failed.errno, action: "write key file")
+            throw error
         }
         syncDirectory(dir)
         return { dir.remove(name) }

@@ -127,31 +127,37 @@ struct DoctorCommand: ParsableCommand {
             out.append(Check(level: .fail, what: "store \(dir): no secretfs.db", hint: "create one with 'secretfs init'"))
             return out
         }
-        do {
-            _ = try Store.openMetadataOnly(at: global.location)
-            out.append(Check(level: .ok, what: "database \(global.location.databasePath): opens, schema as expected"))
-        } catch let e as StoreError {
-            out.append(Check(level: .fail, what: "database: \(e.description)", hint: e.hint))
-        } catch {
-            out.append(Check(level: .fail, what: "database: \(error)"))
-        }
-        switch global.keySource {
-        case .keyFile:
-            out.append(keyFile(at: trusted.descriptor, "master.key", path: global.location.keyFilePath))
-        case .passphraseFile(let path):
-            out.append(keyFile(at: AT_FDCWD, path, path: path))
-        }
+        out += databaseCheck { _ in [Check(level: .ok, what: "database \(global.location.databasePath): opens, schema as expected")] }
+        out.append(keyCheck(keyFileAt: trusted.descriptor, "master.key"))
         return out
+    }
+
+    /// Opens the store without its key: `opened` says what is right about
+    /// it, a failure is one FAIL line with the store's hint.
+    private func databaseCheck(_ opened: (Store) -> [Check]) -> [Check] {
+        do {
+            return opened(try Store.openMetadataOnly(at: global.location))
+        } catch let e as StoreError {
+            return [Check(level: .fail, what: "database: \(e.description)", hint: e.hint)]
+        } catch {
+            return [Check(level: .fail, what: "database: \(error)")]
+        }
+    }
+
+    /// The key file (`name` in `directory`), or the passphrase file when one is given.
+    private func keyCheck(keyFileAt directory: Int32, _ name: String) -> Check {
+        switch global.keySource {
+        case .keyFile: return keyFile(at: directory, name, path: global.location.keyFilePath)
+        case .passphraseFile(let path): return keyFile(at: AT_FDCWD, path, path: path)
+        }
     }
 
     /// A shared store: the database answers and holds a secretfs schema, and
     /// this host's key file (or passphrase file) is safe to use.
     private func sharedStore() -> [Check] {
         let location = global.location
-        var out: [Check] = []
-        do {
-            let store = try Store.openMetadataOnly(at: location)
-            out.append(Check(level: .ok, what: "database \(location.directory): reachable, schema as expected"))
+        var out = databaseCheck { store in
+            var out = [Check(level: .ok, what: "database \(location.directory): reachable, schema as expected")]
             switch store.transport {
             case .tls?: out.append(Check(level: .ok, what: "database connection: TLS, the server's certificate and name verified"))
             case .tlsUnverified(let mode)?:
@@ -162,17 +168,9 @@ struct DoctorCommand: ParsableCommand {
                 out.append(Check(level: .warn, what: "database connection: TCP without TLS (the network sees ciphertexts and can alter rows)",
                                  hint: "add sslmode=verify-full (and sslrootcert=FILE) to the store URL, or set PGSSLMODE=verify-full"))
             }
-        } catch let e as StoreError {
-            out.append(Check(level: .fail, what: "database: \(e.description)", hint: e.hint))
-        } catch {
-            out.append(Check(level: .fail, what: "database: \(error)"))
+            return out
         }
-        switch global.keySource {
-        case .keyFile:
-            out.append(keyFile(at: AT_FDCWD, location.keyFilePath, path: location.keyFilePath))
-        case .passphraseFile(let path):
-            out.append(keyFile(at: AT_FDCWD, path, path: path))
-        }
+        out.append(keyCheck(keyFileAt: AT_FDCWD, location.keyFilePath))
         return out
     }
 
