@@ -293,6 +293,7 @@ struct BackupCommand: ParsableCommand {
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "create",
             abstract: "Write a consistent snapshot of the store to a new file, while mounts go on writing.",
             discussion: """
                 SQLite's VACUUM INTO, in one read transaction: values stay sealed (the backup holds \
@@ -315,6 +316,7 @@ struct BackupCommand: ParsableCommand {
 
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "verify",
             abstract: "Open every sealed blob of a backup with the key and report any that fails, by project, name and version.",
             discussion: """
                 The key is the store's key file (or --key-file FILE), or the passphrase \
@@ -346,6 +348,7 @@ struct BackupCommand: ParsableCommand {
 
     struct Restore: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "restore",
             abstract: "Create a new store (--store DIR) from a backup; an existing store is refused.",
             discussion: """
                 The directory follows init's rules. A key-file store needs its master key file \

@@ -73,6 +73,7 @@ struct ProjectCommand: ParsableCommand {
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "create",
             abstract: "Create a project with its own data key.",
             discussion: """
                 Every overwrite, append, rename and delete keeps the earlier value as a version \
@@ -131,7 +132,7 @@ struct ProjectCommand: ParsableCommand {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List projects with their number of secrets and last change (never values).")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List projects with their number of secrets and last change (never values).")
         @OptionGroup var global: GlobalOptions
         @Flag(help: "One JSON object per project, one per line (for other tools and shell completion).")
         var json = false
@@ -161,7 +162,7 @@ struct ProjectCommand: ParsableCommand {
     }
 
     struct Delete: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Delete a project and its data key (with --force also when it has secrets).")
+        static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete a project and its data key (with --force also when it has secrets).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Project name.", completion: .projectNames) var name: String
         @Flag(help: "Delete even if the project still has secrets.") var force = false
@@ -204,6 +205,7 @@ struct StoreCommand: ParsableCommand {
 
     struct Copy: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "copy",
             abstract: "Copy every project, with its versions, trash and audit trail, to a new store.",
             discussion: """
                 --from and --to are each a store directory or a PostgreSQL URL / libpq conninfo. \
