@@ -25,8 +25,6 @@ protocol DatabaseConnection: AnyObject {
     /// lock), so that writers of every process and host run one at a time:
     /// committed when `body` returns, rolled back when it throws.
     func transaction<T>(_ context: String, _ body: () throws -> T) throws -> T
-    /// Rows changed by the last INSERT, UPDATE or DELETE.
-    var changes: Int { get }
     /// Called inside every write transaction just before its COMMIT (the
     /// PostgreSQL backend writes the change log and its NOTIFY there).
     var beforeCommit: (() throws -> Void)? { get set }
@@ -41,8 +39,25 @@ protocol DatabaseStatement: AnyObject {
     @discardableResult func bind(_ index: Int32, _ value: Int64) -> Self
     @discardableResult func bind(_ index: Int32, _ value: String?) -> Self
     @discardableResult func bind(_ index: Int32, blob: [UInt8]) -> Self
-    /// Steps once; true when a row is available.
+    /// Steps once; true when a row is available. Always waits for the
+    /// statement's outcome (and for that of every statement sent before it).
     func step(_ context: String) throws -> Bool
+    /// Runs a statement whose rows, if any, nobody reads. Inside a write
+    /// transaction on a shared store it is sent without waiting for its
+    /// outcome (libpq's pipeline mode): a round trip to the server costs more
+    /// than most of the store's statements take to run there. Its failure is
+    /// then thrown by the transaction's next `step`, `runCountingChanges` or
+    /// COMMIT, which fail the whole transaction as it would have. So nothing
+    /// may catch an error of `run` inside a transaction and go on.
+    func run(_ context: String) throws
+    /// Runs a statement that returns no rows and returns how many rows it
+    /// inserted, updated or deleted. Always waits for the outcome.
+    func runCountingChanges(_ context: String) throws -> Int
+    /// As `run`, then hands the first column of every row it returned (a
+    /// `RETURNING` list) to `rows`: at once on SQLite, when the transaction
+    /// next waits on a shared store (at the latest at its COMMIT, before
+    /// `afterTransaction`). Not called if the statement fails.
+    func run(_ context: String, returning rows: @escaping ([Int64]) -> Void) throws
     func int64(_ column: Int32) -> Int64
     func isNull(_ column: Int32) -> Bool
     func string(_ column: Int32) -> String?
@@ -50,8 +65,15 @@ protocol DatabaseStatement: AnyObject {
 }
 
 extension DatabaseStatement {
-    /// Steps to completion, for statements that return no rows.
-    func run(_ context: String) throws {
+    /// Steps to completion (what `run` is for an engine that never defers).
+    func runNow(_ context: String) throws {
         while try step(context) {}
+    }
+
+    /// The first column of every row, stepped to completion.
+    func firstColumnOfEveryRow(_ context: String) throws -> [Int64] {
+        var out: [Int64] = []
+        while try step(context) { out.append(int64(0)) }
+        return out
     }
 }

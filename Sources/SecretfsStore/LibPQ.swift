@@ -42,6 +42,17 @@ struct LibPQ: @unchecked Sendable {
     let socket: @convention(c) (Conn?) -> Int32
     let consumeInput: @convention(c) (Conn?) -> Int32
     let notifies: @convention(c) (Conn?) -> UnsafeMutablePointer<PGnotify>?
+    // Pipeline mode (libpq 14+): a write transaction's statements go out
+    // without waiting for each one's answer (PostgresConnection.sync).
+    let enterPipelineMode: @convention(c) (Conn?) -> Int32
+    let exitPipelineMode: @convention(c) (Conn?) -> Int32
+    let pipelineSync: @convention(c) (Conn?) -> Int32
+    let sendPrepare: @convention(c) (Conn?, CString?, CString?, Int32, UnsafePointer<Oid>?) -> Int32
+    let sendQueryPrepared: @convention(c) (Conn?, CString?, Int32, UnsafePointer<CString?>?, UnsafePointer<Int32>?,
+                                           UnsafePointer<Int32>?, Int32) -> Int32
+    let sendQueryParams: @convention(c) (Conn?, CString?, Int32, UnsafePointer<Oid>?, UnsafePointer<CString?>?,
+                                         UnsafePointer<Int32>?, UnsafePointer<Int32>?, Int32) -> Int32
+    let getResult: @convention(c) (Conn?) -> Result?
 
     /// The library's soname in Debian's libpq5 (what libpq-dev links against).
     static let soname = "libpq.so.5"
@@ -68,7 +79,11 @@ struct LibPQ: @unchecked Sendable {
                 sslInUse: try symbol("PQsslInUse"), host: try symbol("PQhost"), conninfo: try symbol("PQconninfo"),
                 conninfoParse: try symbol("PQconninfoParse"), conninfoFree: try symbol("PQconninfoFree"),
                 freemem: try symbol("PQfreemem"), socket: try symbol("PQsocket"),
-                consumeInput: try symbol("PQconsumeInput"), notifies: try symbol("PQnotifies")))
+                consumeInput: try symbol("PQconsumeInput"), notifies: try symbol("PQnotifies"),
+                enterPipelineMode: try symbol("PQenterPipelineMode"), exitPipelineMode: try symbol("PQexitPipelineMode"),
+                pipelineSync: try symbol("PQpipelineSync"), sendPrepare: try symbol("PQsendPrepare"),
+                sendQueryPrepared: try symbol("PQsendQueryPrepared"), sendQueryParams: try symbol("PQsendQueryParams"),
+                getResult: try symbol("PQgetResult")))
         } catch {
             return .failure(error)
         }

@@ -294,17 +294,29 @@ extension Store {
         return out
     }
 
-    /// Moves the current value of `name` (if any) into `versions`, exactly as
-    /// it was sealed, and removes it from `secrets`. Returns whether there was one.
-    func archiveCurrentLocked(projectID id: Int64, name: String) throws -> Bool {
-        try db.statement("""
+    /// Copies the current value of `name` (if any) into `versions`, exactly
+    /// as it was sealed; the row stays in `secrets`. Returns whether there was
+    /// one; a caller that has just read the row says so (`exists`), and then
+    /// need not wait for the answer (DatabaseStatement.run).
+    func archiveCurrentLocked(projectID id: Int64, name: String, exists: Bool? = nil) throws -> Bool {
+        let archive = try db.statement("""
             INSERT INTO versions(project_id, name, version, ciphertext, nonce, action, made_at, made_by, key_generation)
             SELECT project_id, name, version, ciphertext, nonce, action, updated_at, updated_by, key_generation
             FROM secrets WHERE project_id = ? AND name = ?
-            """).bind(1, id).bind(2, name).run("keeping the earlier value")
-        guard db.changes > 0 else { return false }
+            """).bind(1, id).bind(2, name)
+        if let exists {
+            try archive.run("keeping the earlier value")
+            return exists
+        }
+        return try archive.runCountingChanges("keeping the earlier value") > 0
+    }
+
+    /// Moves the current value of `name` (if any) into `versions` and removes
+    /// it from `secrets`. Returns whether there was one.
+    func archiveAndRemoveCurrentLocked(projectID id: Int64, name: String, exists: Bool? = nil) throws -> Bool {
+        guard try archiveCurrentLocked(projectID: id, name: name, exists: exists) else { return false }
         try db.statement("DELETE FROM secrets WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name)
-            .run("replacing a secret")
+            .run("removing a secret")
         recordChangeLocked(projectID: id, name: name)
         return true
     }
@@ -313,8 +325,9 @@ extension Store {
     /// delete marker records who and when, and the name goes to the trash
     /// (unless the project keeps no versions, when everything goes at once).
     /// Returns false if there was no such secret.
-    func moveToTrashLocked(projectID id: Int64, name: String, actor: Actor, action: VersionAction) throws -> Bool {
-        guard try archiveCurrentLocked(projectID: id, name: name) else { return false }
+    func moveToTrashLocked(projectID id: Int64, name: String, actor: Actor, action: VersionAction,
+                           exists: Bool? = nil) throws -> Bool {
+        guard try archiveAndRemoveCurrentLocked(projectID: id, name: name, exists: exists) else { return false }
         let grant = try grantVersionLocked(id)
         let marker = grant.version
         let at = now()
@@ -329,26 +342,34 @@ extension Store {
             .bind(1, id).bind(2, name).bind(3, at.nanoseconds).bind(4, Int64(actor.uid))
             .bind(5, at.nanoseconds.addingReportingOverflow(days * Self.nanosecondsPerDay).partialValue)
             .run("moving a secret to the trash")
-        _ = try pruneLocked(projectID: id, name: name, keep: grant.keepVersions, live: false)
+        try pruneLocked(projectID: id, name: name, keep: grant.keepVersions, live: false, counting: false)
         return true
     }
 
     /// Keeps the newest `keep_versions` values of `name` (the current one
     /// included) and destroys the older ones, with the delete markers older
     /// than every value kept. A deleted name with no value left leaves the
-    /// trash. Returns how many values were destroyed.
+    /// trash. Returns how many values were destroyed, when `counting` (a
+    /// write that does not need the count does not wait for it: every
+    /// statement here may then go out unanswered, see DatabaseStatement.run).
     /// `keep` and `live`, when the caller knows them, save their lookups.
     @discardableResult
-    func pruneLocked(projectID id: Int64, name: String, keep knownKeep: Int64? = nil, live knownLive: Bool? = nil) throws -> Int {
+    func pruneLocked(projectID id: Int64, name: String, keep knownKeep: Int64? = nil, live knownLive: Bool? = nil,
+                     counting: Bool = true) throws -> Int {
         let keep = try knownKeep ?? keepVersionsLocked(id).versions
         let live = try knownLive ?? liveLocked(id, name)
         let earlier = max(0, keep - (live ? 1 : 0))
-        try db.statement("""
+        let beyondLimit = try db.statement("""
             DELETE FROM versions WHERE project_id = ? AND name = ? AND length(ciphertext) > 0
             AND version NOT IN (SELECT version FROM versions WHERE project_id = ? AND name = ? AND length(ciphertext) > 0
                                 ORDER BY version DESC LIMIT ?)
-            """).bind(1, id).bind(2, name).bind(3, id).bind(4, name).bind(5, earlier).run("destroying old versions")
-        let destroyed = db.changes
+            """).bind(1, id).bind(2, name).bind(3, id).bind(4, name).bind(5, earlier)
+        var destroyed = 0
+        if counting {
+            destroyed = try beyondLimit.runCountingChanges("destroying old versions")
+        } else {
+            try beyondLimit.run("destroying old versions")
+        }
         try db.statement("""
             DELETE FROM versions WHERE project_id = ? AND name = ? AND length(ciphertext) = 0
             AND version < COALESCE((SELECT MIN(version) FROM versions WHERE project_id = ? AND name = ? AND length(ciphertext) > 0),
@@ -356,11 +377,17 @@ extension Store {
                                    9223372036854775807)
             """).bind(1, id).bind(2, name).bind(3, id).bind(4, name).bind(5, id).bind(6, name).run("destroying old versions")
         if !live {
-            let s = try db.statement("SELECT 1 FROM versions WHERE project_id = ? AND name = ? AND length(ciphertext) > 0 LIMIT 1")
-                .bind(1, id).bind(2, name)
-            let anyLeft = try s.step("reading the history")
-            s.reset()
-            if !anyLeft { _ = try destroyLocked(projectID: id, name: name) }
+            // No value left of a deleted name: its delete markers and its
+            // trash row go too. Each statement checks that for itself, so
+            // nobody waits for the answer to "is any value left?".
+            try db.statement("""
+                DELETE FROM versions WHERE project_id = ? AND name = ?
+                AND NOT EXISTS (SELECT 1 FROM versions WHERE project_id = ? AND name = ? AND length(ciphertext) > 0)
+                """).bind(1, id).bind(2, name).bind(3, id).bind(4, name).run("destroying versions")
+            try db.statement("""
+                DELETE FROM trash WHERE project_id = ? AND name = ?
+                AND NOT EXISTS (SELECT 1 FROM versions WHERE project_id = ? AND name = ? AND length(ciphertext) > 0)
+                """).bind(1, id).bind(2, name).bind(3, id).bind(4, name).run("emptying the trash")
         }
         return destroyed
     }
@@ -368,9 +395,8 @@ extension Store {
     /// Destroys every version of a name that is not live, and its trash row.
     /// Returns how many values were destroyed.
     private func destroyLocked(projectID id: Int64, name: String) throws -> Int {
-        try db.statement("DELETE FROM versions WHERE project_id = ? AND name = ? AND length(ciphertext) > 0")
-            .bind(1, id).bind(2, name).run("destroying versions")
-        let n = db.changes
+        let n = try db.statement("DELETE FROM versions WHERE project_id = ? AND name = ? AND length(ciphertext) > 0")
+            .bind(1, id).bind(2, name).runCountingChanges("destroying versions")
         try db.statement("DELETE FROM versions WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name).run("destroying versions")
         try db.statement("DELETE FROM trash WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name).run("emptying the trash")
         return n

@@ -23,7 +23,15 @@ final class PostgresConnection: DatabaseConnection {
     private var cache: [String: PostgresStatement] = [:]
     private var nextStatementID = 0
     private var inTransaction = false
-    fileprivate(set) var changes = 0
+    /// In pipeline mode: the body of a write transaction, whose statements
+    /// are sent without waiting for each answer (DatabaseStatement.run).
+    fileprivate private(set) var pipelined = false
+    /// What was sent in the pipeline and not read back yet, in order.
+    private var pending: [Pending] = []
+    /// The most statements sent before their answers are read: the server
+    /// queues its answers while nobody reads them, and a connection whose
+    /// both ends wait to write would hang.
+    static let pipelineDepth = 64
     var beforeCommit: (() throws -> Void)?
     var afterTransaction: ((Bool) -> Void)?
 
@@ -168,6 +176,14 @@ final class PostgresConnection: DatabaseConnection {
     // MARK: DatabaseConnection
 
     func execute(_ sql: String, context: String) throws {
+        // PQexec (several statements in one text) has no place in a
+        // pipeline: what is owed is read first, then the pipeline resumes.
+        if pipelined {
+            try sync()
+            try leavePipeline()
+            defer { if (try? enterPipeline()) == nil { pipelined = false } }
+            return try execute(sql, context: context)
+        }
         let result = try withRetry { pq.exec($0, sql) }
         defer { pq.clear(result) }
         let status = pq.resultStatus(result)
@@ -195,22 +211,118 @@ final class PostgresConnection: DatabaseConnection {
             // new one (where no transaction was begun).
             try execute("BEGIN; \(Self.boundLockWait) SELECT pg_advisory_xact_lock(\(Self.writeLockKey))", context: context)
             inTransaction = true
+            try enterPipeline()
             let result = try body()
             try beforeCommit?()
             // Never retried: a COMMIT lost with its connection may or may not
             // have committed, and a retry on a new session would "succeed"
             // with nothing to commit. Its failure is the writer's EIO, and
-            // the mount's watcher finds out what the store holds.
-            try execute("COMMIT", context: context)
+            // the mount's watcher finds out what the store holds. It travels
+            // with whatever the body left unanswered, and its answer comes
+            // after theirs: one round trip for all of them.
+            try send(context: context, statement: nil) { pq.sendQueryParams($0, "COMMIT", 0, nil, nil, nil, nil, 1) }
+            try sync()
+            try leavePipeline()
             inTransaction = false
             afterTransaction?(true)
             return result
         } catch {
+            abandonPipeline()
             inTransaction = false
             if let conn, pq.status(conn) == CONNECTION_OK { pq.clear(pq.exec(conn, "ROLLBACK")) }
             afterTransaction?(false)
             throw error
         }
+    }
+
+    // MARK: Pipeline mode
+
+    /// A statement sent in the pipeline, waiting for its answer.
+    private struct Pending {
+        let context: String
+        /// The statement that reads the answer's rows (`step`), if any.
+        let reader: PostgresStatement?
+        /// A PREPARE sent ahead of the statement's first use on this connection.
+        let prepares: PostgresStatement?
+        /// For `run(_:returning:)`: the first column of every row.
+        let rows: (([Int64]) -> Void)?
+    }
+
+    private func enterPipeline() throws {
+        guard let conn, pq.enterPipelineMode(conn) == 1 else {
+            throw StoreError.unavailable(target.displayName, Self.firstLine(conn.flatMap { pq.errorMessage($0) }))
+        }
+        pipelined = true
+    }
+
+    private func leavePipeline() throws {
+        guard pipelined else { return }
+        pipelined = false
+        guard let conn, pq.exitPipelineMode(conn) == 1 else {
+            throw StoreError.unavailable(target.displayName, Self.firstLine(conn.flatMap { pq.errorMessage($0) }))
+        }
+    }
+
+    /// After a failure: reads what is still owed (ignoring it) and leaves
+    /// pipeline mode, so that ROLLBACK can be sent the ordinary way.
+    private func abandonPipeline() {
+        guard pipelined else { return }
+        if !pending.isEmpty { _ = try? sync() }
+        pending.removeAll()
+        pipelined = false
+        if let conn { _ = pq.exitPipelineMode(conn) }
+    }
+
+    /// Sends one message into the pipeline (a `PQsend...` call) and notes
+    /// whose answer it is; past `pipelineDepth` unanswered, waits for them.
+    fileprivate func send(context: String, statement reader: PostgresStatement?, prepares: PostgresStatement? = nil,
+                          rows: (([Int64]) -> Void)? = nil, _ call: (OpaquePointer) -> Int32) throws {
+        guard let conn, call(conn) == 1 else { throw error(of: nil, context: context) }
+        pending.append(Pending(context: context, reader: reader, prepares: prepares, rows: rows))
+        if pending.count >= Self.pipelineDepth && reader == nil { try sync() }
+    }
+
+    /// One round trip: asks for every answer owed and reads them in order.
+    /// A `step`'s rows go to its statement; the first failure is thrown once
+    /// all are read (the server skipped everything after it, and the
+    /// transaction is then rolled back).
+    fileprivate func sync() throws {
+        guard pipelined, !pending.isEmpty, let conn else { return }
+        let owed = pending
+        pending.removeAll()
+        var failure: StoreError?
+        if pq.pipelineSync(conn) != 1 { failure = error(of: nil, context: owed.first?.context ?? "sending") }
+        for entry in owed {
+            // Each statement's answer is one result, then NULL.
+            var answer: OpaquePointer?
+            while let r = pq.getResult(conn) {
+                if answer == nil { answer = r } else { pq.clear(r) }
+            }
+            let status = pq.resultStatus(answer)
+            let ok = answer != nil && (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK)
+            if !ok {
+                entry.prepares?.preparedGeneration = -1
+                if failure == nil && status != PGRES_PIPELINE_ABORTED { failure = error(of: answer, context: entry.context) }
+                pq.clear(answer)
+                continue
+            }
+            if let rows = entry.rows, failure == nil {
+                rows((0..<pq.ntuples(answer)).map { PostgresStatement.int64(pq, answer, row: $0, column: 0) })
+            }
+            if let reader = entry.reader {
+                reader.take(answer)
+            } else {
+                pq.clear(answer)
+            }
+        }
+        // Then the sync point itself.
+        while let r = pq.getResult(conn) {
+            let status = pq.resultStatus(r)
+            pq.clear(r)
+            if status == PGRES_PIPELINE_SYNC { break }
+        }
+        if failure == nil && isBroken { failure = error(of: nil, context: owed.last?.context ?? "reading") }
+        if let failure { throw failure }
     }
 
     /// Runs `call` on the live connection; when the server was lost under a
@@ -274,6 +386,8 @@ final class PostgresStatement: DatabaseStatement {
     private var result: OpaquePointer?
     private var row: Int32 = -1
     private var rows: Int32 = 0
+    /// Rows the last run inserted, updated or deleted.
+    private var changes = 0
 
     /// Its own copy: the statement's deinit may run during the connection's.
     private let pq: LibPQ
@@ -306,12 +420,47 @@ final class PostgresStatement: DatabaseStatement {
     @discardableResult func bind(_ index: Int32, blob: [UInt8]) -> Self { set(index, .bytes(blob)); return self }
 
     func step(_ context: String) throws -> Bool {
-        if result == nil { try run(context: context) }
+        if result == nil {
+            if connection.pipelined {
+                try send(context: context, reader: self, rows: nil)
+                try connection.sync()
+            } else {
+                try execute(context: context)
+            }
+        }
         row += 1
         return row < rows
     }
 
-    private func run(context: String) throws {
+    func run(_ context: String) throws {
+        if connection.pipelined { try send(context: context, reader: nil, rows: nil) } else { try runNow(context) }
+    }
+
+    func runCountingChanges(_ context: String) throws -> Int {
+        _ = try step(context)
+        return changes
+    }
+
+    func run(_ context: String, returning rows: @escaping ([Int64]) -> Void) throws {
+        if connection.pipelined {
+            try send(context: context, reader: nil, rows: rows)
+        } else {
+            rows(try firstColumnOfEveryRow(context))
+        }
+    }
+
+    /// The answer of this statement, read by `PostgresConnection.sync`.
+    fileprivate func take(_ answer: OpaquePointer?) {
+        if let result { pq.clear(result) }
+        result = answer
+        row = -1
+        rows = pq.ntuples(answer)
+        changes = pq.cmdTuples(answer).flatMap { Int(String(cString: $0)) } ?? 0
+    }
+
+    /// The bound parameters as libpq takes them: integers and text as text,
+    /// blobs as binary.
+    private func withParameters<T>(_ body: (Int32, [UnsafePointer<CChar>?], [Int32], [Int32]) throws -> T) rethrows -> T {
         var owned: [UnsafeMutablePointer<CChar>?] = []
         defer { owned.forEach { free($0) } }
         var values: [UnsafePointer<CChar>?] = []
@@ -336,29 +485,52 @@ final class PostgresStatement: DatabaseStatement {
                 values.append(UnsafePointer(m.assumingMemoryBound(to: CChar.self))); lengths.append(Int32(b.count)); formats.append(1)
             }
         }
-        let count = Int32(parameters.count)
-        for attempt in 0..<2 {
-            if preparedGeneration != connection.generation { try connection.prepare(self, parameters: parameters.count) }
-            // A write outside a transaction (an audit row) may have been
-            // done before the connection broke: not sent twice.
-            let r = try connection.withRetry(idempotent: sql.hasPrefix("SELECT")) { c in
-                pq.execPrepared(c, name, count, values, lengths, formats, 1)
+        return try body(Int32(parameters.count), values, lengths, formats)
+    }
+
+    /// Into the connection's pipeline: a PREPARE first if this connection has
+    /// not seen the statement, then the statement with its parameters (libpq
+    /// copies them into its buffer at once).
+    private func send(context: String, reader: PostgresStatement?, rows: (([Int64]) -> Void)?) throws {
+        if preparedGeneration != connection.generation {
+            let count = Int32(parameters.count)
+            try connection.send(context: "preparing a statement", statement: nil, prepares: self) {
+                pq.sendPrepare($0, name, sql, count, nil)
             }
-            let status = pq.resultStatus(r)
-            if status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK {
-                result = r
-                rows = pq.ntuples(r)
-                connection.changes = pq.cmdTuples(r).flatMap { Int(String(cString: $0)) } ?? 0
-                return
+            preparedGeneration = connection.generation
+        }
+        try withParameters { count, values, lengths, formats in
+            try connection.send(context: context, statement: reader, rows: rows) {
+                pq.sendQueryPrepared($0, name, count, values, lengths, formats, 1)
             }
-            // A retry reconnected under us: prepare on the new connection and run again.
-            if attempt == 0, preparedGeneration != connection.generation, !connection.isBroken {
+        }
+    }
+
+    /// Outside a pipeline: runs it and waits (a read may be retried once on
+    /// a new connection, see `PostgresConnection.withRetry`).
+    private func execute(context: String) throws {
+        try withParameters { count, values, lengths, formats in
+            for attempt in 0..<2 {
+                if preparedGeneration != connection.generation { try connection.prepare(self, parameters: parameters.count) }
+                // A write outside a transaction (an audit row) may have been
+                // done before the connection broke: not sent twice.
+                let r = try connection.withRetry(idempotent: sql.hasPrefix("SELECT")) { c in
+                    pq.execPrepared(c, name, count, values, lengths, formats, 1)
+                }
+                let status = pq.resultStatus(r)
+                if status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK {
+                    take(r)
+                    return
+                }
+                // A retry reconnected under us: prepare on the new connection and run again.
+                if attempt == 0, preparedGeneration != connection.generation, !connection.isBroken {
+                    pq.clear(r)
+                    continue
+                }
+                let e = connection.error(of: r, context: context)
                 pq.clear(r)
-                continue
+                throw e
             }
-            let e = connection.error(of: r, context: context)
-            pq.clear(r)
-            throw e
         }
     }
 
@@ -369,7 +541,15 @@ final class PostgresStatement: DatabaseStatement {
     }
 
     func int64(_ column: Int32) -> Int64 {
-        guard let b = bytes(column) else { return 0 }
+        guard let result, row >= 0, row < rows else { return 0 }
+        return Self.int64(pq, result, row: row, column: column)
+    }
+
+    /// An integer column of a binary result (bool, int2, int4, int8; text
+    /// digits otherwise); 0 for NULL.
+    static func int64(_ pq: LibPQ, _ result: OpaquePointer?, row: Int32, column: Int32) -> Int64 {
+        guard let result, pq.getisnull(result, row, column) == 0, let p = pq.getvalue(result, row, column) else { return 0 }
+        let b = UnsafeRawBufferPointer(start: p, count: Int(pq.getlength(result, row, column)))
         switch pq.ftype(result, column) {
         case 16: return b.first.map { Int64($0) } ?? 0                    // bool
         case 21, 23, 20:                                                    // int2, int4, int8

@@ -204,7 +204,10 @@ public final class ProjectVault: @unchecked Sendable {
                                 createdAt: Timestamp?, action: VersionAction, previous known: SecretInfo?? = nil) throws -> SecretInfo {
         let previous = try known ?? infoLocked(name)
         if previous != nil {
-            _ = try store.archiveCurrentLocked(projectID: id, name: name)
+            // The row itself is overwritten below (an update in place, which
+            // PostgreSQL can do without a new index entry: a delete and an
+            // insert would leave a dead row and index entry per write).
+            _ = try store.archiveCurrentLocked(projectID: id, name: name, exists: true)
         } else {
             // Live again: whatever the trash kept of it is now its history.
             // (Only a name with no current value can be in the trash.)
@@ -225,12 +228,15 @@ public final class ProjectVault: @unchecked Sendable {
         try db.statement("""
             INSERT INTO secrets(project_id, name, ciphertext, nonce, version, created_at, updated_at, updated_by, action, key_generation)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (project_id, name) DO UPDATE SET ciphertext = excluded.ciphertext, nonce = excluded.nonce,
+                version = excluded.version, created_at = excluded.created_at, updated_at = excluded.updated_at,
+                updated_by = excluded.updated_by, action = excluded.action, key_generation = excluded.key_generation
             """)
             .bind(1, id).bind(2, name).bind(3, blob: sealed.ciphertext).bind(4, blob: sealed.nonce).bind(5, version)
             .bind(6, created.nanoseconds).bind(7, now.nanoseconds).bind(8, Int64(actor.uid)).bind(9, action.rawValue)
             .bind(10, keyGeneration).run("writing a secret")
         store.recordChangeLocked(projectID: id, name: name)
-        try store.pruneLocked(projectID: id, name: name, keep: grant.keepVersions, live: true)
+        try store.pruneLocked(projectID: id, name: name, keep: grant.keepVersions, live: true, counting: false)
         try store.purgeExpiredIfDueLocked(projectID: id, projectName: self.name)
         return SecretInfo(name: name, version: version, createdAt: created, updatedAt: now, updatedBy: actor.uid)
     }
@@ -305,7 +311,7 @@ public final class ProjectVault: @unchecked Sendable {
                 case .replace:
                     break
                 }
-                _ = try store.moveToTrashLocked(projectID: id, name: from, actor: actor, action: .rename)
+                _ = try store.moveToTrashLocked(projectID: id, name: from, actor: actor, action: .rename, exists: true)
                 _ = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt, action: .rename,
                                        previous: .some(toInfo))
                 try store.insertAudit(project: self.name, actor: actor, action: "rename",

@@ -136,6 +136,18 @@ final class SQLiteStatement: DatabaseStatement {
         }
     }
 
+    // SQLite runs in this process: nothing to gain by deferring.
+    func run(_ context: String) throws { try runNow(context) }
+
+    func runCountingChanges(_ context: String) throws -> Int {
+        try runNow(context)
+        return connection.changes
+    }
+
+    func run(_ context: String, returning rows: @escaping ([Int64]) -> Void) throws {
+        rows(try firstColumnOfEveryRow(context))
+    }
+
     func int64(_ column: Int32) -> Int64 { sqlite3_column_int64(stmt, column) }
 
     func isNull(_ column: Int32) -> Bool { sqlite3_column_type(stmt, column) == SQLITE_NULL }

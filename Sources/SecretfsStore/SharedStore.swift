@@ -22,6 +22,9 @@ extension Store {
     /// How many change-log rows are kept: a mount further behind than this
     /// re-reads its whole listing anyway (it always can: see `reloadFromStore`).
     static let changeLogKeep: Int64 = 10_000
+    /// A process prunes the log when it has committed this many sequences
+    /// (of every host) since it last did.
+    static let changeLogPruneEvery: Int64 = 500
 
     /// The PostgreSQL form of one SQLite migration: the same tables and
     /// columns, with PostgreSQL's types (BIGINT for INTEGER, BYTEA for BLOB,
@@ -180,36 +183,36 @@ extension Store {
     /// row per changed name, and one NOTIFY per project with the newest
     /// sequence, both in the committing transaction, so the notice goes out
     /// exactly when the change is visible. Older rows are pruned now and then.
+    ///
+    /// Nothing here waits for an answer: the rows' sequences come back with
+    /// the COMMIT's round trip (`run(_:returning:)`), the NOTIFY's payload is
+    /// made by the server from the newest sequence of the project (writers
+    /// hold the write lock, so that is this transaction's), and the pruning
+    /// goes by the newest sequence this process has seen committed.
     func writeChangeLogLocked() throws {
         defer { pendingChanges.removeAll() }
         pendingOwnSequences.removeAll()
         guard !pendingChanges.isEmpty else { return }
         var seen = Set<String>()
-        var newest: [Int64: Int64] = [:]
-        var prune = false
+        var projects: [Int64] = []
         let at = now().nanoseconds
         for c in pendingChanges where seen.insert("\(c.projectID)/\(c.name ?? "")").inserted {
-            let s = try db.statement("INSERT INTO change_log(project_id, name, at) VALUES (?, ?, ?) RETURNING seq")
+            try db.statement("INSERT INTO change_log(project_id, name, at) VALUES (?, ?, ?) RETURNING seq")
                 .bind(1, c.projectID).bind(2, c.name).bind(3, at)
-            guard try s.step("writing the change log") else { throw StoreError.corrupt("the change log returned no sequence") }
-            let seq = s.int64(0)
-            newest[c.projectID] = seq
-            pendingOwnSequences.append(seq)
-            prune = prune || seq % 500 == 0
-            s.reset()
+                .run("writing the change log") { [unowned self] seqs in self.pendingOwnSequences.append(contentsOf: seqs) }
+            if !projects.contains(c.projectID) { projects.append(c.projectID) }
         }
-        for (project, seq) in newest.sorted(by: { $0.key < $1.key }) {
-            try db.statement("SELECT pg_notify(?, ?)").bind(1, Self.changeChannel).bind(2, "\(project):\(seq)")
-                .run("announcing the change")
+        for project in projects.sorted() {
+            try db.statement("""
+                SELECT pg_notify(?, ? || ':' || (SELECT MAX(seq) FROM change_log WHERE project_id = ?))
+                """).bind(1, Self.changeChannel).bind(2, String(project)).bind(3, project).run("announcing the change")
         }
-        if ownSequences.count > 4096, let top = newest.values.max() {
-            ownSequences = ownSequences.filter { $0 > top - 2048 }
-        }
-        if prune, let top = newest.values.max() {
+        if let top = newestOwnSequence, top - prunedChangeLogAt >= Self.changeLogPruneEvery {
             // The mark first, in the same transaction: a reader that finds it
             // past its sequence knows its entries may be gone (`changedNames(since:)`).
             try Self.putMeta(db, "change_log_pruned_through", Array(String(top - Self.changeLogKeep).utf8))
             try db.statement("DELETE FROM change_log WHERE seq <= ?").bind(1, top - Self.changeLogKeep).run("pruning the change log")
+            prunedChangeLogAt = top
         }
     }
 }
@@ -219,7 +222,11 @@ extension Store {
     /// sequences become this process's own once it committed; a rolled-back
     /// one leaves no pending change behind for the next transaction.
     func finishChangeLogLocked(committed: Bool) {
-        if committed { ownSequences.formUnion(pendingOwnSequences) }
+        if committed, let top = pendingOwnSequences.max() {
+            ownSequences.formUnion(pendingOwnSequences)
+            newestOwnSequence = max(newestOwnSequence ?? top, top)
+            if ownSequences.count > 4096 { ownSequences = ownSequences.filter { $0 > top - 2048 } }
+        }
         pendingOwnSequences.removeAll()
         pendingChanges.removeAll()
     }

@@ -163,6 +163,10 @@ public final class Store: @unchecked Sendable {
     /// only once its COMMIT is known to have succeeded (a commit whose outcome
     /// is unknown is news to the watcher, which then reads what was stored).
     var pendingOwnSequences: [Int64] = []
+    /// The newest change-log sequence this process has committed, and the one
+    /// at which it last pruned the log (`writeChangeLogLocked`; under `lock`).
+    var newestOwnSequence: Int64?
+    var prunedChangeLogAt: Int64 = 0
     /// Group commit, when a mount turned it on (GroupCommit.swift; under `lock`).
     var groupCommit: GroupCommit?
 
