@@ -75,3 +75,7 @@ int secretfs_set_access_acl(const char *path, const void *value, unsigned long s
 long secretfs_get_access_acl(const char *path, void *value, unsigned long size) {
     return (long)lgetxattr(path, "system.posix_acl_access", value, size);
 }
+
+int secretfs_name_thread(const char *name) {
+    return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
+}

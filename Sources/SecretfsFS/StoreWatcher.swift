@@ -1,4 +1,5 @@
 import Glibc
+import CShims
 import Logging
 import Synchronization
 
@@ -106,7 +107,12 @@ public final class StoreWatcher: @unchecked Sendable {
 
     public func start() -> Bool {
         final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
-        let box = Unmanaged.passRetained(Box { [self] in loop() }).toOpaque()
+        let box = Unmanaged.passRetained(Box { [self] in
+            // Named, for `top -H` and for the shared-store benchmark, which
+            // tells this thread's queries from the writes' (scripts/bench-fs).
+            _ = secretfs_name_thread("store-watcher")
+            loop()
+        }).toOpaque()
         var tid = pthread_t()
         let rc = pthread_create(&tid, nil, { p in
             Unmanaged<Box>.fromOpaque(p!).takeRetainedValue().body()

@@ -247,6 +247,9 @@ public final class ChangeNotifications: @unchecked Sendable {
     private var conn: OpaquePointer?
     private var backoff = 0.1
     private var retryAt = 0.0
+    /// Whether a sequence is one this process committed itself: the NOTIFY
+    /// of a mount's own write comes back to it, and is no news.
+    private let isOwn: (Int64) -> Bool
 
     public enum Event: Equatable, Sendable {
         /// A NOTIFY for this project arrived (or one may have: re-check).
@@ -259,10 +262,11 @@ public final class ChangeNotifications: @unchecked Sendable {
         case restored
     }
 
-    init(target: PostgresTarget, projectID: Int64, pq: LibPQ) {
+    init(target: PostgresTarget, projectID: Int64, pq: LibPQ, isOwn: @escaping (Int64) -> Bool) {
         self.target = target
         self.projectID = projectID
         self.pq = pq
+        self.isOwn = isOwn
     }
 
     deinit { if let conn { pq.finish(conn) } }
@@ -315,13 +319,19 @@ public final class ChangeNotifications: @unchecked Sendable {
             retryAt = Self.monotonic() + backoff
             return .lost(message)
         }
-        var mine = false
+        var news = false
         while let n = pq.notifies(c) {
             let payload = n.pointee.extra.map { String(cString: $0) } ?? ""
-            if payload.split(separator: ":").first.map(String.init) == String(projectID) { mine = true }
+            let parts = payload.split(separator: ":", maxSplits: 1)
+            if parts.first.map(String.init) == String(projectID) {
+                // "project:seq" of a commit of this process: applied already.
+                // Anything else (another host's, or a payload that does not
+                // parse) sends the watcher to the change log.
+                if parts.count == 2, let seq = Int64(parts[1]), isOwn(seq) { } else { news = true }
+            }
             pq.freemem(n)
         }
-        return mine ? .changed : .quiet
+        return news ? .changed : .quiet
     }
 }
 
@@ -376,6 +386,9 @@ extension ProjectVault {
     /// embedded store (its watcher polls `PRAGMA data_version`).
     public func changeNotifications() -> ChangeNotifications? {
         guard let target = store.location.postgresTarget, let pq = try? LibPQ.get() else { return nil }
-        return ChangeNotifications(target: target, projectID: id, pq: pq)
+        let store = self.store
+        return ChangeNotifications(target: target, projectID: id, pq: pq) { seq in
+            store.lock.withLock { _ in store.ownSequences.contains(seq) }
+        }
     }
 }

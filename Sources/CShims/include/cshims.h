@@ -20,6 +20,10 @@ int secretfs_unblock_all_signals(void);
 /// Whether this process is dumpable (for tests of the hardening).
 int secretfs_is_dumpable(void);
 
+// Names the calling thread (prctl PR_SET_NAME, at most 15 bytes shown), for
+// `top -H`, /proc/PID/task/TID/comm and the benchmarks.
+int secretfs_name_thread(const char *name);
+
 
 /// pipe2(O_CLOEXEC), hidden without _GNU_SOURCE.
 int secretfs_pipe_cloexec(int fds[2]);
