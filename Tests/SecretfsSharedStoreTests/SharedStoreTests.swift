@@ -215,6 +215,47 @@ struct SharedStoreTests {
                     .trimmingCharacters(in: .whitespacesAndNewlines) == "seq,project_id,name,at")
     }
 
+    /// A write transaction's statements are pipelined (Postgres.swift): one
+    /// that fails unanswered must still fail the whole transaction, roll back
+    /// what went before it, and say which statement it was; and a transaction
+    /// longer than the pipeline's depth must go through whole.
+    @Test func aStatementThatFailsInThePipelineFailsTheWholeWrite() throws {
+        let f = try MountFixture(shared: true)
+        defer { f.close() }
+        let db = try #require(f.database)
+        // 300 names in one transaction: thousands of statements, far past
+        // the 64 sent before their answers are read.
+        var env = ""
+        for i in 0..<300 { env += "BULK_\(i)=bulk-value-\(i)\n" }
+        let bulk = f.storeDir + "/../bulk.env"
+        try env.write(toFile: bulk, atomically: true, encoding: .utf8)
+        try f.expectOK(f.secretfs(["import", "demo", bulk]))
+        #expect(try f.storedNames().count == 300)
+        #expect(try f.storedValue("BULK_299") == "bulk-value-299")
+        // A role that may do everything but write the audit trail: the audit
+        // row is the import's last statement, sent after every value's.
+        let role = db.name + "_noaudit"
+        _ = try db.sql("CREATE ROLE \(role) LOGIN; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO \(role); REVOKE INSERT ON audit FROM \(role)")
+        defer { _ = try? db.sql("DROP OWNED BY \(role); DROP ROLE \(role)") }
+        var again = ""
+        for i in 0..<300 { again += "BULK_\(i)=changed-\(i)\n" }
+        again += "NEW_ONE=new\n"
+        try again.write(toFile: bulk, atomically: true, encoding: .utf8)
+        let limited = db.conninfo.replacingOccurrences(of: "user=postgres", with: "user=\(role)")
+        let o = try f.secretfs(["import", "demo", bulk, "--store", limited])
+        #expect(o.status == 10 && o.stderr.contains("writing the audit trail") && o.stderr.contains("42501"),
+                "\(o.status) \(o.stderr)")
+        // Nothing of it stayed: not the new name, not one changed value, no version.
+        #expect(try f.storedNames().count == 300)
+        #expect(try f.storedValue("NEW_ONE") == nil)
+        #expect(try f.storedValue("BULK_0") == "bulk-value-0" && f.storedValue("BULK_299") == "bulk-value-299")
+        #expect(try db.sql("SELECT count(*) FROM versions").trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+        // And the store takes the next write as usual.
+        try f.mount()
+        try f.expectOK(f.sh("/usr/bin/printf after > $MNT/AFTER"))
+        #expect(try f.storedValue("AFTER") == "after")
+    }
+
     @Test func doctorChecksTheDatabaseAndHowItIsReached() throws {
         let f = try MountFixture(shared: true)
         defer { f.close() }
