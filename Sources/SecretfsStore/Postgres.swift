@@ -222,7 +222,10 @@ final class PostgresConnection: DatabaseConnection {
             // after theirs: one round trip for all of them.
             try send(context: context, statement: nil) { pq.sendQueryParams($0, "COMMIT", 0, nil, nil, nil, nil, 1) }
             try sync()
-            try leavePipeline()
+            // Committed. A connection that cannot leave pipeline mode now is
+            // of no further use, but the commit stands: dropped, and the next
+            // statement connects afresh.
+            if (try? leavePipeline()) == nil { dropConnection() }
             inTransaction = false
             afterTransaction?(true)
             return result
@@ -253,6 +256,13 @@ final class PostgresConnection: DatabaseConnection {
             throw StoreError.unavailable(target.displayName, Self.firstLine(conn.flatMap { pq.errorMessage($0) }))
         }
         pipelined = true
+    }
+
+    private func dropConnection() {
+        pipelined = false
+        pending.removeAll()
+        if let conn { pq.finish(conn) }
+        conn = nil
     }
 
     private func leavePipeline() throws {
