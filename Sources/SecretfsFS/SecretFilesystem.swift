@@ -645,19 +645,19 @@ public final class SecretFilesystem: @unchecked Sendable {
                 if flags & Self.renameExchange != 0 {
                     guard let target else { throw Errno.noEntry }
                     guard source.isCommitted && target.isCommitted else { throw Errno.invalid }
-                    try vault.rename(name, to: newName, mode: .exchange, actor: caller.actor)
+                    let stored = try vault.rename(name, to: newName, mode: .exchange, actor: caller.actor)
                     onChange?([name, newName])
                     let s = source.info, t = target.info
                     namespace.exchange(source, target)
-                    // Refresh metadata: both rows got new versions.
-                    source.info = (try? vault.info(newName)) ?? s
-                    target.info = (try? vault.info(name)) ?? t
+                    // Both rows got new versions.
+                    source.info = stored.to ?? s
+                    target.info = stored.from ?? t
                     return
                 }
                 if source.isCommitted {
-                    try vault.rename(name, to: newName, mode: .replace, actor: caller.actor)
+                    let stored = try vault.rename(name, to: newName, mode: .replace, actor: caller.actor)
                     onChange?([name, newName])
-                    source.info = try vault.info(newName)
+                    source.info = stored.to
                 }
                 // A file still being created (no value yet) moved over a
                 // stored one: the stored value stays in the store until the

@@ -286,11 +286,15 @@ public final class ProjectVault: @unchecked Sendable {
     /// Renames `from` to `to` in one transaction. The name is part of the
     /// associated data, so the value is re-sealed under its new name, as a new
     /// version of `to` (whose earlier value is kept); `from` goes to the
-    /// trash with its versions, as after a delete.
-    public func rename(_ from: String, to: String, mode: RenameMode = .replace, actor: Actor) throws {
+    /// trash with its versions, as after a delete. Returns the new metadata of
+    /// `to` and, for an exchange, of `from` (a mount shows them at once,
+    /// without asking the store again).
+    @discardableResult
+    public func rename(_ from: String, to: String, mode: RenameMode = .replace,
+                       actor: Actor) throws -> (to: SecretInfo?, from: SecretInfo?) {
         guard Names.isValid(to) else { throw StoreError.invalidSecretName(to) }
-        if from == to { return }
-        try store.lock.withLock { _ in
+        if from == to { return (nil, nil) }
+        return try store.lock.withLock { _ in
             try db.transaction("renaming secret \(from)") {
                 guard let fromInfo = try infoLocked(from), let fromValue = try valueLocked(from) else {
                     throw StoreError.secretNotFound(from)
@@ -301,21 +305,22 @@ public final class ProjectVault: @unchecked Sendable {
                     if toInfo != nil { throw StoreError.secretExists(to) }
                 case .exchange:
                     guard let toInfo, let toValue = try valueLocked(to) else { throw StoreError.secretNotFound(to) }
-                    _ = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt, action: .rename,
-                                           previous: .some(toInfo))
-                    _ = try writeRowLocked(from, value: toValue, actor: actor, createdAt: toInfo.createdAt, action: .rename,
-                                           previous: .some(fromInfo))
+                    let newTo = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt, action: .rename,
+                                                   previous: .some(toInfo))
+                    let newFrom = try writeRowLocked(from, value: toValue, actor: actor, createdAt: toInfo.createdAt, action: .rename,
+                                                     previous: .some(fromInfo))
                     try store.insertAudit(project: self.name, actor: actor, action: "exchange",
                                           names: "\(from),\(to)", detail: nil)
-                    return
+                    return (newTo, newFrom)
                 case .replace:
                     break
                 }
                 _ = try store.moveToTrashLocked(projectID: id, name: from, actor: actor, action: .rename, exists: true)
-                _ = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt, action: .rename,
-                                       previous: .some(toInfo))
+                let newTo = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt, action: .rename,
+                                               previous: .some(toInfo))
                 try store.insertAudit(project: self.name, actor: actor, action: "rename",
                                       names: "\(from),\(to)", detail: toInfo != nil ? "replaced \(to)" : nil)
+                return (newTo, nil)
             }
         }
     }
