@@ -128,10 +128,19 @@ public final class ProjectVault: @unchecked Sendable {
         try store.lock.withLock { _ in try valueLocked(name) }
     }
 
+    typealias SealedRow = (sealed: Envelope.Sealed, version: Int64, keyGeneration: Int64)
+
+    static let sealedRowSQL = "SELECT ciphertext, nonce, version, key_generation FROM secrets WHERE project_id = ? AND name = ?"
+
     /// The current sealed row of `name`, if any.
-    private func sealedLocked(_ name: String) throws -> (sealed: Envelope.Sealed, version: Int64, keyGeneration: Int64)? {
-        let s = try db.statement("SELECT ciphertext, nonce, version, key_generation FROM secrets WHERE project_id = ? AND name = ?")
-            .bind(1, id).bind(2, name)
+    private func sealedLocked(_ name: String) throws -> SealedRow? {
+        try sealedLocked(name, db.statement(Self.sealedRowSQL))
+    }
+
+    /// The same with the statement in hand (a batch looks it up once, not
+    /// once per name).
+    private func sealedLocked(_ name: String, _ statement: DatabaseStatement) throws -> SealedRow? {
+        let s = statement.bind(1, id).bind(2, name)
         defer { s.reset() }
         guard try s.step("reading a secret") else { return nil }
         return (Envelope.Sealed(ciphertext: s.blob(0), nonce: s.blob(1)), s.int64(2), s.int64(3))
@@ -160,10 +169,17 @@ public final class ProjectVault: @unchecked Sendable {
     /// the lot, not a guarded, locked mapping each (SecureBytes(slicing:)).
     public func values(_ names: [String], actor: Actor, action: String = "get") throws -> [String: SecureBytes] {
         try store.lock.withLock { _ in
-            var rows: [(name: String, row: (sealed: Envelope.Sealed, version: Int64, keyGeneration: Int64))] = []
-            var seen = Set<String>()
-            for n in names where seen.insert(n).inserted {
-                if let row = try sealedLocked(n) { rows.append((n, row)) }
+            // One read snapshot for the batch (Database.readSnapshot says
+            // why), which also makes the values one consistent state.
+            let rows = try db.readSnapshot("reading secrets") { () throws -> [(name: String, row: SealedRow)] in
+                let statement = try db.statement(Self.sealedRowSQL)
+                var rows: [(name: String, row: SealedRow)] = []
+                rows.reserveCapacity(names.count)
+                var seen = Set<String>(minimumCapacity: names.count)
+                for n in names where seen.insert(n).inserted {
+                    if let row = try sealedLocked(n, statement) { rows.append((n, row)) }
+                }
+                return rows
             }
             let total = rows.reduce(0) { $0 + Envelope.plaintextSize($1.row.sealed) }
             guard let arena = SecureBytes(allocating: total, count: total) else { throw StoreError.outOfLockedMemory }
