@@ -1,10 +1,11 @@
 import Testing
+import SecretfsTestSupport
 @testable import SecretfsInject
 
-/// The shortcuts of the scan, against the slow way they stand for: tokens
-/// carry no text (names and cooked values are read again from the source
-/// when asked, `secrets` is compared as bytes unless it is spelled with an
-/// escape).
+/// The shortcuts of the scan and the rewrite, against the slow way they
+/// stand for: tokens carry no text (names and cooked values are read again
+/// from the source when asked, `secrets` is compared as bytes unless it is
+/// spelled with an escape), and output is copied in runs.
 @Suite struct FastPathTests {
     /// Every token of `source`, with the tokenizer that read them.
     static func tokens(_ source: String) -> (JSTokenizer, [JSToken]) {
@@ -69,5 +70,39 @@ import Testing
         let bad = ExpressionAnalysis(Array(#"secrets["\x4"]"#.utf8))
         #expect(bad.references.isEmpty)
         #expect(bad.problems.map(\.kind) == [.notStatic])
+    }
+
+    /// Copying plain bytes in runs writes what writing each scalar did, for
+    /// every container and for invalid UTF-8 too (whose U+FFFD must not
+    /// depend on where a run was cut).
+    @Test func runsWriteWhatScalarsWrite() {
+        var rng = SplitMix64(seed: 11)
+        let alphabet: [UInt8] = [0x41, 0x20, 0x22, 0x27, 0x5C, 0x60, 0x0A, 0x0D, 0x09, 0x00, 0x1F, 0x7E, 0x7F, 0x80, 0xBF,
+                                 0xC0, 0xC2, 0xC3, 0xDF, 0xE0, 0xE2, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF, 0xA0, 0x9F, 0x85]
+        for _ in 0..<20_000 {
+            let bytes = (0..<Int(rng.next() % 16)).map { _ in
+                rng.next() % 3 == 0 ? UInt8(truncatingIfNeeded: rng.next()) : alphabet[Int(rng.next() % UInt64(alphabet.count))]
+            }
+            for outer in [OuterEscaping.none, .yamlDoubleQuoted, .json] {
+                var fast = ArrayByteSink()
+                var slow = ArrayByteSink()
+                bytes.withUnsafeBytes { raw in
+                    fast.putJSStringLiteral(raw, outer: outer)
+                    slow.put(scalar: 0x22, outer: outer)
+                    forEachScalar(raw) { slow.putJSStringChar($0, outer: outer) }
+                    slow.put(scalar: 0x22, outer: outer)
+                }
+                #expect(fast.bytes == slow.bytes, "literal \(bytes) \(outer)")
+                var source = ArrayByteSink()
+                var each = ArrayByteSink()
+                source.putSource(bytes[...], outer: outer)
+                if case .none = outer {
+                    each.put(bytes: bytes)   // copied as it is, never decoded
+                } else {
+                    bytes.withUnsafeBytes { raw in forEachScalar(raw) { each.put(scalar: $0, outer: outer) } }
+                }
+                #expect(source.bytes == each.bytes, "source \(bytes) \(outer)")
+            }
+        }
     }
 }
