@@ -65,16 +65,28 @@ struct FlowReader {
     /// character, and CRLF as two). Indexes are asked in increasing order.
     mutating func byteOffset(ofChar index: Int) -> Int {
         if index < charCursor.char { charCursor = (0, 0) }
-        while charCursor.char < index && charCursor.byte < src.count {
-            charCursor.byte += decodeUTF8(src, charCursor.byte).1
-            charCursor.char += 1
+        var (char, byte) = charCursor
+        // Every byte of the file passes here once: ASCII is one character
+        // of one byte without decoding.
+        src.withUnsafeBufferPointer { b in
+            while char < index && byte < b.count {
+                byte += b[byte] < 0x80 ? 1 : decodeUTF8(src, byte).1
+                char += 1
+            }
         }
-        return charCursor.byte
+        charCursor = (char, byte)
+        return byte
     }
 
     static func string(_ p: UnsafeMutablePointer<yaml_char_t>?) -> String? {
         guard let p else { return nil }
         return String(cString: UnsafeRawPointer(p).assumingMemoryBound(to: CChar.self))
+    }
+
+    /// Whether a tag is `!expr` (`string(p) == "!expr"`, without making the String).
+    static func isExprTag(_ p: UnsafeMutablePointer<yaml_char_t>?) -> Bool {
+        guard let p else { return false }
+        return p[0] == 0x21 && p[1] == 0x65 && p[2] == 0x78 && p[3] == 0x70 && p[4] == 0x72 && p[5] == 0
     }
 
     /// The component this node sits at in its parent, and whether it is a key.
@@ -209,13 +221,15 @@ struct FlowReader {
         let column = Int(event.start_mark.column) + 1
         let (component, isKey) = placement()
         let data = event.data.scalar
-        let isExpr = FlowReader.string(data.tag) == "!expr"
+        let isExpr = FlowReader.isExprTag(data.tag)
         let anchor = FlowReader.string(data.anchor)
         let blockIndex = isKey ? nil : blockNameIndex(component)
-        // Only keys, block names and expressions need the value itself.
-        let value = isExpr || isKey || blockIndex != nil
-            ? Array(UnsafeBufferPointer(start: data.value, count: Int(data.length))) : []
-        if let blockIndex { doc.paths.blockNames[blockIndex] = String(decoding: value, as: UTF8.self) }
+        // Only keys, block names and expressions need the value itself, and
+        // only an expression keeps its bytes (libyaml's copy lives until the
+        // event is deleted).
+        let bytes = UnsafeBufferPointer(start: data.value, count: Int(data.length))
+        let value = isExpr ? Array(bytes) : []
+        if let blockIndex { doc.paths.blockNames[blockIndex] = String(decoding: bytes, as: UTF8.self) }
         var rewritten = false
         if isExpr {
             if isKey || (frames.last?.inKey ?? false) {
@@ -231,7 +245,7 @@ struct FlowReader {
         }
         if let anchor { rewrittenAnchors[anchor] = rewritten ? (line, column) : nil }
         if rewritten, !frames.isEmpty { frames[frames.count - 1].holdsRewrite = true }
-        finishNode(keyText: isKey ? String(decoding: value, as: UTF8.self) : nil)
+        finishNode(keyText: isKey ? String(decoding: bytes, as: UTF8.self) : nil)
     }
 
     /// An `!expr` scalar in value position. Returns whether it holds a
