@@ -50,6 +50,11 @@ struct FlowReader {
     var copied = 0
     var charCursor = (char: 0, byte: 0)
 
+    static let space: [UInt8] = [0x20]
+    static let exprTag = Array("!expr".utf8)
+    static let spaceQuote = Array(" \"".utf8)
+    static let quote: [UInt8] = [0x22]
+
     static func read(into doc: inout DocumentPlan) {
         var r = FlowReader(src: doc.source, doc: doc)
         r.run()
@@ -69,7 +74,15 @@ struct FlowReader {
         // Every byte of the file passes here once: ASCII is one character
         // of one byte without decoding.
         src.withUnsafeBufferPointer { b in
+            let raw = UnsafeRawBufferPointer(b)
             while char < index && byte < b.count {
+                // Eight ASCII bytes at a time while they fit.
+                if index - char >= 8 && b.count - byte >= 8
+                    && raw.loadUnaligned(fromByteOffset: byte, as: UInt64.self) & 0x8080_8080_8080_8080 == 0 {
+                    byte += 8
+                    char += 8
+                    continue
+                }
                 byte += b[byte] < 0x80 ? 1 : decodeUTF8(src, byte).1
                 char += 1
             }
@@ -332,13 +345,12 @@ struct FlowReader {
             pieces.append(.raw(copied..<start))
             // The anchor and tag as written: under a `%TAG` directive a
             // plain `!expr` could name another tag than `!<!expr>` did.
-            var prefix: [UInt8] = []
-            if let anchorText { prefix += src[anchorText] + [0x20] }
-            prefix += tagText.map { Array(src[$0]) } ?? Array("!expr".utf8)
-            prefix += Array(" \"".utf8)
-            pieces.append(.text(prefix))
+            // (Spans of the file and shared constants: no array per site.)
+            if let anchorText { pieces.append(.raw(anchorText)); pieces.append(.text(Self.space)) }
+            pieces.append(tagText.map { .raw($0) } ?? .text(Self.exprTag))
+            pieces.append(.text(Self.spaceQuote))
             pieces.append(.expression(doc.sites.count - 1, .yamlDoubleQuoted))
-            pieces.append(.text([0x22] + (headerComment.isEmpty ? [] : [0x20] + headerComment)))
+            pieces.append(.text(headerComment.isEmpty ? Self.quote : [0x22, 0x20] + headerComment))
             copied = end
         }
         return true
