@@ -131,6 +131,8 @@ struct TokenWindow {
 
     /// The token `n` places ahead (0 is the current one), or nil past the end.
     mutating func peek(_ n: Int) -> JSToken? {
+        // A reference looks at most six tokens ahead: room for them at once.
+        if ahead.capacity < 8 { ahead.reserveCapacity(8) }
         while ahead.count <= n {
             guard let t = lexer.next() else { return nil }
             ahead.append(t)
@@ -161,6 +163,7 @@ struct TokenWindow {
             }
             guard let t = lexer.next() else { return nil }
             if lexer.isSecrets(t) {
+                if ahead.capacity < 8 { ahead.reserveCapacity(8) }
                 ahead.append(t)
                 return t
             }

@@ -255,9 +255,12 @@ struct JSTokenizer {
             depthExceeded = true
             return
         }
+        // Room for the usual nesting at once, not grown one level at a time.
+        if stack.capacity < 8 { stack.reserveCapacity(8) }
         stack.append((opener, p))
     }
 
+    @inline(__always)
     static func isLineTerminator(_ s: UInt32) -> Bool {
         s == 0x0A || s == 0x0D || s == 0x2028 || s == 0x2029
     }
@@ -374,11 +377,30 @@ struct JSTokenizer {
     /// Whitespace, line terminators and comments.
     mutating func skipTrivia() {
         while !atEnd {
+            // Runs of spaces and tabs (indentation, mostly): one column and
+            // one scalar each, what `advance` does for them.
+            while i < src.count, src[i] == 0x20 || src[i] == 0x09 {
+                i += 1
+                column += 1
+                scalarIndex += 1
+            }
+            if atEnd { return }
             let c = current
             if Self.isWhitespace(c) || Self.isLineTerminator(c) {
                 advance()
             } else if c == 0x2F && byte(i + 1) == 0x2F {
-                while !atEnd && !Self.isLineTerminator(current) { advance() }
+                while i < src.count {
+                    let b = src[i]
+                    if b == 0x0A || b == 0x0D { break }
+                    if b < 0x80 {
+                        i += 1
+                        column += 1
+                        scalarIndex += 1
+                    } else {
+                        if Self.isLineTerminator(current) { break }
+                        advance()
+                    }
+                }
             } else if c == 0x2F && byte(i + 1) == 0x2A {
                 let pos = position
                 advance(); advance()
