@@ -277,11 +277,20 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         } else {
             version = (try? vault.currentVersion()) ?? 0
         }
-        let found = names.filter { values[$0] != nil }
-        let missing = names.filter { values[$0] == nil }
+        // One lookup per name (a batch is up to thousands of them).
+        var found: [(name: String, value: SecureBytes)] = []
+        found.reserveCapacity(values.count)
+        var missing: [String] = []
         var size = 8 + 8 + 4 + 4
-        for n in found { size += Wire.textSize(n) + 4 + values[n]!.count }
-        for n in missing { size += Wire.textSize(n) }
+        for n in names {
+            if let v = values[n] {
+                found.append((n, v))
+                size += Wire.textSize(n) + 4 + v.count
+            } else {
+                missing.append(n)
+                size += Wire.textSize(n)
+            }
+        }
         guard size + Wire.headerSize <= limits.maxReplyFrame else {
             return sendError(fd, .replyTooLarge,
                              "the \(found.count) values asked for need \(size) bytes; the limit is \(limits.maxReplyFrame)")
@@ -293,9 +302,9 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         b.i64(version)
         b.u64(sequence)
         b.u32(UInt32(found.count))
-        for n in found {
+        for (n, v) in found {
             b.text(n)
-            b.value(values[n]!)
+            b.value(v)
         }
         b.u32(UInt32(missing.count))
         for n in missing { b.text(n) }

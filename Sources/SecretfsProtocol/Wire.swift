@@ -309,6 +309,11 @@ public struct FrameReader {
     public mutating func distinctNames(_ count: Int) throws(ParseError) -> (names: [String], firstInvalid: Int?) {
         var names: [String] = []
         var seen = Set<String>()
+        // Sized once for the names the frame can hold (each takes at least
+        // three bytes), not rehashed as they come.
+        let room = min(count, remaining / 3)
+        names.reserveCapacity(room)
+        seen.reserveCapacity(room)
         var invalid: Int?
         for i in 0..<count {
             guard let n = try name() else {

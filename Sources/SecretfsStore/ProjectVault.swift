@@ -184,6 +184,7 @@ public final class ProjectVault: @unchecked Sendable {
             let total = rows.reduce(0) { $0 + Envelope.plaintextSize($1.row.sealed) }
             guard let arena = SecureBytes(allocating: total, count: total) else { throw StoreError.outOfLockedMemory }
             var out: [String: SecureBytes] = [:]
+            out.reserveCapacity(rows.count)
             var offset = 0
             for r in rows {
                 let size = Envelope.plaintextSize(r.row.sealed)
