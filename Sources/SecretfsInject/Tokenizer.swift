@@ -332,7 +332,7 @@ struct JSTokenizer {
                 complete = scanTemplate(&tok, templateStart: top.1, continuation: true)
             } else if c == 0x22 || c == 0x27 {
                 complete = scanString(&tok, quote: c)
-            } else if Self.isIDStart(c) || c == 0x5C {
+            } else if (c < 0x80 ? Self.isASCIIIDChar(c, first: true) : Self.isIDStart(c)) || c == 0x5C {
                 scanIdentifier(&tok)
             } else if c == 0x23 { // #
                 advance()
@@ -386,9 +386,20 @@ struct JSTokenizer {
             }
             if atEnd { return }
             let c = current
-            if Self.isWhitespace(c) || Self.isLineTerminator(c) {
+            if c < 0x80 {
+                // ASCII: the other white space and line terminators, or a
+                // comment, or the end of the trivia (isWhitespace and
+                // isLineTerminator, without their Unicode lookups).
+                if c == 0x0A || c == 0x0D || c == 0x0B || c == 0x0C {
+                    advance()
+                    continue
+                }
+                if c != 0x2F { return }
+            } else if Self.isWhitespace(c) || Self.isLineTerminator(c) {
                 advance()
-            } else if c == 0x2F && byte(i + 1) == 0x2F {
+                continue
+            }
+            if c == 0x2F && byte(i + 1) == 0x2F {
                 while i < src.count {
                     let b = src[i]
                     if b == 0x0A || b == 0x0D { break }
