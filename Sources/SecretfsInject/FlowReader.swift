@@ -103,7 +103,10 @@ struct FlowReader {
     }
 
     /// The component this node sits at in its parent, and whether it is a key.
-    func placement() -> (Component?, isKey: Bool) {
+    /// (Static, over the frames alone: as a method called from the mutating
+    /// event handlers, the release build copied the whole reader, 272 bytes,
+    /// for every event.)
+    static func placement(_ frames: [Frame]) -> (Component?, isKey: Bool) {
         guard let top = frames.last else { return (nil, false) }
         switch top.kind {
         case .mapping(let expectKey): return expectKey ? (nil, true) : (.key(top.key), false)
@@ -148,8 +151,9 @@ struct FlowReader {
         return doc.paths.render(n)
     }
 
-    /// Whether the scalar about to be read is `blocks[b].name`.
-    func blockNameIndex(_ component: Component?) -> Int? {
+    /// Whether the scalar about to be read is `blocks[b].name` (static, as
+    /// `placement`).
+    static func blockNameIndex(_ frames: [Frame], _ component: Component?) -> Int? {
         guard frames.count == 3, frames[0].component == nil, frames[1].component == .key("blocks"),
               case .index(let b)? = frames[2].component, component == .key("name") else { return nil }
         return b
@@ -193,7 +197,7 @@ struct FlowReader {
             scalar(&event)
         case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
             let isSequence = event.type == YAML_SEQUENCE_START_EVENT
-            let (component, isKey) = placement()
+            let (component, isKey) = Self.placement(frames)
             guard frames.count < doc.limits.maxNestingDepth else {
                 let place = context(at: component)
                 doc.stopReading(line: line, column: column, "flow: nesting deeper than \(doc.limits.maxNestingDepth) levels",
@@ -218,7 +222,7 @@ struct FlowReader {
         case YAML_ALIAS_EVENT:
             let name = FlowReader.string(event.data.alias.anchor) ?? ""
             if let mark = rewrittenAnchors[name] {
-                let place = context(at: placement().0)
+                let place = context(at: Self.placement(frames).0)
                 doc.documentProblem(line: line, column: column,
                                     "flow: *\(name) is an alias of an !expr that references secrets (&\(name) at \(mark.line):\(mark.column)); write the expression again instead of aliasing it",
                                     context: place)
@@ -232,11 +236,11 @@ struct FlowReader {
     mutating func scalar(_ event: inout yaml_event_t) {
         let line = Int(event.start_mark.line) + 1
         let column = Int(event.start_mark.column) + 1
-        let (component, isKey) = placement()
+        let (component, isKey) = Self.placement(frames)
         let data = event.data.scalar
         let isExpr = FlowReader.isExprTag(data.tag)
         let anchor = FlowReader.string(data.anchor)
-        let blockIndex = isKey ? nil : blockNameIndex(component)
+        let blockIndex = isKey ? nil : Self.blockNameIndex(frames, component)
         // Only keys, block names and expressions need the value itself, and
         // only an expression keeps its bytes (libyaml's copy lives until the
         // event is deleted).

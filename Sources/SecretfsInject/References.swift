@@ -157,12 +157,12 @@ struct TokenWindow {
     mutating func nextSecrets() -> JSToken? {
         while true {
             if let t = ahead.first {
-                if lexer.isSecrets(t) { return t }
+                if JSTokenizer.isSecrets(t, in: lexer.src) { return t }
                 previous = ahead.removeFirst()
                 continue
             }
             guard let t = lexer.next() else { return nil }
-            if lexer.isSecrets(t) {
+            if JSTokenizer.isSecrets(t, in: lexer.src) {
                 if ahead.capacity < 8 { ahead.reserveCapacity(8) }
                 ahead.append(t)
                 return t

@@ -671,9 +671,14 @@ struct JSTokenizer {
 
     /// Whether `t` is the identifier `secrets` (also when spelled with escapes,
     /// `secr\u0065ts`). Without an escape, compared as bytes.
-    func isSecrets(_ t: JSToken) -> Bool {
+    func isSecrets(_ t: JSToken) -> Bool { Self.isSecrets(t, in: src) }
+
+    /// The same over the source bytes alone: called for every token, and a
+    /// call on the tokenizer held inside the token window copied the whole
+    /// tokenizer (257 bytes) each time in the release build.
+    static func isSecrets(_ t: JSToken, in src: [UInt8]) -> Bool {
         guard t.kind == .identifier else { return false }
-        guard !t.hasEscape else { return name(of: t) == "secrets" }
+        guard !t.hasEscape else { return JSTokenizer(src).name(of: t) == "secrets" }
         guard t.end - t.start == 7 else { return false }
         return src[t.start] == 0x73 && src[t.start + 1] == 0x65 && src[t.start + 2] == 0x63 && src[t.start + 3] == 0x72
             && src[t.start + 4] == 0x65 && src[t.start + 5] == 0x74 && src[t.start + 6] == 0x73
