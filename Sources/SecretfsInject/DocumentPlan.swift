@@ -109,7 +109,9 @@ struct DocumentPlan: Sendable {
     private(set) var problemCount = 0
     /// The `.limit` problem that stopped the reading (listed after all others).
     private(set) var stop: InjectionProblem?
-    var stopped: Bool { stop != nil }
+    /// `stop != nil`, kept as a flag: the readers test it for every event
+    /// and token, and testing the optional copied the whole problem each time.
+    private(set) var stopped = false
 
     init(source: [UInt8], format: InjectionFormat, limits: InjectionLimits) {
         self.source = source
@@ -139,8 +141,9 @@ struct DocumentPlan: Sendable {
 
     /// A limit reached: the reader reads no further.
     mutating func stopReading(line: Int, column: Int, _ message: String, context: String = "") {
-        guard stop == nil else { return }
+        guard !stopped else { return }
         stop = InjectionProblem(kind: .limit, context: context, line: line, column: column, message: message)
+        stopped = true
     }
 
     enum SiteAnalysis {

@@ -120,7 +120,9 @@ extension ByteSink {
     /// the caller), written through `outer`.
     mutating func putJSStringLiteral(_ value: UnsafeRawBufferPointer, outer: OuterEscaping) {
         put(scalar: 0x22, outer: outer)
-        forEachScalar(value) { putJSStringChar($0, outer: outer) }
+        forEachRun(value) { run, plain in
+            if plain { put(run: run) } else { forEachScalar(run) { putJSStringChar($0, outer: outer) } }
+        }
         put(scalar: 0x22, outer: outer)
     }
 
@@ -131,8 +133,43 @@ extension ByteSink {
             return
         }
         bytes.withUnsafeBytes { raw in
-            forEachScalar(raw) { put(scalar: $0, outer: outer) }
+            forEachRun(raw) { run, plain in
+                if plain { put(run: run) } else { forEachScalar(run) { put(scalar: $0, outer: outer) } }
+            }
         }
+    }
+}
+
+/// Whether byte `b` is written as itself inside a JavaScript double-quoted
+/// string and through every `OuterEscaping`: printable ASCII except `"` and
+/// `\` (see `putJSStringChar`, `putYAMLDoubleQuoted`, `putJSONEscaped`).
+@inline(__always)
+func isPlainByte(_ b: UInt8) -> Bool {
+    b >= 0x20 && b <= 0x7E && b != 0x22 && b != 0x5C
+}
+
+/// Splits `bytes` into runs of plain bytes (`isPlainByte`, passed with
+/// `plain` true, to be copied as they are) and the runs between them, each
+/// of which starts at a byte that needs escaping and goes up to the next
+/// ASCII byte. A run never splits a UTF-8 sequence, valid or not (ASCII is
+/// never part of one), so decoding the other runs one by one gives the
+/// scalars, and the U+FFFD of invalid bytes, that decoding the whole does.
+@inline(__always)
+func forEachRun(_ bytes: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer, _ plain: Bool) -> Void) {
+    let n = bytes.count
+    var p = 0
+    while p < n {
+        var q = p
+        while q < n && isPlainByte(bytes[q]) { q += 1 }
+        if q > p {
+            body(UnsafeRawBufferPointer(rebasing: bytes[p..<q]), true)
+            p = q
+            if p == n { return }
+        }
+        q = p + 1
+        while q < n && bytes[q] >= 0x80 { q += 1 }
+        body(UnsafeRawBufferPointer(rebasing: bytes[p..<q]), false)
+        p = q
     }
 }
 
@@ -165,4 +202,5 @@ func jsonQuoted(_ s: String) -> [UInt8] {
 struct ArrayByteSink: ByteSink {
     var bytes: [UInt8] = []
     mutating func put(_ byte: UInt8) { bytes.append(byte) }
+    mutating func put(run: UnsafeRawBufferPointer) { bytes.append(contentsOf: run) }
 }

@@ -50,6 +50,11 @@ struct FlowReader {
     var copied = 0
     var charCursor = (char: 0, byte: 0)
 
+    static let space: [UInt8] = [0x20]
+    static let exprTag = Array("!expr".utf8)
+    static let spaceQuote = Array(" \"".utf8)
+    static let quote: [UInt8] = [0x22]
+
     static func read(into doc: inout DocumentPlan) {
         var r = FlowReader(src: doc.source, doc: doc)
         r.run()
@@ -65,11 +70,25 @@ struct FlowReader {
     /// character, and CRLF as two). Indexes are asked in increasing order.
     mutating func byteOffset(ofChar index: Int) -> Int {
         if index < charCursor.char { charCursor = (0, 0) }
-        while charCursor.char < index && charCursor.byte < src.count {
-            charCursor.byte += decodeUTF8(src, charCursor.byte).1
-            charCursor.char += 1
+        var (char, byte) = charCursor
+        // Every byte of the file passes here once: ASCII is one character
+        // of one byte without decoding.
+        src.withUnsafeBufferPointer { b in
+            let raw = UnsafeRawBufferPointer(b)
+            while char < index && byte < b.count {
+                // Eight ASCII bytes at a time while they fit.
+                if index - char >= 8 && b.count - byte >= 8
+                    && raw.loadUnaligned(fromByteOffset: byte, as: UInt64.self) & 0x8080_8080_8080_8080 == 0 {
+                    byte += 8
+                    char += 8
+                    continue
+                }
+                byte += b[byte] < 0x80 ? 1 : decodeUTF8(src, byte).1
+                char += 1
+            }
         }
-        return charCursor.byte
+        charCursor = (char, byte)
+        return byte
     }
 
     static func string(_ p: UnsafeMutablePointer<yaml_char_t>?) -> String? {
@@ -77,8 +96,17 @@ struct FlowReader {
         return String(cString: UnsafeRawPointer(p).assumingMemoryBound(to: CChar.self))
     }
 
+    /// Whether a tag is `!expr` (`string(p) == "!expr"`, without making the String).
+    static func isExprTag(_ p: UnsafeMutablePointer<yaml_char_t>?) -> Bool {
+        guard let p else { return false }
+        return p[0] == 0x21 && p[1] == 0x65 && p[2] == 0x78 && p[3] == 0x70 && p[4] == 0x72 && p[5] == 0
+    }
+
     /// The component this node sits at in its parent, and whether it is a key.
-    func placement() -> (Component?, isKey: Bool) {
+    /// (Static, over the frames alone: as a method called from the mutating
+    /// event handlers, the release build copied the whole reader, 272 bytes,
+    /// for every event.)
+    static func placement(_ frames: [Frame]) -> (Component?, isKey: Bool) {
         guard let top = frames.last else { return (nil, false) }
         switch top.kind {
         case .mapping(let expectKey): return expectKey ? (nil, true) : (.key(top.key), false)
@@ -123,8 +151,9 @@ struct FlowReader {
         return doc.paths.render(n)
     }
 
-    /// Whether the scalar about to be read is `blocks[b].name`.
-    func blockNameIndex(_ component: Component?) -> Int? {
+    /// Whether the scalar about to be read is `blocks[b].name` (static, as
+    /// `placement`).
+    static func blockNameIndex(_ frames: [Frame], _ component: Component?) -> Int? {
         guard frames.count == 3, frames[0].component == nil, frames[1].component == .key("blocks"),
               case .index(let b)? = frames[2].component, component == .key("name") else { return nil }
         return b
@@ -168,7 +197,7 @@ struct FlowReader {
             scalar(&event)
         case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
             let isSequence = event.type == YAML_SEQUENCE_START_EVENT
-            let (component, isKey) = placement()
+            let (component, isKey) = Self.placement(frames)
             guard frames.count < doc.limits.maxNestingDepth else {
                 let place = context(at: component)
                 doc.stopReading(line: line, column: column, "flow: nesting deeper than \(doc.limits.maxNestingDepth) levels",
@@ -193,7 +222,7 @@ struct FlowReader {
         case YAML_ALIAS_EVENT:
             let name = FlowReader.string(event.data.alias.anchor) ?? ""
             if let mark = rewrittenAnchors[name] {
-                let place = context(at: placement().0)
+                let place = context(at: Self.placement(frames).0)
                 doc.documentProblem(line: line, column: column,
                                     "flow: *\(name) is an alias of an !expr that references secrets (&\(name) at \(mark.line):\(mark.column)); write the expression again instead of aliasing it",
                                     context: place)
@@ -207,15 +236,17 @@ struct FlowReader {
     mutating func scalar(_ event: inout yaml_event_t) {
         let line = Int(event.start_mark.line) + 1
         let column = Int(event.start_mark.column) + 1
-        let (component, isKey) = placement()
+        let (component, isKey) = Self.placement(frames)
         let data = event.data.scalar
-        let isExpr = FlowReader.string(data.tag) == "!expr"
+        let isExpr = FlowReader.isExprTag(data.tag)
         let anchor = FlowReader.string(data.anchor)
-        let blockIndex = isKey ? nil : blockNameIndex(component)
-        // Only keys, block names and expressions need the value itself.
-        let value = isExpr || isKey || blockIndex != nil
-            ? Array(UnsafeBufferPointer(start: data.value, count: Int(data.length))) : []
-        if let blockIndex { doc.paths.blockNames[blockIndex] = String(decoding: value, as: UTF8.self) }
+        let blockIndex = isKey ? nil : Self.blockNameIndex(frames, component)
+        // Only keys, block names and expressions need the value itself, and
+        // only an expression keeps its bytes (libyaml's copy lives until the
+        // event is deleted).
+        let bytes = UnsafeBufferPointer(start: data.value, count: Int(data.length))
+        let value = isExpr ? Array(bytes) : []
+        if let blockIndex { doc.paths.blockNames[blockIndex] = String(decoding: bytes, as: UTF8.self) }
         var rewritten = false
         if isExpr {
             if isKey || (frames.last?.inKey ?? false) {
@@ -231,7 +262,7 @@ struct FlowReader {
         }
         if let anchor { rewrittenAnchors[anchor] = rewritten ? (line, column) : nil }
         if rewritten, !frames.isEmpty { frames[frames.count - 1].holdsRewrite = true }
-        finishNode(keyText: isKey ? String(decoding: value, as: UTF8.self) : nil)
+        finishNode(keyText: isKey ? String(decoding: bytes, as: UTF8.self) : nil)
     }
 
     /// An `!expr` scalar in value position. Returns whether it holds a
@@ -318,13 +349,12 @@ struct FlowReader {
             pieces.append(.raw(copied..<start))
             // The anchor and tag as written: under a `%TAG` directive a
             // plain `!expr` could name another tag than `!<!expr>` did.
-            var prefix: [UInt8] = []
-            if let anchorText { prefix += src[anchorText] + [0x20] }
-            prefix += tagText.map { Array(src[$0]) } ?? Array("!expr".utf8)
-            prefix += Array(" \"".utf8)
-            pieces.append(.text(prefix))
+            // (Spans of the file and shared constants: no array per site.)
+            if let anchorText { pieces.append(.raw(anchorText)); pieces.append(.text(Self.space)) }
+            pieces.append(tagText.map { .raw($0) } ?? .text(Self.exprTag))
+            pieces.append(.text(Self.spaceQuote))
             pieces.append(.expression(doc.sites.count - 1, .yamlDoubleQuoted))
-            pieces.append(.text([0x22] + (headerComment.isEmpty ? [] : [0x20] + headerComment)))
+            pieces.append(.text(headerComment.isEmpty ? Self.quote : [0x22, 0x20] + headerComment))
             copied = end
         }
         return true

@@ -72,16 +72,26 @@ public struct InjectionScan: Sendable {
     init(format: InjectionFormat, plan: DocumentPlan) {
         self.format = format
         self.plan = plan
+        // Read in place: a `for site in plan.sites` copies every site (and
+        // retains its arrays) just to look at it.
         var names = Set<String>()
         var count = 0
-        for site in plan.sites {
-            for r in site.analysis.references { names.insert(r.name) }
-            count += site.analysis.references.count
+        var withProblems: [Int] = []
+        plan.sites.withUnsafeBufferPointer { sites in
+            for i in sites.indices { count += sites[i].analysis.references.count }
+            names.reserveCapacity(count)
+            for i in sites.indices {
+                sites[i].analysis.references.withUnsafeBufferPointer { refs in
+                    for j in refs.indices { names.insert(refs[j].name) }
+                }
+                if !sites[i].analysis.problems.isEmpty { withProblems.append(i) }
+            }
         }
         referencedNames = names.sorted()
         referenceCount = count
         var list = plan.documentProblems
-        for site in plan.sites where !site.analysis.problems.isEmpty {
+        for i in withProblems {
+            let site = plan.sites[i]
             let context = plan.context(site.context)
             var locate = SiteLocator(file: plan.source, site: site)
             for p in site.analysis.problems {

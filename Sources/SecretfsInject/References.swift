@@ -131,6 +131,8 @@ struct TokenWindow {
 
     /// The token `n` places ahead (0 is the current one), or nil past the end.
     mutating func peek(_ n: Int) -> JSToken? {
+        // A reference looks at most six tokens ahead: room for them at once.
+        if ahead.capacity < 8 { ahead.reserveCapacity(8) }
         while ahead.count <= n {
             guard let t = lexer.next() else { return nil }
             ahead.append(t)
@@ -155,12 +157,13 @@ struct TokenWindow {
     mutating func nextSecrets() -> JSToken? {
         while true {
             if let t = ahead.first {
-                if t.kind == .identifier && t.text == "secrets" { return t }
+                if JSTokenizer.isSecrets(t, in: lexer.src) { return t }
                 previous = ahead.removeFirst()
                 continue
             }
             guard let t = lexer.next() else { return nil }
-            if t.kind == .identifier && t.text == "secrets" {
+            if JSTokenizer.isSecrets(t, in: lexer.src) {
+                if ahead.capacity < 8 { ahead.reserveCapacity(8) }
                 ahead.append(t)
                 return t
             }
@@ -176,12 +179,11 @@ struct TokenWindow {
         while let t = peek(0) {
             consume(1)
             guard t.kind == .punctuator else { continue }
-            switch t.text {
-            case "(", "[", "{": depth += 1
-            case ")", "]", "}":
+            if t.isPunctuator("(") || t.isPunctuator("[") || t.isPunctuator("{") {
+                depth += 1
+            } else if t.isPunctuator(")") || t.isPunctuator("]") || t.isPunctuator("}") {
                 depth -= 1
-                if depth == 0 { return t.text == "]" ? t.end : nil }
-            default: break
+                if depth == 0 { return t.isPunctuator("]") ? t.end : nil }
             }
         }
         return nil
@@ -208,9 +210,11 @@ struct ReferenceFinder {
         maxReferences = budget.references
     }
 
-    static let assignmentOperators: Set<String> = [
-        "=", "+=", "-=", "*=", "/=", "%=", "**=", "<<=", ">>=", ">>>=", "&=", "|=", "^=",
-        "&&=", "||=", "??=", "++", "--",
+    static let assignmentOperators: Set<UInt32> = [
+        JSToken.code("="), JSToken.code("+="), JSToken.code("-="), JSToken.code("*="), JSToken.code("/="),
+        JSToken.code("%="), JSToken.code("**="), JSToken.code("<<="), JSToken.code(">>="), JSToken.code(">>>="),
+        JSToken.code("&="), JSToken.code("|="), JSToken.code("^="), JSToken.code("&&="), JSToken.code("||="),
+        JSToken.code("??="), JSToken.code("++"), JSToken.code("--"),
     ]
 
     var stopped: Bool { referencesExceededAt != nil || tokens.lexer.problemsExceeded }
@@ -262,15 +266,15 @@ struct ReferenceFinder {
             if let next, next.isPunctuator(".") || next.isPunctuator("?.") {
                 let after = tokens.peek(2)
                 if let after, after.kind == .identifier {
-                    found = (after.text, 2)
-                } else if let after, next.text == "?.", after.isPunctuator("[") {
+                    found = (tokens.lexer.name(of: after), 2)
+                } else if let after, next.isPunctuator("?."), after.isPunctuator("[") {
                     guard let key = bracket(t, at: 2) else { continue }
                     found = key
                 } else if let after, after.kind == .privateName {
-                    report(.notStatic, t, "secrets.#\(after.text) is not a secret reference; hint: use secrets.NAME")
+                    report(.notStatic, t, "secrets.#\(tokens.lexer.name(of: after)) is not a secret reference; hint: use secrets.NAME")
                     last = 2
                 } else {
-                    report(.syntax, t, "expected a secret name after 'secrets\(next.text)'")
+                    report(.syntax, t, "expected a secret name after 'secrets\(next.punctuatorText)'")
                     last = 1
                 }
             } else if let next, next.isPunctuator("[") {
@@ -305,9 +309,9 @@ struct ReferenceFinder {
     /// offset of `]` for a static key; otherwise reports the reference, moves
     /// past its brackets and returns nil.
     mutating func bracket(_ t: JSToken, at b: Int) -> (name: String, last: Int)? {
-        if let inner = tokens.peek(b + 1), inner.kind == .string || inner.kind == .templateNoSubstitution,
-           inner.cookedValid, let close = tokens.peek(b + 2), close.isPunctuator("]") {
-            return (inner.text, b + 2)
+        if let inner = tokens.peek(b + 1), inner.kind == .string || inner.kind == .templateNoSubstitution {
+            let (key, valid) = tokens.lexer.cookedValue(of: inner)
+            if valid, let close = tokens.peek(b + 2), close.isPunctuator("]") { return (key, b + 2) }
         }
         tokens.consume(b)
         let end = tokens.skipBracketed()
@@ -325,7 +329,7 @@ struct ReferenceFinder {
             report(.invalidName, t, "invalid secret name \(displayQuoted(name)); names match [A-Za-z_][A-Za-z0-9_]*")
             return
         }
-        if let following, following.kind == .punctuator, Self.assignmentOperators.contains(following.text) {
+        if let following, following.kind == .punctuator, Self.assignmentOperators.contains(following.punctuator) {
             report(.assignment, t, "secrets.\(name) cannot be assigned to")
             return
         }

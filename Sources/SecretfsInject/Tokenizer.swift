@@ -20,11 +20,11 @@
 /// known blind spot of every such heuristic.)
 struct JSToken {
     enum Kind: Equatable {
-        case identifier      // `text` is the decoded name
+        case identifier      // `JSTokenizer.name(of:)` is the decoded name
         case privateName     // `#name`
-        case punctuator      // `text` is the punctuator
+        case punctuator      // `punctuator` is its bytes
         case number
-        case string          // `text` is the cooked value, `cookedValid` tells if it decoded
+        case string          // `JSTokenizer.cookedValue(of:)` is the cooked value
         case templateNoSubstitution
         case templateHead
         case templateMiddle
@@ -39,13 +39,38 @@ struct JSToken {
     var line: Int
     var column: Int
     var scalarIndex: Int    // scalars before `start`
-    var text: String = ""
-    var cookedValid = true
+    /// A punctuator's bytes, the first in the low byte (`JSToken.code`).
+    var punctuator: UInt32 = 0
+    /// An identifier or private name spelled with a `\u` escape.
     var hasEscape = false
     /// The innermost open bracket when this token was read.
     var enclosing: Opener = .none
 
-    func isPunctuator(_ p: String) -> Bool { kind == .punctuator && text == p }
+    // A token holds no text: an identifier's name and a literal's cooked
+    // value are read from the source when asked (`JSTokenizer.name(of:)`,
+    // `cookedValue(of:)`), which is for a few tokens around each `secrets`.
+    // Making a String for every token was most of the tokenizer's time.
+
+    /// The code of punctuator `p` (one to four ASCII bytes).
+    @inline(__always)
+    static func code(_ p: StaticString) -> UInt32 {
+        var c: UInt32 = 0
+        p.withUTF8Buffer { b in
+            for k in 0..<min(b.count, 4) { c |= UInt32(b[k]) << (8 * UInt32(k)) }
+        }
+        return c
+    }
+
+    @inline(__always)
+    func isPunctuator(_ p: StaticString) -> Bool { kind == .punctuator && punctuator == Self.code(p) }
+
+    /// A punctuator's text, for messages.
+    var punctuatorText: String {
+        var bytes: [UInt8] = []
+        var c = punctuator
+        while c != 0 { bytes.append(UInt8(c & 0xFF)); c >>= 8 }
+        return String(decoding: bytes, as: UTF8.self)
+    }
 }
 
 struct SourcePosition: Equatable {
@@ -139,6 +164,12 @@ struct JSTokenizer {
     private var beforeLast: JSToken?
     private var started = false
     private(set) var finished = false
+    /// Whether literals build their cooked value and identifiers their
+    /// decoded name (in `cooked`): only the tokenizer that `cookedValue(of:)`
+    /// or `name(of:)` runs again over one token does.
+    private var cooking = false
+    private var cooked = String.UnicodeScalarView()
+    private var cookedValid = true
 
     init(_ bytes: [UInt8], maxDepth: Int = .max, maxProblems: Int = .max) {
         self.src = bytes
@@ -147,13 +178,24 @@ struct JSTokenizer {
     }
 
     // MARK: scalar access
+    //
+    // ASCII is read inline, byte by byte; only other bytes go through
+    // `decodeUTF8`. Same scalars, lines and columns either way.
 
     /// The scalar at byte offset `at` and its length in bytes; invalid UTF-8
     /// reads as U+FFFD of length 1.
-    func scalar(at p: Int) -> (UInt32, Int) { decodeUTF8(src, p) }
+    @inline(__always)
+    func scalar(at p: Int) -> (UInt32, Int) {
+        if p < src.count, src[p] < 0x80 { return (UInt32(src[p]), 1) }
+        return decodeUTF8(src, p)
+    }
 
-    var atEnd: Bool { i >= src.count }
-    var current: UInt32 { scalar(at: i).0 }
+    @inline(__always) var atEnd: Bool { i >= src.count }
+    @inline(__always) var current: UInt32 {
+        guard i < src.count else { return 0 }
+        let b = src[i]
+        return b < 0x80 ? UInt32(b) : decodeUTF8(src, i).0
+    }
     func peek(_ offsetScalars: Int = 1) -> UInt32 {
         var p = i
         for _ in 0..<offsetScalars {
@@ -162,14 +204,28 @@ struct JSTokenizer {
         }
         return p < src.count ? scalar(at: p).0 : 0
     }
-    func byte(_ p: Int) -> UInt8 { p < src.count ? src[p] : 0 }
+    @inline(__always) func byte(_ p: Int) -> UInt8 { p < src.count ? src[p] : 0 }
 
     var position: SourcePosition { SourcePosition(line: line, column: column, scalarIndex: scalarIndex) }
 
     /// Consumes one scalar, keeping line and column. CRLF is one line break.
+    @inline(__always)
     mutating func advance() {
         guard i < src.count else { return }
-        let (s, n) = scalar(at: i)
+        let b = src[i]
+        guard b < 0x80 else { return advanceNonASCII() }
+        i += 1
+        scalarIndex += 1
+        if b == 0x0A || (b == 0x0D && byte(i) != 0x0A) {
+            line += 1
+            column = 1
+        } else {
+            column += 1
+        }
+    }
+
+    private mutating func advanceNonASCII() {
+        let (s, n) = decodeUTF8(src, i)
         if s == 0xFFFD && n == 1 && !reportedBadUTF8 {
             reportedBadUTF8 = true
             problem(at: position, "the expression is not valid UTF-8")
@@ -199,9 +255,12 @@ struct JSTokenizer {
             depthExceeded = true
             return
         }
+        // Room for the usual nesting at once, not grown one level at a time.
+        if stack.capacity < 8 { stack.reserveCapacity(8) }
         stack.append((opener, p))
     }
 
+    @inline(__always)
     static func isLineTerminator(_ s: UInt32) -> Bool {
         s == 0x0A || s == 0x0D || s == 0x2028 || s == 0x2029
     }
@@ -273,7 +332,7 @@ struct JSTokenizer {
                 complete = scanTemplate(&tok, templateStart: top.1, continuation: true)
             } else if c == 0x22 || c == 0x27 {
                 complete = scanString(&tok, quote: c)
-            } else if Self.isIDStart(c) || c == 0x5C {
+            } else if (c < 0x80 ? Self.isASCIIIDChar(c, first: true) : Self.isIDStart(c)) || c == 0x5C {
                 scanIdentifier(&tok)
             } else if c == 0x23 { // #
                 advance()
@@ -318,11 +377,41 @@ struct JSTokenizer {
     /// Whitespace, line terminators and comments.
     mutating func skipTrivia() {
         while !atEnd {
+            // Runs of spaces and tabs (indentation, mostly): one column and
+            // one scalar each, what `advance` does for them.
+            while i < src.count, src[i] == 0x20 || src[i] == 0x09 {
+                i += 1
+                column += 1
+                scalarIndex += 1
+            }
+            if atEnd { return }
             let c = current
-            if Self.isWhitespace(c) || Self.isLineTerminator(c) {
+            if c < 0x80 {
+                // ASCII: the other white space and line terminators, or a
+                // comment, or the end of the trivia (isWhitespace and
+                // isLineTerminator, without their Unicode lookups).
+                if c == 0x0A || c == 0x0D || c == 0x0B || c == 0x0C {
+                    advance()
+                    continue
+                }
+                if c != 0x2F { return }
+            } else if Self.isWhitespace(c) || Self.isLineTerminator(c) {
                 advance()
-            } else if c == 0x2F && byte(i + 1) == 0x2F {
-                while !atEnd && !Self.isLineTerminator(current) { advance() }
+                continue
+            }
+            if c == 0x2F && byte(i + 1) == 0x2F {
+                while i < src.count {
+                    let b = src[i]
+                    if b == 0x0A || b == 0x0D { break }
+                    if b < 0x80 {
+                        i += 1
+                        column += 1
+                        scalarIndex += 1
+                    } else {
+                        if Self.isLineTerminator(current) { break }
+                        advance()
+                    }
+                }
             } else if c == 0x2F && byte(i + 1) == 0x2A {
                 let pos = position
                 advance(); advance()
@@ -348,14 +437,14 @@ struct JSTokenizer {
         guard let prev = last else { return true }
         switch prev.kind {
         case .punctuator:
-            return !(prev.text == ")" || prev.text == "]" || prev.text == "}"
-                     || prev.text == "++" || prev.text == "--")
+            return !(prev.isPunctuator(")") || prev.isPunctuator("]") || prev.isPunctuator("}")
+                     || prev.isPunctuator("++") || prev.isPunctuator("--"))
         case .identifier:
             // A keyword used as a property name (`x.typeof / 2`) is an operand.
             if let b = beforeLast, b.isPunctuator(".") || b.isPunctuator("?.") {
                 return false
             }
-            return !prev.hasEscape && regexKeywords.contains(prev.text)
+            return !prev.hasEscape && regexKeywords.contains(name(of: prev))
         case .templateHead, .templateMiddle:
             return true
         default:
@@ -368,8 +457,6 @@ struct JSTokenizer {
     /// After the opening backtick or the `}` that closes a substitution.
     /// Returns false when the input ended inside the template.
     mutating func scanTemplate(_ tok: inout JSToken, templateStart: SourcePosition, continuation: Bool) -> Bool {
-        var cooked = String.UnicodeScalarView()
-        var valid = true
         while true {
             if atEnd {
                 problem(at: templateStart, "unterminated template literal")
@@ -388,21 +475,19 @@ struct JSTokenizer {
                 break
             }
             if c == 0x5C {
-                if !scanEscape(into: &cooked, inTemplate: true) { valid = false }
+                if !scanEscape(inTemplate: true) { cookedValid = false }
                 continue
             }
             // CR and CRLF in template text cook to LF.
             if c == 0x0D {
                 advance()
                 if !atEnd && current == 0x0A { advance() }
-                cooked.append("\n")
+                if cooking { cooked.append("\n") }
                 continue
             }
-            if let u = Unicode.Scalar(c) { cooked.append(u) }
+            if cooking, let u = Unicode.Scalar(c) { cooked.append(u) }
             advance()
         }
-        tok.text = String(cooked)
-        tok.cookedValid = valid
         return true
     }
 
@@ -410,8 +495,6 @@ struct JSTokenizer {
     mutating func scanString(_ tok: inout JSToken, quote: UInt32) -> Bool {
         let pos = position
         advance()
-        var cooked = String.UnicodeScalarView()
-        var valid = true
         while true {
             if atEnd || current == 0x0A || current == 0x0D {
                 problem(at: pos, "unterminated string literal")
@@ -423,29 +506,30 @@ struct JSTokenizer {
                 break
             }
             if c == 0x5C {
-                if !scanEscape(into: &cooked, inTemplate: false) { valid = false }
+                if !scanEscape(inTemplate: false) { cookedValid = false }
                 continue
             }
-            if let u = Unicode.Scalar(c) { cooked.append(u) }
+            if cooking, let u = Unicode.Scalar(c) { cooked.append(u) }
             advance()
         }
         tok.kind = .string
-        tok.text = String(cooked)
-        tok.cookedValid = valid
         return true
     }
 
     /// At a backslash inside a string or template: consumes the escape and
-    /// appends its cooked value. Returns false for a malformed escape (the
-    /// cooked value is then unknown; in a string that is a syntax error the
-    /// engine reports, in a tagged template it is legal).
-    mutating func scanEscape(into cooked: inout String.UnicodeScalarView, inTemplate: Bool) -> Bool {
+    /// appends its cooked value (when `cooking`). Returns false for a
+    /// malformed escape (the cooked value is then unknown; in a string that
+    /// is a syntax error the engine reports, in a tagged template it is legal).
+    mutating func scanEscape(inTemplate: Bool) -> Bool {
         advance() // backslash
         if atEnd { return false }
         let c = current
         func append(_ v: UInt32) -> Bool {
-            guard let u = Unicode.Scalar(v) else { cooked.append("\u{FFFD}"); return false }
-            cooked.append(u)
+            guard let u = Unicode.Scalar(v) else {
+                if cooking { cooked.append("\u{FFFD}") }
+                return false
+            }
+            if cooking { cooked.append(u) }
             return true
         }
         switch c {
@@ -529,8 +613,9 @@ struct JSTokenizer {
         return v
     }
 
+    /// An identifier (or a private name's, after the `#`). Its decoded name
+    /// is built only when asked (`name(of:)` runs this again, cooking).
     mutating func scanIdentifier(_ tok: inout JSToken) {
-        var name = String.UnicodeScalarView()
         var first = true
         while !atEnd {
             let c = current
@@ -541,13 +626,13 @@ struct JSTokenizer {
                 guard let v = scanUnicodeEscapeBody(), let u = Unicode.Scalar(v),
                       first ? Self.isIDStart(v) : Self.isIDPart(v) else {
                     problem(at: pos, "invalid escape in identifier")
-                    name.append("\u{FFFD}")
+                    if cooking { cooked.append("\u{FFFD}") }
                     first = false
                     continue
                 }
-                name.append(u)
-            } else if first ? Self.isIDStart(c) : Self.isIDPart(c) {
-                if let u = Unicode.Scalar(c) { name.append(u) }
+                if cooking { cooked.append(u) }
+            } else if c < 0x80 ? Self.isASCIIIDChar(c, first: first) : (first ? Self.isIDStart(c) : Self.isIDPart(c)) {
+                if cooking, let u = Unicode.Scalar(c) { cooked.append(u) }
                 advance()
             } else {
                 break
@@ -555,7 +640,68 @@ struct JSTokenizer {
             first = false
         }
         tok.kind = .identifier
-        tok.text = String(name)
+    }
+
+    /// `isIDStart` / `isIDPart` of an ASCII scalar.
+    @inline(__always)
+    static func isASCIIIDChar(_ c: UInt32, first: Bool) -> Bool {
+        switch c {
+        case 0x24, 0x5F, 0x41...0x5A, 0x61...0x7A: return true
+        case 0x30...0x39: return !first
+        default: return false
+        }
+    }
+
+    // MARK: text of a token, on demand
+
+    /// The decoded name of an identifier or private name (without its `#`).
+    func name(of t: JSToken) -> String {
+        let from = t.kind == .privateName ? t.start + 1 : t.start
+        // Without an escape the name is its bytes, which are valid UTF-8:
+        // scanIdentifier stops at anything that does not decode to an ID
+        // character (invalid UTF-8 reads as U+FFFD).
+        guard t.hasEscape else { return String(decoding: src[from..<t.end], as: UTF8.self) }
+        var again = JSTokenizer(src)
+        again.cooking = true
+        again.i = from
+        var tok = t
+        again.scanIdentifier(&tok)
+        return String(again.cooked)
+    }
+
+    /// Whether `t` is the identifier `secrets` (also when spelled with escapes,
+    /// `secr\u0065ts`). Without an escape, compared as bytes.
+    func isSecrets(_ t: JSToken) -> Bool { Self.isSecrets(t, in: src) }
+
+    /// The same over the source bytes alone: called for every token, and a
+    /// call on the tokenizer held inside the token window copied the whole
+    /// tokenizer (257 bytes) each time in the release build.
+    static func isSecrets(_ t: JSToken, in src: [UInt8]) -> Bool {
+        guard t.kind == .identifier else { return false }
+        guard !t.hasEscape else { return JSTokenizer(src).name(of: t) == "secrets" }
+        guard t.end - t.start == 7 else { return false }
+        return src[t.start] == 0x73 && src[t.start + 1] == 0x65 && src[t.start + 2] == 0x63 && src[t.start + 3] == 0x72
+            && src[t.start + 4] == 0x65 && src[t.start + 5] == 0x74 && src[t.start + 6] == 0x73
+    }
+
+    /// The cooked value of a string literal or a template with no
+    /// substitution, and whether every escape in it is well formed: the
+    /// literal is read again, building its value, by the same code.
+    func cookedValue(of t: JSToken) -> (value: String, valid: Bool) {
+        var again = JSTokenizer(src)
+        again.cooking = true
+        again.i = t.start
+        var tok = t
+        switch t.kind {
+        case .string:
+            _ = again.scanString(&tok, quote: again.current)
+        case .templateNoSubstitution:
+            again.advance()
+            _ = again.scanTemplate(&tok, templateStart: again.position, continuation: false)
+        default:
+            return ("", false)
+        }
+        return (String(again.cooked), again.cookedValid)
     }
 
     mutating func scanNumber(_ tok: inout JSToken) {
@@ -618,7 +764,9 @@ struct JSTokenizer {
         let n = punctuatorLength(first, byte(i + 1), byte(i + 2), byte(i + 3))
         guard n > 0 else { return false }
         tok.kind = .punctuator
-        tok.text = String(decoding: src[i..<(i + n)], as: UTF8.self)
+        var code: UInt32 = 0
+        for k in 0..<n { code |= UInt32(src[i + k]) << (8 * UInt32(k)) }
+        tok.punctuator = code
         for _ in 0..<n { advance() }
         if n == 1 {
             switch first {

@@ -123,9 +123,11 @@ public final class PrivilegedClient: @unchecked Sendable {
     /// Large requests are split into several GETs (each audited by the mount).
     public func values(_ names: [String]) throws(ProtocolError) -> SecretValues {
         var unique: [String] = []
-        var seen = Set<String>()
+        var seen = Set<String>(minimumCapacity: names.count)
+        unique.reserveCapacity(names.count)
         for n in names where seen.insert(n).inserted { unique.append(n) }
         var result = SecretValues(projectVersion: Int64.max, sequence: UInt64.max, values: [:], missing: [])
+        result.values.reserveCapacity(unique.count)
         var start = 0
         while start < unique.count {
             let end = min(start + Wire.maxNamesPerGet, unique.count)

@@ -261,48 +261,40 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
     }
 
     /// GET → GET_REPLY (values in request order, then the missing names).
+    /// The reply is laid out once the names found and their sizes are known,
+    /// and each value is decrypted straight into its place in the frame
+    /// (ProjectVault.openValues), not into a buffer of its own first.
     private func handleGet(_ fd: Int32, _ names: [String], actor: Actor, peer: PeerCredentials) -> Bool {
-        var version: Int64 = 0
         let sequence = changeSequence
-        var values: [String: SecureBytes] = [:]
-        defer { for v in values.values { v.wipe() } }
+        let reply = GetReplyLayout(sequence: sequence, maxReplyFrame: limits.maxReplyFrame)
+        // The values' places in the frame wipe their ranges when they go, and
+        // the frame is wiped once sent (or not).
+        defer { reply.discard() }
         if !names.isEmpty {
             do {
-                version = try vault.currentVersion()
-                values = try vault.values(names, actor: actor)
+                reply.version = try vault.currentVersion()
+                try vault.openValues(names, actor: actor) { reply.layOut($0, $1) }
             } catch {
                 logger.error("GET failed", metadata: ["error": "\(error)", "uid": "\(peer.uid)"])
                 return sendStoreError(fd, error, "the store could not read the secrets")
             }
         } else {
-            version = (try? vault.currentVersion()) ?? 0
+            reply.version = (try? vault.currentVersion()) ?? 0
+            _ = reply.layOut([], [])
         }
-        let found = names.filter { values[$0] != nil }
-        let missing = names.filter { values[$0] == nil }
-        var size = 8 + 8 + 4 + 4
-        for n in found { size += Wire.textSize(n) + 4 + values[n]!.count }
-        for n in missing { size += Wire.textSize(n) }
-        guard size + Wire.headerSize <= limits.maxReplyFrame else {
+        switch reply.refusal {
+        case .tooLarge(let found, let size)?:
             return sendError(fd, .replyTooLarge,
-                             "the \(found.count) values asked for need \(size) bytes; the limit is \(limits.maxReplyFrame)")
-        }
-        guard let b = FrameBuilder(allocatingReply: Wire.MessageType.getReply.rawValue, bodySize: size) else {
+                             "the \(found) values asked for need \(size) bytes; the limit is \(limits.maxReplyFrame)")
+        case .outOfMemory(let size)?:
             logger.error("GET: out of locked memory for the reply", metadata: ["bytes": "\(size)"])
             return sendError(fd, .internalError, "the mount is out of memory for this reply; ask for fewer names")
+        case nil:
+            break
         }
-        b.i64(version)
-        b.u64(sequence)
-        b.u32(UInt32(found.count))
-        for n in found {
-            b.text(n)
-            b.value(values[n]!)
-        }
-        b.u32(UInt32(missing.count))
-        for n in missing { b.text(n) }
-        let frame = b.finish()
-        defer { frame.wipe() }
+        guard let frame = reply.finish() else { return sendError(fd, .internalError, "the reply could not be built") }
         logger.info("get", metadata: ["uid": "\(peer.uid)", "pid": "\(peer.pid)", "names": "\(names.joined(separator: ","))",
-                                      "found": "\(found.count)"])
+                                      "found": "\(reply.foundCount)"])
         return SocketIO.sendAll(fd, frame)
     }
 
@@ -383,5 +375,79 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
                 return true
             }
         }
+    }
+}
+
+/// A GET_REPLY laid out around the values before they are opened: the
+/// header, each found name with room for its value (slices of the frame,
+/// which the vault decrypts into), then the missing names.
+private final class GetReplyLayout {
+    enum Refusal { case tooLarge(found: Int, size: Int), outOfMemory(size: Int) }
+
+    let sequence: UInt64
+    let maxReplyFrame: Int
+    var version: Int64 = 0
+    private(set) var refusal: Refusal?
+    private(set) var foundCount = 0
+    private var builder: FrameBuilder?
+    private var frame: SecureBytes?
+    /// Each wipes its range of the frame when it goes: kept until `discard`.
+    private var places: [SecureBytes] = []
+
+    init(sequence: UInt64, maxReplyFrame: Int) {
+        self.sequence = sequence
+        self.maxReplyFrame = maxReplyFrame
+    }
+
+    /// The frame for `found` (with their value sizes) and `missing`, and the
+    /// place of each value in it; nil (and `refusal` set) when the frame is
+    /// over the limit or its locked memory cannot be had.
+    func layOut(_ found: [(name: String, size: Int)], _ missing: [String]) -> [SecureBytes]? {
+        foundCount = found.count
+        var size = 8 + 8 + 4 + 4
+        for f in found { size += Wire.textSize(f.name) + 4 + f.size }
+        for n in missing { size += Wire.textSize(n) }
+        guard size + Wire.headerSize <= maxReplyFrame else {
+            refusal = .tooLarge(found: found.count, size: size)
+            return nil
+        }
+        guard let b = FrameBuilder(allocatingReply: Wire.MessageType.getReply.rawValue, bodySize: size) else {
+            refusal = .outOfMemory(size: size)
+            return nil
+        }
+        b.i64(version)
+        b.u64(sequence)
+        b.u32(UInt32(found.count))
+        var out: [SecureBytes] = []
+        out.reserveCapacity(found.count)
+        for f in found {
+            b.text(f.name)
+            // The frame was sized for exactly these fields, so it never grows
+            // under a slice.
+            guard let place = b.valueSpace(f.size) else { preconditionFailure("GET reply laid out too small") }
+            out.append(place)
+        }
+        b.u32(UInt32(missing.count))
+        for n in missing { b.text(n) }
+        builder = b
+        places = out
+        return out
+    }
+
+    /// The finished frame (nil if none was laid out).
+    func finish() -> SecureBytes? {
+        guard let builder else { return nil }
+        frame = builder.finish()
+        return frame
+    }
+
+    /// Wipes the frame, whatever happened to it (a failed open leaves values
+    /// opened before it there).
+    func discard() {
+        places = []
+        builder?.buffer.wipe()
+        frame?.wipe()
+        builder = nil
+        frame = nil
     }
 }

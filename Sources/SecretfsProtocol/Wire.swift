@@ -173,6 +173,20 @@ public final class FrameBuilder {
         v.withUnsafeBytes { bytes($0) }
     }
 
+    /// u32 length + room for a value of `count` bytes, returned as a slice of
+    /// the frame to be filled in place (the mount decrypts values straight
+    /// into its reply). Nil when the frame's buffer has no room for it: the
+    /// buffer must never grow while a slice of it is out, so the caller sizes
+    /// the frame exactly. The slice wipes its range when it goes: keep it
+    /// until the frame is sent.
+    public func valueSpace(_ count: Int) -> SecureBytes? {
+        guard count >= 0, count <= UInt32.max, buffer.capacity - buffer.count >= 4 + count else { return nil }
+        u32(UInt32(count))
+        let offset = buffer.count
+        buffer.setCount(offset + count)   // zeros, until the value is opened there
+        return SecureBytes(slicing: buffer, offset: offset, count: count)
+    }
+
     /// The frame, its length prefix filled in.
     public func finish() -> SecureBytes {
         let length = UInt32(buffer.count - Wire.lengthSize).bigEndian
@@ -309,6 +323,11 @@ public struct FrameReader {
     public mutating func distinctNames(_ count: Int) throws(ParseError) -> (names: [String], firstInvalid: Int?) {
         var names: [String] = []
         var seen = Set<String>()
+        // Sized once for the names the frame can hold (each takes at least
+        // three bytes), not rehashed as they come.
+        let room = min(count, remaining / 3)
+        names.reserveCapacity(room)
+        seen.reserveCapacity(room)
         var invalid: Int?
         for i in 0..<count {
             guard let n = try name() else {

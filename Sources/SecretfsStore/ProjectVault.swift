@@ -128,10 +128,19 @@ public final class ProjectVault: @unchecked Sendable {
         try store.lock.withLock { _ in try valueLocked(name) }
     }
 
+    typealias SealedRow = (sealed: Envelope.Sealed, version: Int64, keyGeneration: Int64)
+
+    static let sealedRowSQL = "SELECT ciphertext, nonce, version, key_generation FROM secrets WHERE project_id = ? AND name = ?"
+
     /// The current sealed row of `name`, if any.
-    private func sealedLocked(_ name: String) throws -> (sealed: Envelope.Sealed, version: Int64, keyGeneration: Int64)? {
-        let s = try db.statement("SELECT ciphertext, nonce, version, key_generation FROM secrets WHERE project_id = ? AND name = ?")
-            .bind(1, id).bind(2, name)
+    private func sealedLocked(_ name: String) throws -> SealedRow? {
+        try sealedLocked(name, db.statement(Self.sealedRowSQL))
+    }
+
+    /// The same with the statement in hand (a batch looks it up once, not
+    /// once per name).
+    private func sealedLocked(_ name: String, _ statement: DatabaseStatement) throws -> SealedRow? {
+        let s = statement.bind(1, id).bind(2, name)
         defer { s.reset() }
         guard try s.step("reading a secret") else { return nil }
         return (Envelope.Sealed(ciphertext: s.blob(0), nonce: s.blob(1)), s.int64(2), s.int64(3))
@@ -160,26 +169,73 @@ public final class ProjectVault: @unchecked Sendable {
     /// the lot, not a guarded, locked mapping each (SecureBytes(slicing:)).
     public func values(_ names: [String], actor: Actor, action: String = "get") throws -> [String: SecureBytes] {
         try store.lock.withLock { _ in
-            var rows: [(name: String, row: (sealed: Envelope.Sealed, version: Int64, keyGeneration: Int64))] = []
-            var seen = Set<String>()
-            for n in names where seen.insert(n).inserted {
-                if let row = try sealedLocked(n) { rows.append((n, row)) }
-            }
-            let total = rows.reduce(0) { $0 + Envelope.plaintextSize($1.row.sealed) }
-            guard let arena = SecureBytes(allocating: total, count: total) else { throw StoreError.outOfLockedMemory }
-            var out: [String: SecureBytes] = [:]
-            var offset = 0
-            for r in rows {
-                let size = Envelope.plaintextSize(r.row.sealed)
-                let value = SecureBytes(slicing: arena, offset: offset, count: size)
-                try openLocked(r.row, r.name, into: value)
-                out[r.name] = value
-                offset += size
-            }
+            let (rows, _) = try sealedRowsLocked(names)
+            let out = try openInArenaLocked(rows)
             try store.insertAudit(project: self.name, actor: actor, action: action,
                                   names: names.joined(separator: ","), detail: "\(out.count) found")
             return out
         }
+    }
+
+    /// Decrypts several values straight into memory the caller lays out (the
+    /// privileged socket opens them in its reply frame instead of in a buffer
+    /// of their own that it then copies: one locked allocation, a copy and a
+    /// map of 500 slices less per GET). `place` gets the names found, in the
+    /// order asked and each once, with the size of each value, and the names
+    /// not found; it returns where each found value goes (locked memory of
+    /// exactly its size, kept by the caller), or nil to take none. Read and
+    /// audited as `values` does, also when `place` takes none (the values are
+    /// then opened and wiped as `values` would have, so a row that does not
+    /// open is reported the same way).
+    public func openValues(_ names: [String], actor: Actor, action: String = "get",
+                           into place: ([(name: String, size: Int)], _ missing: [String]) -> [SecureBytes]?) throws {
+        try store.lock.withLock { _ in
+            let (rows, missing) = try sealedRowsLocked(names)
+            let found = rows.map { (name: $0.name, size: Envelope.plaintextSize($0.row.sealed)) }
+            if let slots = place(found, missing) {
+                precondition(slots.count == rows.count, "one place per value")
+                for (r, slot) in zip(rows, slots) { try openLocked(r.row, r.name, into: slot) }
+            } else {
+                for v in try openInArenaLocked(rows).values { v.wipe() }
+            }
+            try store.insertAudit(project: self.name, actor: actor, action: action,
+                                  names: names.joined(separator: ","), detail: "\(rows.count) found")
+        }
+    }
+
+    /// The current sealed rows of `names` (each once, in the order asked),
+    /// and the names that have none.
+    private func sealedRowsLocked(_ names: [String]) throws -> (rows: [(name: String, row: SealedRow)], missing: [String]) {
+        // One read snapshot for the batch (Database.readSnapshot says
+        // why), which also makes the values one consistent state.
+        try db.readSnapshot("reading secrets") { () throws -> ([(name: String, row: SealedRow)], [String]) in
+            let statement = try db.statement(Self.sealedRowSQL)
+            var rows: [(name: String, row: SealedRow)] = []
+            var missing: [String] = []
+            rows.reserveCapacity(names.count)
+            var seen = Set<String>(minimumCapacity: names.count)
+            for n in names where seen.insert(n).inserted {
+                if let row = try sealedLocked(n, statement) { rows.append((n, row)) } else { missing.append(n) }
+            }
+            return (rows, missing)
+        }
+    }
+
+    /// The values of `rows`, opened as slices of one locked buffer.
+    private func openInArenaLocked(_ rows: [(name: String, row: SealedRow)]) throws -> [String: SecureBytes] {
+        let total = rows.reduce(0) { $0 + Envelope.plaintextSize($1.row.sealed) }
+        guard let arena = SecureBytes(allocating: total, count: total) else { throw StoreError.outOfLockedMemory }
+        var out: [String: SecureBytes] = [:]
+        out.reserveCapacity(rows.count)
+        var offset = 0
+        for r in rows {
+            let size = Envelope.plaintextSize(r.row.sealed)
+            let value = SecureBytes(slicing: arena, offset: offset, count: size)
+            try openLocked(r.row, r.name, into: value)
+            out[r.name] = value
+            offset += size
+        }
+        return out
     }
 
     // MARK: Writing

@@ -86,6 +86,22 @@ final class SQLiteConnection: DatabaseConnection {
     }
 }
 
+extension SQLiteConnection {
+    func readSnapshot<T>(_ context: String, _ body: () throws -> T) throws -> T {
+        // Inside a transaction already: its snapshot serves.
+        guard sqlite3_get_autocommit(handle) != 0 else { return try body() }
+        try execute("BEGIN DEFERRED", context: context)
+        do {
+            let result = try body()
+            try execute("COMMIT", context: context)
+            return result
+        } catch {
+            _ = sqlite3_exec(handle, "ROLLBACK", nil, nil, nil)
+            throw error
+        }
+    }
+}
+
 /// SQLITE_TRANSIENT is a macro Swift cannot import (PLATFORM-NOTES).
 private let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 

@@ -68,15 +68,23 @@ func readDocument(_ path: String) throws -> [UInt8] {
         throw Failure("cannot read \(path): \(String(cString: strerror(errno)))", exit: .failure)
     }
     defer { if fd != 0 { close(fd) } }
-    var out: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 65536)
+    // Read into one array of the file's size (plus a byte, for the read
+    // that finds the end), not 64 KiB chunks appended to a growing one: the
+    // copies and regrowth were half a millisecond of a 366 KB flow. A pipe,
+    // or a file that grows meanwhile, doubles the array as it fills.
+    var st = stat()
+    let expected = fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG ? Int(st.st_size) : 65535
+    var out = [UInt8](repeating: 0, count: expected + 1)
+    var count = 0
     while true {
-        let n = read(fd, &buf, buf.count)
+        if count == out.count { out += [UInt8](repeating: 0, count: out.count) }
+        let n = out.withUnsafeMutableBytes { read(fd, $0.baseAddress! + count, $0.count - count) }
         if n < 0 && errno == EINTR { continue }
         guard n >= 0 else { throw Failure("cannot read \(path): \(String(cString: strerror(errno)))") }
         if n == 0 { break }
-        out += buf[0..<n]
+        count += n
     }
+    out.removeSubrange(count...)
     return out
 }
 
