@@ -154,6 +154,14 @@ public final class SecureBytes: @unchecked Sendable {
         count = 0
     }
 
+    /// Wipes the bytes in `range` of the capacity, whatever `count` is (for
+    /// buffers that manage their own regions, as a connection's reused
+    /// frame buffer does); `count` is unchanged.
+    public func wipe(range: Range<Int>) {
+        precondition(range.lowerBound >= 0 && range.upperBound <= capacity, "wipe out of range")
+        if !range.isEmpty { sodium_memzero(base + range.lowerBound, range.count) }
+    }
+
     /// A new buffer holding a copy of these bytes, with at least `capacity` room.
     public func copy(capacity newCapacity: Int? = nil) -> SecureBytes {
         let cap = max(newCapacity ?? count, count)
