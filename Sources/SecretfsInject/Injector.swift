@@ -143,10 +143,30 @@ public struct InjectionScan: Sendable {
 
     private func produce<B: SecretBuffer>(_ output: InjectionOutput, maximum: Int?,
                                           _ lookup: (String) -> B?) throws(InjectionError) -> B {
+        try produce(output, maximum: maximum, lookup) { size, fill in
+            let out = B(capacity: size, count: size)
+            out.withUnsafeMutableBytes(fill)
+            return out
+        }
+    }
+
+    /// Phase 2 into memory the caller provides, for a server that reuses one
+    /// locked buffer per connection instead of allocating one per output
+    /// (`rewrite` and `bindings` are this with a new `B` of exactly the size).
+    ///
+    /// `place(size, fill)` is called once, after the size is known and
+    /// checked against `maximum`, with the exact output size: it finds
+    /// `size` bytes of locked memory, calls `fill` on exactly those bytes (or
+    /// does not call it at all, when it has no memory to offer), and returns
+    /// what this function returns. Same errors as `rewrite`, thrown before
+    /// `place` is called.
+    public func produce<B: SecretBuffer, R>(_ output: InjectionOutput, maximum: Int? = nil, _ lookup: (String) -> B?,
+                                            into place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> R)
+        throws(InjectionError) -> R {
         let values = try resolve(lookup)
         let size = try measure(output, values, maximum: maximum ?? plan.limits.maxOutputBytes)
-        let out = B(capacity: size, count: size)
-        out.withUnsafeMutableBytes { raw in
+        return place(size) { raw in
+            precondition(raw.count == size, "the output buffer must have exactly the measured size")
             var w = WritingSink(raw)
             switch output {
             case .document:
@@ -156,7 +176,6 @@ public struct InjectionScan: Sendable {
             }
             precondition(w.offset == raw.count, "injector length computation was wrong")
         }
-        return out
     }
 
     /// The output size: every byte of text counted, every value measured

@@ -320,3 +320,74 @@ public enum DaemonRequest: Equatable, Sendable {
         }
     }
 }
+
+/// One connection's reply buffer: locked memory kept from request to request
+/// (a `sodium_malloc` per reply costs about ten address-space system calls,
+/// which also serialise the daemon's connection threads on the mm lock; see
+/// `FrameReceiver`). A reply is built in place after its frame header and
+/// sent with one send; `wipe()` after every reply (a RESOLVED frame holds
+/// values). A buffer grown past `retainedCapacity` for one large reply is
+/// given back by `wipe()`, so an idle connection keeps at most that much
+/// locked.
+final class ReplyBuffer {
+    let retainedCapacity: Int
+    private var buffer: SecureBytes?
+    /// Bytes of the frame being built (`buffer[0..<used]`).
+    private var used = 0
+
+    /// The smallest buffer (sodium_malloc rounds up to whole pages anyway).
+    static let minimumCapacity = 4096 - 16
+
+    init(retainedCapacity: Int = 64 << 10) {
+        self.retainedCapacity = retainedCapacity
+    }
+
+    deinit { wipe() }
+
+    /// Starts a frame of `type` whose body is an optional u32 `prefix` (a
+    /// length or count, never secret) then `bodySize` bytes: writes the
+    /// length, version, type and prefix, and returns the `bodySize` bytes to
+    /// fill. nil (nothing changed) when the locked memory cannot be had.
+    func frame(_ type: DaemonWire.MessageType, prefix: UInt32?, bodySize: Int) -> UnsafeMutableRawBufferPointer? {
+        wipe()
+        let head = Wire.lengthSize + Wire.headerSize + (prefix == nil ? 0 : 4)
+        let total = head + bodySize
+        if (buffer?.capacity ?? 0) < total {
+            buffer = nil   // sodium_free wipes
+            guard let b = SecureBytes(allocating: max(total, Self.minimumCapacity)) else { return nil }
+            buffer = b
+        }
+        let b = buffer!
+        let length = UInt32(total - Wire.lengthSize)
+        return b.withUnsafeMutableCapacity { raw -> UnsafeMutableRawBufferPointer in
+            func be32(_ v: UInt32, at o: Int) {
+                raw[o] = UInt8(v >> 24); raw[o + 1] = UInt8((v >> 16) & 0xff)
+                raw[o + 2] = UInt8((v >> 8) & 0xff); raw[o + 3] = UInt8(v & 0xff)
+            }
+            be32(length, at: 0)
+            raw[4] = DaemonWire.version
+            raw[5] = type.rawValue
+            if let prefix { be32(prefix, at: 6) }
+            used = total
+            // Within the buffer's lifetime: `buffer` holds it until `wipe()`.
+            return UnsafeMutableRawBufferPointer(rebasing: raw[head..<total])
+        }
+    }
+
+    /// Sends the frame built (after its body was filled); false if the peer
+    /// went away or the send timed out. The caller wipes.
+    func send(_ fd: Int32) -> Bool {
+        guard let b = buffer, used > 0 else { return false }
+        return b.withUnsafeMutableCapacity { raw in
+            DaemonIO.sendRaw(fd, UnsafeRawBufferPointer(rebasing: raw[0..<used]), flags: 0)
+        }
+    }
+
+    /// Wipes the frame built, and gives back a buffer grown past `retainedCapacity`.
+    func wipe() {
+        guard let b = buffer else { return }
+        if used > 0 { b.wipe(range: 0..<used) }
+        used = 0
+        if b.capacity > retainedCapacity { buffer = nil }
+    }
+}

@@ -35,7 +35,29 @@ public enum Resolver {
     static func resolve(_ document: [UInt8], format: InjectionFormat, output: ResolveOutput, maximum: Int,
                         names: () throws -> [String], values fetch: ([String]) throws -> [String: SecureBytes],
                         ownsValues: Bool) throws -> SecureBytes {
-        let scan = Injector.scan(document, format: format)
+        try resolve(document, format: format, output: output, maximum: maximum, names: names, values: fetch,
+                    ownsValues: ownsValues) { size, fill in
+            let out = SecureBytes(capacity: size, count: size)
+            out.withUnsafeMutableBytes(fill)
+            return out
+        }
+    }
+
+    /// The same pipeline, writing the output where `place` says (see
+    /// `InjectionScan.produce(_:maximum:_:into:)`): the daemon's reply buffer.
+    static func resolve<R>(_ document: [UInt8], format: InjectionFormat, output: ResolveOutput, maximum: Int,
+                           names: () throws -> [String], values fetch: ([String]) throws -> [String: SecureBytes],
+                           ownsValues: Bool,
+                           into place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> R) throws -> R {
+        try resolve(Injector.scan(document, format: format), output: output, maximum: maximum, names: names,
+                    values: fetch, ownsValues: ownsValues, into: place)
+    }
+
+    /// The pipeline after the scan (the daemon may reuse a scan).
+    static func resolve<R>(_ scan: InjectionScan, output: ResolveOutput, maximum: Int,
+                           names: () throws -> [String], values fetch: ([String]) throws -> [String: SecureBytes],
+                           ownsValues: Bool,
+                           into place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> R) throws -> R {
         if !scan.problems.isEmpty {
             // Report every problem at once: missing secrets too, found from
             // the project's names alone (no value is fetched for a document
@@ -49,8 +71,10 @@ public enum Resolver {
         defer { if ownsValues { for v in values.values { v.wipe() } } }
         do {
             switch output {
-            case .document: return try scan.rewrite(maximum: maximum) { (name: String) -> SecureBytes? in values[name] }
-            case .bindings: return try scan.bindings(maximum: maximum) { (name: String) -> SecureBytes? in values[name] }
+            case .document:
+                return try scan.produce(.document, maximum: maximum, { (name: String) -> SecureBytes? in values[name] }, into: place)
+            case .bindings:
+                return try scan.produce(.bindings, maximum: maximum, { (name: String) -> SecureBytes? in values[name] }, into: place)
             }
         } catch {
             throw ResolveFailure(problems: error.problems)

@@ -205,9 +205,9 @@ public final class ResolverDaemon: @unchecked Sendable {
     /// thing sent was an ERROR after which the connection is closed.
     private func serveConnection(_ admitted: UnixSocketListener.Connection) -> Bool {
         let (id, fd) = (admitted.id, admitted.fd)
-        let conn = Connection(fd: fd, peer: admitted.peer)
+        let conn = Connection(fd: fd, peer: admitted.peer, receiver: FrameReceiver(fd: fd), reply: ReplyBuffer())
         while true {
-            switch readRequest(fd, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
+            switch readRequest(conn, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
             case .end(let linger):
                 return linger
             case .frame(let frame):
@@ -241,9 +241,15 @@ public final class ResolverDaemon: @unchecked Sendable {
         }
     }
 
+    /// One connection and its two locked buffers, allocated once for the
+    /// connection rather than once per request (see `FrameReceiver`): the
+    /// request frames (a REDACT stream's DATA holds values) and the replies
+    /// that carry values. Both are wiped after every request.
     private struct Connection {
         let fd: Int32
         let peer: PeerCredentials
+        let receiver: FrameReceiver
+        let reply: ReplyBuffer
     }
 
     private enum RequestRead {
@@ -252,8 +258,10 @@ public final class ResolverDaemon: @unchecked Sendable {
     }
 
     /// One request frame, or how the connection ends (with the ERROR sent).
-    private func readRequest(_ fd: Int32, deadline: Double?) -> RequestRead {
-        switch SocketIO.readFrame(fd, maxLength: limits.maxRequestFrame, deadline: deadline) {
+    /// The frame is valid until the next call (it lives in the connection's buffer).
+    private func readRequest(_ conn: Connection, deadline: Double?) -> RequestRead {
+        let fd = conn.fd
+        switch conn.receiver.next(maxLength: limits.maxRequestFrame, deadline: deadline) {
         case .closed, .truncated, .failed:
             return .end(linger: false)
         case .timedOut:
@@ -287,18 +295,26 @@ public final class ResolverDaemon: @unchecked Sendable {
 
         // The one resolve pipeline, with values borrowed from the cache (not
         // wiped here: other requests may be using them). The output's size is
-        // checked against the reply frame before anything is built.
-        let result: SecureBytes
+        // checked against the reply frame before anything is built, and the
+        // output is written straight into the connection's reply buffer,
+        // after the frame's header: one locked buffer, one send.
+        let reply = conn.reply
+        defer { reply.wipe() }
+        let placed: Bool
         var referenced: [String] = []
         do {
-            result = try Resolver.resolve(document, format: format, output: output,
+            placed = try Resolver.resolve(document, format: format, output: output,
                                           maximum: limits.maxReplyFrame - Wire.headerSize - 4,
                                           names: { () throws(UpstreamFailure) -> [String] in try cache.names() },
                                           values: { (names: [String]) throws(UpstreamFailure) -> [String: SecureBytes] in
                                               referenced = names
                                               return try cache.values(names).values
                                           },
-                                          ownsValues: false)
+                                          ownsValues: false) { size, fill -> Bool in
+                guard let body = reply.frame(.resolved, prefix: UInt32(size), bodySize: size) else { return false }
+                fill(body)
+                return true
+            }
         } catch let failure as ResolveFailure {
             return sendProblems(conn, project, failure.problems)
         } catch let failure as UpstreamFailure {
@@ -307,11 +323,14 @@ public final class ResolverDaemon: @unchecked Sendable {
             logger.error("RESOLVE failed", metadata: ["project": "\(project)", "error": "\(error)"])
             return sendError(fd, .internalError, "project \(project): the document could not be resolved")
         }
-        defer { result.wipe() }
+        guard placed else {
+            logger.error("RESOLVE: out of locked memory for the reply", metadata: ["project": "\(project)"])
+            return sendError(fd, .internalError, "the daemon is out of memory for this reply")
+        }
         // Audit: who received which values, at the default level (cached or not).
         logger.info("resolved", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "pid": "\(conn.peer.pid)",
                                            "format": "\(format.rawValue)", "names": "\(referenced.joined(separator: ","))"])
-        return result.withUnsafeBytes { DaemonIO.sendFrame(fd, type: .resolved, prefix: DaemonIO.be32($0.count), body: $0) }
+        return reply.send(fd)
     }
 
     private func sendProblems(_ conn: Connection, _ project: String, _ problems: [InjectionProblem]) -> Bool {
@@ -416,6 +435,11 @@ public final class ResolverDaemon: @unchecked Sendable {
         logger.info("client watching", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "mount-watched": "\(watching)"])
 
         while true {
+            // Bytes the client sent after WATCH that were read with it.
+            if conn.receiver.hasBufferedInput {
+                sendError(fd, .unexpected, "a watching connection takes no requests; open another connection")
+                return true
+            }
             var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: queue.eventFD, events: Int16(POLLIN), revents: 0)]
             let rc = poll(&fds, 2, 1000)
@@ -485,7 +509,7 @@ public final class ResolverDaemon: @unchecked Sendable {
             return out.withBytes { DaemonIO.sendFrame(fd, type: type, body: $0) }
         }
         while true {
-            switch readRequest(fd, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
+            switch readRequest(conn, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
             case .end(let linger):
                 return .close(linger: linger)
             case .frame(let f):
