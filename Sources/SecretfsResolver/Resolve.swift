@@ -35,25 +35,17 @@ public enum Resolver {
     static func resolve(_ document: [UInt8], format: InjectionFormat, output: ResolveOutput, maximum: Int,
                         names: () throws -> [String], values fetch: ([String]) throws -> [String: SecureBytes],
                         ownsValues: Bool) throws -> SecureBytes {
-        try resolve(document, format: format, output: output, maximum: maximum, names: names, values: fetch,
-                    ownsValues: ownsValues) { size, fill in
+        try resolve(Injector.scan(document, format: format), output: output, maximum: maximum, names: names,
+                    values: fetch, ownsValues: ownsValues) { size, fill in
             let out = SecureBytes(capacity: size, count: size)
             out.withUnsafeMutableBytes(fill)
             return out
         }
     }
 
-    /// The same pipeline, writing the output where `place` says (see
+    /// The pipeline after the scan (the daemon reuses a connection's scans),
+    /// writing the output where `place` says (see
     /// `InjectionScan.produce(_:maximum:_:into:)`): the daemon's reply buffer.
-    static func resolve<R>(_ document: [UInt8], format: InjectionFormat, output: ResolveOutput, maximum: Int,
-                           names: () throws -> [String], values fetch: ([String]) throws -> [String: SecureBytes],
-                           ownsValues: Bool,
-                           into place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> R) throws -> R {
-        try resolve(Injector.scan(document, format: format), output: output, maximum: maximum, names: names,
-                    values: fetch, ownsValues: ownsValues, into: place)
-    }
-
-    /// The pipeline after the scan (the daemon may reuse a scan).
     static func resolve<R>(_ scan: InjectionScan, output: ResolveOutput, maximum: Int,
                            names: () throws -> [String], values fetch: ([String]) throws -> [String: SecureBytes],
                            ownsValues: Bool,

@@ -205,7 +205,8 @@ public final class ResolverDaemon: @unchecked Sendable {
     /// thing sent was an ERROR after which the connection is closed.
     private func serveConnection(_ admitted: UnixSocketListener.Connection) -> Bool {
         let (id, fd) = (admitted.id, admitted.fd)
-        let conn = Connection(fd: fd, peer: admitted.peer, receiver: FrameReceiver(fd: fd), reply: ReplyBuffer())
+        let conn = Connection(fd: fd, peer: admitted.peer, receiver: FrameReceiver(fd: fd), reply: ReplyBuffer(),
+                              scans: ScanMemo())
         while true {
             switch readRequest(conn, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
             case .end(let linger):
@@ -244,12 +245,14 @@ public final class ResolverDaemon: @unchecked Sendable {
     /// One connection and its two locked buffers, allocated once for the
     /// connection rather than once per request (see `FrameReceiver`): the
     /// request frames (a REDACT stream's DATA holds values) and the replies
-    /// that carry values. Both are wiped after every request.
+    /// that carry values. Both are wiped after every request. And the
+    /// scans of the documents it resolved last (no values; see `ScanMemo`).
     private struct Connection {
         let fd: Int32
         let peer: PeerCredentials
         let receiver: FrameReceiver
         let reply: ReplyBuffer
+        let scans: ScanMemo
     }
 
     private enum RequestRead {
@@ -303,7 +306,7 @@ public final class ResolverDaemon: @unchecked Sendable {
         let placed: Bool
         var referenced: [String] = []
         do {
-            placed = try Resolver.resolve(document, format: format, output: output,
+            placed = try Resolver.resolve(conn.scans.scan(document, format: format), output: output,
                                           maximum: limits.maxReplyFrame - Wire.headerSize - 4,
                                           names: { () throws(UpstreamFailure) -> [String] in try cache.names() },
                                           values: { (names: [String]) throws(UpstreamFailure) -> [String: SecureBytes] in

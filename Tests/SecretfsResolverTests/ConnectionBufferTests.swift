@@ -82,4 +82,45 @@ import Testing
         #expect(small.allSatisfy { $0 == 0 })
         reply.wipe()
     }
+
+    @Test func aConnectionsRememberedScanStillGetsFreshValues() throws {
+        let f = try ResolverDaemonTests.populated()
+        let c = try SocketConnection(socketPath: f.daemonSocket, service: .daemon, timeout: 10)
+        defer { c.close() }
+        let doc = Array("`Bearer ${secrets.ANTHROPIC_API_KEY}`".utf8)
+        let before = try DaemonClient.resolve(on: c, project: "demo", document: doc, format: .expr, output: .document)
+        #expect(text(before).contains("sk-ant-daemon"))
+        let invalidations = f.daemon.cacheStats(project: "demo")!.invalidations
+        try f.change("ANTHROPIC_API_KEY", "sk-ant-rotated-value")
+        #expect(try waitUntil { f.daemon.cacheStats(project: "demo")!.invalidations > invalidations })
+        // The same document on the same connection (its scan is reused): the new value.
+        let after = try DaemonClient.resolve(on: c, project: "demo", document: doc, format: .expr, output: .document)
+        #expect(text(after) == "`Bearer ${\"sk-ant-rotated-value\"}`")
+        // The same bytes as another format are scanned as that format: as a
+        // config the field is an expression with a reference; as an
+        // expression it is an object literal whose string is left alone.
+        let both = Array("{\"k\": \"secrets.ANTHROPIC_API_KEY\"}".utf8)
+        let asConfig = try DaemonClient.resolve(on: c, project: "demo", document: both, format: .config, output: .document)
+        #expect(text(asConfig).contains("sk-ant-rotated-value"))
+        let asExpr = try DaemonClient.resolve(on: c, project: "demo", document: both, format: .expr, output: .document)
+        #expect(bytes(asExpr) == both)
+        ResolverDaemonTests.assertNoValueLogged(f, extra: ["sk-ant-rotated-value"])
+    }
+
+    @Test func theScanMemoIsBounded() {
+        let memo = ScanMemo(maxEntries: 2, maxBytes: 64)
+        let a = Array("secrets.A".utf8), b = Array("secrets.B".utf8), c = Array("secrets.C".utf8)
+        #expect(memo.scan(a, format: .expr).referencedNames == ["A"])
+        #expect(memo.scan(b, format: .expr).referencedNames == ["B"])
+        #expect(memo.count == 2)
+        #expect(memo.scan(a, format: .expr).referencedNames == ["A"])   // a hit: A is now the most recent
+        #expect(memo.scan(c, format: .expr).referencedNames == ["C"])   // B goes
+        #expect(memo.count == 2)
+        // A document over the byte budget is scanned, never kept.
+        let big = Array(("secrets.D /* " + String(repeating: "x", count: 80) + " */").utf8)
+        #expect(memo.scan(big, format: .expr).referencedNames == ["D"])
+        #expect(memo.count == 2)
+        // The same bytes in another format are another scan.
+        #expect(memo.scan(a, format: .config).problems.isEmpty == false)
+    }
 }
