@@ -68,6 +68,10 @@ public struct InjectionScan: Sendable {
     /// Number of references (occurrences) in the document.
     public let referenceCount: Int
     let plan: DocumentPlan
+    /// For each site, the index in `referencedNames` of each reference's
+    /// name: phase 2 finds values by position instead of hashing names at
+    /// every reference (a scan may be reused for many rewrites).
+    let nameIndices: [[Int]]
 
     init(format: InjectionFormat, plan: DocumentPlan) {
         self.format = format
@@ -80,6 +84,9 @@ public struct InjectionScan: Sendable {
         }
         referencedNames = names.sorted()
         referenceCount = count
+        var indexOf: [String: Int] = [:]
+        for (i, n) in referencedNames.enumerated() { indexOf[n] = i }
+        nameIndices = plan.sites.map { $0.analysis.references.map { indexOf[$0.name]! } }
         var list = plan.documentProblems
         for site in plan.sites where !site.analysis.problems.isEmpty {
             let context = plan.context(site.context)
@@ -170,33 +177,43 @@ public struct InjectionScan: Sendable {
             var w = WritingSink(raw)
             switch output {
             case .document:
-                emitDocument(into: &w) { name, outer, s in values[name]!.withUnsafeBytes { s.putJSStringLiteral($0, outer: outer) } }
+                emitDocument(into: &w) { k, outer, s in values[k].withUnsafeBytes { s.putJSStringLiteral($0, outer: outer) } }
             case .bindings:
-                emitBindings(into: &w) { name, s in values[name]!.withUnsafeBytes { raw in forEachScalar(raw) { s.putJSONEscaped($0) } } }
+                emitBindings(into: &w) { k, s in values[k].withUnsafeBytes { raw in forEachScalar(raw) { s.putJSONEscaped($0) } } }
             }
             precondition(w.offset == raw.count, "injector length computation was wrong")
         }
     }
 
     /// The output size: every byte of text counted, every value measured
-    /// once per escaping it is written with.
-    private func measure<B: SecretBuffer>(_ output: InjectionOutput, _ values: [String: B],
+    /// once per escaping it is written with. `values` is indexed as
+    /// `referencedNames`.
+    private func measure<B: SecretBuffer>(_ output: InjectionOutput, _ values: [B],
                                           maximum: Int) throws(InjectionError) -> Int {
         var counter = CountingSink()
         switch output {
         case .document:
-            var sizes: [OuterEscaping: [String: Int]] = [:]
-            emitDocument(into: &counter) { name, outer, s in
-                if let n = sizes[outer]?[name] { s.add(n); return }
+            // A value's literal size per escaping (-1: not measured yet); a
+            // document has one or two escapings, so a short list.
+            var sizes: [(outer: OuterEscaping, sizes: [Int])] = []
+            emitDocument(into: &counter) { k, outer, s in
+                let o: Int
+                if let i = sizes.firstIndex(where: { $0.outer == outer }) {
+                    o = i
+                } else {
+                    sizes.append((outer, [Int](repeating: -1, count: values.count)))
+                    o = sizes.count - 1
+                }
+                if sizes[o].sizes[k] >= 0 { s.add(sizes[o].sizes[k]); return }
                 var c = CountingSink()
-                values[name]!.withUnsafeBytes { c.putJSStringLiteral($0, outer: outer) }
-                sizes[outer, default: [:]][name] = c.count
+                values[k].withUnsafeBytes { c.putJSStringLiteral($0, outer: outer) }
+                sizes[o].sizes[k] = c.count
                 s.add(c.count)
             }
         case .bindings:
-            emitBindings(into: &counter) { name, s in
+            emitBindings(into: &counter) { k, s in
                 var c = CountingSink()
-                values[name]!.withUnsafeBytes { raw in forEachScalar(raw) { c.putJSONEscaped($0) } }
+                values[k].withUnsafeBytes { raw in forEachScalar(raw) { c.putJSONEscaped($0) } }
                 s.add(c.count)
             }
         }
@@ -219,14 +236,16 @@ public struct InjectionScan: Sendable {
         }
     }
 
-    private func resolve<B: SecretBuffer>(_ lookup: (String) -> B?) throws(InjectionError) -> [String: B] {
+    /// The values, indexed as `referencedNames`; every missing or non-UTF-8 one is an error.
+    private func resolve<B: SecretBuffer>(_ lookup: (String) -> B?) throws(InjectionError) -> [B] {
         guard problems.isEmpty else { throw InjectionError(problems: problems) }
-        var values: [String: B] = [:]
+        var values: [B] = []
+        values.reserveCapacity(referencedNames.count)
         var missing = Set<String>()
         var notUTF8 = Set<String>()
         for name in referencedNames {
             if let v = lookup(name) {
-                if v.isValidUTF8Value { values[name] = v } else { notUTF8.insert(name) }
+                if v.isValidUTF8Value { values.append(v) } else { notUTF8.insert(name) }
             } else {
                 missing.insert(name)
             }
@@ -244,9 +263,9 @@ public struct InjectionScan: Sendable {
         })
     }
 
-    /// The document; `literal(name, outer, &sink)` writes the JavaScript
-    /// string literal of the value of `name` through `outer`.
-    private func emitDocument<S: ByteSink>(into sink: inout S, literal: (String, OuterEscaping, inout S) -> Void) {
+    /// The document; `literal(k, outer, &sink)` writes the JavaScript
+    /// string literal of the value of `referencedNames[k]` through `outer`.
+    private func emitDocument<S: ByteSink>(into sink: inout S, literal: (Int, OuterEscaping, inout S) -> Void) {
         for piece in plan.pieces {
             switch piece {
             case .raw(let range):
@@ -254,22 +273,22 @@ public struct InjectionScan: Sendable {
             case .text(let bytes):
                 sink.put(bytes: bytes)
             case .expression(let index, let outer):
-                let analysis = plan.sites[index].analysis
-                analysis.emit(into: &sink, outer: outer) { n, s in literal(analysis.references[n].name, outer, &s) }
+                let indices = nameIndices[index]
+                plan.sites[index].analysis.emit(into: &sink, outer: outer) { n, s in literal(indices[n], outer, &s) }
             }
         }
     }
 
-    /// The bindings object; `value(name, &sink)` writes the JSON string
-    /// content of the value of `name`.
-    private func emitBindings<S: ByteSink>(into sink: inout S, value: (String, inout S) -> Void) {
+    /// The bindings object; `value(k, &sink)` writes the JSON string
+    /// content of the value of `referencedNames[k]`.
+    private func emitBindings<S: ByteSink>(into sink: inout S, value: (Int, inout S) -> Void) {
         sink.put(0x7B)
         for (k, name) in referencedNames.enumerated() {
             if k > 0 { sink.put(0x2C) }
             sink.put(bytes: jsonQuoted(name))
             sink.put(0x3A)
             sink.put(0x22)
-            value(name, &sink)
+            value(k, &sink)
             sink.put(0x22)
         }
         sink.put(0x7D)
