@@ -20,25 +20,61 @@ struct StderrLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
+    // The resolver daemon writes one line per request (its audit of who
+    // received which values), so a line is built in one String, without
+    // copying the metadata, without reflection and without strftime.
     func log(event: LogEvent) {
-        var all = metadata
-        if let extra = event.metadata { all.merge(extra) { $1 } }
-        var text = "\(timestampNow()) \(event.level) \(label): \(event.message)"
-        for key in all.keys.sorted() { text += " \(key)=\(all[key]!)" }
+        var text = ""
+        text.reserveCapacity(192)
+        appendTimestamp(&text)
+        text += " "
+        text += event.level.rawValue   // the case name, as "\(level)" printed it
+        text += " "
+        text += label
+        text += ": "
+        text += event.message.description
+        if metadata.isEmpty {
+            if let extra = event.metadata { append(extra, to: &text) }
+        } else {
+            var all = metadata
+            if let extra = event.metadata { all.merge(extra) { $1 } }
+            append(all, to: &text)
+        }
         text += "\n"
-        writeStderr(text)
+        text.withUTF8 { try? writeRaw(fd: 2, UnsafeRawBufferPointer($0)) }
     }
 
-    private func timestampNow() -> String {
+    private func append(_ metadata: Logger.Metadata, to text: inout String) {
+        for (key, value) in metadata.sorted(by: { $0.key < $1.key }) {
+            text += " "
+            text += key
+            text += "="
+            if case .string(let s) = value { text += s } else { text += value.description }
+        }
+    }
+
+    /// `2026-11-26T12:00:00.000Z` (UTC, milliseconds).
+    private func appendTimestamp(_ text: inout String) {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         var secs = ts.tv_sec
         var tmv = tm()
         gmtime_r(&secs, &tmv)
-        var buf = [CChar](repeating: 0, count: 32)
-        strftime(&buf, buf.count, "%Y-%m-%dT%H:%M:%S", &tmv)
-        let ms = ts.tv_nsec / 1_000_000
-        return cString(buf) + "." + String(repeating: "0", count: ms < 10 ? 2 : ms < 100 ? 1 : 0) + String(ms) + "Z"
+        func digits(_ v: Int, _ width: Int) {
+            var v = v, buf: (UInt8, UInt8, UInt8, UInt8) = (48, 48, 48, 48)
+            withUnsafeMutableBytes(of: &buf) { b in
+                var i = width - 1
+                while i >= 0 { b[i] = UInt8(48 + v % 10); v /= 10; i -= 1 }
+                text += String(decoding: UnsafeRawBufferPointer(rebasing: b[0..<width]), as: UTF8.self)
+            }
+        }
+        digits(Int(tmv.tm_year) + 1900, 4); text += "-"
+        digits(Int(tmv.tm_mon) + 1, 2); text += "-"
+        digits(Int(tmv.tm_mday), 2); text += "T"
+        digits(Int(tmv.tm_hour), 2); text += ":"
+        digits(Int(tmv.tm_min), 2); text += ":"
+        digits(Int(tmv.tm_sec), 2); text += "."
+        digits(ts.tv_nsec / 1_000_000, 3); text += "Z"
     }
 }
 
