@@ -246,10 +246,12 @@ public enum DaemonRequest: Equatable, Sendable {
             throw Refusal(code: .unknownType, message: "message type 0x\(String(frame.type, radix: 16)) is not a request", closes: false)
         }
         var r = FrameReader(frame)
-        let what = "\(type)".uppercased()
+        // Only for messages: `"\(type)"` goes through reflection, too slow
+        // to pay on every request.
+        func what() -> String { "\(type)".uppercased() }
         func field<T>(_ read: (inout FrameReader) throws(ParseError) -> T) throws(Refusal) -> T {
             do throws(ParseError) { return try read(&r) } catch {
-                throw Refusal(code: .malformed, message: "\(what): \(error.reason)", closes: type == .watch)
+                throw Refusal(code: .malformed, message: "\(what()): \(error.reason)", closes: type == .watch)
             }
         }
         func project() throws(Refusal) -> String {

@@ -213,16 +213,42 @@ final class ProjectCache: @unchecked Sendable {
     /// with the cache: callers must not wipe or modify them), and the names
     /// that do not exist. Fetches from the mount only the names not cached.
     func values(_ names: [String]) throws(UpstreamFailure) -> (values: [String: SecureBytes], missing: [String]) {
-        ensureWatch()
-        var found: [String: SecureBytes] = [:]
+        // Every connection's requests come through this lock: one short hold
+        // per request when the watch runs (the usual case), which also does
+        // `ensureWatch`'s bookkeeping; the dictionary handed back is built
+        // outside it.
+        let now = SocketIO.monotonicNow()
+        var hits: [SecureBytes?] = []
+        hits.reserveCapacity(names.count)
         var missing: [String] = []
         var wanted: [String] = []
-        let (generation, live) = state.withLock { s -> (UInt64, Bool) in
+        func lookUp(_ s: inout State) {
+            hits.removeAll(keepingCapacity: true)
+            missing.removeAll()
+            wanted.removeAll()
             for n in names {
-                if let v = s.values[n] { found[n] = v } else if s.missing.contains(n) { missing.append(n) } else { wanted.append(n) }
+                let v = s.values[n]
+                hits.append(v)
+                if v == nil { if s.missing.contains(n) { missing.append(n) } else { wanted.append(n) } }
             }
-            return (s.generation, s.watchLive)
         }
+        var (generation, live, watched) = state.withLock { s -> (UInt64, Bool, Bool) in
+            guard s.feed != nil else { return (0, false, false) }
+            s.lastUsed = now
+            lookUp(&s)
+            return (s.generation, s.watchLive, true)
+        }
+        if !watched {
+            // No feed yet (or it could not be started): start it, then look.
+            ensureWatch()
+            (generation, live) = state.withLock { s -> (UInt64, Bool) in
+                lookUp(&s)
+                return (s.generation, s.watchLive)
+            }
+        }
+        var found: [String: SecureBytes] = [:]
+        found.reserveCapacity(names.count)
+        for (n, v) in zip(names, hits) { if let v { found[n] = v } }
         if wanted.isEmpty { return (found, missing) }
 
         let fetched: SecretValues
