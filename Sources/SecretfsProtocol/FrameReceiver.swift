@@ -12,9 +12,10 @@ import SecureMemory
 /// writing and, when another thread of the process runs on another core,
 /// interrupts that core to flush its TLB. Connections served on two cores
 /// then wait on each other. Here a connection allocates once (a page for
-/// small frames), grows only for a larger frame, and reads with one `poll`
-/// and one `read` whatever has arrived: a frame that arrives whole costs two
-/// system calls.
+/// small frames), grows only for a larger frame, and reads whatever has
+/// arrived with one `read` that waits itself (the socket's receive timeout
+/// stands in for the `poll` before it): a frame that arrives whole costs one
+/// system call.
 ///
 /// Secrecy: the bytes may be secret (a REDACT stream's DATA carries log text
 /// that holds values), so they stay in locked memory, and every frame's
@@ -138,15 +139,57 @@ public final class FrameReceiver {
         }
         let b = buffer!
         while true {
-            if !SocketIO.waitReadable(fd, deadline: deadline) { return .timedOut }
+            // Wait in the read itself when the socket's receive timeout
+            // cannot overrun the deadline (one system call: the usual wait
+            // for the next request); otherwise poll first, as readFrame does.
+            let blocking = mayBlockInRead(deadline: deadline)
+            if !blocking && !SocketIO.waitReadable(fd, deadline: deadline) { return .timedOut }
             let n = b.withUnsafeMutableCapacity { raw in
                 read(fd, raw.baseAddress! + filled, raw.count - filled)
             }
             if n > 0 { filled += n; return nil }
             if n == 0 { return .eof }
-            if errno == EINTR || errno == EAGAIN { continue }
+            // EAGAIN after a blocking read: its timeout ran out, shortly
+            // before the deadline; the poll above takes the rest.
+            if errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK { continue }
             return .failed(errno)
         }
+    }
+
+    // MARK: Waiting in read
+
+    /// SO_RCVTIMEO set on the socket (seconds; 0: none, nil: never set).
+    private var receiveTimeout: Double?
+    /// False once setting SO_RCVTIMEO failed (a pipe): always poll.
+    private var canSetReceiveTimeout = true
+
+    /// Whether a blocking read is sure to return by `deadline`: SO_RCVTIMEO
+    /// is at most the time left less the kernel's rounding of it up to a
+    /// clock tick (a few ms). The receive timeout is set once, from the time
+    /// left at the first wait for a frame (the server's idle timeout); every
+    /// later wait for a frame has about as much left, so it reads directly.
+    /// Waits inside a frame (less time left) poll.
+    private func mayBlockInRead(deadline: Double?) -> Bool {
+        guard canSetReceiveTimeout else { return false }
+        let slack = 0.05   // seconds; more than a tick at any HZ
+        let wanted: Double
+        if let deadline {
+            let left = deadline - SocketIO.monotonicNow()
+            if let t = receiveTimeout, t > 0, t + slack / 2 <= left { return true }
+            guard receiveTimeout == nil, left > 4 * slack else { return false }
+            wanted = left - slack
+        } else {
+            if receiveTimeout == 0 { return true }
+            guard receiveTimeout == nil else { return false }
+            wanted = 0
+        }
+        var tv = timeval(tv_sec: Int(wanted), tv_usec: Int((wanted - Double(Int(wanted))) * 1e6))
+        guard setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)) == 0 else {
+            canSetReceiveTimeout = false
+            return false
+        }
+        receiveTimeout = wanted
+        return deadline == nil || wanted + slack / 2 <= deadline! - SocketIO.monotonicNow()
     }
 
     /// Drops the first `n` bytes read, moving the rest to the start and

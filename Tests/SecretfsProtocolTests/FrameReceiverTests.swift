@@ -149,4 +149,30 @@ struct FrameReceiverTests {
             }
         }
     }
+
+    @Test func waitsInTheReadStillEndAtTheDeadline() throws {
+        // Deadlines long enough for the receiver to wait in read(2) with
+        // SO_RCVTIMEO instead of poll(2): nothing arrives, each wait still
+        // ends as timedOut (not as an error or the end), and a frame sent
+        // afterwards is read whole.
+        let p = Pair()
+        let r = FrameReceiver(fd: p.server)
+        for _ in 0..<2 {
+            guard case .timedOut = r.next(maxLength: 1 << 20, deadline: SocketIO.monotonicNow() + 0.3) else {
+                Issue.record("expected timedOut"); return
+            }
+        }
+        var tv = timeval()
+        var len = socklen_t(MemoryLayout<timeval>.size)
+        #expect(getsockopt(p.server, SOL_SOCKET, SO_RCVTIMEO, &tv, &len) == 0)
+        #expect(tv.tv_sec > 0 || tv.tv_usec > 0, "the receive timeout was set")
+        p.send(Self.frame(0x11, Array("late".utf8)))
+        guard case .frame(let f) = r.next(maxLength: 1 << 20, deadline: SocketIO.monotonicNow() + 0.3) else {
+            Issue.record("no frame"); return
+        }
+        #expect(Self.body(f) == Array("late".utf8))
+        // No deadline: waits in read with no timeout; the peer closing ends it.
+        shutdown(p.client, Int32(SHUT_WR))
+        if case .closed = r.next(maxLength: 1 << 20, deadline: nil) {} else { Issue.record("expected closed") }
+    }
 }
