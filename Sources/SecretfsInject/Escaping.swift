@@ -120,7 +120,9 @@ extension ByteSink {
     /// the caller), written through `outer`.
     mutating func putJSStringLiteral(_ value: UnsafeRawBufferPointer, outer: OuterEscaping) {
         put(scalar: 0x22, outer: outer)
-        forEachScalar(value) { putJSStringChar($0, outer: outer) }
+        forEachRun(value) { run, plain in
+            if plain { put(run: run) } else { forEachScalar(run) { putJSStringChar($0, outer: outer) } }
+        }
         put(scalar: 0x22, outer: outer)
     }
 
@@ -131,8 +133,30 @@ extension ByteSink {
             return
         }
         bytes.withUnsafeBytes { raw in
-            forEachScalar(raw) { put(scalar: $0, outer: outer) }
+            forEachRun(raw) { run, plain in
+                if plain { put(run: run) } else { forEachScalar(run) { put(scalar: $0, outer: outer) } }
+            }
         }
+    }
+}
+
+/// Splits UTF-8 `bytes` into alternating runs: `plain` runs of printable
+/// ASCII other than `"` and `\` (bytes that every escaping here, JavaScript
+/// string, YAML double-quoted and JSON, writes unchanged), and the runs
+/// between them, to be escaped scalar by scalar. A run boundary is always at
+/// an ASCII byte, so it never splits a UTF-8 sequence (nor changes how an
+/// invalid one decodes: an ASCII byte is never part of one).
+@inline(__always)
+func forEachRun(_ bytes: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer, _ plain: Bool) -> Void) {
+    @inline(__always) func isPlain(_ b: UInt8) -> Bool { b >= 0x20 && b < 0x7F && b != 0x22 && b != 0x5C }
+    var i = 0
+    let n = bytes.count
+    while i < n {
+        let plain = isPlain(bytes[i])
+        var j = i + 1
+        while j < n && isPlain(bytes[j]) == plain { j += 1 }
+        body(UnsafeRawBufferPointer(rebasing: bytes[i..<j]), plain)
+        i = j
     }
 }
 

@@ -34,11 +34,15 @@ extension SecretBuffer {
 
 protocol ByteSink {
     mutating func put(_ byte: UInt8)
+    /// Bytes written as they are (a run of text that needs no escaping):
+    /// one count or one copy instead of a call per byte.
+    mutating func put(run: UnsafeRawBufferPointer)
 }
 
 struct CountingSink: ByteSink {
     var count = 0
     @inline(__always) mutating func put(_ byte: UInt8) { count += 1 }
+    @inline(__always) mutating func put(run: UnsafeRawBufferPointer) { count += run.count }
     /// `n` more bytes, measured elsewhere (saturates at `Int.max`).
     mutating func add(_ n: Int) {
         let (sum, overflow) = count.addingReportingOverflow(n)
@@ -55,11 +59,22 @@ struct WritingSink: ByteSink {
         base[offset] = byte
         offset += 1
     }
+    @inline(__always) mutating func put(run: UnsafeRawBufferPointer) {
+        precondition(run.count <= base.count - offset, "injector length computation was wrong")
+        if run.count > 0 { (base.baseAddress! + offset).copyMemory(from: run.baseAddress!, byteCount: run.count) }
+        offset += run.count
+    }
 }
 
 extension ByteSink {
-    mutating func put<C: Collection>(bytes: C) where C.Element == UInt8 {
-        for b in bytes { put(b) }
+    mutating func put(run: UnsafeRawBufferPointer) {
+        for b in run { put(b) }
+    }
+    mutating func put(bytes: [UInt8]) {
+        bytes.withUnsafeBytes { put(run: $0) }
+    }
+    mutating func put(bytes: ArraySlice<UInt8>) {
+        bytes.withUnsafeBytes { put(run: $0) }
     }
     mutating func put(ascii: StaticString) {
         ascii.withUTF8Buffer { for b in $0 { put(b) } }
