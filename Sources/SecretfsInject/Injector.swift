@@ -144,7 +144,7 @@ public struct InjectionScan: Sendable {
     /// passes its limit as `maximum` to `rewrite`) before anything is allocated.
     public func outputSize<B: SecretBuffer>(_ output: InjectionOutput = .document, maximum: Int? = nil,
                                             _ lookup: (String) -> B?) throws(InjectionError) -> Int {
-        let values = try resolve(lookup)
+        let values = try resolve(try lookUpAll(lookup))
         return try measure(output, values, maximum: maximum ?? plan.limits.maxOutputBytes)
     }
 
@@ -170,7 +170,23 @@ public struct InjectionScan: Sendable {
     public func produce<B: SecretBuffer, R>(_ output: InjectionOutput, maximum: Int? = nil, _ lookup: (String) -> B?,
                                             into place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> R)
         throws(InjectionError) -> R {
-        let values = try resolve(lookup)
+        try produce(output, maximum: maximum, values: try lookUpAll(lookup), into: place)
+    }
+
+    /// `lookup` once per referenced name, in order; not at all when phase 1
+    /// found problems (they are thrown).
+    private func lookUpAll<B: SecretBuffer>(_ lookup: (String) -> B?) throws(InjectionError) -> [B?] {
+        guard problems.isEmpty else { throw InjectionError(problems: problems) }
+        return referencedNames.map(lookup)
+    }
+
+    /// The same with the values given in the order of `referencedNames`
+    /// (nil: the project has no such secret), for a caller that looked them
+    /// up in that order anyway (the resolver daemon's cache).
+    public func produce<B: SecretBuffer, R>(_ output: InjectionOutput, maximum: Int? = nil, values given: [B?],
+                                            into place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> R)
+        throws(InjectionError) -> R {
+        let values = try resolve(given)
         let size = try measure(output, values, maximum: maximum ?? plan.limits.maxOutputBytes)
         return place(size) { raw in
             precondition(raw.count == size, "the output buffer must have exactly the measured size")
@@ -236,15 +252,17 @@ public struct InjectionScan: Sendable {
         }
     }
 
-    /// The values, indexed as `referencedNames`; every missing or non-UTF-8 one is an error.
-    private func resolve<B: SecretBuffer>(_ lookup: (String) -> B?) throws(InjectionError) -> [B] {
+    /// The values (given and returned in the order of `referencedNames`);
+    /// every missing or non-UTF-8 one is an error.
+    private func resolve<B: SecretBuffer>(_ given: [B?]) throws(InjectionError) -> [B] {
         guard problems.isEmpty else { throw InjectionError(problems: problems) }
+        precondition(given.count == referencedNames.count, "one value (or nil) per referenced name")
         var values: [B] = []
         values.reserveCapacity(referencedNames.count)
         var missing = Set<String>()
         var notUTF8 = Set<String>()
-        for name in referencedNames {
-            if let v = lookup(name) {
+        for (name, value) in zip(referencedNames, given) {
+            if let v = value {
                 if v.isValidUTF8Value { values.append(v) } else { notUTF8.insert(name) }
             } else {
                 missing.insert(name)

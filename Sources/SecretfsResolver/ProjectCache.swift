@@ -213,23 +213,32 @@ final class ProjectCache: @unchecked Sendable {
     /// with the cache: callers must not wipe or modify them), and the names
     /// that do not exist. Fetches from the mount only the names not cached.
     func values(_ names: [String]) throws(UpstreamFailure) -> (values: [String: SecureBytes], missing: [String]) {
+        let hits = try orderedValues(names)
+        var found: [String: SecureBytes] = [:]
+        found.reserveCapacity(names.count)
+        var missing: [String] = []
+        for (n, v) in zip(names, hits) { if let v { found[n] = v } else { missing.append(n) } }
+        return (found, missing)
+    }
+
+    /// `values`, in the order of `names` (nil: no such secret), for RESOLVE:
+    /// no dictionary to build and hash into again.
+    func orderedValues(_ names: [String]) throws(UpstreamFailure) -> [SecureBytes?] {
         // Every connection's requests come through this lock: one short hold
         // per request when the watch runs (the usual case), which also does
-        // `ensureWatch`'s bookkeeping; the dictionary handed back is built
-        // outside it.
+        // `ensureWatch`'s bookkeeping; nothing is allocated under it but the
+        // result's room.
         let now = SocketIO.monotonicNow()
         var hits: [SecureBytes?] = []
         hits.reserveCapacity(names.count)
-        var missing: [String] = []
         var wanted: [String] = []
         func lookUp(_ s: inout State) {
             hits.removeAll(keepingCapacity: true)
-            missing.removeAll()
             wanted.removeAll()
             for n in names {
                 let v = s.values[n]
                 hits.append(v)
-                if v == nil { if s.missing.contains(n) { missing.append(n) } else { wanted.append(n) } }
+                if v == nil && !s.missing.contains(n) { wanted.append(n) }
             }
         }
         var (generation, live, watched) = state.withLock { s -> (UInt64, Bool, Bool) in
@@ -246,10 +255,7 @@ final class ProjectCache: @unchecked Sendable {
                 return (s.generation, s.watchLive)
             }
         }
-        var found: [String: SecureBytes] = [:]
-        found.reserveCapacity(names.count)
-        for (n, v) in zip(names, hits) { if let v { found[n] = v } }
-        if wanted.isEmpty { return (found, missing) }
+        if wanted.isEmpty { return hits }
 
         let fetched: SecretValues
         do {
@@ -264,11 +270,10 @@ final class ProjectCache: @unchecked Sendable {
             for (n, v) in fetched.values { s.values[n] = v }
             for n in fetched.missing { s.missing.insert(n) }
         }
-        for (n, v) in fetched.values { found[n] = v }
-        missing += fetched.missing
+        for i in hits.indices where hits[i] == nil { hits[i] = fetched.values[names[i]] }
         logger.debug("fetched from the mount", metadata: ["project": "\(project)", "names": "\(wanted.joined(separator: ","))",
                                                           "found": "\(fetched.values.count)"])
-        return (found, missing)
+        return hits
     }
 
     /// Every name of the project (cached until the next change).

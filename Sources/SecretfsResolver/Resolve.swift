@@ -35,8 +35,13 @@ public enum Resolver {
     static func resolve(_ document: [UInt8], format: InjectionFormat, output: ResolveOutput, maximum: Int,
                         names: () throws -> [String], values fetch: ([String]) throws -> [String: SecureBytes],
                         ownsValues: Bool) throws -> SecureBytes {
-        try resolve(Injector.scan(document, format: format), output: output, maximum: maximum, names: names,
-                    values: fetch, ownsValues: ownsValues) { size, fill in
+        var fetched: [String: SecureBytes] = [:]
+        defer { if ownsValues { for v in fetched.values { v.wipe() } } }
+        return try resolve(Injector.scan(document, format: format), output: output, maximum: maximum, names: names,
+                           values: { names in
+                               fetched = try fetch(names)
+                               return names.map { fetched[$0] }
+                           }) { size, fill in
             let out = SecureBytes(capacity: size, count: size)
             out.withUnsafeMutableBytes(fill)
             return out
@@ -46,9 +51,10 @@ public enum Resolver {
     /// The pipeline after the scan (the daemon reuses a connection's scans),
     /// writing the output where `place` says (see
     /// `InjectionScan.produce(_:maximum:_:into:)`): the daemon's reply buffer.
+    /// `fetch` returns the values in the order of the names it is given (nil:
+    /// no such secret); they are borrowed, never wiped here.
     static func resolve<R>(_ scan: InjectionScan, output: ResolveOutput, maximum: Int,
-                           names: () throws -> [String], values fetch: ([String]) throws -> [String: SecureBytes],
-                           ownsValues: Bool,
+                           names: () throws -> [String], values fetch: ([String]) throws -> [SecureBytes?],
                            into place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> R) throws -> R {
         if !scan.problems.isEmpty {
             // Report every problem at once: missing secrets too, found from
@@ -59,14 +65,13 @@ public enum Resolver {
                 .sorted { ($0.line, $0.column) < ($1.line, $1.column) }
             throw ResolveFailure(problems: all)
         }
-        let values = scan.referencedNames.isEmpty ? [:] : try fetch(scan.referencedNames)
-        defer { if ownsValues { for v in values.values { v.wipe() } } }
+        let values = scan.referencedNames.isEmpty ? [] : try fetch(scan.referencedNames)
         do {
             switch output {
             case .document:
-                return try scan.produce(.document, maximum: maximum, { (name: String) -> SecureBytes? in values[name] }, into: place)
+                return try scan.produce(.document, maximum: maximum, values: values, into: place)
             case .bindings:
-                return try scan.produce(.bindings, maximum: maximum, { (name: String) -> SecureBytes? in values[name] }, into: place)
+                return try scan.produce(.bindings, maximum: maximum, values: values, into: place)
             }
         } catch {
             throw ResolveFailure(problems: error.problems)

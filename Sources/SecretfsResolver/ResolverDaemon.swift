@@ -304,16 +304,14 @@ public final class ResolverDaemon: @unchecked Sendable {
         let reply = conn.reply
         defer { reply.wipe() }
         let placed: Bool
-        var referenced: [String] = []
+        let scanned = conn.scans.scan(document, format: format)
         do {
-            placed = try Resolver.resolve(conn.scans.scan(document, format: format), output: output,
+            placed = try Resolver.resolve(scanned.scan, output: output,
                                           maximum: limits.maxReplyFrame - Wire.headerSize - 4,
                                           names: { () throws(UpstreamFailure) -> [String] in try cache.names() },
-                                          values: { (names: [String]) throws(UpstreamFailure) -> [String: SecureBytes] in
-                                              referenced = names
-                                              return try cache.values(names).values
-                                          },
-                                          ownsValues: false) { size, fill -> Bool in
+                                          values: { (names: [String]) throws(UpstreamFailure) -> [SecureBytes?] in
+                                              try cache.orderedValues(names)
+                                          }) { size, fill -> Bool in
                 guard let body = reply.frame(.resolved, prefix: UInt32(size), bodySize: size) else { return false }
                 fill(body)
                 return true
@@ -330,9 +328,10 @@ public final class ResolverDaemon: @unchecked Sendable {
             logger.error("RESOLVE: out of locked memory for the reply", metadata: ["project": "\(project)"])
             return sendError(fd, .internalError, "the daemon is out of memory for this reply")
         }
-        // Audit: who received which values, at the default level (cached or not).
+        // Audit: who received which values, at the default level (cached or
+        // not): the names fetched, which are the scan's referenced names.
         logger.info("resolved", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "pid": "\(conn.peer.pid)",
-                                           "format": "\(format.rawValue)", "names": "\(referenced.joined(separator: ","))"])
+                                           "format": "\(format.rawValue)", "names": "\(scanned.namesText)"])
         return reply.send(fd)
     }
 

@@ -15,7 +15,16 @@ import SecretfsInject
 final class ScanMemo {
     let maxEntries: Int
     let maxBytes: Int
-    private var entries: [(format: InjectionFormat, document: [UInt8], scan: InjectionScan)] = []
+    /// A scan, and its referenced names as the audit line writes them.
+    struct Scanned {
+        let scan: InjectionScan
+        let namesText: String
+        init(_ scan: InjectionScan) {
+            self.scan = scan
+            namesText = scan.referencedNames.joined(separator: ",")
+        }
+    }
+    private var entries: [(format: InjectionFormat, document: [UInt8], scanned: Scanned)] = []
     private var bytes = 0
 
     init(maxEntries: Int = 8, maxBytes: Int = 64 << 10) {
@@ -25,20 +34,19 @@ final class ScanMemo {
 
     /// The scan of `document` in `format`: the one made for the same bytes
     /// earlier on this connection, or a new one (kept if it fits).
-    func scan(_ document: [UInt8], format: InjectionFormat) -> InjectionScan {
+    func scan(_ document: [UInt8], format: InjectionFormat) -> Scanned {
         if let i = entries.firstIndex(where: { $0.format == format && $0.document == document }) {
-            let e = entries.remove(at: i)
-            entries.append(e)   // most recently used last
-            return e.scan
+            if i != entries.count - 1 { entries.append(entries.remove(at: i)) }   // most recently used last
+            return entries[entries.count - 1].scanned
         }
-        let scan = Injector.scan(document, format: format)
-        guard document.count <= maxBytes, maxEntries > 0 else { return scan }
+        let scanned = Scanned(Injector.scan(document, format: format))
+        guard document.count <= maxBytes, maxEntries > 0 else { return scanned }
         while !entries.isEmpty && (entries.count >= maxEntries || bytes + document.count > maxBytes) {
             bytes -= entries.removeFirst().document.count
         }
-        entries.append((format, document, scan))
+        entries.append((format, document, scanned))
         bytes += document.count
-        return scan
+        return scanned
     }
 
     var count: Int { entries.count }

@@ -110,17 +110,17 @@ import Testing
     @Test func theScanMemoIsBounded() {
         let memo = ScanMemo(maxEntries: 2, maxBytes: 64)
         let a = Array("secrets.A".utf8), b = Array("secrets.B".utf8), c = Array("secrets.C".utf8)
-        #expect(memo.scan(a, format: .expr).referencedNames == ["A"])
-        #expect(memo.scan(b, format: .expr).referencedNames == ["B"])
+        #expect(memo.scan(a, format: .expr).scan.referencedNames == ["A"])
+        #expect(memo.scan(b, format: .expr).scan.referencedNames == ["B"])
         #expect(memo.count == 2)
-        #expect(memo.scan(a, format: .expr).referencedNames == ["A"])   // a hit: A is now the most recent
-        #expect(memo.scan(c, format: .expr).referencedNames == ["C"])   // B goes
+        #expect(memo.scan(a, format: .expr).scan.referencedNames == ["A"])   // a hit: A is now the most recent
+        #expect(memo.scan(c, format: .expr).scan.referencedNames == ["C"])   // B goes
         #expect(memo.count == 2)
         // A document over the byte budget is scanned, never kept.
         let big = Array(("secrets.D /* " + String(repeating: "x", count: 80) + " */").utf8)
-        #expect(memo.scan(big, format: .expr).referencedNames == ["D"])
+        #expect(memo.scan(big, format: .expr).scan.referencedNames == ["D"])
         #expect(memo.count == 2)
         // The same bytes in another format are another scan.
-        #expect(memo.scan(a, format: .config).problems.isEmpty == false)
+        #expect(memo.scan(a, format: .config).scan.problems.isEmpty == false)
     }
 }
