@@ -53,28 +53,32 @@ struct StderrLogHandler: LogHandler {
         }
     }
 
-    /// `2026-11-26T12:00:00.000Z` (UTC, milliseconds).
+    /// `2026-11-26T12:00:00.000Z` (UTC, milliseconds), formatted into a
+    /// fixed buffer and appended once.
     private func appendTimestamp(_ text: inout String) {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         var secs = ts.tv_sec
         var tmv = tm()
         gmtime_r(&secs, &tmv)
-        func digits(_ v: Int, _ width: Int) {
-            var v = v, buf: (UInt8, UInt8, UInt8, UInt8) = (48, 48, 48, 48)
-            withUnsafeMutableBytes(of: &buf) { b in
-                var i = width - 1
-                while i >= 0 { b[i] = UInt8(48 + v % 10); v /= 10; i -= 1 }
-                text += String(decoding: UnsafeRawBufferPointer(rebasing: b[0..<width]), as: UTF8.self)
+        var buf = (UInt64(0), UInt64(0), UInt64(0))   // 24 bytes, the stamp's length
+        withUnsafeMutableBytes(of: &buf) { b in
+            var at = 0
+            func digits(_ v: Int, _ width: Int) {
+                var v = v
+                for i in stride(from: at + width - 1, through: at, by: -1) { b[i] = UInt8(48 + v % 10); v /= 10 }
+                at += width
             }
+            func char(_ c: UInt8) { b[at] = c; at += 1 }
+            digits(Int(tmv.tm_year) + 1900, 4); char(0x2D)
+            digits(Int(tmv.tm_mon) + 1, 2); char(0x2D)
+            digits(Int(tmv.tm_mday), 2); char(0x54)
+            digits(Int(tmv.tm_hour), 2); char(0x3A)
+            digits(Int(tmv.tm_min), 2); char(0x3A)
+            digits(Int(tmv.tm_sec), 2); char(0x2E)
+            digits(ts.tv_nsec / 1_000_000, 3); char(0x5A)
+            text += String(decoding: UnsafeRawBufferPointer(rebasing: b[0..<at]), as: UTF8.self)
         }
-        digits(Int(tmv.tm_year) + 1900, 4); text += "-"
-        digits(Int(tmv.tm_mon) + 1, 2); text += "-"
-        digits(Int(tmv.tm_mday), 2); text += "T"
-        digits(Int(tmv.tm_hour), 2); text += ":"
-        digits(Int(tmv.tm_min), 2); text += ":"
-        digits(Int(tmv.tm_sec), 2); text += "."
-        digits(ts.tv_nsec / 1_000_000, 3); text += "Z"
     }
 }
 
