@@ -127,15 +127,13 @@ extension ByteSink {
     }
 
     /// Source text (not secret) copied through `outer`.
-    mutating func putSource(_ bytes: ArraySlice<UInt8>, outer: OuterEscaping) {
+    mutating func putSource(_ raw: UnsafeRawBufferPointer, outer: OuterEscaping) {
         if case .none = outer {
-            put(bytes: bytes)
+            put(run: raw)
             return
         }
-        bytes.withUnsafeBytes { raw in
-            forEachRun(raw) { run, plain in
-                if plain { put(run: run) } else { forEachScalar(run) { put(scalar: $0, outer: outer) } }
-            }
+        forEachRun(raw) { run, plain in
+            if plain { put(run: run) } else { forEachScalar(run) { put(scalar: $0, outer: outer) } }
         }
     }
 }

@@ -50,7 +50,7 @@ public enum Resolver {
 
     /// The pipeline after the scan (the daemon reuses a connection's scans),
     /// writing the output where `place` says (see
-    /// `InjectionScan.produce(_:maximum:_:into:)`): the daemon's reply buffer.
+    /// `InjectionScan.produce(_:maximum:values:into:)`): the daemon's reply buffer.
     /// `fetch` returns the values in the order of the names it is given (nil:
     /// no such secret); they are borrowed, never wiped here.
     static func resolve<R>(_ scan: InjectionScan, output: ResolveOutput, maximum: Int,
@@ -66,15 +66,15 @@ public enum Resolver {
             throw ResolveFailure(problems: all)
         }
         let values = scan.referencedNames.isEmpty ? [] : try fetch(scan.referencedNames)
+        var result: R?
         do {
-            switch output {
-            case .document:
-                return try scan.produce(.document, maximum: maximum, values: values, into: place)
-            case .bindings:
-                return try scan.produce(.bindings, maximum: maximum, values: values, into: place)
+            try scan.produce(output == .document ? .document : .bindings, maximum: maximum, values: values) { size, fill in
+                // Both closures are non-escaping; one cannot be handed to the other directly.
+                result = withoutActuallyEscaping(fill) { place(size, $0) }
             }
         } catch {
             throw ResolveFailure(problems: error.problems)
         }
+        return result!
     }
 }
