@@ -285,9 +285,9 @@ public struct InjectionScan: Sendable {
     /// The document; `literal(k, outer, &sink)` writes the JavaScript
     /// string literal of the value of `referencedNames[k]` through `outer`.
     private func emitDocument<S: ByteSink>(into sink: inout S, literal: (Int, OuterEscaping, inout S) -> Void) {
-        // Sites through a borrowed buffer: `plan.sites[index].analysis`
-        // copied the whole analysis (a retain and a release of each of its
-        // arrays) for every site of every pass.
+        // Sites through a borrowed buffer and a pointer: `plan.sites[index]
+        // .analysis` copied the whole analysis (a retain and a release of
+        // each of its arrays) for every site of every pass.
         plan.source.withUnsafeBytes { source in
             plan.sites.withUnsafeBufferPointer { sites in
                 for piece in plan.pieces {
@@ -297,8 +297,11 @@ public struct InjectionScan: Sendable {
                     case .text(let bytes):
                         sink.put(bytes: bytes)
                     case .expression(let index, let outer):
+                        let site = sites.baseAddress! + index
                         nameIndices[index].withUnsafeBufferPointer { indices in
-                            sites[index].analysis.emit(into: &sink, outer: outer) { n, s in literal(indices[n], outer, &s) }
+                            ExpressionAnalysis.emit(source: site.pointee.analysis.source,
+                                                    references: site.pointee.analysis.references,
+                                                    into: &sink, outer: outer) { n, s in literal(indices[n], outer, &s) }
                         }
                     }
                 }

@@ -72,6 +72,14 @@ struct ExpressionAnalysis: Sendable {
     /// writes the JavaScript string literal for `references[i]`.
     func emit<S: ByteSink>(into sink: inout S, outer: OuterEscaping,
                            literal: (Int, inout S) -> Void) {
+        Self.emit(source: source, references: references, into: &sink, outer: outer, literal: literal)
+    }
+
+    /// `emit` on an analysis's two arrays, for a caller that reaches the
+    /// analysis through a pointer: calling a method on it copied the whole
+    /// analysis (a retain and a release of each of its arrays) per site and pass.
+    static func emit<S: ByteSink>(source: [UInt8], references: [SecretReference], into sink: inout S,
+                                  outer: OuterEscaping, literal: (Int, inout S) -> Void) {
         // Through borrowed buffers: a copy of each reference (its name, its
         // comment gaps) and a slice of the source per piece cost a retain
         // and a release each, most of phase 2's own time for small documents
