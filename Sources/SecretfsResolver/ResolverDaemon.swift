@@ -206,7 +206,7 @@ public final class ResolverDaemon: @unchecked Sendable {
     private func serveConnection(_ admitted: UnixSocketListener.Connection) -> Bool {
         let (id, fd) = (admitted.id, admitted.fd)
         let conn = Connection(fd: fd, peer: admitted.peer, receiver: FrameReceiver(fd: fd), reply: ReplyBuffer(),
-                              scans: ScanMemo())
+                              scans: ScanMemo(), uidText: .string("\(admitted.peer.uid)"), pidText: .string("\(admitted.peer.pid)"))
         while true {
             switch readRequest(conn, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
             case .end(let linger):
@@ -253,6 +253,9 @@ public final class ResolverDaemon: @unchecked Sendable {
         let receiver: FrameReceiver
         let reply: ReplyBuffer
         let scans: ScanMemo
+        /// The peer's uid and pid as every audit line writes them.
+        let uidText: Logger.MetadataValue
+        let pidText: Logger.MetadataValue
     }
 
     private enum RequestRead {
@@ -330,8 +333,10 @@ public final class ResolverDaemon: @unchecked Sendable {
         }
         // Audit: who received which values, at the default level (cached or
         // not): the names fetched, which are the scan's referenced names.
-        logger.info("resolved", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "pid": "\(conn.peer.pid)",
-                                           "format": "\(format.rawValue)", "names": "\(scanned.namesText)"])
+        // The values are the strings themselves (an interpolation copies the
+        // names into a new String at every request).
+        logger.info("resolved", metadata: ["project": .string(project), "uid": conn.uidText, "pid": conn.pidText,
+                                           "format": .string(format.rawValue), "names": .string(scanned.namesText)])
         return reply.send(fd)
     }
 
