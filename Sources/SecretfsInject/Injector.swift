@@ -192,14 +192,64 @@ public struct InjectionScan: Sendable {
         place(size) { raw in
             precondition(raw.count == size, "the output buffer must have exactly the measured size")
             var w = WritingSink(raw)
-            switch output {
-            case .document:
-                emitDocument(into: &w) { k, outer, s in values[k].withUnsafeBytes { s.putJSStringLiteral($0, outer: outer) } }
-            case .bindings:
-                emitBindings(into: &w) { k, s in values[k].withUnsafeBytes { raw in forEachScalar(raw) { s.putJSONEscaped($0) } } }
-            }
+            write(output, values, into: &w)
             precondition(w.offset == raw.count, "injector length computation was wrong")
         }
+    }
+
+    /// Where `produce(_:maximum:values:room:orElse:)` put the output.
+    public enum Placement: Sendable, Equatable {
+        /// In the room given, its first `count` bytes.
+        case inRoom(count: Int)
+        /// Where `place` said (it did not fit the room).
+        case placed
+    }
+
+    /// Phase 2 in one pass when the output fits `room`, memory the caller
+    /// already holds (the resolver daemon's reply buffer): the output is
+    /// written there while it is counted, and `.inRoom` says how much. When
+    /// it does not fit, that pass has counted it exactly; the size is checked
+    /// against `maximum` and the output placed and written as by
+    /// `produce(_:maximum:values:into:)`, whose errors this throws.
+    ///
+    /// Either way `room` may hold part of the output afterwards (values):
+    /// the caller wipes it. Nothing is allocated before the size is checked,
+    /// as `room` is allocated already.
+    @_specialize(exported: true, where B == SecureBytes)
+    public func produce<B: SecretBuffer>(_ output: InjectionOutput, maximum: Int? = nil, values given: [B?],
+                                         room: UnsafeMutableRawBufferPointer,
+                                         orElse place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> Void)
+        throws(InjectionError) -> Placement {
+        let values = try resolve(given)
+        let limit = maximum ?? plan.limits.maxOutputBytes
+        var first = SpillingSink(room)
+        write(output, values, into: &first)
+        let size = first.count
+        guard size <= limit else { throw Self.overLimit(size, limit) }
+        if size <= room.count { return .inRoom(count: size) }
+        place(size) { raw in
+            precondition(raw.count == size, "the output buffer must have exactly the measured size")
+            var w = WritingSink(raw)
+            write(output, values, into: &w)
+            precondition(w.offset == raw.count, "injector length computation was wrong")
+        }
+        return .placed
+    }
+
+    /// The output, into `sink`.
+    private func write<B: SecretBuffer, S: ByteSink>(_ output: InjectionOutput, _ values: [B], into sink: inout S) {
+        switch output {
+        case .document:
+            emitDocument(into: &sink) { k, outer, s in values[k].withUnsafeBytes { s.putJSStringLiteral($0, outer: outer) } }
+        case .bindings:
+            emitBindings(into: &sink) { k, s in values[k].withUnsafeBytes { raw in forEachScalar(raw) { s.putJSONEscaped($0) } } }
+        }
+    }
+
+    private static func overLimit(_ count: Int, _ maximum: Int) -> InjectionError {
+        InjectionError(problems: [InjectionProblem(
+            kind: .limit, context: "", line: 1, column: 1,
+            message: "output: \(count) bytes, over the limit of \(maximum) bytes")])
     }
 
     /// The output size: every byte of text counted, every value measured
@@ -234,11 +284,7 @@ public struct InjectionScan: Sendable {
                 s.add(c.count)
             }
         }
-        guard counter.count <= maximum else {
-            throw InjectionError(problems: [InjectionProblem(
-                kind: .limit, context: "", line: 1, column: 1,
-                message: "output: \(counter.count) bytes, over the limit of \(maximum) bytes")])
-        }
+        guard counter.count <= maximum else { throw Self.overLimit(counter.count, maximum) }
         return counter.count
     }
 

@@ -66,6 +66,23 @@ struct WritingSink: ByteSink {
     }
 }
 
+/// Writes into a buffer while it has room and counts every byte, past the
+/// room too: one pass that either produces the output or measures it.
+struct SpillingSink: ByteSink {
+    let base: UnsafeMutableRawBufferPointer
+    var count = 0
+    init(_ base: UnsafeMutableRawBufferPointer) { self.base = base }
+    @inline(__always) mutating func put(_ byte: UInt8) {
+        if count < base.count { base[count] = byte }
+        count += 1
+    }
+    @inline(__always) mutating func put(run: UnsafeRawBufferPointer) {
+        let n = min(run.count, max(base.count - count, 0))
+        if n > 0 { (base.baseAddress! + count).copyMemory(from: run.baseAddress!, byteCount: n) }
+        count += run.count
+    }
+}
+
 extension ByteSink {
     mutating func put(run: UnsafeRawBufferPointer) {
         for b in run { put(b) }

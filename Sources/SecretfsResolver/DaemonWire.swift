@@ -336,6 +336,9 @@ final class ReplyBuffer {
     private var buffer: SecureBytes?
     /// Bytes of the frame being built (`buffer[0..<used]`).
     private var used = 0
+    /// Bytes handed out by `room` to be written (`buffer[0..<dirty]`), all
+    /// wiped by `wipe()` whatever was written there.
+    private var dirty = 0
 
     /// The smallest buffer (sodium_malloc rounds up to whole pages anyway).
     static let minimumCapacity = 4096 - 16
@@ -359,9 +362,38 @@ final class ReplyBuffer {
             guard let b = SecureBytes(allocating: max(total, Self.minimumCapacity)) else { return nil }
             buffer = b
         }
+        writeHeader(type, prefix: prefix, total: total)
+        // Within the buffer's lifetime: `buffer` holds it until `wipe()`.
+        return buffer!.withUnsafeMutableCapacity { UnsafeMutableRawBufferPointer(rebasing: $0[head..<total]) }
+    }
+
+    /// The buffer's room after a header of `headerBytes`, for a body written
+    /// before its size is known (`InjectionScan.produce(_:maximum:values:room:orElse:)`);
+    /// `finish` then writes the header. nil when no locked memory can be had.
+    func room(headerBytes: Int) -> UnsafeMutableRawBufferPointer? {
+        wipe()
+        if buffer == nil {
+            guard let b = SecureBytes(allocating: Self.minimumCapacity) else { return nil }
+            buffer = b
+        }
         let b = buffer!
+        guard b.capacity > headerBytes else { return nil }
+        dirty = b.capacity
+        // Within the buffer's lifetime: `buffer` holds it until `wipe()`.
+        return b.withUnsafeMutableCapacity { UnsafeMutableRawBufferPointer(rebasing: $0[headerBytes...]) }
+    }
+
+    /// Writes the header of a frame whose body (`bodySize` bytes) was
+    /// written into `room(headerBytes:)`, where headerBytes is the length,
+    /// version and type plus the prefix if any.
+    func finish(_ type: DaemonWire.MessageType, prefix: UInt32?, bodySize: Int) {
+        let head = Wire.lengthSize + Wire.headerSize + (prefix == nil ? 0 : 4)
+        writeHeader(type, prefix: prefix, total: head + bodySize)
+    }
+
+    private func writeHeader(_ type: DaemonWire.MessageType, prefix: UInt32?, total: Int) {
         let length = UInt32(total - Wire.lengthSize)
-        return b.withUnsafeMutableCapacity { raw -> UnsafeMutableRawBufferPointer in
+        buffer!.withUnsafeMutableCapacity { raw in
             func be32(_ v: UInt32, at o: Int) {
                 raw[o] = UInt8(v >> 24); raw[o + 1] = UInt8((v >> 16) & 0xff)
                 raw[o + 2] = UInt8((v >> 8) & 0xff); raw[o + 3] = UInt8(v & 0xff)
@@ -370,10 +402,8 @@ final class ReplyBuffer {
             raw[4] = DaemonWire.version
             raw[5] = type.rawValue
             if let prefix { be32(prefix, at: 6) }
-            used = total
-            // Within the buffer's lifetime: `buffer` holds it until `wipe()`.
-            return UnsafeMutableRawBufferPointer(rebasing: raw[head..<total])
         }
+        used = total
     }
 
     /// Sends the frame built (after its body was filled); false if the peer
@@ -388,8 +418,10 @@ final class ReplyBuffer {
     /// Wipes the frame built, and gives back a buffer grown past `retainedCapacity`.
     func wipe() {
         guard let b = buffer else { return }
-        if used > 0 { b.wipe(range: 0..<used) }
+        let written = max(used, dirty)
+        if written > 0 { b.wipe(range: 0..<written) }
         used = 0
+        dirty = 0
         if b.capacity > retainedCapacity { buffer = nil }
     }
 }

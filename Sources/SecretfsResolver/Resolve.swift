@@ -27,9 +27,9 @@ public enum Resolver {
                     names: { try source.names() }, values: { try source.values($0) }, ownsValues: true)
     }
 
-    /// The one resolve pipeline, for the command line (values from a
-    /// `ValueSource`, owned and wiped here) and the resolver daemon (values
-    /// borrowed from its cache: `ownsValues` false, never wiped here).
+    /// The one resolve pipeline: scan, then the scan's pipeline below with
+    /// values from `fetch` (wiped here when `ownsValues`: the command line's,
+    /// from a `ValueSource`) into a new buffer of exactly the output's size.
     /// Throws `ResolveFailure` with every problem and its location, or
     /// whatever `names` and `values` throw.
     static func resolve(_ document: [UInt8], format: InjectionFormat, output: ResolveOutput, maximum: Int,
@@ -37,25 +37,30 @@ public enum Resolver {
                         ownsValues: Bool) throws -> SecureBytes {
         var fetched: [String: SecureBytes] = [:]
         defer { if ownsValues { for v in fetched.values { v.wipe() } } }
-        return try resolve(Injector.scan(document, format: format), output: output, maximum: maximum, names: names,
+        return try resolve(Injector.scan(document, format: format), names: names,
                            values: { names in
                                fetched = try fetch(names)
                                return names.map { fetched[$0] }
-                           }) { size, fill in
-            let out = SecureBytes(capacity: size, count: size)
-            out.withUnsafeMutableBytes(fill)
-            return out
+                           }) { (scan: InjectionScan, values: [SecureBytes?]) throws(InjectionError) -> SecureBytes in
+            var out: SecureBytes?
+            try scan.produce(InjectionOutput(output), maximum: maximum, values: values) { size, fill in
+                let b = SecureBytes(capacity: size, count: size)
+                b.withUnsafeMutableBytes(fill)
+                out = b
+            }
+            return out!
         }
     }
 
-    /// The pipeline after the scan (the daemon reuses a connection's scans),
-    /// writing the output where `place` says (see
-    /// `InjectionScan.produce(_:maximum:values:into:)`): the daemon's reply buffer.
-    /// `fetch` returns the values in the order of the names it is given (nil:
-    /// no such secret); they are borrowed, never wiped here.
-    static func resolve<R>(_ scan: InjectionScan, output: ResolveOutput, maximum: Int,
-                           names: () throws -> [String], values fetch: ([String]) throws -> [SecureBytes?],
-                           into place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> R) throws -> R {
+    /// The pipeline after the scan (the daemon reuses a connection's scans):
+    /// the problems, or the referenced names' values from `fetch` (in the
+    /// order of the names it is given, nil: no such secret; borrowed, never
+    /// wiped here) handed to `write`, which produces the output (see
+    /// `InjectionScan.produce`). Throws `ResolveFailure` for the problems
+    /// `write` throws.
+    static func resolve<R>(_ scan: InjectionScan, names: () throws -> [String],
+                           values fetch: ([String]) throws -> [SecureBytes?],
+                           write: (InjectionScan, [SecureBytes?]) throws(InjectionError) -> R) throws -> R {
         if !scan.problems.isEmpty {
             // Report every problem at once: missing secrets too, found from
             // the project's names alone (no value is fetched for a document
@@ -66,15 +71,14 @@ public enum Resolver {
             throw ResolveFailure(problems: all)
         }
         let values = scan.referencedNames.isEmpty ? [] : try fetch(scan.referencedNames)
-        var result: R?
         do {
-            try scan.produce(output == .document ? .document : .bindings, maximum: maximum, values: values) { size, fill in
-                // Both closures are non-escaping; one cannot be handed to the other directly.
-                result = withoutActuallyEscaping(fill) { place(size, $0) }
-            }
+            return try write(scan, values)
         } catch {
             throw ResolveFailure(problems: error.problems)
         }
-        return result!
     }
+}
+
+extension InjectionOutput {
+    init(_ output: ResolveOutput) { self = output == .document ? .document : .bindings }
 }

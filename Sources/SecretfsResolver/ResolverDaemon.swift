@@ -301,23 +301,34 @@ public final class ResolverDaemon: @unchecked Sendable {
 
         // The one resolve pipeline, with values borrowed from the cache (not
         // wiped here: other requests may be using them). The output's size is
-        // checked against the reply frame before anything is built, and the
-        // output is written straight into the connection's reply buffer,
-        // after the frame's header: one locked buffer, one send.
+        // checked against the reply frame before any memory is allocated for
+        // it, and the output is written straight into the connection's reply
+        // buffer, after the frame's header: one locked buffer, one send.
         let reply = conn.reply
         defer { reply.wipe() }
-        let placed: Bool
         let scanned = conn.scans.scan(document, format: format)
+        let head = Wire.lengthSize + Wire.headerSize + 4   // RESOLVED: the value's u32 length first
+        let placed: Bool
         do {
-            placed = try Resolver.resolve(scanned.scan, output: output,
-                                          maximum: limits.maxReplyFrame - Wire.headerSize - 4,
-                                          names: { () throws(UpstreamFailure) -> [String] in try cache.names() },
+            placed = try Resolver.resolve(scanned.scan, names: { () throws(UpstreamFailure) -> [String] in try cache.names() },
                                           values: { (names: [String]) throws(UpstreamFailure) -> [SecureBytes?] in
                                               try cache.orderedValues(names)
-                                          }) { size, fill -> Bool in
-                guard let body = reply.frame(.resolved, prefix: UInt32(size), bodySize: size) else { return false }
-                fill(body)
-                return true
+                                          }) { (scan: InjectionScan, values: [SecureBytes?]) throws(InjectionError) -> Bool in
+                // Written straight into the room of the reply buffer when it
+                // fits (one pass); else measured, then placed in a larger one.
+                guard let room = reply.room(headerBytes: head) else { return false }
+                var filled = false
+                let placement = try scan.produce(InjectionOutput(output), maximum: limits.maxReplyFrame - Wire.headerSize - 4,
+                                                 values: values, room: room) { size, fill in
+                    guard let body = reply.frame(.resolved, prefix: UInt32(size), bodySize: size) else { return }
+                    fill(body)
+                    filled = true
+                }
+                if case .inRoom(let count) = placement {
+                    reply.finish(.resolved, prefix: UInt32(count), bodySize: count)
+                    return true
+                }
+                return filled
             }
         } catch let failure as ResolveFailure {
             return sendProblems(conn, project, failure.problems)

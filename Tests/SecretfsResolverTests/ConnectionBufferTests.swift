@@ -81,6 +81,16 @@ import Testing
         guard let small = reply.frame(.valuesReply, prefix: 1, bodySize: 100) else { Issue.record("no memory"); return }
         #expect(small.allSatisfy { $0 == 0 })
         reply.wipe()
+
+        // A room written before the size is known (a RESOLVE written in one
+        // pass) is wiped whole, however much of it the frame used.
+        guard let room = reply.room(headerBytes: 10) else { Issue.record("no memory"); return }
+        fillAll(room)
+        reply.finish(.resolved, prefix: 5, bodySize: 5)
+        reply.wipe()
+        guard let again = reply.room(headerBytes: 10) else { Issue.record("no memory"); return }
+        #expect(again.count == room.count && again.allSatisfy { $0 == 0 })
+        reply.wipe()
     }
 
     @Test func aConnectionsRememberedScanStillGetsFreshValues() throws {
