@@ -176,3 +176,32 @@ struct FrameReceiverTests {
         if case .closed = r.next(maxLength: 1 << 20, deadline: nil) {} else { Issue.record("expected closed") }
     }
 }
+
+/// SecretfsUTF8.isValid takes ASCII eight bytes at a time before decoding:
+/// the verdict must be the decoder's for every position of a non-ASCII or
+/// invalid sequence (inside the first word, across a word boundary, in the tail).
+@Test func utf8ValidationAgreesWithTheDecoderAtEveryOffset() {
+    func decoderSays(_ bytes: [UInt8]) -> Bool {
+        var it = bytes.makeIterator()
+        var d = UTF8()
+        while true {
+            switch d.decode(&it) {
+            case .scalarValue: continue
+            case .emptyInput: return true
+            case .error: return false
+            }
+        }
+    }
+    let inserts: [[UInt8]] = [[0xC3, 0xA9], [0xE2, 0x80, 0xA8], [0xF0, 0x9F, 0x98, 0x80], [0xC3], [0x80], [0xFF],
+                              [0xED, 0xA0, 0x80], [0xE2, 0x80]]
+    for length in [0, 1, 7, 8, 9, 16, 23] {
+        let ascii = [UInt8](repeating: 0x61, count: length)
+        #expect(ascii.withUnsafeBytes(SecretfsUTF8.isValid))
+        for insert in inserts {
+            for at in 0...length {
+                let bytes = Array(ascii[..<at]) + insert + Array(ascii[at...])
+                #expect(bytes.withUnsafeBytes(SecretfsUTF8.isValid) == decoderSays(bytes), "\(bytes)")
+            }
+        }
+    }
+}
