@@ -208,8 +208,8 @@ public struct InjectionScan: Sendable {
     /// Phase 2 in one pass when the output fits `room`, memory the caller
     /// already holds (the resolver daemon's reply buffer): the output is
     /// written there while it is counted, and `.inRoom` says how much. When
-    /// it does not fit, that pass has counted it exactly; the size is checked
-    /// against `maximum` and the output placed and written as by
+    /// it does not fit, the pass stops writing values, and the output is
+    /// measured, checked against `maximum`, placed and written as by
     /// `produce(_:maximum:values:into:)`, whose errors this throws.
     ///
     /// Either way `room` may hold part of the output afterwards (values):
@@ -222,11 +222,29 @@ public struct InjectionScan: Sendable {
         throws(InjectionError) -> Placement {
         let values = try resolve(given)
         let limit = maximum ?? plan.limits.maxOutputBytes
+        // First pass into the room. Once past it, values are no longer
+        // written (nor counted): a document of many references to a large
+        // value would otherwise cost its whole output here (a document can
+        // amplify its size many times over), and `measure` counts that in
+        // time proportional to the document and the values instead.
         var first = SpillingSink(room)
-        write(output, values, into: &first)
-        let size = first.count
-        guard size <= limit else { throw Self.overLimit(size, limit) }
-        if size <= room.count { return .inRoom(count: size) }
+        switch output {
+        case .document:
+            emitDocument(into: &first) { k, outer, s in
+                if s.spilled { return }
+                values[k].withUnsafeBytes { s.putJSStringLiteral($0, outer: outer) }
+            }
+        case .bindings:
+            emitBindings(into: &first) { k, s in
+                if s.spilled { return }
+                values[k].withUnsafeBytes { raw in forEachScalar(raw) { s.putJSONEscaped($0) } }
+            }
+        }
+        if !first.spilled {
+            guard first.count <= limit else { throw Self.overLimit(first.count, limit) }
+            return .inRoom(count: first.count)
+        }
+        let size = try measure(output, values, maximum: limit)
         place(size) { raw in
             precondition(raw.count == size, "the output buffer must have exactly the measured size")
             var w = WritingSink(raw)

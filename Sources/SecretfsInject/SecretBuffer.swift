@@ -66,12 +66,14 @@ struct WritingSink: ByteSink {
     }
 }
 
-/// Writes into a buffer while it has room and counts every byte, past the
-/// room too: one pass that either produces the output or measures it.
+/// Writes into a buffer while it has room, counting: `count` is the
+/// output's size when it fits (`spilled` false); past the room, bytes are
+/// counted but not written.
 struct SpillingSink: ByteSink {
     let base: UnsafeMutableRawBufferPointer
     var count = 0
     init(_ base: UnsafeMutableRawBufferPointer) { self.base = base }
+    var spilled: Bool { count > base.count }
     @inline(__always) mutating func put(_ byte: UInt8) {
         if count < base.count { base[count] = byte }
         count += 1

@@ -276,6 +276,25 @@ import Testing
             }
         }
 
+        /// A document that amplifies a large value is refused by measuring,
+        /// in the room form too: past the room no value is written again
+        /// (20,000 references to 60 KB would be 1.2 GB of work).
+        @Test func anAmplifyingDocumentIsRefusedInTheRoomFormToo() throws {
+            let scan = Injector.scan(Array(repeating: "secrets.BIG", count: 20_000).joined(separator: "+"), format: .expr)
+            let big = TestBuffer(String(repeating: "v", count: 60_000))
+            let room = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 1)
+            defer { room.deallocate() }
+            do {
+                _ = try scan.produce(.document, maximum: 64 << 20, values: [big], room: room) { _, _ in
+                    Issue.record("placed over the limit")
+                }
+                Issue.record("expected the limit")
+            } catch {
+                #expect(error.problems.map(\.kind) == [.limit])
+                #expect(error.problems.first?.message.contains("over the limit") == true)
+            }
+        }
+
         @Test func outputSizeReportsTheSameProblemsAsRewrite() {
             let scan = Injector.scan("secrets.GONE + secrets[x]", format: .expr)
             #expect(throws: InjectionError.self) { try scan.outputSize { _ in TestBuffer("v") } }
