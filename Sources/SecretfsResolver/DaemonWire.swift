@@ -389,6 +389,10 @@ final class ReplyBuffer {
     func finish(_ type: DaemonWire.MessageType, prefix: UInt32?, bodySize: Int) {
         let head = Wire.lengthSize + Wire.headerSize + (prefix == nil ? 0 : 4)
         writeHeader(type, prefix: prefix, total: head + bodySize)
+        // A body that fit was written up to its end and no further (the
+        // one-pass writer writes each byte at the count it has reached), so
+        // the frame is all there is to wipe, not the whole room.
+        dirty = used
     }
 
     private func writeHeader(_ type: DaemonWire.MessageType, prefix: UInt32?, total: Int) {

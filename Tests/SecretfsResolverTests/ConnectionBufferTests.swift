@@ -83,13 +83,18 @@ import Testing
         reply.wipe()
 
         // A room written before the size is known (a RESOLVE written in one
-        // pass) is wiped whole, however much of it the frame used.
+        // pass): when no frame was finished (the output did not fit, or was
+        // refused) it is wiped whole; when one was, its body is what was written.
         guard let room = reply.room(headerBytes: 10) else { Issue.record("no memory"); return }
         fillAll(room)
-        reply.finish(.resolved, prefix: 5, bodySize: 5)
         reply.wipe()
         guard let again = reply.room(headerBytes: 10) else { Issue.record("no memory"); return }
         #expect(again.count == room.count && again.allSatisfy { $0 == 0 })
+        fillAll(UnsafeMutableRawBufferPointer(rebasing: again[0..<5]))
+        reply.finish(.resolved, prefix: 5, bodySize: 5)
+        reply.wipe()
+        guard let third = reply.room(headerBytes: 10) else { Issue.record("no memory"); return }
+        #expect(third.allSatisfy { $0 == 0 })
         reply.wipe()
     }
 
