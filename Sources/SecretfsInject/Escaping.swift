@@ -127,49 +127,34 @@ extension ByteSink {
     }
 
     /// Source text (not secret) copied through `outer`.
-    mutating func putSource(_ bytes: ArraySlice<UInt8>, outer: OuterEscaping) {
+    mutating func putSource(_ raw: UnsafeRawBufferPointer, outer: OuterEscaping) {
         if case .none = outer {
-            put(bytes: bytes)
+            put(run: raw)
             return
         }
-        bytes.withUnsafeBytes { raw in
-            forEachRun(raw) { run, plain in
-                if plain { put(run: run) } else { forEachScalar(run) { put(scalar: $0, outer: outer) } }
-            }
+        forEachRun(raw) { run, plain in
+            if plain { put(run: run) } else { forEachScalar(run) { put(scalar: $0, outer: outer) } }
         }
     }
 }
 
-/// Whether byte `b` is written as itself inside a JavaScript double-quoted
-/// string and through every `OuterEscaping`: printable ASCII except `"` and
-/// `\` (see `putJSStringChar`, `putYAMLDoubleQuoted`, `putJSONEscaped`).
-@inline(__always)
-func isPlainByte(_ b: UInt8) -> Bool {
-    b >= 0x20 && b <= 0x7E && b != 0x22 && b != 0x5C
-}
-
-/// Splits `bytes` into runs of plain bytes (`isPlainByte`, passed with
-/// `plain` true, to be copied as they are) and the runs between them, each
-/// of which starts at a byte that needs escaping and goes up to the next
-/// ASCII byte. A run never splits a UTF-8 sequence, valid or not (ASCII is
-/// never part of one), so decoding the other runs one by one gives the
-/// scalars, and the U+FFFD of invalid bytes, that decoding the whole does.
+/// Splits UTF-8 `bytes` into alternating runs: `plain` runs of printable
+/// ASCII other than `"` and `\` (bytes that every escaping here, JavaScript
+/// string, YAML double-quoted and JSON, writes unchanged), and the runs
+/// between them, to be escaped scalar by scalar. A run boundary is always at
+/// an ASCII byte, so it never splits a UTF-8 sequence (nor changes how an
+/// invalid one decodes: an ASCII byte is never part of one).
 @inline(__always)
 func forEachRun(_ bytes: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer, _ plain: Bool) -> Void) {
+    @inline(__always) func isPlain(_ b: UInt8) -> Bool { b >= 0x20 && b < 0x7F && b != 0x22 && b != 0x5C }
+    var i = 0
     let n = bytes.count
-    var p = 0
-    while p < n {
-        var q = p
-        while q < n && isPlainByte(bytes[q]) { q += 1 }
-        if q > p {
-            body(UnsafeRawBufferPointer(rebasing: bytes[p..<q]), true)
-            p = q
-            if p == n { return }
-        }
-        q = p + 1
-        while q < n && bytes[q] >= 0x80 { q += 1 }
-        body(UnsafeRawBufferPointer(rebasing: bytes[p..<q]), false)
-        p = q
+    while i < n {
+        let plain = isPlain(bytes[i])
+        var j = i + 1
+        while j < n && isPlain(bytes[j]) == plain { j += 1 }
+        body(UnsafeRawBufferPointer(rebasing: bytes[i..<j]), plain)
+        i = j
     }
 }
 

@@ -1,3 +1,5 @@
+import SecureMemory
+
 /// The three input formats of `secretfs resolve`.
 public enum InjectionFormat: String, Sendable, CaseIterable {
     /// A flow definition (YAML); only scalars tagged `!expr` are expressions.
@@ -68,6 +70,10 @@ public struct InjectionScan: Sendable {
     /// Number of references (occurrences) in the document.
     public let referenceCount: Int
     let plan: DocumentPlan
+    /// For each site, the index in `referencedNames` of each reference's
+    /// name: phase 2 finds values by position instead of hashing names at
+    /// every reference (a scan may be reused for many rewrites).
+    let nameIndices: [[Int]]
 
     init(format: InjectionFormat, plan: DocumentPlan) {
         self.format = format
@@ -89,6 +95,9 @@ public struct InjectionScan: Sendable {
         }
         referencedNames = names.sorted()
         referenceCount = count
+        var indexOf: [String: Int] = [:]
+        for (i, n) in referencedNames.enumerated() { indexOf[n] = i }
+        nameIndices = plan.sites.map { $0.analysis.references.map { indexOf[$0.name]! } }
         var list = plan.documentProblems
         for i in withProblems {
             let site = plan.sites[i]
@@ -147,55 +156,163 @@ public struct InjectionScan: Sendable {
     /// passes its limit as `maximum` to `rewrite`) before anything is allocated.
     public func outputSize<B: SecretBuffer>(_ output: InjectionOutput = .document, maximum: Int? = nil,
                                             _ lookup: (String) -> B?) throws(InjectionError) -> Int {
-        let values = try resolve(lookup)
+        let values = try resolve(try lookUpAll(lookup))
         return try measure(output, values, maximum: maximum ?? plan.limits.maxOutputBytes)
     }
 
     private func produce<B: SecretBuffer>(_ output: InjectionOutput, maximum: Int?,
                                           _ lookup: (String) -> B?) throws(InjectionError) -> B {
-        let values = try resolve(lookup)
+        var out: B?
+        try produce(output, maximum: maximum, values: try lookUpAll(lookup)) { size, fill in
+            let b = B(capacity: size, count: size)
+            b.withUnsafeMutableBytes(fill)
+            out = b
+        }
+        return out!
+    }
+
+    /// `lookup` once per referenced name, in order; not at all when phase 1
+    /// found problems (they are thrown).
+    private func lookUpAll<B: SecretBuffer>(_ lookup: (String) -> B?) throws(InjectionError) -> [B?] {
+        guard problems.isEmpty else { throw InjectionError(problems: problems) }
+        return referencedNames.map(lookup)
+    }
+
+    /// Phase 2 into memory the caller provides, for a server that reuses one
+    /// locked buffer per connection instead of allocating one per output
+    /// (`rewrite` and `bindings` are this with a new `B` of exactly the
+    /// size). The values are given in the order of `referencedNames` (nil:
+    /// the project has no such secret).
+    ///
+    /// `place(size, fill)` is called once, after the size is known and
+    /// checked against `maximum`, with the exact output size: it finds
+    /// `size` bytes of locked memory and calls `fill` on exactly those bytes
+    /// (or does not call it at all, when it has no memory to offer). Same
+    /// errors as `rewrite`, thrown before `place` is called.
+    ///
+    /// Specialised for `SecureBytes` here: called from another module, the
+    /// generic version ran on runtime metadata lookups (about a tenth of the
+    /// resolver daemon's user time).
+    @_specialize(exported: true, where B == SecureBytes)
+    public func produce<B: SecretBuffer>(_ output: InjectionOutput, maximum: Int? = nil, values given: [B?],
+                                         into place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> Void)
+        throws(InjectionError) {
+        let values = try resolve(given)
         let size = try measure(output, values, maximum: maximum ?? plan.limits.maxOutputBytes)
-        let out = B(capacity: size, count: size)
-        out.withUnsafeMutableBytes { raw in
+        place(size) { raw in
+            precondition(raw.count == size, "the output buffer must have exactly the measured size")
             var w = WritingSink(raw)
-            switch output {
-            case .document:
-                emitDocument(into: &w) { name, outer, s in values[name]!.withUnsafeBytes { s.putJSStringLiteral($0, outer: outer) } }
-            case .bindings:
-                emitBindings(into: &w) { name, s in values[name]!.withUnsafeBytes { raw in forEachScalar(raw) { s.putJSONEscaped($0) } } }
-            }
+            write(output, values, into: &w)
             precondition(w.offset == raw.count, "injector length computation was wrong")
         }
-        return out
+    }
+
+    /// Where `produce(_:maximum:values:room:orElse:)` put the output.
+    public enum Placement: Sendable, Equatable {
+        /// In the room given, its first `count` bytes.
+        case inRoom(count: Int)
+        /// Where `place` said (it did not fit the room).
+        case placed
+    }
+
+    /// Phase 2 in one pass when the output fits `room`, memory the caller
+    /// already holds (the resolver daemon's reply buffer): the output is
+    /// written there while it is counted, and `.inRoom` says how much. When
+    /// it does not fit, the pass stops writing values, and the output is
+    /// measured, checked against `maximum`, placed and written as by
+    /// `produce(_:maximum:values:into:)`, whose errors this throws.
+    ///
+    /// Either way `room` may hold part of the output afterwards (values):
+    /// the caller wipes it. Nothing is allocated before the size is checked,
+    /// as `room` is allocated already.
+    @_specialize(exported: true, where B == SecureBytes)
+    public func produce<B: SecretBuffer>(_ output: InjectionOutput, maximum: Int? = nil, values given: [B?],
+                                         room: UnsafeMutableRawBufferPointer,
+                                         orElse place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> Void)
+        throws(InjectionError) -> Placement {
+        let values = try resolve(given)
+        let limit = maximum ?? plan.limits.maxOutputBytes
+        // First pass into the room. Once past it, values are no longer
+        // written (nor counted): a document of many references to a large
+        // value would otherwise cost its whole output here (a document can
+        // amplify its size many times over), and `measure` counts that in
+        // time proportional to the document and the values instead.
+        var first = SpillingSink(room)
+        switch output {
+        case .document:
+            emitDocument(into: &first) { k, outer, s in
+                if s.spilled { return }
+                values[k].withUnsafeBytes { s.putJSStringLiteral($0, outer: outer) }
+            }
+        case .bindings:
+            emitBindings(into: &first) { k, s in
+                if s.spilled { return }
+                values[k].withUnsafeBytes { raw in forEachScalar(raw) { s.putJSONEscaped($0) } }
+            }
+        }
+        if !first.spilled {
+            guard first.count <= limit else { throw Self.overLimit(first.count, limit) }
+            return .inRoom(count: first.count)
+        }
+        let size = try measure(output, values, maximum: limit)
+        place(size) { raw in
+            precondition(raw.count == size, "the output buffer must have exactly the measured size")
+            var w = WritingSink(raw)
+            write(output, values, into: &w)
+            precondition(w.offset == raw.count, "injector length computation was wrong")
+        }
+        return .placed
+    }
+
+    /// The output, into `sink`.
+    private func write<B: SecretBuffer, S: ByteSink>(_ output: InjectionOutput, _ values: [B], into sink: inout S) {
+        switch output {
+        case .document:
+            emitDocument(into: &sink) { k, outer, s in values[k].withUnsafeBytes { s.putJSStringLiteral($0, outer: outer) } }
+        case .bindings:
+            emitBindings(into: &sink) { k, s in values[k].withUnsafeBytes { raw in forEachScalar(raw) { s.putJSONEscaped($0) } } }
+        }
+    }
+
+    private static func overLimit(_ count: Int, _ maximum: Int) -> InjectionError {
+        InjectionError(problems: [InjectionProblem(
+            kind: .limit, context: "", line: 1, column: 1,
+            message: "output: \(count) bytes, over the limit of \(maximum) bytes")])
     }
 
     /// The output size: every byte of text counted, every value measured
-    /// once per escaping it is written with.
-    private func measure<B: SecretBuffer>(_ output: InjectionOutput, _ values: [String: B],
+    /// once per escaping it is written with. `values` is indexed as
+    /// `referencedNames`.
+    private func measure<B: SecretBuffer>(_ output: InjectionOutput, _ values: [B],
                                           maximum: Int) throws(InjectionError) -> Int {
         var counter = CountingSink()
         switch output {
         case .document:
-            var sizes: [OuterEscaping: [String: Int]] = [:]
-            emitDocument(into: &counter) { name, outer, s in
-                if let n = sizes[outer]?[name] { s.add(n); return }
+            // A value's literal size per escaping (-1: not measured yet); a
+            // document has one or two escapings, so a short list.
+            var sizes: [(outer: OuterEscaping, sizes: [Int])] = []
+            emitDocument(into: &counter) { k, outer, s in
+                let o: Int
+                if let i = sizes.firstIndex(where: { $0.outer == outer }) {
+                    o = i
+                } else {
+                    sizes.append((outer, [Int](repeating: -1, count: values.count)))
+                    o = sizes.count - 1
+                }
+                if sizes[o].sizes[k] >= 0 { s.add(sizes[o].sizes[k]); return }
                 var c = CountingSink()
-                values[name]!.withUnsafeBytes { c.putJSStringLiteral($0, outer: outer) }
-                sizes[outer, default: [:]][name] = c.count
+                values[k].withUnsafeBytes { c.putJSStringLiteral($0, outer: outer) }
+                sizes[o].sizes[k] = c.count
                 s.add(c.count)
             }
         case .bindings:
-            emitBindings(into: &counter) { name, s in
+            emitBindings(into: &counter) { k, s in
                 var c = CountingSink()
-                values[name]!.withUnsafeBytes { raw in forEachScalar(raw) { c.putJSONEscaped($0) } }
+                values[k].withUnsafeBytes { raw in forEachScalar(raw) { c.putJSONEscaped($0) } }
                 s.add(c.count)
             }
         }
-        guard counter.count <= maximum else {
-            throw InjectionError(problems: [InjectionProblem(
-                kind: .limit, context: "", line: 1, column: 1,
-                message: "output: \(counter.count) bytes, over the limit of \(maximum) bytes")])
-        }
+        guard counter.count <= maximum else { throw Self.overLimit(counter.count, maximum) }
         return counter.count
     }
 
@@ -210,14 +327,18 @@ public struct InjectionScan: Sendable {
         }
     }
 
-    private func resolve<B: SecretBuffer>(_ lookup: (String) -> B?) throws(InjectionError) -> [String: B] {
+    /// The values (given and returned in the order of `referencedNames`);
+    /// every missing or non-UTF-8 one is an error.
+    private func resolve<B: SecretBuffer>(_ given: [B?]) throws(InjectionError) -> [B] {
         guard problems.isEmpty else { throw InjectionError(problems: problems) }
-        var values: [String: B] = [:]
+        precondition(given.count == referencedNames.count, "one value (or nil) per referenced name")
+        var values: [B] = []
+        values.reserveCapacity(referencedNames.count)
         var missing = Set<String>()
         var notUTF8 = Set<String>()
-        for name in referencedNames {
-            if let v = lookup(name) {
-                if v.isValidUTF8Value { values[name] = v } else { notUTF8.insert(name) }
+        for (name, value) in zip(referencedNames, given) {
+            if let v = value {
+                if v.isValidUTF8Value { values.append(v) } else { notUTF8.insert(name) }
             } else {
                 missing.insert(name)
             }
@@ -235,32 +356,43 @@ public struct InjectionScan: Sendable {
         })
     }
 
-    /// The document; `literal(name, outer, &sink)` writes the JavaScript
-    /// string literal of the value of `name` through `outer`.
-    private func emitDocument<S: ByteSink>(into sink: inout S, literal: (String, OuterEscaping, inout S) -> Void) {
-        for piece in plan.pieces {
-            switch piece {
-            case .raw(let range):
-                sink.put(bytes: plan.source[range])
-            case .text(let bytes):
-                sink.put(bytes: bytes)
-            case .expression(let index, let outer):
-                let analysis = plan.sites[index].analysis
-                analysis.emit(into: &sink, outer: outer) { n, s in literal(analysis.references[n].name, outer, &s) }
+    /// The document; `literal(k, outer, &sink)` writes the JavaScript
+    /// string literal of the value of `referencedNames[k]` through `outer`.
+    private func emitDocument<S: ByteSink>(into sink: inout S, literal: (Int, OuterEscaping, inout S) -> Void) {
+        // Sites through a borrowed buffer and a pointer: `plan.sites[index]
+        // .analysis` copied the whole analysis (a retain and a release of
+        // each of its arrays) for every site of every pass.
+        plan.source.withUnsafeBytes { source in
+            plan.sites.withUnsafeBufferPointer { sites in
+                for piece in plan.pieces {
+                    switch piece {
+                    case .raw(let range):
+                        sink.put(run: UnsafeRawBufferPointer(rebasing: source[range]))
+                    case .text(let bytes):
+                        sink.put(bytes: bytes)
+                    case .expression(let index, let outer):
+                        let site = sites.baseAddress! + index
+                        nameIndices[index].withUnsafeBufferPointer { indices in
+                            ExpressionAnalysis.emit(source: site.pointee.analysis.source,
+                                                    references: site.pointee.analysis.references,
+                                                    into: &sink, outer: outer) { n, s in literal(indices[n], outer, &s) }
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// The bindings object; `value(name, &sink)` writes the JSON string
-    /// content of the value of `name`.
-    private func emitBindings<S: ByteSink>(into sink: inout S, value: (String, inout S) -> Void) {
+    /// The bindings object; `value(k, &sink)` writes the JSON string
+    /// content of the value of `referencedNames[k]`.
+    private func emitBindings<S: ByteSink>(into sink: inout S, value: (Int, inout S) -> Void) {
         sink.put(0x7B)
         for (k, name) in referencedNames.enumerated() {
             if k > 0 { sink.put(0x2C) }
             sink.put(bytes: jsonQuoted(name))
             sink.put(0x3A)
             sink.put(0x22)
-            value(name, &sink)
+            value(k, &sink)
             sink.put(0x22)
         }
         sink.put(0x7D)

@@ -72,22 +72,41 @@ struct ExpressionAnalysis: Sendable {
     /// writes the JavaScript string literal for `references[i]`.
     func emit<S: ByteSink>(into sink: inout S, outer: OuterEscaping,
                            literal: (Int, inout S) -> Void) {
-        var pos = 0
-        for (n, ref) in references.enumerated() {
-            sink.putSource(source[pos..<ref.start], outer: outer)
-            if ref.parenthesize { sink.put(scalar: 0x28, outer: outer) }
-            literal(n, &sink)
-            if ref.parenthesize { sink.put(scalar: 0x29, outer: outer) }
-            for gap in ref.commentGaps {
-                forEachComment(source, in: gap) { range, isLine in
-                    sink.put(scalar: 0x20, outer: outer)
-                    sink.putSource(source[range], outer: outer)
-                    if isLine { sink.put(scalar: 0x0A, outer: outer) }
+        Self.emit(source: source, references: references, into: &sink, outer: outer, literal: literal)
+    }
+
+    /// `emit` on an analysis's two arrays, for a caller that reaches the
+    /// analysis through a pointer: calling a method on it copied the whole
+    /// analysis (a retain and a release of each of its arrays) per site and pass.
+    static func emit<S: ByteSink>(source: [UInt8], references: [SecretReference], into sink: inout S,
+                                  outer: OuterEscaping, literal: (Int, inout S) -> Void) {
+        // Through borrowed buffers: a copy of each reference (its name, its
+        // comment gaps) and a slice of the source per piece cost a retain
+        // and a release each, most of phase 2's own time for small documents
+        // written twice (measured, then written) at every request.
+        source.withUnsafeBytes { src in
+            references.withUnsafeBufferPointer { refs in
+                var pos = 0
+                for n in refs.indices {
+                    sink.putSource(UnsafeRawBufferPointer(rebasing: src[pos..<refs[n].start]), outer: outer)
+                    let parenthesize = refs[n].parenthesize
+                    if parenthesize { sink.put(scalar: 0x28, outer: outer) }
+                    literal(n, &sink)
+                    if parenthesize { sink.put(scalar: 0x29, outer: outer) }
+                    if !refs[n].commentGaps.isEmpty {
+                        for gap in refs[n].commentGaps {
+                            forEachComment(source, in: gap) { range, isLine in
+                                sink.put(scalar: 0x20, outer: outer)
+                                sink.putSource(UnsafeRawBufferPointer(rebasing: src[range]), outer: outer)
+                                if isLine { sink.put(scalar: 0x0A, outer: outer) }
+                            }
+                        }
+                    }
+                    pos = refs[n].end
                 }
+                sink.putSource(UnsafeRawBufferPointer(rebasing: src[pos...]), outer: outer)
             }
-            pos = ref.end
         }
-        sink.putSource(source[pos...], outer: outer)
     }
 }
 

@@ -34,9 +34,8 @@ extension SecretBuffer {
 
 protocol ByteSink {
     mutating func put(_ byte: UInt8)
-    /// A run of bytes at once (what `put` of each would do): the document's
-    /// copied text is most of the output, and a call per byte of it was most
-    /// of the rewrite's time.
+    /// Bytes written as they are (a run of text that needs no escaping):
+    /// one count or one copy instead of a call per byte.
     mutating func put(run: UnsafeRawBufferPointer)
 }
 
@@ -61,21 +60,39 @@ struct WritingSink: ByteSink {
         offset += 1
     }
     @inline(__always) mutating func put(run: UnsafeRawBufferPointer) {
-        guard !run.isEmpty else { return }
         precondition(run.count <= base.count - offset, "injector length computation was wrong")
-        (base.baseAddress! + offset).copyMemory(from: run.baseAddress!, byteCount: run.count)
+        if run.count > 0 { (base.baseAddress! + offset).copyMemory(from: run.baseAddress!, byteCount: run.count) }
         offset += run.count
     }
 }
 
-extension ByteSink {
-    mutating func put<C: Collection>(bytes: C) where C.Element == UInt8 {
-        for b in bytes { put(b) }
+/// Writes into a buffer while it has room, counting: `count` is the
+/// output's size when it fits (`spilled` false); past the room, bytes are
+/// counted but not written.
+struct SpillingSink: ByteSink {
+    let base: UnsafeMutableRawBufferPointer
+    var count = 0
+    init(_ base: UnsafeMutableRawBufferPointer) { self.base = base }
+    var spilled: Bool { count > base.count }
+    @inline(__always) mutating func put(_ byte: UInt8) {
+        if count < base.count { base[count] = byte }
+        count += 1
     }
-    mutating func put(bytes: ArraySlice<UInt8>) {
-        bytes.withUnsafeBytes { put(run: $0) }
+    @inline(__always) mutating func put(run: UnsafeRawBufferPointer) {
+        let n = min(run.count, max(base.count - count, 0))
+        if n > 0 { (base.baseAddress! + count).copyMemory(from: run.baseAddress!, byteCount: n) }
+        count += run.count
+    }
+}
+
+extension ByteSink {
+    mutating func put(run: UnsafeRawBufferPointer) {
+        for b in run { put(b) }
     }
     mutating func put(bytes: [UInt8]) {
+        bytes.withUnsafeBytes { put(run: $0) }
+    }
+    mutating func put(bytes: ArraySlice<UInt8>) {
         bytes.withUnsafeBytes { put(run: $0) }
     }
     mutating func put(ascii: StaticString) {

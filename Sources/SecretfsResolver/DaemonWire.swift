@@ -246,10 +246,12 @@ public enum DaemonRequest: Equatable, Sendable {
             throw Refusal(code: .unknownType, message: "message type 0x\(String(frame.type, radix: 16)) is not a request", closes: false)
         }
         var r = FrameReader(frame)
-        let what = "\(type)".uppercased()
+        // Only for messages: `"\(type)"` goes through reflection, too slow
+        // to pay on every request.
+        func what() -> String { "\(type)".uppercased() }
         func field<T>(_ read: (inout FrameReader) throws(ParseError) -> T) throws(Refusal) -> T {
             do throws(ParseError) { return try read(&r) } catch {
-                throw Refusal(code: .malformed, message: "\(what): \(error.reason)", closes: type == .watch)
+                throw Refusal(code: .malformed, message: "\(what()): \(error.reason)", closes: type == .watch)
             }
         }
         func project() throws(Refusal) -> String {
@@ -318,5 +320,112 @@ public enum DaemonRequest: Equatable, Sendable {
         default:
             throw Refusal(code: .unknownType, message: "message type 0x\(String(frame.type, radix: 16)) is not a request", closes: false)
         }
+    }
+}
+
+/// One connection's reply buffer: locked memory kept from request to request
+/// (a `sodium_malloc` per reply costs about ten address-space system calls,
+/// which also serialise the daemon's connection threads on the mm lock; see
+/// `FrameReceiver`). A reply is built in place after its frame header and
+/// sent with one send; `wipe()` after every reply (a RESOLVED frame holds
+/// values). A buffer grown past `retainedCapacity` for one large reply is
+/// given back by `wipe()`, so an idle connection keeps at most that much
+/// locked.
+final class ReplyBuffer {
+    let retainedCapacity: Int
+    private var buffer: SecureBytes?
+    /// Bytes of the frame being built (`buffer[0..<used]`).
+    private var used = 0
+    /// Bytes handed out by `room` to be written (`buffer[0..<dirty]`), all
+    /// wiped by `wipe()` whatever was written there.
+    private var dirty = 0
+
+    /// The smallest buffer (sodium_malloc rounds up to whole pages anyway).
+    static let minimumCapacity = 4096 - 16
+
+    init(retainedCapacity: Int = 64 << 10) {
+        self.retainedCapacity = retainedCapacity
+    }
+
+    deinit { wipe() }
+
+    /// Starts a frame of `type` whose body is an optional u32 `prefix` (a
+    /// length or count, never secret) then `bodySize` bytes: writes the
+    /// length, version, type and prefix, and returns the `bodySize` bytes to
+    /// fill. nil (nothing changed) when the locked memory cannot be had.
+    func frame(_ type: DaemonWire.MessageType, prefix: UInt32?, bodySize: Int) -> UnsafeMutableRawBufferPointer? {
+        wipe()
+        let head = Wire.lengthSize + Wire.headerSize + (prefix == nil ? 0 : 4)
+        let total = head + bodySize
+        if (buffer?.capacity ?? 0) < total {
+            buffer = nil   // sodium_free wipes
+            guard let b = SecureBytes(allocating: max(total, Self.minimumCapacity)) else { return nil }
+            buffer = b
+        }
+        writeHeader(type, prefix: prefix, total: total)
+        // Within the buffer's lifetime: `buffer` holds it until `wipe()`.
+        return buffer!.withUnsafeMutableCapacity { UnsafeMutableRawBufferPointer(rebasing: $0[head..<total]) }
+    }
+
+    /// The buffer's room after a header of `headerBytes`, for a body written
+    /// before its size is known (`InjectionScan.produce(_:maximum:values:room:orElse:)`);
+    /// `finish` then writes the header. nil when no locked memory can be had.
+    func room(headerBytes: Int) -> UnsafeMutableRawBufferPointer? {
+        wipe()
+        if buffer == nil {
+            guard let b = SecureBytes(allocating: Self.minimumCapacity) else { return nil }
+            buffer = b
+        }
+        let b = buffer!
+        guard b.capacity > headerBytes else { return nil }
+        dirty = b.capacity
+        // Within the buffer's lifetime: `buffer` holds it until `wipe()`.
+        return b.withUnsafeMutableCapacity { UnsafeMutableRawBufferPointer(rebasing: $0[headerBytes...]) }
+    }
+
+    /// Writes the header of a frame whose body (`bodySize` bytes) was
+    /// written into `room(headerBytes:)`, where headerBytes is the length,
+    /// version and type plus the prefix if any.
+    func finish(_ type: DaemonWire.MessageType, prefix: UInt32?, bodySize: Int) {
+        let head = Wire.lengthSize + Wire.headerSize + (prefix == nil ? 0 : 4)
+        writeHeader(type, prefix: prefix, total: head + bodySize)
+        // A body that fit was written up to its end and no further (the
+        // one-pass writer writes each byte at the count it has reached), so
+        // the frame is all there is to wipe, not the whole room.
+        dirty = used
+    }
+
+    private func writeHeader(_ type: DaemonWire.MessageType, prefix: UInt32?, total: Int) {
+        let length = UInt32(total - Wire.lengthSize)
+        buffer!.withUnsafeMutableCapacity { raw in
+            func be32(_ v: UInt32, at o: Int) {
+                raw[o] = UInt8(v >> 24); raw[o + 1] = UInt8((v >> 16) & 0xff)
+                raw[o + 2] = UInt8((v >> 8) & 0xff); raw[o + 3] = UInt8(v & 0xff)
+            }
+            be32(length, at: 0)
+            raw[4] = DaemonWire.version
+            raw[5] = type.rawValue
+            if let prefix { be32(prefix, at: 6) }
+        }
+        used = total
+    }
+
+    /// Sends the frame built (after its body was filled); false if the peer
+    /// went away or the send timed out. The caller wipes.
+    func send(_ fd: Int32) -> Bool {
+        guard let b = buffer, used > 0 else { return false }
+        return b.withUnsafeMutableCapacity { raw in
+            DaemonIO.sendRaw(fd, UnsafeRawBufferPointer(rebasing: raw[0..<used]), flags: 0)
+        }
+    }
+
+    /// Wipes the frame built, and gives back a buffer grown past `retainedCapacity`.
+    func wipe() {
+        guard let b = buffer else { return }
+        let written = max(used, dirty)
+        if written > 0 { b.wipe(range: 0..<written) }
+        used = 0
+        dirty = 0
+        if b.capacity > retainedCapacity { buffer = nil }
     }
 }

@@ -213,17 +213,49 @@ final class ProjectCache: @unchecked Sendable {
     /// with the cache: callers must not wipe or modify them), and the names
     /// that do not exist. Fetches from the mount only the names not cached.
     func values(_ names: [String]) throws(UpstreamFailure) -> (values: [String: SecureBytes], missing: [String]) {
-        ensureWatch()
+        let hits = try orderedValues(names)
         var found: [String: SecureBytes] = [:]
+        found.reserveCapacity(names.count)
         var missing: [String] = []
+        for (n, v) in zip(names, hits) { if let v { found[n] = v } else { missing.append(n) } }
+        return (found, missing)
+    }
+
+    /// `values`, in the order of `names` (nil: no such secret), for RESOLVE:
+    /// no dictionary to build and hash into again.
+    func orderedValues(_ names: [String]) throws(UpstreamFailure) -> [SecureBytes?] {
+        // Every connection's requests come through this lock: one short hold
+        // per request when the watch runs (the usual case), which also does
+        // `ensureWatch`'s bookkeeping; nothing is allocated under it but the
+        // result's room.
+        let now = SocketIO.monotonicNow()
+        var hits: [SecureBytes?] = []
+        hits.reserveCapacity(names.count)
         var wanted: [String] = []
-        let (generation, live) = state.withLock { s -> (UInt64, Bool) in
+        func lookUp(_ s: inout State) {
+            hits.removeAll(keepingCapacity: true)
+            wanted.removeAll()
             for n in names {
-                if let v = s.values[n] { found[n] = v } else if s.missing.contains(n) { missing.append(n) } else { wanted.append(n) }
+                let v = s.values[n]
+                hits.append(v)
+                if v == nil && !s.missing.contains(n) { wanted.append(n) }
             }
-            return (s.generation, s.watchLive)
         }
-        if wanted.isEmpty { return (found, missing) }
+        var (generation, live, watched) = state.withLock { s -> (UInt64, Bool, Bool) in
+            guard s.feed != nil else { return (0, false, false) }
+            s.lastUsed = now
+            lookUp(&s)
+            return (s.generation, s.watchLive, true)
+        }
+        if !watched {
+            // No feed yet (or it could not be started): start it, then look.
+            ensureWatch()
+            (generation, live) = state.withLock { s -> (UInt64, Bool) in
+                lookUp(&s)
+                return (s.generation, s.watchLive)
+            }
+        }
+        if wanted.isEmpty { return hits }
 
         let fetched: SecretValues
         do {
@@ -238,11 +270,10 @@ final class ProjectCache: @unchecked Sendable {
             for (n, v) in fetched.values { s.values[n] = v }
             for n in fetched.missing { s.missing.insert(n) }
         }
-        for (n, v) in fetched.values { found[n] = v }
-        missing += fetched.missing
+        for i in hits.indices where hits[i] == nil { hits[i] = fetched.values[names[i]] }
         logger.debug("fetched from the mount", metadata: ["project": "\(project)", "names": "\(wanted.joined(separator: ","))",
                                                           "found": "\(fetched.values.count)"])
-        return (found, missing)
+        return hits
     }
 
     /// Every name of the project (cached until the next change).

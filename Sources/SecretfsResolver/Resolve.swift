@@ -27,15 +27,40 @@ public enum Resolver {
                     names: { try source.names() }, values: { try source.values($0) }, ownsValues: true)
     }
 
-    /// The one resolve pipeline, for the command line (values from a
-    /// `ValueSource`, owned and wiped here) and the resolver daemon (values
-    /// borrowed from its cache: `ownsValues` false, never wiped here).
+    /// The one resolve pipeline: scan, then the scan's pipeline below with
+    /// values from `fetch` (wiped here when `ownsValues`: the command line's,
+    /// from a `ValueSource`) into a new buffer of exactly the output's size.
     /// Throws `ResolveFailure` with every problem and its location, or
     /// whatever `names` and `values` throw.
     static func resolve(_ document: [UInt8], format: InjectionFormat, output: ResolveOutput, maximum: Int,
                         names: () throws -> [String], values fetch: ([String]) throws -> [String: SecureBytes],
                         ownsValues: Bool) throws -> SecureBytes {
-        let scan = Injector.scan(document, format: format)
+        var fetched: [String: SecureBytes] = [:]
+        defer { if ownsValues { for v in fetched.values { v.wipe() } } }
+        return try resolve(Injector.scan(document, format: format), names: names,
+                           values: { names in
+                               fetched = try fetch(names)
+                               return names.map { fetched[$0] }
+                           }) { (scan: InjectionScan, values: [SecureBytes?]) throws(InjectionError) -> SecureBytes in
+            var out: SecureBytes?
+            try scan.produce(InjectionOutput(output), maximum: maximum, values: values) { size, fill in
+                let b = SecureBytes(capacity: size, count: size)
+                b.withUnsafeMutableBytes(fill)
+                out = b
+            }
+            return out!
+        }
+    }
+
+    /// The pipeline after the scan (the daemon reuses a connection's scans):
+    /// the problems, or the referenced names' values from `fetch` (in the
+    /// order of the names it is given, nil: no such secret; borrowed, never
+    /// wiped here) handed to `write`, which produces the output (see
+    /// `InjectionScan.produce`). Throws `ResolveFailure` for the problems
+    /// `write` throws.
+    static func resolve<R>(_ scan: InjectionScan, names: () throws -> [String],
+                           values fetch: ([String]) throws -> [SecureBytes?],
+                           write: (InjectionScan, [SecureBytes?]) throws(InjectionError) -> R) throws -> R {
         if !scan.problems.isEmpty {
             // Report every problem at once: missing secrets too, found from
             // the project's names alone (no value is fetched for a document
@@ -45,15 +70,15 @@ public enum Resolver {
                 .sorted { ($0.line, $0.column) < ($1.line, $1.column) }
             throw ResolveFailure(problems: all)
         }
-        let values = scan.referencedNames.isEmpty ? [:] : try fetch(scan.referencedNames)
-        defer { if ownsValues { for v in values.values { v.wipe() } } }
+        let values = scan.referencedNames.isEmpty ? [] : try fetch(scan.referencedNames)
         do {
-            switch output {
-            case .document: return try scan.rewrite(maximum: maximum) { (name: String) -> SecureBytes? in values[name] }
-            case .bindings: return try scan.bindings(maximum: maximum) { (name: String) -> SecureBytes? in values[name] }
-            }
+            return try write(scan, values)
         } catch {
             throw ResolveFailure(problems: error.problems)
         }
     }
+}
+
+extension InjectionOutput {
+    init(_ output: ResolveOutput) { self = output == .document ? .document : .bindings }
 }

@@ -205,9 +205,10 @@ public final class ResolverDaemon: @unchecked Sendable {
     /// thing sent was an ERROR after which the connection is closed.
     private func serveConnection(_ admitted: UnixSocketListener.Connection) -> Bool {
         let (id, fd) = (admitted.id, admitted.fd)
-        let conn = Connection(fd: fd, peer: admitted.peer)
+        let conn = Connection(fd: fd, peer: admitted.peer, receiver: FrameReceiver(fd: fd), reply: ReplyBuffer(),
+                              scans: ScanMemo(), uidText: .string("\(admitted.peer.uid)"), pidText: .string("\(admitted.peer.pid)"))
         while true {
-            switch readRequest(fd, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
+            switch readRequest(conn, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
             case .end(let linger):
                 return linger
             case .frame(let frame):
@@ -241,9 +242,20 @@ public final class ResolverDaemon: @unchecked Sendable {
         }
     }
 
+    /// One connection and its two locked buffers, allocated once for the
+    /// connection rather than once per request (see `FrameReceiver`): the
+    /// request frames (a REDACT stream's DATA holds values) and the replies
+    /// that carry values. Both are wiped after every request. And the
+    /// scans of the documents it resolved last (no values; see `ScanMemo`).
     private struct Connection {
         let fd: Int32
         let peer: PeerCredentials
+        let receiver: FrameReceiver
+        let reply: ReplyBuffer
+        let scans: ScanMemo
+        /// The peer's uid and pid as every audit line writes them.
+        let uidText: Logger.MetadataValue
+        let pidText: Logger.MetadataValue
     }
 
     private enum RequestRead {
@@ -252,8 +264,10 @@ public final class ResolverDaemon: @unchecked Sendable {
     }
 
     /// One request frame, or how the connection ends (with the ERROR sent).
-    private func readRequest(_ fd: Int32, deadline: Double?) -> RequestRead {
-        switch SocketIO.readFrame(fd, maxLength: limits.maxRequestFrame, deadline: deadline) {
+    /// The frame is valid until the next call (it lives in the connection's buffer).
+    private func readRequest(_ conn: Connection, deadline: Double?) -> RequestRead {
+        let fd = conn.fd
+        switch conn.receiver.next(maxLength: limits.maxRequestFrame, deadline: deadline) {
         case .closed, .truncated, .failed:
             return .end(linger: false)
         case .timedOut:
@@ -287,18 +301,35 @@ public final class ResolverDaemon: @unchecked Sendable {
 
         // The one resolve pipeline, with values borrowed from the cache (not
         // wiped here: other requests may be using them). The output's size is
-        // checked against the reply frame before anything is built.
-        let result: SecureBytes
-        var referenced: [String] = []
+        // checked against the reply frame before any memory is allocated for
+        // it, and the output is written straight into the connection's reply
+        // buffer, after the frame's header: one locked buffer, one send.
+        let reply = conn.reply
+        defer { reply.wipe() }
+        let scanned = conn.scans.scan(document, format: format)
+        let head = Wire.lengthSize + Wire.headerSize + 4   // RESOLVED: the value's u32 length first
+        let placed: Bool
         do {
-            result = try Resolver.resolve(document, format: format, output: output,
-                                          maximum: limits.maxReplyFrame - Wire.headerSize - 4,
-                                          names: { () throws(UpstreamFailure) -> [String] in try cache.names() },
-                                          values: { (names: [String]) throws(UpstreamFailure) -> [String: SecureBytes] in
-                                              referenced = names
-                                              return try cache.values(names).values
-                                          },
-                                          ownsValues: false)
+            placed = try Resolver.resolve(scanned.scan, names: { () throws(UpstreamFailure) -> [String] in try cache.names() },
+                                          values: { (names: [String]) throws(UpstreamFailure) -> [SecureBytes?] in
+                                              try cache.orderedValues(names)
+                                          }) { (scan: InjectionScan, values: [SecureBytes?]) throws(InjectionError) -> Bool in
+                // Written straight into the room of the reply buffer when it
+                // fits (one pass); else measured, then placed in a larger one.
+                guard let room = reply.room(headerBytes: head) else { return false }
+                var filled = false
+                let placement = try scan.produce(InjectionOutput(output), maximum: limits.maxReplyFrame - Wire.headerSize - 4,
+                                                 values: values, room: room) { size, fill in
+                    guard let body = reply.frame(.resolved, prefix: UInt32(size), bodySize: size) else { return }
+                    fill(body)
+                    filled = true
+                }
+                if case .inRoom(let count) = placement {
+                    reply.finish(.resolved, prefix: UInt32(count), bodySize: count)
+                    return true
+                }
+                return filled
+            }
         } catch let failure as ResolveFailure {
             return sendProblems(conn, project, failure.problems)
         } catch let failure as UpstreamFailure {
@@ -307,11 +338,17 @@ public final class ResolverDaemon: @unchecked Sendable {
             logger.error("RESOLVE failed", metadata: ["project": "\(project)", "error": "\(error)"])
             return sendError(fd, .internalError, "project \(project): the document could not be resolved")
         }
-        defer { result.wipe() }
-        // Audit: who received which values, at the default level (cached or not).
-        logger.info("resolved", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "pid": "\(conn.peer.pid)",
-                                           "format": "\(format.rawValue)", "names": "\(referenced.joined(separator: ","))"])
-        return result.withUnsafeBytes { DaemonIO.sendFrame(fd, type: .resolved, prefix: DaemonIO.be32($0.count), body: $0) }
+        guard placed else {
+            logger.error("RESOLVE: out of locked memory for the reply", metadata: ["project": "\(project)"])
+            return sendError(fd, .internalError, "the daemon is out of memory for this reply")
+        }
+        // Audit: who received which values, at the default level (cached or
+        // not): the names fetched, which are the scan's referenced names.
+        // The values are the strings themselves (an interpolation copies the
+        // names into a new String at every request).
+        logger.info("resolved", metadata: ["project": .string(project), "uid": conn.uidText, "pid": conn.pidText,
+                                           "format": .string(format.rawValue), "names": .string(scanned.namesText)])
+        return reply.send(fd)
     }
 
     private func sendProblems(_ conn: Connection, _ project: String, _ problems: [InjectionProblem]) -> Bool {
@@ -416,6 +453,11 @@ public final class ResolverDaemon: @unchecked Sendable {
         logger.info("client watching", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "mount-watched": "\(watching)"])
 
         while true {
+            // Bytes the client sent after WATCH that were read with it.
+            if conn.receiver.hasBufferedInput {
+                sendError(fd, .unexpected, "a watching connection takes no requests; open another connection")
+                return true
+            }
             var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: queue.eventFD, events: Int16(POLLIN), revents: 0)]
             let rc = poll(&fds, 2, 1000)
@@ -485,7 +527,7 @@ public final class ResolverDaemon: @unchecked Sendable {
             return out.withBytes { DaemonIO.sendFrame(fd, type: type, body: $0) }
         }
         while true {
-            switch readRequest(fd, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
+            switch readRequest(conn, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
             case .end(let linger):
                 return .close(linger: linger)
             case .frame(let f):

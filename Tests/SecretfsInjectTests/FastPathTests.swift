@@ -95,7 +95,7 @@ import SecretfsTestSupport
                 #expect(fast.bytes == slow.bytes, "literal \(bytes) \(outer)")
                 var source = ArrayByteSink()
                 var each = ArrayByteSink()
-                source.putSource(bytes[...], outer: outer)
+                bytes.withUnsafeBytes { source.putSource($0, outer: outer) }
                 if case .none = outer {
                     each.put(bytes: bytes)   // copied as it is, never decoded
                 } else {

@@ -231,6 +231,70 @@ import Testing
             }
         }
 
+        /// The one-pass form for a caller's own buffer: in the room when it
+        /// fits, else placed at its exact size; the same bytes and the same
+        /// limit either way.
+        @Test func producingIntoARoomGivesTheSameOutputAndLimits() throws {
+            let cases: [(String, InjectionFormat)] = [
+                (try String(contentsOf: fixturesDirectory.appendingPathComponent("demo-bot.flow.yaml"), encoding: .utf8), .flow),
+                (try String(contentsOf: fixturesDirectory.appendingPathComponent("demo-bot.installation.json"), encoding: .utf8), .config),
+                ("secrets.Q + `${secrets.BT}` + secrets /* c */ .CTRL // x\n+ secrets['ODD'] + secrets.EMOJI", .expr),
+            ]
+            let values = corpusValues.merging(["A": #"v"1"#]) { $1 }
+            func lookup(_ name: String) -> TestBuffer? { TestBuffer(values[name] ?? "value of \(name)") }
+            for (text, format) in cases {
+                let scan = Injector.scan(text, format: format)
+                let given = scan.referencedNames.map(lookup)
+                for output in InjectionOutput.allCases {
+                    let expected: TestBuffer = output == .document ? try scan.rewrite(lookup) : try scan.bindings(lookup)
+                    for roomSize in [0, 1, expected.count - 1, expected.count, expected.count + 100] {
+                        let room = UnsafeMutableRawBufferPointer.allocate(byteCount: max(roomSize, 1), alignment: 1)
+                        defer { room.deallocate() }
+                        let view = UnsafeMutableRawBufferPointer(rebasing: room[0..<roomSize])
+                        var placed: [UInt8]?
+                        let result = try scan.produce(output, values: given, room: view) { size, fill in
+                            let b = TestBuffer(capacity: size, count: size)
+                            b.withUnsafeMutableBytes(fill)
+                            placed = b.bytes
+                        }
+                        switch result {
+                        case .inRoom(let count):
+                            #expect(roomSize >= expected.count && placed == nil)
+                            #expect(Array(view[0..<count]) == expected.bytes)
+                        case .placed:
+                            #expect(roomSize < expected.count)
+                            #expect(placed == expected.bytes)
+                        }
+                        // One byte over the maximum is refused, in the room or not.
+                        #expect(throws: InjectionError.self) {
+                            _ = try scan.produce(output, maximum: expected.count - 1, values: given, room: view) { _, _ in
+                                Issue.record("placed over the limit")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        /// A document that amplifies a large value is refused by measuring,
+        /// in the room form too: past the room no value is written again
+        /// (20,000 references to 60 KB would be 1.2 GB of work).
+        @Test func anAmplifyingDocumentIsRefusedInTheRoomFormToo() throws {
+            let scan = Injector.scan(Array(repeating: "secrets.BIG", count: 20_000).joined(separator: "+"), format: .expr)
+            let big = TestBuffer(String(repeating: "v", count: 60_000))
+            let room = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 1)
+            defer { room.deallocate() }
+            do {
+                _ = try scan.produce(.document, maximum: 64 << 20, values: [big], room: room) { _, _ in
+                    Issue.record("placed over the limit")
+                }
+                Issue.record("expected the limit")
+            } catch {
+                #expect(error.problems.map(\.kind) == [.limit])
+                #expect(error.problems.first?.message.contains("over the limit") == true)
+            }
+        }
+
         @Test func outputSizeReportsTheSameProblemsAsRewrite() {
             let scan = Injector.scan("secrets.GONE + secrets[x]", format: .expr)
             #expect(throws: InjectionError.self) { try scan.outputSize { _ in TestBuffer("v") } }
