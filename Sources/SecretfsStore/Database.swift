@@ -50,6 +50,11 @@ protocol DatabaseStatement: AnyObject {
     /// Steps once; true when a row is available. Always waits for the
     /// statement's outcome (and for that of every statement sent before it).
     func step(_ context: String) throws -> Bool
+    /// Sends the statement now; the next `step` on it reads its answer. Inside
+    /// a write transaction on a shared store, reads that do not depend on
+    /// each other so share one round trip (the second's `step` waits for
+    /// both). Elsewhere it does nothing and `step` runs the statement.
+    func prefetch(_ context: String) throws
     /// Runs a statement whose rows, if any, nobody reads. Inside a write
     /// transaction on a shared store it is sent without waiting for its
     /// outcome (libpq's pipeline mode): a round trip to the server costs more

@@ -192,6 +192,9 @@ final class PostgresConnection: DatabaseConnection {
 
     func statement(_ sql: String) throws -> DatabaseStatement {
         if let s = cache[sql] {
+            // A prefetched answer nobody read is read (and dropped) before
+            // the statement is used again: it must not land on the new use.
+            if s.awaitingAnswer { try sync() }
             s.reset()
             return s
         }
@@ -266,6 +269,7 @@ final class PostgresConnection: DatabaseConnection {
 
     private func dropConnection() {
         pipelined = false
+        pending.forEach { $0.reader?.awaitingAnswer = false }
         pending.removeAll()
         if let conn { pq.finish(conn) }
         conn = nil
@@ -284,6 +288,7 @@ final class PostgresConnection: DatabaseConnection {
     private func abandonPipeline() {
         guard pipelined else { return }
         if !pending.isEmpty { _ = try? sync() }
+        pending.forEach { $0.reader?.awaitingAnswer = false }
         pending.removeAll()
         pipelined = false
         if let conn { _ = pq.exitPipelineMode(conn) }
@@ -318,6 +323,7 @@ final class PostgresConnection: DatabaseConnection {
             let ok = answer != nil && (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK)
             if !ok {
                 entry.prepares?.preparedGeneration = -1
+                entry.reader?.awaitingAnswer = false
                 if failure == nil && status != PGRES_PIPELINE_ABORTED { failure = error(of: answer, context: entry.context) }
                 pq.clear(answer)
                 continue
@@ -404,6 +410,8 @@ final class PostgresStatement: DatabaseStatement {
     private var rows: Int32 = 0
     /// Rows the last run inserted, updated or deleted.
     private var changes = 0
+    /// Sent by `prefetch`; its answer comes with the next sync.
+    fileprivate var awaitingAnswer = false
 
     /// Its own copy: the statement's deinit may run during the connection's.
     private let pq: LibPQ
@@ -437,7 +445,9 @@ final class PostgresStatement: DatabaseStatement {
 
     func step(_ context: String) throws -> Bool {
         if result == nil {
-            if connection.pipelined {
+            if awaitingAnswer {
+                try connection.sync()
+            } else if connection.pipelined {
                 try send(context: context, reader: self, rows: nil)
                 try connection.sync()
             } else {
@@ -446,6 +456,12 @@ final class PostgresStatement: DatabaseStatement {
         }
         row += 1
         return row < rows
+    }
+
+    func prefetch(_ context: String) throws {
+        guard connection.pipelined, result == nil, !awaitingAnswer else { return }
+        try send(context: context, reader: self, rows: nil)
+        awaitingAnswer = true
     }
 
     func run(_ context: String) throws {
@@ -467,6 +483,7 @@ final class PostgresStatement: DatabaseStatement {
 
     /// The answer of this statement, read by `PostgresConnection.sync`.
     fileprivate func take(_ answer: OpaquePointer?) {
+        awaitingAnswer = false
         if let result { pq.clear(result) }
         result = answer
         row = -1

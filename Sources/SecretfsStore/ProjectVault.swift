@@ -110,12 +110,16 @@ public final class ProjectVault: @unchecked Sendable {
     }
 
     private func infoLocked(_ name: String) throws -> SecretInfo? {
-        let s = try db.statement("""
+        let s = try infoStatement(name)
+        defer { s.reset() }
+        return try s.step("looking up a secret") ? info(s) : nil
+    }
+
+    private func infoStatement(_ name: String) throws -> DatabaseStatement {
+        try db.statement("""
             SELECT name, version, created_at, updated_at, updated_by FROM secrets
             WHERE project_id = ? AND name = ?
             """).bind(1, id).bind(2, name)
-        defer { s.reset() }
-        return try s.step("looking up a secret") ? info(s) : nil
     }
 
     private func info(_ s: DatabaseStatement) -> SecretInfo {
@@ -257,7 +261,8 @@ public final class ProjectVault: @unchecked Sendable {
     /// the caller has just read it in this transaction, is the current row
     /// (nil: none), which saves looking it up again.
     private func writeRowLocked(_ name: String, bytes value: UnsafeRawBufferPointer, actor: Actor,
-                                createdAt: Timestamp?, action: VersionAction, previous known: SecretInfo?? = nil) throws -> SecretInfo {
+                                createdAt: Timestamp?, action: VersionAction, previous known: SecretInfo?? = nil,
+                                grant granted: Store.VersionGrant? = nil) throws -> SecretInfo {
         let previous = try known ?? infoLocked(name)
         if previous != nil {
             // The row itself is overwritten below (an update in place, which
@@ -269,7 +274,7 @@ public final class ProjectVault: @unchecked Sendable {
             // (Only a name with no current value can be in the trash.)
             try db.statement("DELETE FROM trash WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name).run("updating the trash")
         }
-        let grant = try store.grantVersionLocked(id)
+        let grant = try granted ?? store.grantVersionLocked(id)
         let version = grant.version
         // A rotation made elsewhere: follow its link to the new key first.
         if grant.keyGeneration != generation { try followLocked() }
@@ -312,8 +317,15 @@ public final class ProjectVault: @unchecked Sendable {
         guard Names.isValid(name) else { throw StoreError.invalidSecretName(name) }
         return try store.lock.withLock { _ in
             try db.transaction("writing secret \(name)") {
-                let previous = try infoLocked(name)
-                let info = try writeRowLocked(name, bytes: value, actor: actor, createdAt: nil, action: action, previous: .some(previous))
+                // The current row and the version granted, read in one
+                // round trip on a shared store (neither depends on the other).
+                let current = try infoStatement(name)
+                try current.prefetch("looking up a secret")
+                let grant = try store.grantVersionLocked(id)
+                let previous = try current.step("looking up a secret") ? info(current) : nil
+                current.reset()
+                let info = try writeRowLocked(name, bytes: value, actor: actor, createdAt: nil, action: action,
+                                              previous: .some(previous), grant: grant)
                 try store.insertAudit(project: self.name, actor: actor, action: previous != nil ? "update" : "create",
                                       names: name, detail: action == .append ? "append" : nil)
                 return info

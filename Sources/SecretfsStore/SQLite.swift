@@ -153,6 +153,8 @@ final class SQLiteStatement: DatabaseStatement {
     }
 
     // SQLite runs in this process: nothing to gain by deferring.
+    func prefetch(_ context: String) throws {}
+
     func run(_ context: String) throws { try runNow(context) }
 
     func runCountingChanges(_ context: String) throws -> Int {
