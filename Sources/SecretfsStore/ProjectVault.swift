@@ -213,17 +213,50 @@ public final class ProjectVault: @unchecked Sendable {
         // One read snapshot for the batch (Database.readSnapshot says
         // why), which also makes the values one consistent state.
         try db.readSnapshot("reading secrets") { () throws -> ([(name: String, row: SealedRow)], [String]) in
-            let statement = try db.statement(Self.sealedRowSQL)
+            // Each name once, compared as bytes: Swift's String equality is
+            // canonical equivalence (U+212A KELVIN SIGN equals "K"), and a
+            // name asked for must never be answered with another's row. Only
+            // valid names (ASCII, where the two agree) can be stored at all.
+            var asked: [(name: String, valid: Bool)] = []
+            asked.reserveCapacity(names.count)
+            var seen = Set<[UInt8]>(minimumCapacity: names.count)
+            for n in names where seen.insert(Array(n.utf8)).inserted { asked.append((n, Names.isValid(n))) }
+            let unique = asked.filter(\.valid).map(\.name)
+            // Up to `batchSize` names a statement: one B-tree walk and one
+            // step per row instead of a bind, a step and a reset per name
+            // (on a shared store, one round trip instead of one per name).
+            var found: [String: SealedRow] = [:]
+            found.reserveCapacity(unique.count)
+            let statement = try db.statement(Self.sealedRowsSQL)
+            var start = 0
+            while start < unique.count {
+                let chunk = unique[start..<min(start + Self.batchSize, unique.count)]
+                statement.bind(1, id)
+                // A short last chunk repeats its last name: one statement text
+                // (one prepared statement) for every batch.
+                for i in 0..<Self.batchSize { statement.bind(Int32(i + 2), chunk[min(chunk.startIndex + i, chunk.endIndex - 1)]) }
+                while try statement.step("reading secrets") {
+                    guard let name = statement.string(0) else { continue }
+                    found[name] = (Envelope.Sealed(ciphertext: statement.blob(1), nonce: statement.blob(2)),
+                                   statement.int64(3), statement.int64(4))
+                }
+                statement.reset()
+                start += Self.batchSize
+            }
             var rows: [(name: String, row: SealedRow)] = []
             var missing: [String] = []
-            rows.reserveCapacity(names.count)
-            var seen = Set<String>(minimumCapacity: names.count)
-            for n in names where seen.insert(n).inserted {
-                if let row = try sealedLocked(n, statement) { rows.append((n, row)) } else { missing.append(n) }
+            rows.reserveCapacity(found.count)
+            for (n, valid) in asked {
+                if valid, let row = found[n] { rows.append((n, row)) } else { missing.append(n) }
             }
             return (rows, missing)
         }
     }
+
+    /// Names read by one statement of a batch (`sealedRowsLocked`).
+    static let batchSize = 64
+    static let sealedRowsSQL = "SELECT name, ciphertext, nonce, version, key_generation FROM secrets WHERE project_id = ? AND name IN ("
+        + Array(repeating: "?", count: batchSize).joined(separator: ", ") + ")"
 
     /// The values of `rows`, opened as slices of one locked buffer.
     private func openInArenaLocked(_ rows: [(name: String, row: SealedRow)]) throws -> [String: SecureBytes] {

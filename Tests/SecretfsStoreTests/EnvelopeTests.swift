@@ -30,6 +30,36 @@ struct EnvelopeTests {
         #expect(sqlite3_exec(db, sql, nil, nil, nil) == SQLITE_OK, "\(String(cString: sqlite3_errmsg(db)))")
     }
 
+    /// A GET of many names reads them in batches of 64 (one statement each):
+    /// every value comes back under its own name, in any number of batches,
+    /// repeated names once, and a name that only looks like a stored one to
+    /// Swift's String equality (U+212A KELVIN SIGN is canonically "K") is
+    /// missing, never answered with the other's value.
+    @Test func aBatchedReadAnswersEachNameWithItsOwnValue() throws {
+        let (store, dir) = try makeStore()
+        defer { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
+        try store.createProject("alpha")
+        let v = try store.openProject("alpha")
+        for i in 0..<150 { try v.put("N\(i)", value: bytes("value-\(i)"), actor: .current) }
+        try v.put("KEY", value: bytes("the key"), actor: .current)
+        var asked = (0..<150).reversed().map { "N\($0)" } + ["N7", "ABSENT", "N149"]
+        let got = try v.values(asked, actor: .current)
+        #expect(got.count == 150)
+        for i in 0..<150 { #expect(string(got["N\(i)"]) == "value-\(i)") }
+        #expect(got["ABSENT"] == nil)
+        asked = ["\u{212A}EY", "KEY"]
+        var missing: [String] = []
+        var found: [String] = []
+        try v.openValues(asked, actor: .current) { rows, absent in
+            found = rows.map(\.name)
+            missing = absent
+            return nil
+        }
+        #expect(found == ["KEY"] && missing == ["\u{212A}EY"], "\(found) \(missing)")
+        let alone = try v.values(["\u{212A}EY"], actor: .current)
+        #expect(alone.isEmpty)
+    }
+
     @Test func roundTripAndVersions() throws {
         let (store, dir) = try makeStore()
         defer { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
