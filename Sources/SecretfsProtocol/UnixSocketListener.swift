@@ -165,30 +165,32 @@ package final class UnixSocketListener: @unchecked Sendable {
         guard fd >= 0 else { throw fail(.socket, errno, "socket: \(SocketIO.errorText(errno))") }
         var ok = false
         defer { if !ok { close(fd) } }
-        // The file's mode comes from the socket inode minus the umask when
-        // bind creates it: set both so the file is born with exactly its
-        // mode (never wider), and no chmod by path is needed. The umask is
-        // process-wide; servers start before they run other threads that
-        // create files.
+        // The file bind creates has the socket inode's mode minus the umask.
+        // Its mode is set by path right after (chmod below), not by changing
+        // the umask around bind: the umask is the whole process's, and a
+        // file another thread created meanwhile (a mount's, a test's) would
+        // have been born with the socket's mode. The file is wider than its
+        // mode only until that chmod, before listen(): nobody can connect yet.
         let access = configuration.access
-        _ = fchmod(fd, access.mode)
-        let savedMask = umask(~access.mode & 0o777)
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }
-        let bindErrno = errno
-        umask(savedMask)
         guard rc == 0 else {
-            let e = bindErrno
+            let e = errno
             if e == EADDRINUSE { throw fail(.appeared, e, "\(path) appeared while starting") }
             throw fail(.bind, e, "cannot bind \(path): \(SocketIO.errorText(e))")
         }
         defer { if !ok { unlink(path) } }
         // Nobody can connect before listen(), so these path operations happen
         // before the socket is reachable; the directory is a trusted one (no
-        // one else can swap the file), and lchown/lsetxattr never follow a link.
+        // one else can swap the file, so chmod's path is the file bind just
+        // made), and lchown/lsetxattr never follow a link.
+        guard chmod(path, access.mode) == 0 else {
+            let e = errno
+            throw fail(.mode, e, "cannot set the mode of \(path): \(SocketIO.errorText(e))")
+        }
         if let group = access.group, lchown(path, uid_t.max, group) != 0 {
             let e = errno
             throw fail(.group, e, "cannot give \(path) to group \(group): \(SocketIO.errorText(e))")
