@@ -15,11 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
+#include "timing.h"
 
 static int writer(const char *dir, int id, int n) {
     char path[4096], value[64];

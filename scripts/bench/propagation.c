@@ -18,20 +18,9 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+
+#include "timing.h"
 #include <unistd.h>
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int cmpd(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
 
 /* Whether DIR lists NAME (one opendir/readdir pass, as ls does). */
 static int listed(const char *dir, const char *name)

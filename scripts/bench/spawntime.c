@@ -17,8 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "timing.h"
+
 extern char **environ;
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
 
 int main(int argc, char **argv) {
     if (argc != 3) { fprintf(stderr, "usage: spawntime REPS CMDFILE\n"); return 2; }
