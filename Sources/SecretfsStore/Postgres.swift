@@ -181,8 +181,11 @@ final class PostgresConnection: DatabaseConnection {
         if pipelined {
             try sync()
             try leavePipeline()
-            defer { if (try? enterPipeline()) == nil { pipelined = false } }
-            return try execute(sql, context: context)
+            try execute(sql, context: context)
+            // Back in the pipeline, or the transaction fails: the rest of it
+            // (its COMMIT included) is sent and read only in pipeline mode.
+            try enterPipeline()
+            return
         }
         let result = try withRetry { pq.exec($0, sql) }
         defer { pq.clear(result) }
