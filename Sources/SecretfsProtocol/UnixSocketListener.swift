@@ -185,9 +185,10 @@ package final class UnixSocketListener: @unchecked Sendable {
         defer { if !ok { unlink(path) } }
         // Nobody can connect before listen(), so these path operations happen
         // before the socket is reachable; the directory is a trusted one (no
-        // one else can swap the file, so chmod's path is the file bind just
-        // made), and lchown/lsetxattr never follow a link.
-        guard chmod(path, access.mode) == 0 else {
+        // one else can swap the file, so the path is the file bind just
+        // made), and fchmodat/lchown/lsetxattr never follow a link. (There is
+        // no descriptor of the file to fchmod: the socket's own is another inode.)
+        guard fchmodat(AT_FDCWD, path, access.mode, AT_SYMLINK_NOFOLLOW) == 0 else {
             let e = errno
             throw fail(.mode, e, "cannot set the mode of \(path): \(SocketIO.errorText(e))")
         }
