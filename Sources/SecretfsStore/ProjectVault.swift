@@ -134,20 +134,18 @@ public final class ProjectVault: @unchecked Sendable {
 
     typealias SealedRow = (sealed: Envelope.Sealed, version: Int64, keyGeneration: Int64)
 
-    static let sealedRowSQL = "SELECT ciphertext, nonce, version, key_generation FROM secrets WHERE project_id = ? AND name = ?"
-
     /// The current sealed row of `name`, if any.
     private func sealedLocked(_ name: String) throws -> SealedRow? {
-        try sealedLocked(name, db.statement(Self.sealedRowSQL))
-    }
-
-    /// The same with the statement in hand (a batch looks it up once, not
-    /// once per name).
-    private func sealedLocked(_ name: String, _ statement: DatabaseStatement) throws -> SealedRow? {
-        let s = statement.bind(1, id).bind(2, name)
+        let s = try db.statement("SELECT ciphertext, nonce, version, key_generation FROM secrets WHERE project_id = ? AND name = ?")
+            .bind(1, id).bind(2, name)
         defer { s.reset() }
         guard try s.step("reading a secret") else { return nil }
-        return (Envelope.Sealed(ciphertext: s.blob(0), nonce: s.blob(1)), s.int64(2), s.int64(3))
+        return Self.sealedRow(s, from: 0)
+    }
+
+    /// The row's columns ciphertext, nonce, version, key_generation, from `column` on.
+    private static func sealedRow(_ s: DatabaseStatement, from column: Int32) -> SealedRow {
+        (Envelope.Sealed(ciphertext: s.blob(column), nonce: s.blob(column + 1)), s.int64(column + 2), s.int64(column + 3))
     }
 
     /// Opens a sealed row of `name` into `out` (exactly its plaintext's size).
@@ -237,8 +235,7 @@ public final class ProjectVault: @unchecked Sendable {
                 for i in 0..<Self.batchSize { statement.bind(Int32(i + 2), chunk[min(chunk.startIndex + i, chunk.endIndex - 1)]) }
                 while try statement.step("reading secrets") {
                     guard let name = statement.string(0) else { continue }
-                    found[name] = (Envelope.Sealed(ciphertext: statement.blob(1), nonce: statement.blob(2)),
-                                   statement.int64(3), statement.int64(4))
+                    found[name] = Self.sealedRow(statement, from: 1)
                 }
                 statement.reset()
                 start += Self.batchSize
