@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// Group commit for a mount of the embedded store (issue 11, goal 5).
 ///
@@ -18,15 +19,19 @@ import Glibc
 /// keep FULL and never use this. A shared store commits synchronously on the
 /// server (PostgreSQL groups concurrent commits itself): nothing to do here.
 final class GroupCommit: @unchecked Sendable {
-    // @unchecked: `committed` is guarded by the store's lock, the rest by `mutex`.
+    // @unchecked: `durable` and `syncing` are guarded by `mutex`.
     private let wal: Int32
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    /// Commits made (under the store's lock).
-    var committed: UInt64 = 0
+    /// Commits made: counted after each COMMIT returned (under the store's
+    /// lock, so one writer at a time), when its WAL frames are written.
+    /// Read without that lock by a writer about to sync.
+    let committed = Atomic<UInt64>(0)
     /// Commits known durable, and whether a sync is running (under `mutex`).
     private var durable: UInt64 = 0
     private var syncing = false
+    /// fsyncs run so far (under `mutex`; read by tests).
+    private(set) var syncs = 0
 
     init(walDescriptor: Int32) {
         wal = walDescriptor
@@ -53,15 +58,20 @@ final class GroupCommit: @unchecked Sendable {
                 pthread_cond_wait(cond, mutex)
                 continue
             }
-            // This caller syncs, for every commit made up to now (it may be
-            // more than `target`: later writers' frames are in the WAL too).
+            // This caller syncs, for every commit made up to now: later
+            // writers' frames are in the WAL too, and the writers waiting
+            // for this sync to end must find theirs covered by it, not run
+            // one sync each after it (which made 8 writers little faster
+            // than 1). Counted before the fsync starts: a commit counted
+            // later may have written its frames after the sync began.
             syncing = true
             pthread_mutex_unlock(mutex)
-            let covered = target
+            let covered = max(target, committed.load(ordering: .acquiring))
             let rc = retryOnInterruptSync { fsync(wal) }
             let error = rc == 0 ? 0 : errno
             pthread_mutex_lock(mutex)
             syncing = false
+            syncs += 1
             if error == 0 { durable = max(durable, covered) }
             pthread_cond_broadcast(cond)
             if error != 0 { return error }
@@ -91,7 +101,9 @@ extension Store {
         try lock.withLock { _ in
             let group = GroupCommit(walDescriptor: wal)
             try sqlite.execute("PRAGMA synchronous = NORMAL", context: "configuring group commit")
-            sqlite.afterTransaction = { committed in if committed { group.committed += 1 } }
+            sqlite.afterTransaction = { committed in
+                if committed { group.committed.add(1, ordering: .releasing) }
+            }
             groupCommit = group
         }
     }
@@ -100,7 +112,7 @@ extension Store {
     /// when it is off): taken before and after an operation, it says whether
     /// the operation committed, and through which commit it must wait.
     public func commitTicket() -> UInt64 {
-        lock.withLock { _ in groupCommit?.committed ?? 0 }
+        lock.withLock { _ in groupCommit?.committed.load(ordering: .acquiring) ?? 0 }
     }
 
     /// Returns once commits up to `ticket` (all of them so far, if nil) are
@@ -108,7 +120,7 @@ extension Store {
     /// every lock.
     public func syncCommits(through ticket: UInt64? = nil) throws {
         guard let group = lock.withLock({ _ in groupCommit }) else { return }
-        let target = ticket ?? lock.withLock { _ in group.committed }
+        let target = ticket ?? group.committed.load(ordering: .acquiring)
         let error = group.waitDurable(through: target)
         if error != 0 { throw StoreError.io(path: location.databasePath + "-wal", errno: error, action: "fsync") }
     }
