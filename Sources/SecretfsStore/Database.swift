@@ -33,6 +33,11 @@ protocol DatabaseConnection: AnyObject {
     /// transaction would not save a round trip). Commits nothing, so the
     /// `beforeCommit`/`afterTransaction` hooks are not called.
     func readSnapshot<T>(_ context: String, _ body: () throws -> T) throws -> T
+    /// Gives back the memory of cached pages no statement holds. Called after
+    /// a read that passed over a whole table (a mount's listing): its pages
+    /// would otherwise stay cached for nothing, the names being in memory.
+    /// SQLite: `sqlite3_db_release_memory`; PostgreSQL caches no pages here.
+    func releaseCachedPages()
     /// Called inside every write transaction just before its COMMIT (the
     /// PostgreSQL backend writes the change log and its NOTIFY there).
     var beforeCommit: (() throws -> Void)? { get set }

@@ -213,6 +213,8 @@ final class PostgresConnection: DatabaseConnection {
         try body()
     }
 
+    func releaseCachedPages() {}
+
     func transaction<T>(_ context: String, _ body: () throws -> T) throws -> T {
         do {
             // One round trip, inside the error handling: a lock wait that

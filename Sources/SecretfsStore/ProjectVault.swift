@@ -101,6 +101,8 @@ public final class ProjectVault: @unchecked Sendable {
                 let i = info(s)
                 if Names.isValid(i.name) { out.append(i) }
             }
+            s.reset()
+            db.releaseCachedPages()
             return out
         }
     }

@@ -87,6 +87,10 @@ final class SQLiteConnection: DatabaseConnection {
 }
 
 extension SQLiteConnection {
+    func releaseCachedPages() {
+        _ = sqlite3_db_release_memory(handle)
+    }
+
     func readSnapshot<T>(_ context: String, _ body: () throws -> T) throws -> T {
         // Inside a transaction already: its snapshot serves.
         guard sqlite3_get_autocommit(handle) != 0 else { return try body() }
