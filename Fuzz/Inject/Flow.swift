@@ -58,11 +58,26 @@ func yamlEvents(_ source: [UInt8]) -> [YAMLEvent]? {
     }
 }
 
+/// libyaml on a second thread (YAMLEvents, used for large flows) gives the
+/// scan the calling thread gives: names, references, problems and output.
+func sameOnTheSecondThread(_ source: [UInt8], _ scan: InjectionScan? = nil, limits: InjectionLimits) {
+    let here = scan ?? Injector.scan(source, format: .flow, limits: limits, yamlOnSecondThread: false)
+    let there = Injector.scan(source, format: .flow, limits: limits, yamlOnSecondThread: true)
+    require(here.referencedNames == there.referencedNames && here.referenceCount == there.referenceCount,
+            "the second thread's scan finds other references")
+    require(here.problems.map(\.description) == there.problems.map(\.description),
+            "the second thread's scan reports other problems")
+    require(phaseTwo(source, here) == phaseTwo(source, there), "the second thread's scan rewrites otherwise")
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzFlow(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let source = Array(UnsafeBufferPointer(start: data, count: size))
     underTinyLimits(source, .flow)
     let scan = Injector.scan(source, format: .flow)
+    sameOnTheSecondThread(source, scan, limits: .default)
+    sameOnTheSecondThread(source, limits: InjectionLimits(maxDocumentBytes: 4096, maxNestingDepth: 6, maxSites: 3,
+                                                          maxReferences: 4, maxProblems: 3, maxOutputBytes: 256))
     guard let out = phaseTwo(source, scan) else { return 0 }
     let text = String(decoding: out, as: UTF8.self)
     guard let before = yamlEvents(source) else {

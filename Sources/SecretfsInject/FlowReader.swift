@@ -55,9 +55,9 @@ struct FlowReader {
     static let spaceQuote = Array(" \"".utf8)
     static let quote: [UInt8] = [0x22]
 
-    static func read(into doc: inout DocumentPlan) {
+    static func read(into doc: inout DocumentPlan, secondThread: Bool? = nil) {
         var r = FlowReader(src: doc.source, doc: doc)
-        r.run()
+        r.run(secondThread: secondThread)
         doc = r.doc
     }
 
@@ -159,31 +159,19 @@ struct FlowReader {
         return b
     }
 
-    mutating func run() {
-        var parser = yaml_parser_t()
-        guard yaml_parser_initialize(&parser) != 0 else {
-            doc.documentProblem(line: 1, column: 1, "flow: cannot initialise the YAML parser")
-            return
-        }
-        defer { yaml_parser_delete(&parser) }
+    /// `secondThread`: where libyaml parses (YAMLEvents; nil: by the size).
+    mutating func run(secondThread: Bool? = nil) {
         let dummy: [UInt8] = [0]
         let input = src.isEmpty ? dummy : src
-        input.withUnsafeBufferPointer { buf in
-            yaml_parser_set_input_string(&parser, buf.baseAddress, src.count)
-            yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
-            var event = yaml_event_t()
-            while !doc.stopped {
-                guard yaml_parser_parse(&parser, &event) != 0 else {
-                    let mark = parser.problem_mark
-                    var message = parser.problem.map { String(cString: $0) } ?? "YAML error"
-                    if let ctx = parser.context.map({ String(cString: $0) }) { message += " " + ctx }
-                    doc.documentProblem(line: Int(mark.line) + 1, column: Int(mark.column) + 1, "flow: YAML: \(message)")
-                    break
-                }
-                defer { yaml_event_delete(&event) }
-                if event.type == YAML_STREAM_END_EVENT { break }
+        let failure = input.withUnsafeBufferPointer { buf in
+            YAMLEvents.read(UnsafeBufferPointer(rebasing: buf[..<src.count]), secondThread: secondThread) { event in
+                if event.type == YAML_STREAM_END_EVENT { return false }
                 handle(&event)
+                return !doc.stopped
             }
+        }
+        if let failure {
+            doc.documentProblem(line: failure.line, column: failure.column, "flow: YAML: \(failure.message)")
         }
         pieces.append(.raw(copied..<src.count))
         doc.pieces = pieces

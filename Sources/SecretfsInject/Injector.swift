@@ -32,8 +32,15 @@ public enum Injector {
     /// is wrong is listed in `problems`, including any of `limits` that the
     /// document goes past (a `.limit` problem; the document size is checked
     /// before anything is parsed).
+    ///
+    /// `yamlOnSecondThread`: whether a flow's YAML is parsed on a second
+    /// thread while this one handles its events (YAMLEvents); nil decides
+    /// by the document's size. A one-shot command has the machine to itself
+    /// and gains the time; a server answering many clients passes false
+    /// (the second thread's work would be taken from the other clients).
     public static func scan(_ source: [UInt8], format: InjectionFormat,
-                            limits: InjectionLimits = .default) -> InjectionScan {
+                            limits: InjectionLimits = .default,
+                            yamlOnSecondThread: Bool? = nil) -> InjectionScan {
         var doc = DocumentPlan(source: source, format: format, limits: limits)
         if source.count > limits.maxDocumentBytes {
             doc.stopReading(line: 1, column: 1,
@@ -46,7 +53,7 @@ public enum Injector {
         case .config:
             ConfigReader.read(into: &doc)
         case .flow:
-            FlowReader.read(into: &doc)
+            FlowReader.read(into: &doc, secondThread: yamlOnSecondThread)
         }
         return InjectionScan(format: format, plan: doc)
     }

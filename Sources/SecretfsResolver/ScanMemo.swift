@@ -39,7 +39,9 @@ final class ScanMemo {
             if i != entries.count - 1 { entries.append(entries.remove(at: i)) }   // most recently used last
             return entries[entries.count - 1].scanned
         }
-        let scanned = Scanned(Injector.scan(document, format: format))
+        let scanned = Scanned(Injector.scan(document, format: format,
+                                                 // a server: the other clients need the second core
+                                                 yamlOnSecondThread: false))
         guard document.count <= maxBytes, maxEntries > 0 else { return scanned }
         while !entries.isEmpty && (entries.count >= maxEntries || bytes + document.count > maxBytes) {
             bytes -= entries.removeFirst().document.count
