@@ -12,18 +12,61 @@ import Synchronization
 /// and arrive in the same order either way; only a document of at least
 /// `secondThreadMinimum` bytes is worth a thread's start (about 50 us) and the
 /// hand-offs. Batches start small, so the handler starts early, and double up
-/// to `maxBatch` events. Handled events go back to the parser's thread to be
+/// to `maxBatch` events or `maxBatchBytes` of event data, whichever comes
+/// first. Handled events go back to the parser's thread to be
 /// deleted: libyaml allocated them in that thread's malloc arena, and freeing
 /// them from the handler's thread took that arena's lock against the parser's
 /// own allocations (200 futex waits in one 500-block resolve, and no gain
-/// from the second core). At most
-/// `maxQueuedBatches` batches are parsed and not yet handled: the parser
-/// never runs further ahead than that.
+/// from the second core). The parser never runs further ahead than
+/// `maxQueuedBatches` batches, nor than `maxOutstandingBytes` of events
+/// parsed and not yet deleted: an event's size is not bounded by its text
+/// (libyaml expands each `!h!x` tag with its `%TAG` prefix, so a 7-byte node
+/// can carry a 128 KiB tag), and one thread holds one event at a time, so
+/// the second must not hold thousands (a 411 KB document reached 1 GB).
 enum YAMLEvents {
     static let secondThreadMinimum = 128 * 1024
     static let firstBatch = 64
     static let maxBatch = 4096
     static let maxQueuedBatches = 4
+    static let maxBatchBytes = 64 << 10
+    static let maxOutstandingBytes = 1 << 20
+
+    /// The memory an event holds: the struct and the strings libyaml made
+    /// for it.
+    static func bytes(of event: yaml_event_t) -> Int {
+        func length(_ p: UnsafeMutablePointer<yaml_char_t>?) -> Int {
+            p.map { strlen(UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) } ?? 0
+        }
+        var n = MemoryLayout<yaml_event_t>.stride
+        switch event.type {
+        case YAML_SCALAR_EVENT:
+            n += Int(event.data.scalar.length) + length(event.data.scalar.tag) + length(event.data.scalar.anchor)
+        case YAML_SEQUENCE_START_EVENT:
+            n += length(event.data.sequence_start.tag) + length(event.data.sequence_start.anchor)
+        case YAML_MAPPING_START_EVENT:
+            n += length(event.data.mapping_start.tag) + length(event.data.mapping_start.anchor)
+        case YAML_ALIAS_EVENT:
+            n += length(event.data.alias.anchor)
+        case YAML_DOCUMENT_START_EVENT:
+            var d = event.data.document_start.tag_directives.start
+            while let p = d, p != event.data.document_start.tag_directives.end {
+                n += MemoryLayout<yaml_tag_directive_t>.stride + length(p.pointee.handle) + length(p.pointee.prefix)
+                d = p + 1
+            }
+        default:
+            break
+        }
+        return n
+    }
+
+    /// How many events one `read` parsed and deleted (tests: the two agree).
+    struct Tally {
+        var parsed = 0
+        var deleted = 0
+        /// The most bytes of events handed over and not yet deleted at once
+        /// (second thread only).
+        var peakOutstandingBytes = 0
+    }
 
     /// Why libyaml stopped: its problem, context and where.
     struct Failure: Sendable {
@@ -52,15 +95,24 @@ enum YAMLEvents {
     /// `secondThread`: nil decides by the input's size.
     static func read(_ input: UnsafeBufferPointer<UInt8>, secondThread: Bool? = nil,
                      _ handle: (inout yaml_event_t) -> Bool) -> Failure? {
+        var tally = Tally()
+        return read(input, secondThread: secondThread, tally: &tally, handle)
+    }
+
+    /// `read`, counting the events parsed and deleted in `tally`.
+    /// `startThread: false` makes the second thread fail to start (tests).
+    static func read(_ input: UnsafeBufferPointer<UInt8>, secondThread: Bool?, startThread: Bool = true,
+                     tally: inout Tally, _ handle: (inout yaml_event_t) -> Bool) -> Failure? {
         if secondThread ?? (input.count >= secondThreadMinimum),
-           let pipe = EventPipe(input) {
-            return pipe.read(handle)
+           let pipe = EventPipe(input, startThread: startThread) {
+            return pipe.read(tally: &tally, handle)
         }
-        return readHere(input, handle)
+        return readHere(input, tally: &tally, handle)
     }
 
     /// The parser on the calling thread.
-    static func readHere(_ input: UnsafeBufferPointer<UInt8>, _ handle: (inout yaml_event_t) -> Bool) -> Failure? {
+    static func readHere(_ input: UnsafeBufferPointer<UInt8>, tally: inout Tally,
+                         _ handle: (inout yaml_event_t) -> Bool) -> Failure? {
         var parser = yaml_parser_t()
         guard yaml_parser_initialize(&parser) != 0 else {
             return Failure(line: 1, column: 1, message: "cannot initialise the YAML parser")
@@ -70,9 +122,11 @@ enum YAMLEvents {
         var event = yaml_event_t()
         while true {
             guard yaml_parser_parse(&parser, &event) != 0 else { return Failure(parser) }
+            tally.parsed += 1
             let end = event.type == YAML_STREAM_END_EVENT
             let more = handle(&event)
             yaml_event_delete(&event)
+            tally.deleted += 1
             if end || !more { return nil }
         }
     }
@@ -85,30 +139,48 @@ enum YAMLEvents {
     }
 }
 
+/// Events parsed on the second thread, with the memory they hold.
+private struct Batch {
+    var events: [yaml_event_t] = []
+    var bytes = 0
+}
+
 /// The parser on a second thread and a bounded queue of batches of its events
-/// (YAMLEvents says why). The input is borrowed: `read` returns only after the
-/// thread has ended.
+/// (YAMLEvents says why and how far it may run ahead). The input is
+/// borrowed: `read` returns only after the thread has ended.
 private final class EventPipe: @unchecked Sendable {
-    // @unchecked: `ready`, `finished` and `failure` are guarded by `mutex`;
-    // `input` is read by the parser's thread only, while `read` waits.
+    // @unchecked: `ready`, `handled`, `outstandingBytes`, `finished` and
+    // `failure` are guarded by `mutex`; `input` is read by the parser's
+    // thread only, while `read` waits; `deleted` is atomic.
     private let input: UnsafeBufferPointer<UInt8>
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private var ready: [[yaml_event_t]] = []
-    /// Batches handled, for the parser's thread to delete.
-    private var handled: [[yaml_event_t]] = []
+    /// Parsed, not yet handled.
+    private var ready: [Batch] = []
+    /// Handled, for the parser's thread to delete.
+    private var handled: [Batch] = []
+    /// Bytes of the batches handed over and not yet deleted (queued, being
+    /// handled or handled).
+    private var outstandingBytes = 0
+    private var peakOutstandingBytes = 0
     private var finished = false
     private var failure: YAMLEvents.Failure?
     /// Set by the reader when it stops early: the parser stops too.
     private let cancelled = Atomic<Bool>(false)
+    /// Events parsed (by the parser's thread, read after the join) and
+    /// deleted (by either thread).
+    private var parsed = 0
+    private let deleted = Atomic<Int>(0)
     private var thread = pthread_t()
 
     /// Starts the parser's thread; nil if it cannot be started (the caller
-    /// then parses on its own thread).
-    init?(_ input: UnsafeBufferPointer<UInt8>) {
+    /// then parses on its own thread). `startThread: false` is a start that
+    /// fails (tests).
+    init?(_ input: UnsafeBufferPointer<UInt8>, startThread: Bool) {
         self.input = input
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(changed, nil)
+        guard startThread else { return nil }
         let context = Unmanaged.passRetained(self).toOpaque()
         let rc = pthread_create(&thread, nil, { context in
             let pipe = Unmanaged<EventPipe>.fromOpaque(context!).takeRetainedValue()
@@ -133,73 +205,101 @@ private final class EventPipe: @unchecked Sendable {
     private func parse() {
         var parser = yaml_parser_t()
         guard yaml_parser_initialize(&parser) != 0 else {
-            finish(with: [], failure: .init(line: 1, column: 1, message: "cannot initialise the YAML parser"))
+            finish(with: Batch(), failure: .init(line: 1, column: 1, message: "cannot initialise the YAML parser"))
             return
         }
         defer { yaml_parser_delete(&parser) }
         YAMLEvents.start(&parser, input)
-        var batch: [yaml_event_t] = []
+        var batch = Batch()
         var batchSize = YAMLEvents.firstBatch
-        batch.reserveCapacity(batchSize)
+        batch.events.reserveCapacity(batchSize)
         while !cancelled.load(ordering: .relaxed) {
             var event = yaml_event_t()
             guard yaml_parser_parse(&parser, &event) != 0 else {
                 finish(with: batch, failure: .init(parser))
                 return
             }
-            batch.append(event)
+            parsed += 1
+            batch.events.append(event)
+            batch.bytes += YAMLEvents.bytes(of: event)
             if event.type == YAML_STREAM_END_EVENT { break }
-            if batch.count == batchSize {
+            if batch.events.count == batchSize || batch.bytes >= YAMLEvents.maxBatchBytes {
                 guard hand(batch) else { return }
                 batchSize = min(batchSize * 2, YAMLEvents.maxBatch)
-                batch = []
-                batch.reserveCapacity(batchSize)
+                batch = Batch()
+                batch.events.reserveCapacity(batchSize)
             }
         }
         finish(with: batch, failure: nil)
     }
 
-    /// Queues a batch, waiting for room; false (the batch deleted) once the
-    /// reader has stopped.
-    private func hand(_ batch: [yaml_event_t]) -> Bool {
+    /// Queues a batch once there is room (deleting the handled batches while
+    /// it waits); false (the batch deleted) once the reader has stopped. A
+    /// batch always fits when nothing is outstanding: one event bigger than
+    /// the limit goes alone, as it would on one thread.
+    private func hand(_ batch: Batch) -> Bool {
         pthread_mutex_lock(mutex)
-        while ready.count >= YAMLEvents.maxQueuedBatches && !cancelled.load(ordering: .relaxed) {
+        while true {
+            if !handled.isEmpty {
+                let done = handled
+                handled.removeAll()
+                pthread_mutex_unlock(mutex)
+                for b in done { delete(b) }
+                pthread_mutex_lock(mutex)
+                for b in done { outstandingBytes -= b.bytes }
+                continue
+            }
+            if cancelled.load(ordering: .relaxed) { break }
+            let room = ready.count < YAMLEvents.maxQueuedBatches
+                && outstandingBytes + batch.bytes <= YAMLEvents.maxOutstandingBytes
+            if room || outstandingBytes == 0 { break }
             pthread_cond_wait(changed, mutex)
         }
         let open = !cancelled.load(ordering: .relaxed)
-        if open { ready.append(batch) }
-        let toDelete = handled
-        handled.removeAll()
+        if open {
+            ready.append(batch)
+            outstandingBytes += batch.bytes
+            peakOutstandingBytes = max(peakOutstandingBytes, outstandingBytes)
+        }
         pthread_cond_broadcast(changed)
         pthread_mutex_unlock(mutex)
-        if !open { Self.delete(batch) }
-        for b in toDelete { Self.delete(b) }
+        if !open { delete(batch) }
         return open
     }
 
-    private func finish(with batch: [yaml_event_t], failure: YAMLEvents.Failure?) {
+    private func finish(with batch: Batch, failure: YAMLEvents.Failure?) {
         pthread_mutex_lock(mutex)
-        if !batch.isEmpty { ready.append(batch) }
+        if !batch.events.isEmpty {
+            ready.append(batch)
+            outstandingBytes += batch.bytes
+            peakOutstandingBytes = max(peakOutstandingBytes, outstandingBytes)
+        }
         self.failure = failure
         finished = true
         pthread_cond_broadcast(changed)
         pthread_mutex_unlock(mutex)
     }
 
-    private static func delete(_ batch: [yaml_event_t]) {
-        for var e in batch { yaml_event_delete(&e) }
+    private func delete(_ batch: Batch) {
+        for var e in batch.events { yaml_event_delete(&e) }
+        deleted.add(batch.events.count, ordering: .relaxed)
     }
 
     /// The calling thread: hands each event to `handle` in order, then
     /// stops the parser if need be, waits for its thread and deletes what
     /// was parsed and not handled.
-    func read(_ handle: (inout yaml_event_t) -> Bool) -> YAMLEvents.Failure? {
+    func read(tally: inout YAMLEvents.Tally, _ handle: (inout yaml_event_t) -> Bool) -> YAMLEvents.Failure? {
         var stopped = false
         var result: YAMLEvents.Failure?
-        var last: [yaml_event_t]?
+        var last: Batch?
         reading: while true {
             pthread_mutex_lock(mutex)
-            if let last { handled.append(last) }
+            if let last {
+                // Back to the parser's thread, which may be waiting for
+                // the room it leaves.
+                handled.append(last)
+                pthread_cond_broadcast(changed)
+            }
             last = nil
             while ready.isEmpty && !finished { pthread_cond_wait(changed, mutex) }
             if ready.isEmpty {
@@ -210,9 +310,9 @@ private final class EventPipe: @unchecked Sendable {
             var batch = ready.removeFirst()
             pthread_cond_broadcast(changed)
             pthread_mutex_unlock(mutex)
-            for i in batch.indices {
-                let end = batch[i].type == YAML_STREAM_END_EVENT
-                if !handle(&batch[i]) || end {
+            for i in batch.events.indices {
+                let end = batch.events[i].type == YAML_STREAM_END_EVENT
+                if !handle(&batch.events[i]) || end {
                     stopped = true
                     last = batch
                     break reading
@@ -221,7 +321,7 @@ private final class EventPipe: @unchecked Sendable {
             last = batch
         }
         // Every event of `last` and of the queues is deleted below, once.
-        if let last { Self.delete(last) }
+        if let last { delete(last) }
         if stopped {
             pthread_mutex_lock(mutex)
             cancelled.store(true, ordering: .relaxed)
@@ -231,9 +331,12 @@ private final class EventPipe: @unchecked Sendable {
         pthread_join(thread, nil)
         // The thread has ended: what it queued and nobody handled, and what
         // was handled since it last took the handled batches.
-        for batch in ready + handled { Self.delete(batch) }
+        for batch in ready + handled { delete(batch) }
         ready.removeAll()
         handled.removeAll()
+        tally.parsed += parsed
+        tally.deleted += deleted.load(ordering: .relaxed)
+        tally.peakOutstandingBytes = max(tally.peakOutstandingBytes, peakOutstandingBytes)
         return stopped ? nil : result
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 @testable import SecretfsInject
 import Testing
 
@@ -84,21 +85,89 @@ struct YAMLEventsTests {
         for _ in 0..<50 { expectSame(early) }
     }
 
-    @Test func eventsArriveInOrderAndEachOnce() {
+    @Test func eventsArriveInOrderAndEachIsDeletedOnce() {
         let source = Array(flow(blocks: 2000).utf8)
         var here: [(Int32, Int)] = []
         var there: [(Int32, Int)] = []
         source.withUnsafeBufferPointer { buf in
-            _ = YAMLEvents.read(buf, secondThread: false) { e in here.append((Int32(e.type.rawValue), e.start_mark.index)); return true }
-            _ = YAMLEvents.read(buf, secondThread: true) { e in there.append((Int32(e.type.rawValue), e.start_mark.index)); return true }
+            var tally = YAMLEvents.Tally()
+            _ = YAMLEvents.read(buf, secondThread: false, tally: &tally) { e in
+                here.append((Int32(e.type.rawValue), e.start_mark.index)); return true
+            }
+            #expect(tally.parsed == here.count && tally.deleted == tally.parsed)
+            tally = YAMLEvents.Tally()
+            _ = YAMLEvents.read(buf, secondThread: true, tally: &tally) { e in
+                there.append((Int32(e.type.rawValue), e.start_mark.index)); return true
+            }
+            #expect(tally.parsed == there.count && tally.deleted == tally.parsed)
         }
         #expect(here.count > 20_000)
         #expect(here.map(\.0) == there.map(\.0) && here.map(\.1) == there.map(\.1))
-        // A handler that stops at the 100th event sees exactly 100.
-        var seen = 0
-        source.withUnsafeBufferPointer { buf in
-            _ = YAMLEvents.read(buf, secondThread: true) { _ in seen += 1; return seen < 100 }
+    }
+
+    /// A handler that stops at the n-th event sees exactly n, whatever the
+    /// batch boundaries (64, then 128, 256, ... events), and every event
+    /// parsed, handled or not, is deleted once.
+    @Test(arguments: [1, 2, 63, 64, 65, 191, 192, 193, 448, 449, 5000])
+    func aHandlerStoppingAnywhereLeavesNothingBehind(stopAt: Int) {
+        for source in [Array(flow(blocks: 2000).utf8), Array(flow(blocks: 2000).utf8) + Array("bad: [x\n- : :\n".utf8)] {
+            for secondThread in [false, true] {
+                var seen = 0
+                var tally = YAMLEvents.Tally()
+                let failure = source.withUnsafeBufferPointer { buf in
+                    YAMLEvents.read(buf, secondThread: secondThread, tally: &tally) { _ in seen += 1; return seen < stopAt }
+                }
+                #expect(seen == stopAt && failure == nil)
+                #expect(tally.deleted == tally.parsed && tally.parsed >= seen)
+            }
         }
-        #expect(seen == 100)
+        // Stopping at the stream's last event, and never stopping.
+        let source = Array("a: 1\n".utf8)
+        for secondThread in [false, true] {
+            var seen = 0
+            var tally = YAMLEvents.Tally()
+            source.withUnsafeBufferPointer { buf in
+                _ = YAMLEvents.read(buf, secondThread: secondThread, tally: &tally) { _ in seen += 1; return true }
+            }
+            #expect(seen == 8 && tally.parsed == 8 && tally.deleted == 8)
+        }
+    }
+
+    @Test func aThreadThatCannotStartFallsBackToTheCallingOne() {
+        let source = Array(flow(blocks: 500).utf8)
+        var seen = 0
+        var tally = YAMLEvents.Tally()
+        let failure = source.withUnsafeBufferPointer { buf in
+            YAMLEvents.read(buf, secondThread: true, startThread: false, tally: &tally) { _ in seen += 1; return true }
+        }
+        #expect(failure == nil && seen > 5000 && tally.parsed == seen && tally.deleted == seen)
+        #expect(tally.peakOutstandingBytes == 0)   // no second thread ran
+    }
+
+    /// libyaml expands a `!h!x` tag with its %TAG prefix in every event: a
+    /// few bytes of document can hold a large tag. On the second thread the
+    /// parser stops running ahead at the byte limit, not at a count of events.
+    @Test func tagExpansionCannotMakeTheParserRunAheadWithoutBound() {
+        let prefix = "tag:" + String(repeating: "p", count: 128 << 10)
+        var doc = "%TAG !a! \(prefix)\n---\nblocks:\n"
+        for _ in 0..<3000 { doc += "- !a!x a\n" }
+        let source = Array(doc.utf8)
+        var tally = YAMLEvents.Tally()
+        var seen = 0
+        let failure = source.withUnsafeBufferPointer { buf in
+            YAMLEvents.read(buf, secondThread: true, tally: &tally) { _ in
+                seen += 1
+                // A slow handler: the parser gets all the time it wants to run ahead.
+                if seen == 1 { usleep(300_000) }
+                return true
+            }
+        }
+        #expect(failure == nil && seen > 3000 && tally.deleted == tally.parsed)
+        // One tagged scalar is about 128 KiB: a little over the 1 MiB limit
+        // at most (without it: 390 MB, the queue's four batches of events).
+        #expect(YAMLEvents.maxOutstandingBytes <= 1 << 20)
+        #expect(tally.peakOutstandingBytes > 0 && tally.peakOutstandingBytes <= (1 << 20) + (256 << 10),
+                "\(tally.peakOutstandingBytes) bytes of events outstanding")
+        expectSame(source)
     }
 }
