@@ -33,8 +33,13 @@ final class GroupCommit: @unchecked Sendable {
     /// fsyncs run so far (under `mutex`; read by tests).
     private(set) var syncs = 0
 
-    init(walDescriptor: Int32) {
+    /// How the WAL is synced: fsync (tests put their own in, to commit
+    /// while a sync runs).
+    private let sync: @Sendable (Int32) -> Int32
+
+    init(walDescriptor: Int32, sync: @escaping @Sendable (Int32) -> Int32 = { fsync($0) }) {
         wal = walDescriptor
+        self.sync = sync
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(cond, nil)
     }
@@ -67,7 +72,7 @@ final class GroupCommit: @unchecked Sendable {
             syncing = true
             pthread_mutex_unlock(mutex)
             let covered = max(target, committed.load(ordering: .acquiring))
-            let rc = retryOnInterruptSync { fsync(wal) }
+            let rc = retryOnInterruptSync { sync(wal) }
             let error = rc == 0 ? 0 : errno
             pthread_mutex_lock(mutex)
             syncing = false

@@ -28,6 +28,31 @@ struct GroupCommitTests {
         #expect(group.syncs == 2)
     }
 
+    /// A commit counted while a sync runs may have written its frames after
+    /// the fsync began: that sync must not mark it durable.
+    @Test func aCommitMadeDuringASyncWaitsForTheNextOne() throws {
+        let base = makeTempDirectory("secretfs-group-commit")
+        defer { removeTree(base) }
+        let fd = open(base + "/wal", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        #expect(fd >= 0)
+        // weak: the group holds the closure that holds the holder.
+        final class Holder: @unchecked Sendable { weak var group: GroupCommit?; var syncing = 0 }
+        let holder = Holder()
+        let group = GroupCommit(walDescriptor: fd) { wal in
+            holder.syncing += 1
+            // Another writer commits while this fsync is under way.
+            if holder.syncing == 1 { holder.group?.committed.add(1, ordering: .releasing) }
+            return fsync(wal)
+        }
+        holder.group = group
+        group.committed.add(1, ordering: .releasing)
+        #expect(group.waitDurable(through: 1) == 0)
+        #expect(group.syncs == 1)
+        // Commit 2 was counted during the first sync: it needs its own.
+        #expect(group.waitDurable(through: 2) == 0)
+        #expect(group.syncs == 2)
+    }
+
     @Test func concurrentWritersShareSyncsAndEachReturnsDurable() throws {
         let base = makeTempDirectory("secretfs-group-commit")
         defer { removeTree(base) }
