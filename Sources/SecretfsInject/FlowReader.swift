@@ -161,10 +161,8 @@ struct FlowReader {
 
     /// `secondThread`: where libyaml parses (YAMLEvents; nil: by the size).
     mutating func run(secondThread: Bool? = nil) {
-        let dummy: [UInt8] = [0]
-        let input = src.isEmpty ? dummy : src
-        let failure = input.withUnsafeBufferPointer { buf in
-            YAMLEvents.read(UnsafeBufferPointer(rebasing: buf[..<src.count]), secondThread: secondThread) { event in
+        let failure = src.withUnsafeBufferPointer { buf in
+            YAMLEvents.read(buf, secondThread: secondThread) { event in
                 if event.type == YAML_STREAM_END_EVENT { return false }
                 handle(&event)
                 return !doc.stopped

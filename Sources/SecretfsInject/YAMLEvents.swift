@@ -81,11 +81,13 @@ enum YAMLEvents {
             if let ctx = parser.context.map({ String(cString: $0) }) { message += " " + ctx }
         }
 
-        init(line: Int, column: Int, message: String) {
+        private init(line: Int, column: Int, message: String) {
             self.line = line
             self.column = column
             self.message = message
         }
+
+        static let cannotInitialise = Failure(line: 1, column: 1, message: "cannot initialise the YAML parser")
     }
 
     /// Parses `input` (UTF-8) and calls `handle` with each event in order
@@ -114,11 +116,8 @@ enum YAMLEvents {
     static func readHere(_ input: UnsafeBufferPointer<UInt8>, tally: inout Tally,
                          _ handle: (inout yaml_event_t) -> Bool) -> Failure? {
         var parser = yaml_parser_t()
-        guard yaml_parser_initialize(&parser) != 0 else {
-            return Failure(line: 1, column: 1, message: "cannot initialise the YAML parser")
-        }
+        guard open(&parser, input) else { return .cannotInitialise }
         defer { yaml_parser_delete(&parser) }
-        start(&parser, input)
         var event = yaml_event_t()
         while true {
             guard yaml_parser_parse(&parser, &event) != 0 else { return Failure(parser) }
@@ -131,12 +130,23 @@ enum YAMLEvents {
         }
     }
 
-    /// `input` must have an address even when empty (libyaml asserts one).
-    static func start(_ parser: inout yaml_parser_t, _ input: UnsafeBufferPointer<UInt8>) {
-        precondition(input.baseAddress != nil, "libyaml needs an input address")
-        yaml_parser_set_input_string(&parser, input.baseAddress, input.count)
+    /// Initialises `parser` to read `input` as UTF-8; false if libyaml
+    /// cannot (then there is nothing to delete).
+    static func open(_ parser: inout yaml_parser_t, _ input: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard yaml_parser_initialize(&parser) != 0 else { return false }
+        // libyaml wants an address even for no bytes (an empty array may
+        // have none); it reads none of them.
+        yaml_parser_set_input_string(&parser, input.baseAddress ?? emptyInput, input.count)
         yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
+        return true
     }
+
+    // nonisolated(unsafe): never written, and libyaml reads none of it.
+    nonisolated(unsafe) private static let emptyInput: UnsafePointer<UInt8> = {
+        let p = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
+        p.initialize(to: 0)
+        return UnsafePointer(p)
+    }()
 }
 
 /// Events parsed on the second thread, with the memory they hold.
@@ -183,7 +193,8 @@ private final class EventPipe: @unchecked Sendable {
         guard startThread else { return nil }
         let context = Unmanaged.passRetained(self).toOpaque()
         let rc = pthread_create(&thread, nil, { context in
-            let pipe = Unmanaged<EventPipe>.fromOpaque(context!).takeRetainedValue()
+            guard let context else { return nil }   // never: it is the pipe passed below
+            let pipe = Unmanaged<EventPipe>.fromOpaque(context).takeRetainedValue()
             pipe.parse()
             return nil
         }, context)
@@ -204,12 +215,11 @@ private final class EventPipe: @unchecked Sendable {
     /// queue is full.
     private func parse() {
         var parser = yaml_parser_t()
-        guard yaml_parser_initialize(&parser) != 0 else {
-            finish(with: Batch(), failure: .init(line: 1, column: 1, message: "cannot initialise the YAML parser"))
+        guard YAMLEvents.open(&parser, input) else {
+            finish(with: Batch(), failure: .cannotInitialise)
             return
         }
         defer { yaml_parser_delete(&parser) }
-        YAMLEvents.start(&parser, input)
         var batch = Batch()
         var batchSize = YAMLEvents.firstBatch
         batch.events.reserveCapacity(batchSize)
