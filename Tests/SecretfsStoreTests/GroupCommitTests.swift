@@ -7,11 +7,18 @@ import Testing
 /// Group commit's bookkeeping (the kill -9 test in DurabilityAndSecrecyTests
 /// shows the durability of a real burst; this shows the sharing).
 struct GroupCommitTests {
-    @Test func oneSyncCoversEveryCommitMadeBeforeItStarted() throws {
+    /// A file to stand for the WAL (the group closes it): its directory is
+    /// removed at once, the descriptor keeps the file (and fsync works on it).
+    private func walFile() throws -> Int32 {
         let base = makeTempDirectory("secretfs-group-commit")
-        defer { removeTree(base) }
         let fd = open(base + "/wal", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        #expect(fd >= 0)
+        removeTree(base)   // the open descriptor keeps the file
+        try #require(fd >= 0)
+        return fd
+    }
+
+    @Test func oneSyncCoversEveryCommitMadeBeforeItStarted() throws {
+        let fd = try walFile()
         let group = GroupCommit(walDescriptor: fd)
         // Three commits written, their writers not yet synced.
         group.committed.add(3, ordering: .releasing)
@@ -31,10 +38,7 @@ struct GroupCommitTests {
     /// A commit counted while a sync runs may have written its frames after
     /// the fsync began: that sync must not mark it durable.
     @Test func aCommitMadeDuringASyncWaitsForTheNextOne() throws {
-        let base = makeTempDirectory("secretfs-group-commit")
-        defer { removeTree(base) }
-        let fd = open(base + "/wal", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        #expect(fd >= 0)
+        let fd = try walFile()
         // weak: the group holds the closure that holds the holder.
         final class Holder: @unchecked Sendable { weak var group: GroupCommit?; var syncing = 0 }
         let holder = Holder()
@@ -54,10 +58,7 @@ struct GroupCommitTests {
     }
 
     @Test func concurrentWritersShareSyncsAndEachReturnsDurable() throws {
-        let base = makeTempDirectory("secretfs-group-commit")
-        defer { removeTree(base) }
-        let fd = open(base + "/wal", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        #expect(fd >= 0)
+        let fd = try walFile()
         let group = GroupCommit(walDescriptor: fd)
         let writers = 16
         let done = Mutex<[UInt64]>([])
