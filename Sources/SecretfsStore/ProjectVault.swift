@@ -296,15 +296,27 @@ public final class ProjectVault: @unchecked Sendable {
                                 createdAt: Timestamp?, action: VersionAction, previous known: SecretInfo?? = nil,
                                 grant granted: Store.VersionGrant? = nil) throws -> SecretInfo {
         let previous = try known ?? infoLocked(name)
+        // Whether the name may have earlier values that the limit applies to.
+        let mayHaveHistory: Bool
         if previous != nil {
             // The row itself is overwritten below (an update in place, which
             // PostgreSQL can do without a new index entry: a delete and an
             // insert would leave a dead row and index entry per write).
             _ = try store.archiveCurrentLocked(projectID: id, name: name, exists: true)
+            mayHaveHistory = true
         } else {
             // Live again: whatever the trash kept of it is now its history.
-            // (Only a name with no current value can be in the trash.)
-            try db.statement("DELETE FROM trash WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name).run("updating the trash")
+            // (Only a name with no current value can be in the trash, and a
+            // name with neither has no versions: every way out of the
+            // directory leaves a trash row for as long as versions remain.)
+            let leaveTrash = try db.statement("DELETE FROM trash WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name)
+            if store.location.isShared {
+                // Not waiting for the count costs less than the prune it could save.
+                try leaveTrash.run("updating the trash")
+                mayHaveHistory = true
+            } else {
+                mayHaveHistory = try leaveTrash.runCountingChanges("updating the trash") > 0
+            }
         }
         let grant = try granted ?? store.grantVersionLocked(id)
         let version = grant.version
@@ -329,7 +341,9 @@ public final class ProjectVault: @unchecked Sendable {
             .bind(6, created.nanoseconds).bind(7, now.nanoseconds).bind(8, Int64(actor.uid)).bind(9, action.rawValue)
             .bind(10, keyGeneration).run("writing a secret")
         store.recordChangeLocked(projectID: id, name: name)
-        try store.pruneLocked(projectID: id, name: name, keep: grant.keepVersions, live: true, counting: false)
+        if mayHaveHistory {
+            try store.pruneLocked(projectID: id, name: name, keep: grant.keepVersions, live: true, counting: false)
+        }
         try store.purgeExpiredIfDueLocked(projectID: id, projectName: self.name)
         return SecretInfo(name: name, version: version, createdAt: created, updatedAt: now, updatedBy: actor.uid)
     }

@@ -44,6 +44,15 @@ final class SQLiteConnection: DatabaseConnection {
         }
     }
 
+    /// As `execute`, from the statement cache: what every transaction runs
+    /// (BEGIN, COMMIT) is not parsed again each time, as `sqlite3_exec`
+    /// would at every call.
+    func executePrepared(_ sql: String, context: String) throws {
+        let s = try sqliteStatement(sql)
+        defer { s.reset() }
+        _ = try s.step(context)
+    }
+
     /// A prepared statement, cached by its SQL text and reset before reuse.
     func statement(_ sql: String) throws -> DatabaseStatement { try sqliteStatement(sql) }
 
@@ -71,11 +80,11 @@ final class SQLiteConnection: DatabaseConnection {
     /// returns, rolled back when it throws. IMMEDIATE takes the write lock up
     /// front so two processes never deadlock upgrading read locks.
     func transaction<T>(_ context: String, _ body: () throws -> T) throws -> T {
-        try execute("BEGIN IMMEDIATE", context: context)
+        try executePrepared("BEGIN IMMEDIATE", context: context)
         do {
             let result = try body()
             try beforeCommit?()
-            try execute("COMMIT", context: context)
+            try executePrepared("COMMIT", context: context)
             afterTransaction?(true)
             return result
         } catch {
@@ -94,10 +103,10 @@ extension SQLiteConnection {
     func readSnapshot<T>(_ context: String, _ body: () throws -> T) throws -> T {
         // Inside a transaction already: its snapshot serves.
         guard sqlite3_get_autocommit(handle) != 0 else { return try body() }
-        try execute("BEGIN DEFERRED", context: context)
+        try executePrepared("BEGIN DEFERRED", context: context)
         do {
             let result = try body()
-            try execute("COMMIT", context: context)
+            try executePrepared("COMMIT", context: context)
             return result
         } catch {
             _ = sqlite3_exec(handle, "ROLLBACK", nil, nil, nil)

@@ -182,6 +182,31 @@ struct VersionTests {
         #expect(count(dir, "SELECT COUNT(*) FROM versions") == 0)
     }
 
+    /// A write of a name with no current value prunes only when the name
+    /// came out of the trash (nothing else can have versions): one that does
+    /// is held to the limit as any other, and a `rm` that keeps versions
+    /// keeps the trash row that says so.
+    @Test func aNameBackFromTheTrashIsHeldToTheLimit() throws {
+        let (store, dir, base) = try makeStore()
+        defer { removeTree(base) }
+        try store.createProject("two", keepVersions: 2)
+        let v = try store.openProject("two")
+        for i in 0..<3 { try v.put("A", value: bytes("a\(i)"), actor: .current) }
+        #expect(try v.delete("A", actor: .current))
+        #expect(try store.trash(project: "two").map(\.versionsKept) == [2])
+        #expect(try store.history(project: "two", name: "A").map(\.action) == [.set, .set, .delete])
+        try v.put("A", value: bytes("a3"), actor: .current)   // a create, from the trash
+        #expect(try store.trash(project: "two").isEmpty)
+        // The current value and one earlier one (a2), with the delete marker after it.
+        #expect(try store.history(project: "two", name: "A").map(\.action) == [.set, .delete, .set])
+        #expect(count(dir, "SELECT COUNT(*) FROM versions WHERE name = 'A' AND length(ciphertext) > 0") == 1)
+        try v.rename("A", to: "B", actor: .current)
+        try v.put("A", value: bytes("a4"), actor: .current)   // from the trash again, after a rename
+        #expect(try store.history(project: "two", name: "A").filter { !$0.isDelete }.count == 2)
+        try v.put("C", value: bytes("c"), actor: .current)    // a name never seen: no history
+        #expect(try store.history(project: "two", name: "C").count == 1)
+    }
+
     @Test func expiredTrashIsPurgedAsItAges() throws {
         let clock = TestClock()
         let (store, dir, base) = try makeStore(clock)
