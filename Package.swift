@@ -47,7 +47,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SecretfsFS", dependencies: [
-            "CFuse", "CShims", "SecretfsNames", "SecretfsStore", "SecureMemory",
+            "CFuse", "CShims", "SecretfsNames", "SecretfsPOSIX", "SecretfsStore", "SecureMemory",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SecretfsProtocol", dependencies: [

@@ -1,6 +1,7 @@
 import Glibc
 import CShims
 import Logging
+import SecretfsPOSIX
 import Synchronization
 
 /// The one place a mount learns of changes made outside it (a CLI restore,
@@ -24,6 +25,8 @@ public final class StoreWatcher: @unchecked Sendable {
     private let invalidate: @Sendable (SecretFilesystem.StoreChanges) -> Void
     private let interval: Double
     private let stopping = Atomic<Bool>(false)
+    /// What the thread waits on between polls: `stop` ends the wait at once.
+    private var wakeup: Wakeup?
     private var thread: pthread_t?
     /// The last poll failed (touched by the polling thread only).
     private var failing = false
@@ -106,12 +109,14 @@ public final class StoreWatcher: @unchecked Sendable {
     }
 
     public func start() -> Bool {
+        guard let wakeup = Wakeup() else { return false }
+        self.wakeup = wakeup
         final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
         let box = Unmanaged.passRetained(Box { [self] in
             // Named, for `top -H` and for the shared-store benchmark, which
             // tells this thread's queries from the writes' (scripts/bench-fs).
             _ = secretfs_name_thread("store-watcher")
-            loop()
+            loop(wakeup)
         }).toOpaque()
         var tid = pthread_t()
         let rc = pthread_create(&tid, nil, { p in
@@ -129,25 +134,28 @@ public final class StoreWatcher: @unchecked Sendable {
     /// Stops the thread and waits for it (before the session is closed).
     public func stop() {
         stopping.store(true, ordering: .relaxed)
+        wakeup?.wake()
         if let t = thread { pthread_join(t, nil) }
         thread = nil
+        wakeup = nil
     }
 
-    private func loop() {
+    private func loop(_ wakeup: Wakeup) {
         var last: Int64?
         poll(last: &last)
         // A shared store announces other hosts' changes (NOTIFY): a poll
         // follows each notice at once, and one runs at least every
         // `interval` anyway, covering a notice lost with its connection.
-        // The waits are short slices, so that `stop` (an unmount) does not
-        // wait out a whole interval.
+        // `stop` (an unmount) wakes every wait: an unmount does not wait
+        // out an interval.
         let notifications = filesystem.vault.changeNotifications()
         var listening: Bool?
         var nextPoll = Self.monotonic() + interval
         while !stopping.load(ordering: .relaxed) {
             var now = false
+            let remaining = max(0, nextPoll - Self.monotonic())
             if let notifications {
-                switch notifications.wait(timeout: Self.stopSlice) {
+                switch notifications.wait(timeout: remaining, wake: wakeup) {
                 case .quiet:
                     break
                 case .changed:
@@ -164,7 +172,7 @@ public final class StoreWatcher: @unchecked Sendable {
                     now = true   // notices sent while away are lost: resync
                 }
             } else {
-                usleep(useconds_t(Self.stopSlice * 1_000_000))
+                wakeup.sleep(remaining)
             }
             if now || Self.monotonic() >= nextPoll {
                 poll(last: &last)
@@ -172,7 +180,4 @@ public final class StoreWatcher: @unchecked Sendable {
             }
         }
     }
-
-    /// How long the thread waits at a time before it looks at `stopping`.
-    static let stopSlice = 0.02
 }

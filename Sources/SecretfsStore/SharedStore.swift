@@ -292,26 +292,25 @@ public final class ChangeNotifications: @unchecked Sendable {
         return nil
     }
 
-    /// Waits up to `timeout` seconds.
-    public func wait(timeout: Double) -> Event {
+    /// Waits up to `timeout` seconds, or until `wake` is woken (then `.quiet`:
+    /// the watcher is stopping).
+    public func wait(timeout: Double, wake: Wakeup) -> Event {
         guard let c = conn else {
             let now = Self.monotonic()
             if now < retryAt {
-                usleep(useconds_t(min(timeout, retryAt - now) * 1_000_000))
+                wake.sleep(min(timeout, retryAt - now))
                 return .quiet
             }
             if let problem = listen() {
                 retryAt = Self.monotonic() + backoff
                 backoff = min(backoff * 2, 5)
-                usleep(useconds_t(min(timeout, backoff) * 1_000_000))
+                wake.sleep(min(timeout, backoff))
                 return .lost(problem)
             }
             return .restored
         }
-        var pfd = pollfd(fd: pq.socket(c), events: Int16(POLLIN), revents: 0)
-        let ready = poll(&pfd, 1, Int32(timeout * 1000))
-        if ready < 0 && errno == EINTR { return .quiet }
-        if ready == 0 { return .quiet }
+        var revents: Int16 = 0
+        if wake.sleep(timeout, alsoReadable: pq.socket(c), revents: &revents) || revents == 0 { return .quiet }
         if pq.consumeInput(c) == 0 || pq.status(c) != CONNECTION_OK {
             let message = PostgresConnection.firstLine(pq.errorMessage(c))
             pq.finish(c)
