@@ -109,7 +109,7 @@ public final class StoreWatcher: @unchecked Sendable {
     }
 
     public func start() -> Bool {
-        guard let wakeup = Wakeup() else { return false }
+        guard thread == nil, let wakeup = Wakeup() else { return false }
         self.wakeup = wakeup
         final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
         let box = Unmanaged.passRetained(Box { [self] in
@@ -125,6 +125,7 @@ public final class StoreWatcher: @unchecked Sendable {
         }, box)
         if rc != 0 {
             Unmanaged<Box>.fromOpaque(box).release()
+            self.wakeup = nil
             return false
         }
         thread = tid
@@ -133,7 +134,7 @@ public final class StoreWatcher: @unchecked Sendable {
 
     /// Stops the thread and waits for it (before the session is closed).
     public func stop() {
-        stopping.store(true, ordering: .relaxed)
+        stopping.store(true, ordering: .releasing)
         wakeup?.wake()
         if let t = thread { pthread_join(t, nil) }
         thread = nil
@@ -147,11 +148,11 @@ public final class StoreWatcher: @unchecked Sendable {
         // follows each notice at once, and one runs at least every
         // `interval` anyway, covering a notice lost with its connection.
         // `stop` (an unmount) wakes every wait: an unmount does not wait
-        // out an interval.
+        // out an interval (only a connect or a query already under way).
         let notifications = filesystem.vault.changeNotifications()
         var listening: Bool?
         var nextPoll = Self.monotonic() + interval
-        while !stopping.load(ordering: .relaxed) {
+        while !stopping.load(ordering: .acquiring) {
             var now = false
             let remaining = max(0, nextPoll - Self.monotonic())
             if let notifications {

@@ -308,7 +308,9 @@ public final class ProjectVault: @unchecked Sendable {
             // Live again: whatever the trash kept of it is now its history.
             // (Only a name with no current value can be in the trash, and a
             // name with neither has no versions: every way out of the
-            // directory leaves a trash row for as long as versions remain.)
+            // directory leaves a trash row for as long as versions remain.
+            // Rows put in by hand could break that; the name's next
+            // overwrite, rm or a retention change still prunes them.)
             let leaveTrash = try db.statement("DELETE FROM trash WHERE project_id = ? AND name = ?").bind(1, id).bind(2, name)
             if store.location.isShared {
                 // Not waiting for the count costs less than the prune it could save.
