@@ -186,7 +186,7 @@ extension Store {
     }
 }
 
-private func hex(_ b: [UInt8]) -> String {
+func hex(_ b: [UInt8]) -> String {
     let digits = Array("0123456789abcdef")
     return String(b.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 15)]] })
 }
