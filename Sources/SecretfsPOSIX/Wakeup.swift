@@ -9,7 +9,7 @@ import Glibc
 public final class Wakeup: @unchecked Sendable {
     // @unchecked: the descriptor is fixed at init and closed at deinit; the
     // kernel serialises the reads and writes on it.
-    public let descriptor: Int32
+    private let descriptor: Int32
 
     /// Nil when the kernel gives no eventfd (out of descriptors).
     public init?() {
