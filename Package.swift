@@ -5,6 +5,7 @@ import PackageDescription
 //   C modules (CFuse, CSodium, CSQLite, CShims)  libc / Debian libraries
 //   SecretfsNames      the one naming rule (names are bytes)
 //   SecretfsPOSIX      thin libc layer: errno text, EINTR retry, O_NOFOLLOW opens,
+//                      the monotonic clock, a sleep another thread can end,
 //                      the directory-trust check (store and runtime directories)
 //   SecureMemory       locked, wiped buffers for keys and values
 //   SecretfsStore      the encrypted store (envelope encryption, audit) on one
@@ -51,7 +52,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SecretfsProtocol", dependencies: [
-            "CShims", "SecretfsNames", "SecureMemory", "SecretfsStore",
+            "CShims", "SecretfsNames", "SecretfsPOSIX", "SecureMemory", "SecretfsStore",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The flow reader uses libyaml's event API only: Debian's libyaml
@@ -60,7 +61,7 @@ let package = Package(
         .target(name: "SecretfsInject", dependencies: ["CYAML", "SecretfsNames", "SecureMemory"]),
         .target(name: "SecretfsRedact", dependencies: ["SecureMemory"]),
         .target(name: "SecretfsResolver", dependencies: [
-            "SecretfsNames", "SecretfsProtocol", "SecretfsInject", "SecretfsRedact", "SecureMemory",
+            "SecretfsNames", "SecretfsPOSIX", "SecretfsProtocol", "SecretfsInject", "SecretfsRedact", "SecureMemory",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "secretfs", dependencies: [
@@ -76,14 +77,14 @@ let package = Package(
         .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject", "SecretfsNames", "SecretfsTestSupport",
                                                                 .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "SecretfsRedactTests", dependencies: ["SecretfsRedact", "SecretfsTestSupport"]),
-        .testTarget(name: "SecretfsProtocolTests", dependencies: ["CShims", "SecretfsProtocol", "SecretfsNames", "SecretfsStore", "SecureMemory", "SecretfsTestSupport"]),
-        .testTarget(name: "SecretfsResolverTests", dependencies: ["SecretfsResolver", "SecretfsStore", "SecretfsProtocol", "SecureMemory", "SecretfsTestSupport"]),
+        .testTarget(name: "SecretfsProtocolTests", dependencies: ["CShims", "SecretfsProtocol", "SecretfsNames", "SecretfsStore", "SecureMemory", "SecretfsTestSupport", "SecretfsPOSIX"]),
+        .testTarget(name: "SecretfsResolverTests", dependencies: ["SecretfsResolver", "SecretfsStore", "SecretfsProtocol", "SecureMemory", "SecretfsTestSupport", "SecretfsPOSIX"]),
         // Real mounts for the mount and hostile-input tests: a temp store, the binary, shell commands.
         .target(name: "SecretfsMountSupport", dependencies: ["SecretfsStore", "SecretfsFS", "SecureMemory", "SecretfsTestSupport"],
                 path: "Tests/SecretfsMountSupport"),
         // Mount tests drive the real `secretfs` binary; depending on it makes
         // `swift build --build-tests` build it beside the test bundle.
-        .testTarget(name: "SecretfsMountTests", dependencies: ["CSQLite", "SecretfsStore", "SecretfsFS", "secretfs", "SecretfsMountSupport", "SecretfsTestSupport"]),
+        .testTarget(name: "SecretfsMountTests", dependencies: ["CSQLite", "SecretfsStore", "SecretfsFS", "secretfs", "SecretfsMountSupport", "SecretfsTestSupport", "SecretfsPOSIX"]),
         // Every finding of the trust-boundaries review, as an attacker would try it.
         .testTarget(name: "SecretfsHostileInputTests", dependencies: ["CShims", "CSQLite", "SecretfsStore", "SecretfsFS", "SecretfsProtocol", "secretfs",
                                                                        "SecretfsMountSupport", "SecretfsTestSupport"]),

@@ -5,6 +5,7 @@
 // was read with, and the reader ends (closed or refused), never loops.
 
 import Glibc
+import SecretfsPOSIX
 import SecretfsProtocol
 
 func require(_ condition: Bool, _ message: @autoclosure () -> String) {
@@ -30,7 +31,7 @@ func frames(_ bytes: UnsafeRawBufferPointer, maxLength: Int, _ each: (Frame) -> 
     close(fds[1])
     var count = 0
     while true {
-        switch SocketIO.readFrame(fds[0], maxLength: maxLength, deadline: SocketIO.monotonicNow() + 5) {
+        switch SocketIO.readFrame(fds[0], maxLength: maxLength, deadline: monotonicSeconds() + 5) {
         case .frame(let f):
             require(f.storage.count <= maxLength, "a frame of \(f.storage.count) bytes over the limit \(maxLength)")
             count += 1

@@ -40,12 +40,6 @@ public final class StoreWatcher: @unchecked Sendable {
     /// query each (a flood of log rows must not hold the filesystem lock).
     public static let maxNamesPerPoll = 256
 
-    private static func monotonic() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
-
     /// `invalidate` drops kernel caches (FuseSession.invalidate); called
     /// outside every lock before `onChange`.
     public init(filesystem: SecretFilesystem, interval: Double = 0.2,
@@ -86,7 +80,7 @@ public final class StoreWatcher: @unchecked Sendable {
         failing = false
         // The whole listing: at the first poll (what changed between the
         // mount's first read and now), and now and then on a shared store.
-        let clock = Self.monotonic()
+        let clock = monotonicSeconds()
         let full = last == nil
             || (filesystem.vault.store.location.isShared && clock - lastFullReload >= Self.sharedFullReloadInterval)
         if !full {
@@ -151,10 +145,10 @@ public final class StoreWatcher: @unchecked Sendable {
         // out an interval (only a connect or a query already under way).
         let notifications = filesystem.vault.changeNotifications()
         var listening: Bool?
-        var nextPoll = Self.monotonic() + interval
+        var nextPoll = monotonicSeconds() + interval
         while !stopping.load(ordering: .acquiring) {
             var now = false
-            let remaining = max(0, nextPoll - Self.monotonic())
+            let remaining = max(0, nextPoll - monotonicSeconds())
             if let notifications {
                 switch notifications.wait(timeout: remaining, wake: wakeup) {
                 case .quiet:
@@ -175,9 +169,9 @@ public final class StoreWatcher: @unchecked Sendable {
             } else {
                 wakeup.sleep(remaining)
             }
-            if now || Self.monotonic() >= nextPoll {
+            if now || monotonicSeconds() >= nextPoll {
                 poll(last: &last)
-                nextPoll = Self.monotonic() + interval
+                nextPoll = monotonicSeconds() + interval
             }
         }
     }

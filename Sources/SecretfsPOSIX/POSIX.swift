@@ -84,3 +84,12 @@ public func fileKind(_ mode: mode_t) -> String {
     default: return "special file"
     }
 }
+
+/// Seconds on the monotonic clock (CLOCK_MONOTONIC): for deadlines, timeouts
+/// and intervals, which must not jump when the wall clock is set. Only
+/// differences between two readings mean anything.
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

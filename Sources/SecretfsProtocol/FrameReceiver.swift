@@ -1,4 +1,5 @@
 import Glibc
+import SecretfsPOSIX
 import SecureMemory
 
 /// One server connection's frame reader: the frames `SocketIO.readFrame`
@@ -174,7 +175,7 @@ public final class FrameReceiver {
         let slack = 0.05   // seconds; more than a tick at any HZ
         let wanted: Double
         if let deadline {
-            let left = deadline - SocketIO.monotonicNow()
+            let left = deadline - monotonicSeconds()
             if let t = receiveTimeout, t > 0, t + slack / 2 <= left { return true }
             guard receiveTimeout == nil, left > 4 * slack else { return false }
             wanted = left - slack
@@ -189,7 +190,7 @@ public final class FrameReceiver {
             return false
         }
         receiveTimeout = wanted
-        return deadline == nil || wanted + slack / 2 <= deadline! - SocketIO.monotonicNow()
+        return deadline == nil || wanted + slack / 2 <= deadline! - monotonicSeconds()
     }
 
     /// Drops the first `n` bytes read, moving the rest to the start and

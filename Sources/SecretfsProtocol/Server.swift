@@ -1,6 +1,7 @@
 import CShims
 import Glibc
 import Logging
+import SecretfsPOSIX
 import SecretfsStore
 import SecureMemory
 import Synchronization
@@ -168,7 +169,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         let (id, fd, peer) = (conn.id, conn.fd, conn.peer)
         let actor = Actor(uid: peer.uid, pid: peer.pid)
         while true {
-            let deadline = SocketIO.monotonicNow() + limits.idleTimeout
+            let deadline = monotonicSeconds() + limits.idleTimeout
             switch SocketIO.readFrame(fd, maxLength: limits.maxRequestFrame, deadline: deadline) {
             case .closed, .truncated, .failed:
                 return false

@@ -1,5 +1,6 @@
 import CShims
 import Glibc
+import SecretfsPOSIX
 import SecureMemory
 import Synchronization
 
@@ -87,7 +88,7 @@ public final class SocketConnection: @unchecked Sendable {
     public func roundTrip(_ request: SecureBytes, expect: [UInt8]) throws(ProtocolError) -> Frame {
         defer { request.wipe() }
         try send(request)
-        return try receive(expect: expect, deadline: SocketIO.monotonicNow() + timeout)
+        return try receive(expect: expect, deadline: monotonicSeconds() + timeout)
     }
 
     public func send(_ request: SecureBytes) throws(ProtocolError) {
@@ -96,7 +97,7 @@ public final class SocketConnection: @unchecked Sendable {
         guard SocketIO.sendAll(fd, request) else {
             // The server may have refused us and closed: its ERROR is still readable.
             let sendErrno = errno
-            if case .frame(let f) = SocketIO.readFrame(fd, maxLength: service.maxReplyFrame, deadline: SocketIO.monotonicNow() + 1),
+            if case .frame(let f) = SocketIO.readFrame(fd, maxLength: service.maxReplyFrame, deadline: monotonicSeconds() + 1),
                f.type == Wire.MessageType.error.rawValue {
                 close()
                 throw errorFromFrame(f)
@@ -381,10 +382,10 @@ public final class ChangeFeed: @unchecked Sendable {
 
     /// Sleeps `seconds`, waking early (false) if cancelled.
     private func pause(_ seconds: Double) -> Bool {
-        let deadline = SocketIO.monotonicNow() + seconds
-        while SocketIO.monotonicNow() < deadline {
+        let deadline = monotonicSeconds() + seconds
+        while monotonicSeconds() < deadline {
             if isCancelled { return false }
-            usleep(UInt32(min(50_000, max(1_000, (deadline - SocketIO.monotonicNow()) * 1e6))))
+            usleep(UInt32(min(50_000, max(1_000, (deadline - monotonicSeconds()) * 1e6))))
         }
         return !isCancelled
     }

@@ -1,5 +1,6 @@
 import CShims
 import Glibc
+import SecretfsPOSIX
 import SecureMemory
 
 /// Thin blocking-I/O helpers shared by the server and the client. Every
@@ -20,19 +21,13 @@ public enum SocketIO {
         case failed(Int32)
     }
 
-    public static func monotonicNow() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
-
     /// Waits until `fd` is readable or `deadline` (monotonic seconds; nil:
     /// forever) passes. Returns false on timeout.
     public static func waitReadable(_ fd: Int32, deadline: Double?) -> Bool {
         while true {
             var timeout: Int32 = -1
             if let deadline {
-                let left = deadline - monotonicNow()
+                let left = deadline - monotonicSeconds()
                 if left <= 0 { return false }
                 timeout = Int32(min(left * 1000 + 1, 1_000_000))
             }

@@ -1,6 +1,7 @@
 import CShims
 import Glibc
 import Logging
+import SecretfsPOSIX
 import SecureMemory
 import Synchronization
 
@@ -278,8 +279,8 @@ package final class UnixSocketListener: @unchecked Sendable {
         }
         var one: UInt64 = 1
         _ = write(wakeFD, &one, 8)
-        let deadline = SocketIO.monotonicNow() + timeout
-        while state.withLock({ $0.runningThreads }) > 0 && SocketIO.monotonicNow() < deadline {
+        let deadline = monotonicSeconds() + timeout
+        while state.withLock({ $0.runningThreads }) > 0 && monotonicSeconds() < deadline {
             usleep(2_000)
         }
         return true
@@ -347,7 +348,7 @@ package final class UnixSocketListener: @unchecked Sendable {
             SocketIO.sendAll(fd, configuration.refusalFrame(.notAllowed, "uid \(peer.uid) is not allowed on this socket"))
             _ = shutdown(fd, Int32(SHUT_WR))
             close(fd)
-            let now = SocketIO.monotonicNow()
+            let now = monotonicSeconds()
             let report = refusals.withLock { r -> Int? in
                 if r.count > 1024 { r.removeAll() }
                 if let last = r[peer.uid], now - last.reported < Self.refusalReportInterval {
@@ -417,7 +418,7 @@ package final class UnixSocketListener: @unchecked Sendable {
     /// scratch is wiped: a resolver daemon's peer may be sending values (REDACT data).
     private static func drainAfterError(_ fd: Int32) {
         _ = shutdown(fd, Int32(SHUT_WR))
-        let deadline = SocketIO.monotonicNow() + 0.2
+        let deadline = monotonicSeconds() + 0.2
         var scratch = [UInt8](repeating: 0, count: 4096)
         var budget = 1 << 20
         while budget > 0, SocketIO.waitReadable(fd, deadline: deadline) {

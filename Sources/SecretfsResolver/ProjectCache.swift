@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import SecretfsInject
+import SecretfsPOSIX
 import SecretfsProtocol
 import SecretfsRedact
 import SecureMemory
@@ -93,7 +94,7 @@ final class ProjectCache: @unchecked Sendable {
     /// Once started, the feed reconnects by itself (a remount, a mount
     /// restart): values are cached only while it is up.
     func ensureWatch(retryInterval: Double = 0.5) {
-        let now = SocketIO.monotonicNow()
+        let now = monotonicSeconds()
         let go = state.withLock { s -> Bool in
             s.lastUsed = now
             guard !s.stopped, s.feed == nil, !s.feedStarting, now - s.lastFeedAttempt >= retryInterval else { return false }
@@ -228,7 +229,7 @@ final class ProjectCache: @unchecked Sendable {
         // per request when the watch runs (the usual case), which also does
         // `ensureWatch`'s bookkeeping; nothing is allocated under it but the
         // result's room.
-        let now = SocketIO.monotonicNow()
+        let now = monotonicSeconds()
         var hits: [SecureBytes?] = []
         hits.reserveCapacity(names.count)
         var wanted: [String] = []

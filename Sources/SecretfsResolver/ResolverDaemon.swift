@@ -2,6 +2,7 @@ import Glibc
 import Logging
 import SecretfsInject
 import SecretfsNames
+import SecretfsPOSIX
 import SecretfsProtocol
 import SecretfsRedact
 import SecureMemory
@@ -208,7 +209,7 @@ public final class ResolverDaemon: @unchecked Sendable {
         let conn = Connection(fd: fd, peer: admitted.peer, receiver: FrameReceiver(fd: fd), reply: ReplyBuffer(),
                               scans: ScanMemo(), uidText: .string("\(admitted.peer.uid)"), pidText: .string("\(admitted.peer.pid)"))
         while true {
-            switch readRequest(conn, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
+            switch readRequest(conn, deadline: monotonicSeconds() + limits.idleTimeout) {
             case .end(let linger):
                 return linger
             case .frame(let frame):
@@ -527,7 +528,7 @@ public final class ResolverDaemon: @unchecked Sendable {
             return out.withBytes { DaemonIO.sendFrame(fd, type: type, body: $0) }
         }
         while true {
-            switch readRequest(conn, deadline: SocketIO.monotonicNow() + limits.idleTimeout) {
+            switch readRequest(conn, deadline: monotonicSeconds() + limits.idleTimeout) {
             case .end(let linger):
                 return .close(linger: linger)
             case .frame(let f):

@@ -271,12 +271,6 @@ public final class ChangeNotifications: @unchecked Sendable {
 
     deinit { if let conn { pq.finish(conn) } }
 
-    private static func monotonic() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
-
     private func listen() -> String? {
         let (c, message) = PostgresConnection.open(target, extra: [("application_name", "secretfs-listen")])
         guard let c else { return message ?? "cannot connect" }
@@ -296,13 +290,13 @@ public final class ChangeNotifications: @unchecked Sendable {
     /// the watcher is stopping).
     public func wait(timeout: Double, wake: Wakeup) -> Event {
         guard let c = conn else {
-            let now = Self.monotonic()
+            let now = monotonicSeconds()
             if now < retryAt {
                 wake.sleep(min(timeout, retryAt - now))
                 return .quiet
             }
             if let problem = listen() {
-                retryAt = Self.monotonic() + backoff
+                retryAt = monotonicSeconds() + backoff
                 backoff = min(backoff * 2, 5)
                 wake.sleep(min(timeout, backoff))
                 return .lost(problem)
@@ -315,7 +309,7 @@ public final class ChangeNotifications: @unchecked Sendable {
             let message = PostgresConnection.firstLine(pq.errorMessage(c))
             pq.finish(c)
             conn = nil
-            retryAt = Self.monotonic() + backoff
+            retryAt = monotonicSeconds() + backoff
             return .lost(message)
         }
         var news = false

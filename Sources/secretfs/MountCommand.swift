@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import SecretfsFS
 import SecretfsNames
+import SecretfsPOSIX
 import SecretfsProtocol
 import SecretfsStore
 
@@ -417,8 +418,3 @@ func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePo
     return cs.withUnsafeBufferPointer { body($0.baseAddress!) }
 }
 
-func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import SecretfsPOSIX
 import SecretfsProtocol
 import SecretfsRedact
 import SecretfsResolver

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import SecretfsFS
+import SecretfsPOSIX
 import SecretfsProtocol
 import SecretfsStore
 

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import SecretfsPOSIX
 import SecretfsMountSupport
 import Testing
 
@@ -8,17 +9,11 @@ import Testing
 /// CHANGED to socket watchers (a running redactor masks the value brought back).
 @Suite(.serialized)
 struct OutsideChangeTests {
-    func monotonic() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
-
     /// Seconds until `condition` holds (polled every 20 ms), or nil after 5 s.
     func secondsUntil(_ condition: () throws -> Bool) rethrows -> Double? {
-        let start = monotonic()
-        while monotonic() - start < 5 {
-            if try condition() { return monotonic() - start }
+        let start = monotonicSeconds()
+        while monotonicSeconds() - start < 5 {
+            if try condition() { return monotonicSeconds() - start }
             usleep(20_000)
         }
         return nil

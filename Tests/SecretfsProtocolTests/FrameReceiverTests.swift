@@ -1,5 +1,6 @@
 import Glibc
 @testable import SecretfsProtocol
+import SecretfsPOSIX
 import SecureMemory
 import Testing
 
@@ -45,7 +46,7 @@ struct FrameReceiverTests {
     static func capacityBytes(_ b: SecureBytes) -> [UInt8] { b.withUnsafeMutableCapacity { Array($0) } }
 
     static func next(_ r: FrameReceiver, max: Int = 1 << 20) -> SocketIO.ReadResult {
-        r.next(maxLength: max, deadline: SocketIO.monotonicNow() + 5)
+        r.next(maxLength: max, deadline: monotonicSeconds() + 5)
     }
 
     @Test func aSecondFrameCannotSeeTheFirstsBytes() throws {
@@ -144,7 +145,7 @@ struct FrameReceiverTests {
             let p = Pair()
             let r = FrameReceiver(fd: p.server)
             p.send([0, 0])
-            guard case .timedOut = r.next(maxLength: 1 << 20, deadline: SocketIO.monotonicNow() + 0.05) else {
+            guard case .timedOut = r.next(maxLength: 1 << 20, deadline: monotonicSeconds() + 0.05) else {
                 Issue.record("expected timedOut"); return
             }
         }
@@ -158,7 +159,7 @@ struct FrameReceiverTests {
         let p = Pair()
         let r = FrameReceiver(fd: p.server)
         for _ in 0..<2 {
-            guard case .timedOut = r.next(maxLength: 1 << 20, deadline: SocketIO.monotonicNow() + 0.3) else {
+            guard case .timedOut = r.next(maxLength: 1 << 20, deadline: monotonicSeconds() + 0.3) else {
                 Issue.record("expected timedOut"); return
             }
         }
@@ -167,7 +168,7 @@ struct FrameReceiverTests {
         #expect(getsockopt(p.server, SOL_SOCKET, SO_RCVTIMEO, &tv, &len) == 0)
         #expect(tv.tv_sec > 0 || tv.tv_usec > 0, "the receive timeout was set")
         p.send(Self.frame(0x11, Array("late".utf8)))
-        guard case .frame(let f) = r.next(maxLength: 1 << 20, deadline: SocketIO.monotonicNow() + 0.3) else {
+        guard case .frame(let f) = r.next(maxLength: 1 << 20, deadline: monotonicSeconds() + 0.3) else {
             Issue.record("no frame"); return
         }
         #expect(Self.body(f) == Array("late".utf8))

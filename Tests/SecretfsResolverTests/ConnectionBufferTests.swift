@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SecretfsInject
+import SecretfsPOSIX
 import SecretfsProtocol
 @testable import SecretfsResolver
 import SecureMemory
@@ -49,7 +50,7 @@ import Testing
         let header: [UInt8] = [0x01, 0x00, 0x00, 0x03]   // 16 MiB + 3: over the 16 MiB limit
         _ = header.withUnsafeBytes { send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
         do {
-            _ = try c.receive(expect: [], deadline: SocketIO.monotonicNow() + 5)
+            _ = try c.receive(expect: [], deadline: monotonicSeconds() + 5)
             Issue.record("expected an ERROR")
         } catch {
             #expect(error.serverCode == .frameTooLarge)

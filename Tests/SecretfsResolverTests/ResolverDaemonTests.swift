@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SecretfsInject
+import SecretfsPOSIX
 import SecretfsProtocol
 import SecretfsRedact
 import SecretfsResolver
@@ -280,7 +281,7 @@ import Testing
             shutdown(fd, Int32(SHUT_WR))
             var out: [UInt8] = []
             var buf = [UInt8](repeating: 0, count: 4096)
-            while SocketIO.waitReadable(fd, deadline: SocketIO.monotonicNow() + 2) {
+            while SocketIO.waitReadable(fd, deadline: monotonicSeconds() + 2) {
                 let n = read(fd, &buf, buf.count)
                 if n <= 0 { break }
                 out += buf[0..<n]
