@@ -74,7 +74,7 @@ let package = Package(
         // Helpers shared by the test targets (spawning processes, seeded RNG).
         .target(name: "SecretfsTestSupport", path: "Tests/SecretfsTestSupport"),
         .testTarget(name: "SecretfsStoreTests", dependencies: ["SecretfsStore", "SecretfsPOSIX"]),
-        .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject", "SecretfsNames", "SecretfsTestSupport",
+        .testTarget(name: "SecretfsInjectTests", dependencies: ["SecretfsInject", "SecretfsNames", "SecretfsTestSupport", "SecureMemory",
                                                                 .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "SecretfsRedactTests", dependencies: ["SecretfsRedact", "SecretfsTestSupport"]),
         .testTarget(name: "SecretfsProtocolTests", dependencies: ["CShims", "SecretfsProtocol", "SecretfsNames", "SecretfsStore", "SecureMemory", "SecretfsTestSupport", "SecretfsPOSIX"]),

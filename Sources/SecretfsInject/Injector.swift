@@ -214,6 +214,66 @@ public struct InjectionScan: Sendable {
         }
     }
 
+    /// Phase 2 into a new locked buffer, for a caller that has none of its
+    /// own (the one-shot `resolve`), in one pass when it can: the output is
+    /// written while it is counted into a buffer of an estimated size (the
+    /// document, each reference's value with its two quotes, and an eighth
+    /// more for escapes), which is then trimmed to it. Measuring first, the
+    /// way `produce(_:maximum:values:into:)` does, walked the whole document
+    /// a second time (a third of phase 2's instructions). An output that does
+    /// not fit the estimate (values full of characters to escape) is
+    /// measured and written again into a buffer of exactly its size, and the
+    /// first buffer, which may hold part of a value, is wiped. Same errors as
+    /// `rewrite`; nothing over `maximum` is returned.
+    public func produce(_ output: InjectionOutput, maximum: Int? = nil,
+                        values given: [SecureBytes?]) throws(InjectionError) -> SecureBytes {
+        let limit = maximum ?? plan.limits.maxOutputBytes
+        // At least a byte (SecureBytes allocates one anyway), at most one
+        // over the limit: an output that reaches the end of the room is
+        // measured, so no bigger room is ever needed to refuse it.
+        let room = SecureBytes(capacity: max(1, min(estimatedSize(output, given), limit &+ 1)))
+        var placed: SecureBytes?
+        let placement = room.withUnsafeMutableCapacity { raw in
+            Result { () throws(InjectionError) in
+                try produceInRoom(output, maximum: limit, values: given, room: raw) { size, fill in
+                    let b = SecureBytes(capacity: size, count: size)
+                    b.withUnsafeMutableBytes(fill)
+                    placed = b
+                }
+            }
+        }
+        switch placement {
+        case .success(.inRoom(let count)):
+            room.setCount(count)
+            return room
+        case .success(.placed):
+            room.wipe()
+            return placed!
+        case .failure(let error):
+            room.wipe()
+            throw error
+        }
+    }
+
+    /// What `produce(_:maximum:values:)` expects the output to need: its
+    /// text, and each value once per reference with its quotes, plus slack.
+    /// A guess either way (escapes make it longer, the references' own text
+    /// shorter); saturates rather than overflows.
+    private func estimatedSize(_ output: InjectionOutput, _ values: [SecureBytes?]) -> Int {
+        var n = 0
+        func add(_ k: Int) { n = n &+ k < n ? .max : n &+ k }
+        switch output {
+        case .document:
+            add(plan.source.count)
+            for site in nameIndices { for k in site { add((values[k]?.count ?? 0) + 2) } }
+        case .bindings:
+            add(3)
+            for (k, name) in referencedNames.enumerated() { add(name.utf8.count + (values[k]?.count ?? 0) + 6) }
+        }
+        add(n / 8 + 64)
+        return n
+    }
+
     /// Where `produce(_:maximum:values:room:orElse:)` put the output.
     public enum Placement: Sendable, Equatable {
         /// In the room given, its first `count` bytes.
@@ -236,6 +296,16 @@ public struct InjectionScan: Sendable {
     public func produce<B: SecretBuffer>(_ output: InjectionOutput, maximum: Int? = nil, values given: [B?],
                                          room: UnsafeMutableRawBufferPointer,
                                          orElse place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> Void)
+        throws(InjectionError) -> Placement {
+        try produceInRoom(output, maximum: maximum, values: given, room: room, orElse: place)
+    }
+
+    // The body of `produce(_:maximum:values:room:orElse:)`, which this
+    // module calls here: a call to the exported specialisation from inside
+    // the module named a symbol the release build does not emit.
+    private func produceInRoom<B: SecretBuffer>(_ output: InjectionOutput, maximum: Int?, values given: [B?],
+                                                room: UnsafeMutableRawBufferPointer,
+                                                orElse place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> Void)
         throws(InjectionError) -> Placement {
         let values = try resolve(given)
         let limit = maximum ?? plan.limits.maxOutputBytes

@@ -29,7 +29,8 @@ public enum Resolver {
 
     /// The one resolve pipeline: scan, then the scan's pipeline below with
     /// values from `fetch` (wiped here when `ownsValues`: the command line's,
-    /// from a `ValueSource`) into a new buffer of exactly the output's size.
+    /// from a `ValueSource`) into a new buffer holding just the output
+    /// (`InjectionScan.produce(_:maximum:values:)`).
     /// Throws `ResolveFailure` with every problem and its location, or
     /// whatever `names` and `values` throw.
     static func resolve(_ document: [UInt8], format: InjectionFormat, output: ResolveOutput, maximum: Int,
@@ -42,13 +43,7 @@ public enum Resolver {
                                fetched = try fetch(names)
                                return names.map { fetched[$0] }
                            }) { (scan: InjectionScan, values: [SecureBytes?]) throws(InjectionError) -> SecureBytes in
-            var out: SecureBytes?
-            try scan.produce(InjectionOutput(output), maximum: maximum, values: values) { size, fill in
-                let b = SecureBytes(capacity: size, count: size)
-                b.withUnsafeMutableBytes(fill)
-                out = b
-            }
-            return out!
+            try scan.produce(InjectionOutput(output), maximum: maximum, values: values)
         }
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import SecureMemory
 import Testing
 @testable import SecretfsInject
 
@@ -274,6 +275,55 @@ import Testing
                     }
                 }
             }
+        }
+
+        /// The one-shot form, a new locked buffer: values that fit the
+        /// estimate are written in one pass into a buffer that is trimmed to
+        /// them (its capacity is the estimate); values that escape to several
+        /// times their size do not fit, and the output is measured and
+        /// written at its exact size. The same bytes, and the same limit,
+        /// either way.
+        @Test func aNewBufferInOnePassOrAfterMeasuringGivesTheSameOutputAndLimits() throws {
+            let texts: [(String, InjectionFormat)] = [
+                (try String(contentsOf: fixturesDirectory.appendingPathComponent("demo-bot.flow.yaml"), encoding: .utf8), .flow),
+                (try String(contentsOf: fixturesDirectory.appendingPathComponent("demo-bot.installation.json"), encoding: .utf8), .config),
+                ("secrets.Q + `${secrets.BT}` + secrets /* c */ .CTRL // x\n+ secrets['ODD'] + secrets.EMOJI", .expr),
+                ("x: !expr '[secrets.Q, secrets.BS, secrets.BT, secrets.NL, secrets.CTRL]'\ny: !expr \"secrets.NL + '\\\\\\\\' + \\\"q\\\"\"\n", .flow),
+            ]
+            // Plain values, the corpus's awkward ones, and control
+            // characters that each become a six-byte \u escape.
+            let valueSets: [(name: String, value: (String) -> String, fitsEstimate: Bool?)] = [
+                ("plain", { "value-of-\($0)" }, true),
+                ("corpus", { corpusValues[$0] ?? "value of \($0)" }, nil),
+                ("controls", { _ in String(repeating: "\u{1}", count: 200) }, false),
+            ]
+            var seen = Set<Bool>()
+            for (text, format) in texts {
+                let scan = Injector.scan(text, format: format)
+                #expect(scan.problems.isEmpty)
+                for set in valueSets {
+                    let given = scan.referencedNames.map { name in Array(set.value(name).utf8).withUnsafeBytes { SecureBytes(copying: $0) } }
+                    func lookup(_ name: String) -> TestBuffer? { TestBuffer(set.value(name)) }
+                    for output in InjectionOutput.allCases {
+                        let expected: TestBuffer = output == .document ? try scan.rewrite(lookup) : try scan.bindings(lookup)
+                        let out = try scan.produce(output, values: given)
+                        #expect(out.withUnsafeBytes { Array($0) } == expected.bytes, "\(format) \(set.name) \(output)")
+                        let onePass = out.capacity > out.count
+                        if let fits = set.fitsEstimate { #expect(onePass == fits, "\(format) \(set.name) \(output)") }
+                        seen.insert(onePass)
+                        let exact = try scan.produce(output, maximum: expected.count, values: given)
+                        #expect(exact.withUnsafeBytes { Array($0) } == expected.bytes)
+                        #expect(throws: InjectionError.self) { _ = try scan.produce(output, maximum: expected.count - 1, values: given) }
+                    }
+                    // A missing value is the missing-secret problem, as in rewrite.
+                    if !given.isEmpty {
+                        #expect(throws: InjectionError.self) {
+                            _ = try scan.produce(.document, values: [nil] + given.dropFirst().map { Optional($0) })
+                        }
+                    }
+                }
+            }
+            #expect(seen == [true, false], "both paths taken")
         }
 
         /// A document that amplifies a large value is refused by measuring,
