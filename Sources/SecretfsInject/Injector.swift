@@ -86,25 +86,43 @@ public struct InjectionScan: Sendable {
         self.format = format
         self.plan = plan
         // Read in place: a `for site in plan.sites` copies every site (and
-        // retains its arrays) just to look at it.
-        var names = Set<String>()
+        // retains its arrays) just to look at it. Each reference's name is
+        // hashed once: numbered in the order first seen, then renumbered in
+        // sorted order (hashing every name into a set, then again to find
+        // its sorted index, was most of this).
+        var firstSeen: [String] = []
+        var indexOf: [String: Int] = [:]
         var count = 0
         var withProblems: [Int] = []
+        var indices: [[Int]] = []
         plan.sites.withUnsafeBufferPointer { sites in
             for i in sites.indices { count += sites[i].analysis.references.count }
-            names.reserveCapacity(count)
+            indexOf.reserveCapacity(count)
+            indices.reserveCapacity(sites.count)
             for i in sites.indices {
+                var site: [Int] = []
                 sites[i].analysis.references.withUnsafeBufferPointer { refs in
-                    for j in refs.indices { names.insert(refs[j].name) }
+                    site.reserveCapacity(refs.count)
+                    for j in refs.indices {
+                        let k = indexOf[refs[j].name, default: firstSeen.count]
+                        if k == firstSeen.count {
+                            firstSeen.append(refs[j].name)
+                            indexOf[refs[j].name] = k
+                        }
+                        site.append(k)
+                    }
                 }
+                indices.append(site)
                 if !sites[i].analysis.problems.isEmpty { withProblems.append(i) }
             }
         }
-        referencedNames = names.sorted()
+        let order = firstSeen.indices.sorted { firstSeen[$0] < firstSeen[$1] }
+        var rank = [Int](repeating: 0, count: order.count)
+        for (sorted, k) in order.enumerated() { rank[k] = sorted }
+        for i in indices.indices { for j in indices[i].indices { indices[i][j] = rank[indices[i][j]] } }
+        referencedNames = order.map { firstSeen[$0] }
         referenceCount = count
-        var indexOf: [String: Int] = [:]
-        for (i, n) in referencedNames.enumerated() { indexOf[n] = i }
-        nameIndices = plan.sites.map { $0.analysis.references.map { indexOf[$0.name]! } }
+        nameIndices = indices
         var list = plan.documentProblems
         for i in withProblems {
             let site = plan.sites[i]
