@@ -27,6 +27,13 @@
 #                            secretfs as a library or looks its symbols up
 # BENCHMARKS.md ("Filesystem", resident memory) has the figures.
 #
+# --disable-local-rpath drops the RUNPATH $ORIGIN that SwiftPM gives every
+# executable (for libraries built beside it; secretfs has none): with it the
+# loader looked for libsodium, libsqlite3 and the rest in the binary's own
+# directory first (a dozen failed opens each at every start), and a library
+# dropped beside a copy of the binary would have been loaded into the mount,
+# which runs as root when mount(8) starts it.
+#
 # libstdc++, which the static Swift runtime needs, is linked statically too
 # when GCC's archive is there (g++ brings it): as a shared library it was most
 # of the dynamic loader's work in every process, 2,000 of its 3,900 symbol
@@ -34,7 +41,7 @@
 # 1.9 ms instead of 2.5, /bin/true 0.9). The toolchain's link flags name
 # -lstdc++ themselves, so a directory searched before the system's holds a
 # libstdc++.so that is a linker script naming the archive.
-RELEASE_FLAGS=(-c release --static-swift-stdlib
+RELEASE_FLAGS=(-c release --static-swift-stdlib --disable-local-rpath
                -Xswiftc -use-ld=lld
                -Xlinker -z -Xlinker pack-relative-relocs
                -Xlinker --no-export-dynamic)
@@ -52,5 +59,22 @@ build_release() {
         echo "build_release: no libstdc++.a (install g++); linking libstdc++ dynamically" >&2
     fi
     swift build "${flags[@]}" "${scratch[@]}" --product secretfs >&2 || return 1
-    echo "$(swift build "${flags[@]}" "${scratch[@]}" --show-bin-path)/secretfs"
+    local bin
+    bin="$(swift build "${flags[@]}" "${scratch[@]}" --show-bin-path)/secretfs"
+    # What the flags above promise, checked on the binary (readelf comes
+    # with the compiler's binutils).
+    if command -v readelf >/dev/null 2>&1; then
+        local dynamic
+        dynamic=$(readelf -d "$bin")
+        if grep -qE 'RPATH|RUNPATH' <<<"$dynamic"; then
+            echo "build_release: $bin has a library search path of its own:" >&2
+            grep -E 'RPATH|RUNPATH' <<<"$dynamic" >&2
+            return 1
+        fi
+        if [ -f "$archive" ] && grep -q 'libstdc++' <<<"$dynamic"; then
+            echo "build_release: $bin still loads libstdc++ as a shared library" >&2
+            return 1
+        fi
+    fi
+    echo "$bin"
 }
