@@ -101,6 +101,22 @@ struct InstallTests {
         #expect(access(dest + "/usr/share/man/man1/secretfs.1", F_OK) == 0 && access(dest + "/usr/bin/secretfs", X_OK) == 0)
     }
 
+    /// A relative --destdir and --binary are taken from where the caller
+    /// stands, not from the source tree the script changes into.
+    @Test func relativeDestdirAndBinaryAreTheCallers() throws {
+        let root = try makeTestRoot("install-relative")
+        defer { _ = try? MountFixture.shell("rm -rf '\(root)'") }
+        mkdir(root + "/bin", 0o755)
+        _ = try MountFixture.shell("cp '\(MountFixture.binary)' '\(root)/bin/secretfs'")
+        let o = try Processes.run("/bin/sh", ["-c", "cd '\(root)' && exec /bin/bash '\(Self.script)' --destdir dd --binary bin/secretfs"])
+        #expect(o.status == 0, "\(o.stderr)")
+        #expect(try Self.tree(root + "/dd") == Self.expected)
+        #expect(access(SourceTree.root + "/dd", F_OK) != 0, "installed into the source tree")
+        let u = try Processes.run("/bin/sh", ["-c", "cd '\(root)' && exec /bin/bash '\(Self.script)' --destdir dd --uninstall"])
+        #expect(u.status == 0, "\(u.stderr)")
+        #expect(try Self.tree(root + "/dd") == [])
+    }
+
     @Test func pathsThatCannotGoIntoAUnitFileAreRefused() throws {
         for bad in ["usr/local", "/opt/my dir", "/opt/$HOME", "/opt/100%"] {
             let o = try Processes.run("/bin/bash", [Self.script, "--prefix", bad, "--destdir", "/nonexistent", "--binary", MountFixture.binary])
