@@ -527,18 +527,18 @@ public final class ProjectVault: @unchecked Sendable {
 
     private func restoreLocked(_ name: String, version: Int64, actor: Actor) throws -> SecretInfo {
         if let current = try infoLocked(name), current.version == version {
-            throw StoreError.versionNotFound(name, version: version, delete: false)
+            throw StoreError.versionIsCurrent(name, version: version, project: self.name)
         }
         let s = try db.statement("SELECT ciphertext, nonce, key_generation FROM versions WHERE project_id = ? AND name = ? AND version = ?")
             .bind(1, id).bind(2, name).bind(3, version)
         guard try s.step("reading a version") else {
             s.reset()
-            throw StoreError.versionNotFound(name, version: version, delete: false)
+            throw StoreError.versionNotFound(name, version: version, delete: false, project: self.name)
         }
         let sealed = Envelope.Sealed(ciphertext: s.blob(0), nonce: s.blob(1))
         let keyGeneration = s.int64(2)
         s.reset()
-        if sealed.ciphertext.isEmpty { throw StoreError.versionNotFound(name, version: version, delete: true) }
+        if sealed.ciphertext.isEmpty { throw StoreError.versionNotFound(name, version: version, delete: true, project: self.name) }
         let dataKey = try keyLocked(keyGeneration)
         guard let plain = Envelope.open(sealed, key: dataKey,
                                         associatedData: Envelope.valueAD(projectID: id, version: version, name: name)) else {

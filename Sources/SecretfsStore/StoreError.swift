@@ -37,8 +37,11 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     case secretExists(String)
     /// `undelete` or `purge` of a name that is not in the trash (it is live).
     case secretNotDeleted(String)
-    /// `restore --version N` of a version the name does not keep (or a delete marker).
-    case versionNotFound(String, version: Int64, delete: Bool)
+    /// `restore --version N` of a version the name does not keep (or a delete
+    /// marker), in the project named.
+    case versionNotFound(String, version: Int64, delete: Bool, project: String)
+    /// `restore --version N` of the version that is the current value.
+    case versionIsCurrent(String, version: Int64, project: String)
     case invalidRetention(String)
     case corrupt(String)
     case unsupportedSchema(Int)
@@ -85,8 +88,9 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .secretNotFound(let n): return "no secret named '\(n)'"
         case .secretExists(let n): return "a secret named '\(n)' already exists"
         case .secretNotDeleted(let n): return "'\(n)' is not deleted: it has a current value"
-        case .versionNotFound(let n, let v, let delete):
+        case .versionNotFound(let n, let v, let delete, _):
             return delete ? "version \(v) of '\(n)' is a delete, not a value" : "'\(n)' keeps no version \(v)"
+        case .versionIsCurrent(let n, let v, _): return "version \(v) is already the current value of '\(n)'"
         case .invalidRetention(let m): return m
         case .corrupt(let m): return "the store is damaged: \(m)"
         case .unsupportedSchema(let v): return "the store has schema version \(v), newer than this secretfs understands"
@@ -133,7 +137,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .secretNotFound: return "list names with 'ls' on the mounted project, deleted ones with 'secretfs trash PROJECT'"
         case .secretExists: return nil
         case .secretNotDeleted(let n): return "see its versions with 'secretfs history PROJECT \(n)'; restore one with --version N"
-        case .versionNotFound(let n, _, _): return "list the versions with 'secretfs history PROJECT \(n)'"
+        case .versionNotFound(let n, _, _, let p): return "list the versions with 'secretfs history \(p) \(n)'"
+        case .versionIsCurrent(let n, _, let p): return "nothing to restore; 'secretfs history \(p) \(n)' lists the earlier versions"
         case .invalidRetention: return nil
         case .corrupt: return "restore the store from a backup"
         case .unsupportedSchema: return "upgrade secretfs"

@@ -36,7 +36,7 @@ struct Failure: Error {
              .passphraseNotExpected, .passphraseUnreadable, .passphraseFileInsecure, .passphraseFileUntrusted,
              .wrongKey, .keyNotLoaded, .keyDerivationFailed, .sharedStoreNeedsKey: code = .keyProblem
         case .projectExists, .projectNotFound, .projectNotEmpty, .invalidProjectName: code = .projectProblem
-        case .invalidSecretName, .secretNotFound, .secretExists, .secretNotDeleted, .versionNotFound: code = .failure
+        case .invalidSecretName, .secretNotFound, .secretExists, .secretNotDeleted, .versionNotFound, .versionIsCurrent: code = .failure
         case .invalidRetention: code = .usage
         }
         self.init(error.description, hint: error.hint, exit: code)

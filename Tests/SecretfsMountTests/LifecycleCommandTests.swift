@@ -95,12 +95,15 @@ struct LifecycleCommandTests {
         #expect((after.last?["version"] as? Int ?? 0) > (before.last?["version"] as? Int ?? .max))
         let audit = jsonLines(try f.expectOK(f.secretfs(["audit", "demo", "--json"])).stdout).filter { $0["action"] as? String == "restore" }
         #expect(audit.count == 1 && audit.first?["names"] as? String == "DB_URL" && audit.first?["uid"] as? Int == Int(getuid()), "\(audit)")
-        // A version that is not kept, and the current one, are refused with a hint.
-        for v in ["999", String(after.last?["version"] as? Int ?? 0)] {
-            let bad = try f.secretfs(["restore", "demo", "DB_URL", "--version", v])
-            #expect(bad.status == 1 && bad.stderr.contains("keeps no version \(v)") && bad.stderr.contains("hint: list the versions"),
-                    "\(bad.stderr)")
-        }
+        // A version that is not kept, and the current one, are refused with a
+        // hint that names the project.
+        let missing = try f.secretfs(["restore", "demo", "DB_URL", "--version", "999"])
+        #expect(missing.status == 1 && missing.stderr.contains("keeps no version 999")
+                && missing.stderr.contains("hint: list the versions with 'secretfs history demo DB_URL'"), "\(missing.stderr)")
+        let current = String(after.last?["version"] as? Int ?? 0)
+        let same = try f.secretfs(["restore", "demo", "DB_URL", "--version", current])
+        #expect(same.status == 1 && same.stderr.contains("version \(current) is already the current value of 'DB_URL'")
+                && same.stderr.contains("hint: nothing to restore"), "\(same.stderr)")
     }
 
     @Test func purgeNeedsForceAndDestroysDeletedNames() throws {

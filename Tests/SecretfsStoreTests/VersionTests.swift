@@ -136,9 +136,16 @@ struct VersionTests {
             version: info.version, action: .restore, at: info.updatedAt, uid: getuid(), isCurrent: true, isDelete: false))
         let audit = try store.auditEvents(project: "alpha").filter { $0.action == "undelete" }
         #expect(audit.count == 1 && audit[0].names == "A")
-        #expect(throws: StoreError.versionNotFound("A", version: history[2].version, delete: true)) {
+        #expect(throws: StoreError.versionNotFound("A", version: history[2].version, delete: true, project: "alpha")) {
             try v.restore("A", version: history[2].version, actor: .current)
         }
+        // The current version is not restored, and the error says why.
+        #expect(throws: StoreError.versionIsCurrent("A", version: info.version, project: "alpha")) {
+            try v.restore("A", version: info.version, actor: .current)
+        }
+        #expect(StoreError.versionIsCurrent("A", version: 7, project: "alpha").description
+                == "version 7 is already the current value of 'A'")
+        #expect(StoreError.versionNotFound("A", version: 9, delete: false, project: "alpha").hint?.contains("secretfs history alpha A") == true)
     }
 
     @Test func renameOverKeepsBothValues() throws {
