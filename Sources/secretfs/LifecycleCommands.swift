@@ -46,12 +46,18 @@ struct HistoryCommand: ParsableCommand {
         let versions = try store.history(project: project, name: name)
         var text = json ? "" : pad("VERSION", 9) + pad("TIME", 22) + pad("UID", 8) + "ACTION\n"
         for v in versions {
+            // A marker (no value at that version) is a delete, whether the
+            // name was removed or renamed away; `rename` is for a value that
+            // arrived by a rename (the man page's list of actions).
+            let action = v.isDelete ? "delete" : v.action.rawValue
+            let renamedAway = v.isDelete && v.action == .rename
             if json {
                 text += "{\"version\":\(v.version),\"time\":\(jsonString(iso8601(v.at))),\"uid\":\(v.uid),"
-                    + "\"action\":\(jsonString(v.action.rawValue)),\"current\":\(v.isCurrent)}\n"
+                    + "\"action\":\(jsonString(action)),\"current\":\(v.isCurrent)"
+                    + (renamedAway ? ",\"renamed_away\":true" : "") + "}\n"
             } else {
-                text += pad(String(v.version), 9) + pad(iso8601(v.at), 22) + pad(String(v.uid), 8) + v.action.rawValue
-                    + (v.isCurrent ? "  (current)" : "") + "\n"
+                text += pad(String(v.version), 9) + pad(iso8601(v.at), 22) + pad(String(v.uid), 8) + action
+                    + (renamedAway ? "  (renamed away)" : "") + (v.isCurrent ? "  (current)" : "") + "\n"
             }
         }
         writeStdout(text)

@@ -34,6 +34,22 @@ struct LifecycleCommandTests {
         return data.range(of: Data(needle)) != nil
     }
 
+    /// A name renamed away has a delete in its history (marked renamed
+    /// away), and the name it went to has a rename: what the man page says.
+    @Test func historyOfARenameShowsADeleteOnOneSideAndARenameOnTheOther() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount()
+        try f.expectOK(f.sh("echo v > $MNT/OTHER && mv $MNT/OTHER $MNT/RENAMED"))
+        let away = jsonLines(try f.expectOK(f.secretfs(["history", "demo", "OTHER", "--json"])).stdout)
+        #expect(away.map { $0["action"] as? String ?? "" } == ["set", "delete"], "\(away)")
+        #expect(away.last?["renamed_away"] as? Bool == true && away.first?["renamed_away"] == nil, "\(away)")
+        let table = try f.expectOK(f.secretfs(["history", "demo", "OTHER"])).stdout
+        #expect(table.split(separator: "\n").last?.hasSuffix("delete  (renamed away)") == true, "\(table)")
+        let arrived = jsonLines(try f.expectOK(f.secretfs(["history", "demo", "RENAMED", "--json"])).stdout)
+        #expect(arrived.map { $0["action"] as? String ?? "" } == ["rename"], "\(arrived)")
+    }
+
     @Test func rmThenUndeleteBringsTheValueBack() throws {
         let f = try MountFixture()
         defer { f.close() }
