@@ -242,13 +242,18 @@ extension Store {
         guard source >= 0 else { throw StoreError.io(path: path, errno: errno, action: "open the backup") }
         defer { close(source) }
         guard !location.isShared else { throw StoreError.notOnSharedStore("backup restore") }
+        // A directory this makes goes again on failure, after the files in
+        // it (defers run last first): nothing is left behind.
+        var before = stat()
+        let directoryExisted = lstat(location.directory, &before) == 0
+        var done = false
+        defer { if !done && !directoryExisted { rmdir(location.directory) } }
         let dir = try trustedDirectory(location, creating: true)
         try narrowNewStoreDirectory(dir)
         for name in fileNames {
             if (try? dir.status(of: name)) ?? nil != nil { throw StoreError.storeExists(location.directory) }
         }
         var created: [String] = []
-        var done = false
         defer { if !done { for name in created.reversed() { dir.remove(name) } } }
         func create(_ name: String, mode: mode_t) throws -> Int32 {
             do {

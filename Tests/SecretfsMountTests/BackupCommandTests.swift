@@ -49,7 +49,12 @@ struct BackupCommandTests {
         #expect(again.status == 10 && again.stderr.hasPrefix("secretfs: error: a store already exists at \(restored)"), "\(again.stderr)")
         let noKey = try f.secretfs(["backup", "restore", backup, "--store", f.root + "/other"])
         #expect(noKey.status == 11 && noKey.stderr.contains("hint: pass --key-file FILE"), "\(noKey.stderr)")
-        #expect(access(f.root + "/other/secretfs.db", F_OK) != 0, "a failed restore leaves no store")
+        #expect(access(f.root + "/other", F_OK) != 0, "a failed restore leaves no store, nor the directory it made")
+        // A directory that was there before stays, empty as it was.
+        mkdir(f.root + "/empty-before", 0o700)
+        let noKeyThere = try f.secretfs(["backup", "restore", backup, "--store", f.root + "/empty-before"])
+        #expect(noKeyThere.status == 11, "\(noKeyThere.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: f.root + "/empty-before") == [])
 
         // One flipped byte in one ciphertext: named by project, name and version.
         let version = try #require(try f.openVault().store.history(project: "demo", name: "B").first?.version)
