@@ -125,8 +125,15 @@ struct MountCommand: ParsableCommand {
         try checkMountpoint(target)
         let runtime = try global.ensureRuntimeDirectory()
         let logPath = runtime.logFile(project)
+        // A log this start creates and nothing writes to (the mount failed
+        // before it logged: a project that does not exist, say) goes again.
+        let logExisted = access(logPath, F_OK) == 0
         let logFD = try runtime.openLog(project: project)
         defer { close(logFD) }
+        func removeLogIfUnused() {
+            var st = stat()
+            if !logExisted && fstat(logFD, &st) == 0 && st.st_size == 0 { unlink(logPath) }
+        }
         var pipeFDs: [Int32] = [0, 0]
         guard secretfs_pipe_cloexec(&pipeFDs) == 0 else { throw Failure("pipe: \(String(cString: strerror(errno)))") }
 
@@ -158,6 +165,7 @@ struct MountCommand: ParsableCommand {
         close(pipeFDs[1])
         guard rc == 0 else {
             close(pipeFDs[0])
+            removeLogIfUnused()
             throw Failure("cannot start the mount process: \(String(cString: strerror(rc)))", exit: .mountProblem)
         }
 
@@ -179,6 +187,7 @@ struct MountCommand: ParsableCommand {
         while monotonicSeconds() < deadline {
             var status: Int32 = 0
             if waitpid(pid, &status, WNOHANG) == pid {
+                removeLogIfUnused()
                 writeStderr(message)
                 let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 1
                 Glibc.exit(code == 0 ? Exit.mountProblem.rawValue : code)

@@ -239,6 +239,7 @@ struct CommandLineErrorTests {
         let missing = try f.secretfs(["mount", "nope", f.mnt])
         #expect(missing.status == 12)
         #expect(missing.stderr.contains("no project named 'nope'") && missing.stderr.contains("hint: "), "\(missing.stderr)")
+        #expect(access(f.runtimeDir + "/nope.log", F_OK) != 0, "a mount that failed before logging leaves no log")
         let badName = try f.secretfs(["project", "create", "bad-name"])
         #expect(badName.status == 64)
         try f.expectOK(f.secretfs(["project", "create", "demo"]))
