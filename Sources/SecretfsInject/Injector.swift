@@ -187,13 +187,11 @@ public struct InjectionScan: Sendable {
 
     private func produce<B: SecretBuffer>(_ output: InjectionOutput, maximum: Int?,
                                           _ lookup: (String) -> B?) throws(InjectionError) -> B {
-        var out: B?
-        try produce(output, maximum: maximum, values: try lookUpAll(lookup)) { size, fill in
-            let b = B(capacity: size, count: size)
-            b.withUnsafeMutableBytes(fill)
-            out = b
-        }
-        return out!
+        let values = try resolve(try lookUpAll(lookup))
+        let size = try measure(output, values, maximum: maximum ?? plan.limits.maxOutputBytes)
+        let b = B(capacity: size, count: size)
+        b.withUnsafeMutableBytes { write(output, values, exactly: $0) }
+        return b
     }
 
     /// `lookup` once per referenced name, in order; not at all when phase 1
@@ -203,42 +201,13 @@ public struct InjectionScan: Sendable {
         return referencedNames.map(lookup)
     }
 
-    /// Phase 2 into memory the caller provides, for a server that reuses one
-    /// locked buffer per connection instead of allocating one per output
-    /// (`rewrite` and `bindings` are this with a new `B` of exactly the
-    /// size). The values are given in the order of `referencedNames` (nil:
-    /// the project has no such secret).
-    ///
-    /// `place(size, fill)` is called once, after the size is known and
-    /// checked against `maximum`, with the exact output size: it finds
-    /// `size` bytes of locked memory and calls `fill` on exactly those bytes
-    /// (or does not call it at all, when it has no memory to offer). Same
-    /// errors as `rewrite`, thrown before `place` is called.
-    ///
-    /// Specialised for `SecureBytes` here: called from another module, the
-    /// generic version ran on runtime metadata lookups (about a tenth of the
-    /// resolver daemon's user time).
-    @_specialize(exported: true, where B == SecureBytes)
-    public func produce<B: SecretBuffer>(_ output: InjectionOutput, maximum: Int? = nil, values given: [B?],
-                                         into place: (_ size: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> Void)
-        throws(InjectionError) {
-        let values = try resolve(given)
-        let size = try measure(output, values, maximum: maximum ?? plan.limits.maxOutputBytes)
-        place(size) { raw in
-            precondition(raw.count == size, "the output buffer must have exactly the measured size")
-            var w = WritingSink(raw)
-            write(output, values, into: &w)
-            precondition(w.offset == raw.count, "injector length computation was wrong")
-        }
-    }
-
     /// Phase 2 into a new locked buffer, for a caller that has none of its
     /// own (the one-shot `resolve`), in one pass when it can: the output is
     /// written while it is counted into a buffer of an estimated size (the
     /// document, each reference's value with its two quotes, and an eighth
     /// more for escapes), which is then trimmed to it. Measuring first, the
-    /// way `produce(_:maximum:values:into:)` does, walked the whole document
-    /// a second time (a third of phase 2's instructions). An output that does
+    /// way `rewrite` does, walked the whole document a second time (a third
+    /// of phase 2's instructions). An output that does
     /// not fit the estimate (values full of characters to escape) is
     /// measured and written again into a buffer of exactly its size, and the
     /// first buffer, which may hold part of a value, is wiped. Same errors as
@@ -304,12 +273,17 @@ public struct InjectionScan: Sendable {
     /// already holds (the resolver daemon's reply buffer): the output is
     /// written there while it is counted, and `.inRoom` says how much. When
     /// it does not fit, the pass stops writing values, and the output is
-    /// measured, checked against `maximum`, placed and written as by
-    /// `produce(_:maximum:values:into:)`, whose errors this throws.
+    /// measured and checked against `maximum` (the errors of `rewrite`), and
+    /// `place(size, fill)` finds exactly `size` bytes of locked memory and
+    /// calls `fill` on them (or does not call it, when it has none to offer).
     ///
     /// Either way `room` may hold part of the output afterwards (values):
     /// the caller wipes it. Nothing is allocated before the size is checked,
     /// as `room` is allocated already.
+    ///
+    /// Specialised for `SecureBytes` here: called from the daemon's module,
+    /// the generic version ran on runtime metadata lookups (about a tenth of
+    /// the resolver daemon's user time).
     @_specialize(exported: true, where B == SecureBytes)
     public func produce<B: SecretBuffer>(_ output: InjectionOutput, maximum: Int? = nil, values given: [B?],
                                          room: UnsafeMutableRawBufferPointer,
@@ -352,11 +326,16 @@ public struct InjectionScan: Sendable {
         let size = try measure(output, values, maximum: limit)
         place(size) { raw in
             precondition(raw.count == size, "the output buffer must have exactly the measured size")
-            var w = WritingSink(raw)
-            write(output, values, into: &w)
-            precondition(w.offset == raw.count, "injector length computation was wrong")
+            write(output, values, exactly: raw)
         }
         return .placed
+    }
+
+    /// The output into `raw`, which has exactly its measured size.
+    private func write<B: SecretBuffer>(_ output: InjectionOutput, _ values: [B], exactly raw: UnsafeMutableRawBufferPointer) {
+        var w = WritingSink(raw)
+        write(output, values, into: &w)
+        precondition(w.offset == raw.count, "injector length computation was wrong")
     }
 
     /// The output, into `sink`.

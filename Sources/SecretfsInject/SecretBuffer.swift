@@ -3,11 +3,10 @@ import SecureMemory
 /// rewritten output back out.
 ///
 /// The resolver uses `SecureMemory.SecureBytes` (locked, wiped, page-guarded
-/// `sodium_malloc` memory), which already has exactly this shape; the one-line
-/// conformance lives next to whichever target depends on both modules
-/// (`extension SecureBytes: SecretBuffer {}`). The injector never copies a value,
-/// or any text derived from one, into a Swift `String` or `Array`: it measures
-/// the exact output length first, allocates one buffer of that size, then fills it.
+/// `sodium_malloc` memory), which already has exactly this shape (the one-line
+/// conformance is at the end of this file). The injector never copies a value,
+/// or any text derived from one, into a Swift `String` or `Array`: the output
+/// goes straight into locked memory (see "Output sinks" below).
 public protocol SecretBuffer: AnyObject {
     /// A zero-filled buffer of `capacity` bytes with `count` bytes in use.
     init(capacity: Int, count: Int)
@@ -27,10 +26,13 @@ extension SecretBuffer {
 
 // MARK: - Output sinks
 //
-// Every output is produced twice by the same code: once into a `CountingSink`
-// to learn its exact length (each value's literal measured once, then counted
-// at each reference), then into a `WritingSink` over the final buffer.
-// Nothing in between holds the bytes.
+// An output is written by the same code into one of three sinks. Into a
+// `SpillingSink` over locked memory that may be big enough (the daemon's
+// reply buffer, the one-shot resolve's estimate), counting as it goes; when
+// it was not, or when there is no such memory (`rewrite`, `bindings`), into a
+// `CountingSink` to learn its exact length (each value's literal measured
+// once, then counted at each reference) and then into a `WritingSink` over a
+// buffer of that size. Nothing in between holds the bytes.
 
 protocol ByteSink {
     mutating func put(_ byte: UInt8)
