@@ -122,7 +122,7 @@ struct MountCommand: ParsableCommand {
         // Checked here too (the mount process checks again): readiness below
         // is "a FUSE mount appeared at the target", which an existing mount
         // there would fake.
-        try checkMountpoint(target)
+        let target = try checkMountpoint(target)
         let runtime = try global.ensureRuntimeDirectory()
         let logPath = runtime.logFile(project)
         // A log this start creates and nothing writes to (the mount failed
@@ -218,7 +218,7 @@ struct MountCommand: ParsableCommand {
         let policy = try resolverPolicy()
 
         warnIfLockedMemoryIsShort(mountOptions, logger: logger)
-        try checkMountpoint(target)
+        let target = try checkMountpoint(target)
         let store = try global.openStore()
         let vault = try store.openProject(project)
         store.discardMasterKey()
@@ -325,19 +325,45 @@ struct MountCommand: ParsableCommand {
         logger.warning("\(message)", metadata: ["hint": "raise it (ulimit -l, or LimitMEMLOCK= in a systemd unit)"])
     }
 
-    private func checkMountpoint(_ target: String) throws {
-        var st = stat()
-        guard stat(target, &st) == 0 else {
-            throw Failure("mountpoint \(target) does not exist", hint: "create it with mkdir -p \(target)", exit: .mountProblem)
+    /// Checks the mountpoint and returns the path to mount on: the same
+    /// directory with every symlink resolved.
+    ///
+    /// The mountpoint is trusted as the store is (TrustedDirectory): it and
+    /// every directory above it owned by the caller or root, no ancestor
+    /// writable by others bar a sticky root-owned one. Otherwise whoever
+    /// could write an ancestor (or owns the mountpoint, in a sticky /tmp)
+    /// could swap it for a symlink between this check and mount(2), and a
+    /// mount started by root would land on a directory of their choosing.
+    /// The mountpoint's own mode bits are not checked: the mount covers them.
+    private func checkMountpoint(_ target: String) throws -> String {
+        let directory: TrustedDirectory
+        do {
+            directory = try TrustedDirectory.open(target, checkingOwnMode: false)
+        } catch {
+            switch error.problem {
+            case .system(ENOENT):
+                throw Failure("mountpoint \(target) does not exist", hint: "create it with mkdir -p \(target)", exit: .mountProblem)
+            case .notADirectory:
+                let at = error.path == target ? "" : " (\(error.path) is not)"
+                throw Failure("mountpoint \(target) is not a directory\(at)", exit: .mountProblem)
+            case .system:
+                throw Failure("cannot use mountpoint \(target): \(error)", exit: .mountProblem)
+            default:
+                throw Failure("mountpoint \(target) is not safe to mount on: \(error)",
+                              hint: (error.fix.map { $0 + ", or " } ?? "")
+                                  + "mount on a directory that only you and root can replace (it and every directory above it owned by you or root, none writable by others)",
+                              exit: .mountProblem)
+            }
         }
-        guard st.st_mode & S_IFMT == S_IFDIR else {
-            throw Failure("mountpoint \(target) is not a directory", exit: .mountProblem)
-        }
-        if MountTable.isMountpoint(target) {
+        let resolved = directory.canonicalPath
+        if MountTable.isMountpoint(resolved) {
             throw Failure("\(target) is already a mount point",
                           hint: "unmount it first (secretfs umount \(target)) or choose another directory", exit: .mountProblem)
         }
-        guard let dir = opendir(target) else {
+        // Listed through the descriptor that was checked, not the path again.
+        let listing = dup(directory.descriptor)
+        guard listing >= 0, let dir = fdopendir(listing) else {
+            if listing >= 0 { close(listing) }
             throw Failure("cannot open mountpoint \(target): \(String(cString: strerror(errno)))", exit: .mountProblem)
         }
         defer { closedir(dir) }
@@ -347,6 +373,7 @@ struct MountCommand: ParsableCommand {
                 throw Failure("mountpoint \(target) is not empty", hint: "mount on an empty directory: its files would be hidden", exit: .mountProblem)
             }
         }
+        return resolved
     }
 }
 

@@ -15,7 +15,7 @@ struct UmountCommand: ParsableCommand {
     @Argument(help: "The mountpoint.", completion: .directory) var mountpoint: String
 
     func run() throws {
-        let target = absolute(mountpoint)
+        let target = resolvedMountpoint(mountpoint)
         guard let entry = MountTable.fuseEntry(at: target), entry.source.hasPrefix("secretfs:") else {
             throw Failure("\(target) is not a secretfs mount", hint: "see mounted projects with 'secretfs status'", exit: .mountProblem)
         }
@@ -30,6 +30,24 @@ struct UmountCommand: ParsableCommand {
             while isRunning(owner.pid) && monotonicSeconds() < deadline { usleep(10_000) }
         }
         writeStdout("unmounted \(target)\n")
+    }
+
+    /// The path the kernel lists the mount under: `secretfs mount` mounts on
+    /// the directory with its symlinks resolved. The mount's root itself may
+    /// refuse even a stat to this user (no allow_other), so its parent is
+    /// resolved and the last name kept when the whole path does not resolve.
+    private func resolvedMountpoint(_ given: String) -> String {
+        let path = absolute(given)
+        if let whole = realPath(path) { return whole }
+        guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return path }
+        let parent = realPath(String(path[..<slash])) ?? String(path[..<slash])
+        return (parent == "/" ? "" : parent) + String(path[slash...])
+    }
+
+    private func realPath(_ path: String) -> String? {
+        guard let p = realpath(path, nil) else { return nil }
+        defer { free(p) }
+        return String(cString: p)
     }
 
     /// Alive and not a zombie: a daemonized mount's parent is init, which

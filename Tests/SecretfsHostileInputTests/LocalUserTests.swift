@@ -257,6 +257,51 @@ struct LocalUserTests {
         #expect(MountTable.fuseEntry(at: f.mnt + ".2") == nil)
     }
 
+    // MARK: The mountpoint is trusted as the store is
+
+    /// Before the fix the mountpoint was checked through its path and mounted
+    /// through it again: a stranger who owned it (in a sticky /tmp) or could
+    /// write its parent swapped it for a symlink, and root's mount landed on
+    /// the directory the link named.
+    @Test func aMountpointAStrangerCouldSwapIsRefused() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.expectOK(f.sh("""
+            mkdir victim sticky open && chmod 1777 sticky && chmod 0777 open && chmod 0755 .
+            setpriv --reuid=\(Self.stranger) --regid=\(Self.stranger) --clear-groups sh -c \
+              'mkdir sticky/mine && ln -s \(f.root)/victim sticky/link && mkdir open/m'
+            """))
+        let cases: [(String, String)] = [
+            ("sticky/link", "sticky/link is a symbolic link owned by uid \(Self.stranger)"),
+            ("sticky/mine", "sticky/mine is owned by uid \(Self.stranger)"),
+            ("open/m", "open is writable by other users (mode 0777)"),
+        ]
+        for (path, problem) in cases {
+            let o = try f.secretfs(["mount", f.project, f.root + "/" + path])
+            #expect(o.status == 13 && o.stderr.contains("is not safe to mount on") && o.stderr.contains(problem)
+                    && o.stderr.contains("hint: "), "\(path): \(o.stderr)")
+        }
+        for path in ["victim", "sticky/link", "sticky/mine", "open/m"] {
+            #expect(MountTable.fuseEntry(at: f.root + "/" + path) == nil, "\(path) was mounted")
+        }
+    }
+
+    /// A symlink the caller owns is followed: the mount is made, listed and
+    /// unmounted under the directory it names.
+    @Test func aMountpointThroughOwnSymlinkMountsTheDirectoryItNames() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.expectOK(f.sh("ln -s $MNT link"))
+        let o = try f.expectOK(f.secretfs(["mount", f.project, f.root + "/link"]))
+        #expect(o.stdout.contains("at \(f.mnt) "), "\(o.stdout)")
+        #expect(MountTable.fuseEntry(at: f.mnt) != nil)
+        try f.expectOK(f.sh("echo v > link/A"))
+        #expect(try f.expectOK(f.secretfs(["status"])).stdout.contains(f.mnt))
+        try f.expectOK(f.secretfs(["umount", f.root + "/link"]))
+        #expect(MountTable.fuseEntry(at: f.mnt) == nil)
+        #expect(try f.storedValue("A") == "v")
+    }
+
     // MARK: Output that reaches a terminal
 
     @Test func auditEscapesControlCharacters() throws {
