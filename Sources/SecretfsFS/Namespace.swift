@@ -1,4 +1,5 @@
 import Glibc
+import SecretfsNames
 import SecretfsStore
 
 /// One name in the mounted directory, as the kernel knows it (an inode).
@@ -21,7 +22,7 @@ final class Node {
     /// Open file handles on this node.
     var openHandles = 0
     /// A staging file (a `.` name): the uid that created it, the only one
-    /// (besides root) that can see it. Never listed, never stored as such.
+    /// that can see it. Never listed, never stored as such.
     var stagedBy: uid_t?
     /// A staging file's bytes as of its last flush, in locked memory.
     var staged: WriteBuffer?
@@ -43,9 +44,16 @@ final class Node {
 /// The name <-> inode tables of the one flat directory. Inode numbers are
 /// never reused within a mount, so a stale kernel reference can never reach
 /// another secret. Not thread-safe: used under the filesystem's lock.
+///
+/// Staging names are per uid: each uid has its own, so another uid's staging
+/// file neither shows (ENOENT) nor collides (no EEXIST that would tell it is
+/// there, no name another uid can take first). Secret names are shared.
 struct Namespace {
     static let rootIno: UInt64 = 1
-    private(set) var byName: [String: Node] = [:]
+    /// Secrets, and files being created under a secret name.
+    private var byName: [String: Node] = [:]
+    /// Staging files, by the uid that made them.
+    private var staging: [uid_t: [String: Node]] = [:]
     private var byIno: [UInt64: Node] = [:]
     /// Named nodes in byte order of their names, kept sorted as names come
     /// and go (a binary search and a memmove of pointers per change), so a
@@ -71,28 +79,59 @@ struct Namespace {
     var count: Int { sorted.count }
 
     func node(ino: UInt64) -> Node? { byIno[ino] }
-    func node(named name: String) -> Node? { byName[name] }
+
+    /// The node `uid` reaches by `name`: a secret, or one of its own staging files.
+    func node(named name: String, seenBy uid: uid_t) -> Node? {
+        Names.isStaging(name) ? staging[uid]?[name] : byName[name]
+    }
+
+    /// A secret's node (never a staging file).
+    func secret(named name: String) -> Node? { byName[name] }
 
     mutating func add(name: String, info: SecretInfo?, stagedBy: uid_t? = nil) -> Node {
         let n = Node(ino: nextIno, name: name, info: info, stagedBy: stagedBy)
         nextIno += 1
-        byName[name] = n
         byIno[n.ino] = n
-        if stagedBy == nil {
-            sorted.insert(n, at: position(of: name))
-            touch()
-        }
+        attach(n, as: name)
         return n
     }
 
     /// Staging files of `uid` (they are bounded per uid like write handles).
     func stagingCount(of uid: uid_t) -> Int {
-        byName.values.reduce(0) { $0 + ($1.stagedBy == uid ? 1 : 0) }
+        staging[uid]?.count ?? 0
     }
 
     /// Locked bytes held by `uid`'s staging files.
     func stagedBytes(of uid: uid_t) -> Int {
-        byName.values.reduce(0) { $0 + ($1.stagedBy == uid ? ($1.staged?.capacity ?? 0) : 0) }
+        staging[uid]?.values.reduce(0) { $0 + ($1.staged?.capacity ?? 0) } ?? 0
+    }
+
+    /// Gives the node `name` in the table it belongs to (its `stagedBy` says
+    /// which), in view when it is not a staging file.
+    private mutating func attach(_ node: Node, as name: String) {
+        node.name = name
+        if let uid = node.stagedBy {
+            staging[uid, default: [:]][name] = node
+            return
+        }
+        byName[name] = node
+        sorted.insert(node, at: position(of: name))
+        touch()
+    }
+
+    /// Takes the node's name away from its table, if it still holds it.
+    private mutating func detach(_ node: Node) {
+        guard let name = node.name else { return }
+        if let uid = node.stagedBy {
+            guard staging[uid]?[name] === node else { return }
+            staging[uid]![name] = nil
+            if staging[uid]!.isEmpty { staging[uid] = nil }
+            return
+        }
+        guard byName[name] === node else { return }
+        byName[name] = nil
+        let i = position(of: name)
+        if i < sorted.count && sorted[i] === node { sorted.remove(at: i) }
     }
 
     /// Index of `name` in `sorted`, or where it would be inserted.
@@ -103,12 +142,6 @@ struct Namespace {
             if Self.precedes(sorted[mid].name ?? "", name) { lo = mid + 1 } else { hi = mid }
         }
         return lo
-    }
-
-    private mutating func removeSorted(_ node: Node) {
-        guard let name = node.name, !node.isStaging else { return }
-        let i = position(of: name)
-        if i < sorted.count && sorted[i] === node { sorted.remove(at: i) }
     }
 
     /// Byte order (names are ASCII, so this is `ls`'s order in the C locale),
@@ -127,10 +160,7 @@ struct Namespace {
     /// Detaches the node from its name; it stays reachable by inode until
     /// the kernel forgets it and no file is open on it.
     mutating func unlink(_ node: Node) {
-        if let name = node.name, byName[name] === node {
-            byName[name] = nil
-            removeSorted(node)
-        }
+        detach(node)
         let wasStaging = node.isStaging
         node.name = nil
         node.staged?.wipe()
@@ -139,21 +169,15 @@ struct Namespace {
         if !wasStaging { touch() }
     }
 
-    /// Moves `node` to `newName`, detaching whatever held that name. With
-    /// `stagedBy` nil a staging node becomes a secret (in view from now on).
+    /// Moves `node` to `newName`, detaching whatever held that name (in the
+    /// table the node lands in). With `stagedBy` nil a staging node becomes a
+    /// secret (in view from now on).
     mutating func move(_ node: Node, to newName: String, stagedBy: uid_t?? = .none) {
-        if let old = byName[newName], old !== node { unlink(old) }
-        if let name = node.name, byName[name] === node {
-            byName[name] = nil
-            removeSorted(node)
-        }
+        detach(node)
         if case .some(let s) = stagedBy { node.stagedBy = s }
-        node.name = newName
-        byName[newName] = node
-        if !node.isStaging {
-            sorted.insert(node, at: position(of: newName))
-            touch()
-        }
+        let holder = node.stagedBy.flatMap { staging[$0]?[newName] } ?? (node.isStaging ? nil : byName[newName])
+        if let holder, holder !== node { unlink(holder) }
+        attach(node, as: newName)
     }
 
     /// Swaps the names of two nodes (RENAME_EXCHANGE).

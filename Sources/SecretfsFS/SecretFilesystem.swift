@@ -145,10 +145,11 @@ public final class SecretFilesystem: @unchecked Sendable {
         return a
     }
 
-    /// A staging file is seen only by the uid that made it (and root).
+    /// A staging file is seen only by the uid that made it (by name, the
+    /// Namespace gives each uid its own; this is for requests by inode).
     private func visible(_ node: Node, to caller: Caller) -> Bool {
         guard let owner = node.stagedBy else { return true }
-        return caller.uid == owner || caller.uid == 0
+        return caller.uid == owner
     }
 
     public func getattr(ino: UInt64, caller: Caller) throws(Errno) -> Attributes {
@@ -167,7 +168,7 @@ public final class SecretFilesystem: @unchecked Sendable {
         // Bytes first: no invalid name is ever compared with a stored one.
         guard Names.isValid(name) || Names.isStaging(name) else { throw .noEntry }
         return try lock.withLock { _ throws(Errno) in
-            guard let n = namespace.node(named: name), visible(n, to: caller) else { throw .noEntry }
+            guard let n = namespace.node(named: name, seenBy: caller.uid) else { throw .noEntry }
             n.lookups += 1
             return attributes(n)
         }
@@ -228,9 +229,8 @@ public final class SecretFilesystem: @unchecked Sendable {
             try checkWriteHandleLimits(caller)
             let node: Node
             var added = false
-            if let existing = namespace.node(named: name) {
-                // Another uid's staging file takes the name without showing it.
-                if flags & O_EXCL != 0 || !visible(existing, to: caller) { throw .exists }
+            if let existing = namespace.node(named: name, seenBy: caller.uid) {
+                if flags & O_EXCL != 0 { throw .exists }
                 node = existing
             } else if staging {
                 guard namespace.stagingCount(of: caller.uid) < options.maxWriteHandlesPerUID else {
@@ -583,7 +583,7 @@ public final class SecretFilesystem: @unchecked Sendable {
         guard parent == Namespace.rootIno else { throw .notDirectory }
         guard Names.isValid(name) || Names.isStaging(name) else { throw .noEntry }
         try committing { () throws(Errno) in
-            guard let n = namespace.node(named: name), visible(n, to: caller) else { throw .noEntry }
+            guard let n = namespace.node(named: name, seenBy: caller.uid) else { throw .noEntry }
             if n.isStaging {
                 // Discarded: its bytes are wiped, nothing was ever stored.
                 namespace.unlink(n)
@@ -606,7 +606,7 @@ public final class SecretFilesystem: @unchecked Sendable {
         try check(caller)
         guard Names.isValid(name) else { throw .noEntry }
         try lock.withLock { _ throws(Errno) in
-            guard namespace.node(named: name) != nil else { throw .noEntry }
+            guard namespace.secret(named: name) != nil else { throw .noEntry }
             throw .notDirectory
         }
     }
@@ -629,10 +629,9 @@ public final class SecretFilesystem: @unchecked Sendable {
             throw .notPermitted
         }
         try committing { () throws(Errno) in
-            guard let source = namespace.node(named: name), visible(source, to: caller) else { throw .noEntry }
-            let target = namespace.node(named: newName)
+            guard let source = namespace.node(named: name, seenBy: caller.uid) else { throw .noEntry }
+            let target = namespace.node(named: newName, seenBy: caller.uid)
             if source === target { return }
-            if let target, !visible(target, to: caller) { throw .exists }
             if flags & Self.renameNoReplace != 0, target != nil { throw .exists }
             if source.isStaging {
                 guard flags & Self.renameExchange == 0 else { throw .invalid }
@@ -744,7 +743,7 @@ public final class SecretFilesystem: @unchecked Sendable {
             }
             var changes = StoreChanges()
             for s in current.values.sorted(by: { $0.name < $1.name }) {
-                if let n = namespace.node(named: s.name) {
+                if let n = namespace.secret(named: s.name) {
                     guard n.isCommitted, !n.isStaging, n.info != s else { continue }
                     n.info = s
                     changes.names.append(s.name)
@@ -755,7 +754,7 @@ public final class SecretFilesystem: @unchecked Sendable {
                 }
             }
             // Names the store no longer has: every committed name, or those asked about.
-            let gone = names.map { $0.compactMap { namespace.node(named: $0) } } ?? namespace.sortedNodes()
+            let gone = names.map { $0.compactMap { namespace.secret(named: $0) } } ?? namespace.sortedNodes()
             for n in gone where n.isCommitted {
                 guard let name = n.name, current[name] == nil else { continue }
                 changes.names.append(name)

@@ -10,7 +10,7 @@ import Testing
 struct ImportCommandTests {
     func write(_ f: MountFixture, _ name: String, _ text: String) -> String {
         let path = f.root + "/" + name
-        FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
         return path
     }
 

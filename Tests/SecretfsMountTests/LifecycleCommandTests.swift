@@ -175,7 +175,7 @@ extension LifecycleCommandTests {
         let f = try MountFixture()
         defer { f.close() }
         let env = f.root + "/many.env"
-        FileManager.default.createFile(atPath: env, contents: Data((0..<300).map { "P\($0)=purge-value-\($0)\n" }.joined().utf8))
+        _ = FileManager.default.createFile(atPath: env, contents: Data((0..<300).map { "P\($0)=purge-value-\($0)\n" }.joined().utf8))
         try f.expectOK(f.secretfs(["import", "demo", env]))
         let before = (0..<300).map { ciphertext(f, "P\($0)") }
         try f.mount()

@@ -91,6 +91,16 @@ struct StagingFileTests {
         let other = try f.sh("stat $MNT/.work; ls -a $MNT", asUID: 65534, gid: 4242)
         #expect(other.stderr.contains("No such file") && !other.stdout.contains(".work"), "\(other.stdout) \(other.stderr)")
         #expect(try f.storedNames().isEmpty)
+        // Nor does the name collide: the member's own `.work` (even O_EXCL,
+        // as mkstemp opens) is another file, so no EEXIST tells it root's is
+        // there, and no uid can take a staging name before another.
+        try f.expectOK(f.sh("set -C && printf 'staged-by-member' > $MNT/.work && mv $MNT/.work $MNT/BY_MEMBER", asUID: 65534, gid: 4242))
+        let noSource = try f.sh("mv $MNT/.work $MNT/STOLEN", asUID: 65534, gid: 4242)
+        #expect(noSource.status != 0 && noSource.stderr.contains("No such file"), "\(noSource.stderr)")
+        #expect(try f.storedValue("BY_MEMBER") == "staged-by-member")
+        try f.expectOK(f.sh("mv $MNT/.work $MNT/BY_ROOT && printf 'again' > $MNT/.work"))
+        #expect(try f.storedValue("BY_ROOT") == "staged-by-root")
+        try f.expectOK(f.sh("rm $MNT/BY_MEMBER $MNT/BY_ROOT"))
         // Unlink discards it; so does an unmount.
         try f.expectOK(f.sh("rm $MNT/.work && ! stat $MNT/.work 2>/dev/null && printf 'kept-in-memory' > $MNT/.later"))
         try f.unmount()
