@@ -49,6 +49,8 @@ public struct Attributes: Sendable {
 public final class SecretFilesystem: @unchecked Sendable {
     public let vault: ProjectVault
     public let options: MountOptions
+    /// When this mount started: the directory's times under a group (see rootAttributes).
+    private let mountedAt = Timestamp.now()
     let logger: Logger
     private let lock = Mutex(())
     private var namespace: Namespace
@@ -57,7 +59,6 @@ public final class SecretFilesystem: @unchecked Sendable {
     /// Small locked buffers reused by write handles (see WriteBuffer).
     private let pool = BufferPool()
     private var nextHandle: UInt64 = 1
-    private let mountedAt = Timestamp.now()
 
     /// An open file. Write handles buffer the new value until flush.
     final class OpenFile {
@@ -124,12 +125,16 @@ public final class SecretFilesystem: @unchecked Sendable {
 
     public func rootAttributes() -> Attributes {
         let mode: mode_t = options.group == nil ? 0o700 : 0o770
+        // With a group (allow_other), a non-member's stat of the mountpoint
+        // itself would be answered from the kernel's attribute cache without
+        // a permission check: not cached, so every one comes here and is
+        // refused. But `stat --cached=always` (AT_STATX_DONT_SYNC) still reads
+        // the attributes a member's stat last left on the inode, so they tell
+        // nothing that changes: the directory's times are the mount's start,
+        // not its last change (which would say when secrets were written).
         var a = Attributes(ino: Namespace.rootIno, isDirectory: true, mode: S_IFDIR | mode,
                            uid: options.ownerUID, gid: options.group ?? options.ownerGID,
-                           modified: namespace.lastChange, links: 2)
-        // With a group (allow_other), a non-member's stat of the mountpoint
-        // itself is answered from the kernel's attribute cache without a
-        // permission check: not cached, so every one comes here and is refused.
+                           modified: options.group == nil ? namespace.lastChange : mountedAt, links: 2)
         a.cacheable = options.group == nil
         return a
     }

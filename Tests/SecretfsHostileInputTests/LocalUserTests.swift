@@ -50,6 +50,20 @@ struct LocalUserTests {
         #expect(try f.storedValue("API_TOKEN") == "v")
     }
 
+    /// `stat --cached=always` skips the permission check and reads what a
+    /// member's stat left on the inode: it must not say when secrets changed.
+    @Test func aStrangersCachedStatOfAGroupMountTellsNoChangeTime() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount(["-o", "group=4242"])
+        let mounted = try f.expectOK(f.sh("stat -c %Y $MNT", asUID: Self.stranger, gid: 4242)).stdout
+        try f.expectOK(f.sh("sleep 1.1 && echo v > $MNT/A && echo w > $MNT/B && rm $MNT/B"))
+        let member = try f.expectOK(f.sh("stat -c %Y $MNT", asUID: Self.stranger, gid: 4242)).stdout
+        let cached = try f.sh("stat --cached=always -c %Y $MNT", asUID: Self.stranger + 1)
+        #expect(member == mounted, "the directory's mtime moved with a write: \(mounted) -> \(member)")
+        #expect(cached.status != 0 || cached.stdout == mounted, "\(cached.stdout) \(cached.stderr)")
+    }
+
     @Test func allowOtherAndDefaultPermissionsAreNotTheUsersToSet() throws {
         let f = try MountFixture()
         defer { f.close() }
