@@ -31,6 +31,10 @@ public struct SocketPolicy: Sendable, Equatable {
 
     public var fileGroup: gid_t? { socketGroup ?? gids.first }
 
+    /// Whether more than one uid may connect (then no one uid may take every
+    /// connection slot; see UnixSocketListener).
+    public var admitsSeveralUIDs: Bool { effectiveUIDs.count > 1 || !gids.isEmpty }
+
     public func allows(_ peer: PeerCredentials) -> Bool {
         if effectiveUIDs.contains(peer.uid) { return true }
         if gids.contains(peer.gid) { return true }

@@ -30,7 +30,7 @@ package final class UnixSocketListener: @unchecked Sendable {
 
     /// Why the listener refuses a connection itself (the owner builds the frame).
     package enum Refusal: Sendable {
-        /// `maxConnections` are being served.
+        /// `maxConnections` are being served, or the peer's uid holds its share.
         case busy
         /// The peer's credentials are not in `policy`.
         case notAllowed
@@ -43,6 +43,12 @@ package final class UnixSocketListener: @unchecked Sendable {
         package var backlog: Int32
         /// Connections served at once; more get a busy ERROR.
         package var maxConnections: Int
+        /// Connections one uid may hold when the policy admits several:
+        /// three quarters of `maxConnections`, so one allowed uid (a runaway
+        /// client, or a careless one) never takes every slot from the others.
+        package var maxConnectionsPerUID: Int {
+            policy.admitsSeveralUIDs ? max(1, maxConnections * 3 / 4) : maxConnections
+        }
         /// Seconds a send may block on a peer that does not read (set on
         /// every admitted connection before anything is sent).
         package var sendTimeout: Double
@@ -94,11 +100,19 @@ package final class UnixSocketListener: @unchecked Sendable {
         var started = false
         var stopping = false
         var connections: [UInt64: Int32] = [:]
+        /// Connections held per peer uid (entries removed at zero).
+        var connectionsByUID: [uid_t: Int] = [:]
         var nextID: UInt64 = 1
         /// The accept thread and every connection thread not yet finished.
         var runningThreads = 0
         var socketDevice: UInt64 = 0
         var socketInode: UInt64 = 0
+
+        mutating func remove(_ id: UInt64, uid: uid_t) {
+            connections[id] = nil
+            let left = connectionsByUID[uid, default: 1] - 1
+            connectionsByUID[uid] = left > 0 ? left : nil
+        }
     }
     private let state = Mutex(State())
     /// Wakes the accept loop at stop (eventfd).
@@ -366,36 +380,40 @@ package final class UnixSocketListener: @unchecked Sendable {
             }
             return
         }
-        enum Decision { case serve(UInt64), busy, stopping }
-        let limit = configuration.maxConnections
+        enum Decision { case serve(UInt64), busy(String), stopping }
+        let limit = configuration.maxConnections, share = configuration.maxConnectionsPerUID
         let decision = state.withLock { s -> Decision in
             if s.stopping { return .stopping }
-            if s.connections.count >= limit { return .busy }
+            if s.connections.count >= limit { return .busy("too many connections (limit \(limit))") }
+            if s.connectionsByUID[peer.uid, default: 0] >= share {
+                return .busy("too many connections from uid \(peer.uid) (limit \(share) per uid)")
+            }
             let id = s.nextID
             s.nextID += 1
             s.connections[id] = fd
+            s.connectionsByUID[peer.uid, default: 0] += 1
             s.runningThreads += 1
             return .serve(id)
         }
         switch decision {
         case .stopping:
             close(fd)
-        case .busy:
+        case .busy(let message):
             // Never blocks the accept loop: a small frame into an empty buffer.
             SocketIO.setSendTimeout(fd, seconds: 0.05)
-            SocketIO.sendAll(fd, configuration.refusalFrame(.busy, "too many connections (limit \(limit))"))
+            SocketIO.sendAll(fd, configuration.refusalFrame(.busy, message))
             _ = shutdown(fd, Int32(SHUT_WR))
             close(fd)
-            logger.warning("connection refused: busy", metadata: ["limit": "\(limit)"])
+            logger.warning("connection refused: busy", metadata: ["uid": "\(peer.uid)", "reason": "\(message)"])
         case .serve(let id):
             let started = startDetachedThread { [self] in
                 SocketIO.setSendTimeout(fd, seconds: configuration.sendTimeout)
                 let linger = serve(Connection(id: id, fd: fd, peer: peer))
-                finish(id: id, fd: fd, linger: linger)
+                finish(id: id, uid: peer.uid, fd: fd, linger: linger)
             }
             if !started {
                 state.withLock { s in
-                    s.connections[id] = nil
+                    s.remove(id, uid: peer.uid)
                     s.runningThreads -= 1
                 }
                 close(fd)
@@ -406,9 +424,9 @@ package final class UnixSocketListener: @unchecked Sendable {
 
     /// Removes the connection, then closes it (in that order: `stop` shuts
     /// down registered descriptors, and a number closed first could be reused).
-    private func finish(id: UInt64, fd: Int32, linger: Bool) {
+    private func finish(id: UInt64, uid: uid_t, fd: Int32, linger: Bool) {
         if linger { Self.drainAfterError(fd) }
-        state.withLock { $0.connections[id] = nil }
+        state.withLock { $0.remove(id, uid: uid) }
         close(fd)
         state.withLock { $0.runningThreads -= 1 }
     }

@@ -390,16 +390,30 @@ struct ProtocolTests {
 
     @Test func tooManyConnectionsAreTurnedAway() throws {
         var limits = ServerLimits()
-        limits.maxConnections = 2
-        let f = try Fixture(limits: limits)
-        let a = try PrivilegedClient(socketPath: f.socketPath)
-        let b = try PrivilegedClient(socketPath: f.socketPath)
-        _ = try a.list(); _ = try b.list()
-        let c = try PrivilegedClient(socketPath: f.socketPath)
-        let e = #expect(throws: ProtocolError.self) { _ = try c.list() }
+        limits.maxConnections = 4   // three per uid
+        limits.idleTimeout = 20
+        let f = try Fixture(policy: SocketPolicy(uids: [65534]), limits: limits)
+        try f.put("TOKEN", "v")
+        let held = try (0..<3).map { _ in try PrivilegedClient(socketPath: f.socketPath) }
+        for c in held { _ = try c.list() }
+        // One uid holds at most its share: the fourth connection is refused...
+        let extra = try PrivilegedClient(socketPath: f.socketPath)
+        let e = #expect(throws: ProtocolError.self) { _ = try extra.list() }
         #expect(e?.serverCode == .busy)
-        a.close()
-        try waitUntil { f.server.connectionCount < 2 }
+        #expect(e.map { "\($0)" }?.contains("from uid \(geteuid())") == true, "\(String(describing: e))")
+        // ...and another allowed uid still gets the slot left.
+        let other = try runAs(uid: 65534, gid: 65534, socket: f.socketPath, names: ["TOKEN"])
+        let frames = try #require(splitFrames(hexBytes(other)), "\(other)")
+        #expect(frames.first?.0 != 0xFF, "the other uid was refused: \(other)")
+        // With every slot taken the limit is the total's.
+        let fourth = try ForeignHolder(uid: 65534, socket: f.socketPath)
+        defer { fourth.stop() }
+        try waitUntil { f.server.connectionCount == 4 }
+        let last = try PrivilegedClient(socketPath: f.socketPath)
+        let full = #expect(throws: ProtocolError.self) { _ = try last.list() }
+        #expect(full.map { "\($0)" }?.contains("too many connections (limit 4)") == true, "\(String(describing: full))")
+        held[0].close()
+        try waitUntil { f.server.connectionCount < 4 }
         _ = try PrivilegedClient(socketPath: f.socketPath).list()
     }
 

@@ -166,3 +166,29 @@ func runAs(uid: UInt32, gid: UInt32, groups: [UInt32] = [], socket: String, name
     }
     return try ForeignClient.exchange(asUID: uid, gid: gid, groups: groups, socket: socket, body: body)
 }
+
+/// A connection held open by another uid (a Python client under setpriv
+/// that connects and waits), for limits that count connections per uid.
+final class ForeignHolder {
+    private let pid: pid_t
+    private let files: [String]
+
+    init(uid: UInt32, socket: String) throws {
+        let base = NSTemporaryDirectory() + "secretfs-holder-\(UUID().uuidString)"
+        files = [base + ".out", base + ".err"]
+        let script = "import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n"
+            + "print('connected', flush=True)\ntime.sleep(60)\n"
+        pid = try Processes.spawn("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups",
+                                                       "/usr/bin/python3", "-c", script, socket],
+                                  environment: ProcessInfo.processInfo.environment,
+                                  stdin: "/dev/null", stdout: files[0], stderr: files[1])
+        try waitUntil { (try? String(contentsOfFile: self.files[0], encoding: .utf8))?.contains("connected") == true }
+    }
+
+    func stop() {
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        for f in files { unlink(f) }
+    }
+}
