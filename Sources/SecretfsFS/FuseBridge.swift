@@ -1,5 +1,6 @@
 import CFuse
 import Glibc
+import SecretfsNames
 import SecretfsStore
 
 // The libfuse low-level callbacks. Each one recovers the SecretFilesystem from
@@ -25,10 +26,15 @@ private func caller(_ req: fuse_req_t?) -> Caller {
     })
 }
 
-private func name(_ p: UnsafePointer<CChar>?) -> String {
+/// A name from the kernel. Longer than any name can be (255 bytes):
+/// ENAMETOOLONG, as on a disk filesystem (FUSE passes names up to 1024 bytes
+/// and leaves the limit to the filesystem).
+private func name(_ p: UnsafePointer<CChar>?) throws(Errno) -> String {
+    guard let p else { return "" }
+    guard strnlen(p, Names.maximumLength + 1) <= Names.maximumLength else { throw .nameTooLong }
     // Invalid UTF-8 becomes U+FFFD, which no valid (ASCII) name contains, so
     // such names are refused as invalid rather than confused with another.
-    p.map { String(cString: $0) } ?? ""
+    return String(cString: p)
 }
 
 private func statBuffer(_ a: Attributes) -> stat {

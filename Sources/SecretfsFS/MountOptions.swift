@@ -56,4 +56,5 @@ public struct Errno: Error, Equatable, CustomStringConvertible, Sendable {
     public static let notSupported = Errno(EOPNOTSUPP)
     public static let noMemory = Errno(ENOMEM)
     public static let tooManyOpen = Errno(EMFILE)
+    public static let nameTooLong = Errno(ENAMETOOLONG)
 }
