@@ -13,6 +13,9 @@ enum Exit: Int32 {
     case resolveProblem = 14   // unresolvable references, missing secrets
     case socketProblem = 15    // project not mounted, socket refused or broken
     case usage = 64            // bad arguments (ArgumentParser's validation code)
+    // `run`'s command could not be started, as env(1) and the shell report it.
+    case commandNotExecutable = 126
+    case commandNotFound = 127
 }
 
 /// The one error voice: `secretfs: error: ...` then `hint: ...`, on stderr.

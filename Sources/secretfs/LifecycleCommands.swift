@@ -191,7 +191,7 @@ struct PurgeCommand: ParsableCommand {
         } else {
             let names = try store.purgeAllDeleted(project: project)
             writeStdout(names.isEmpty ? "the trash of project \(project) was already empty\n"
-                                      : "purged \(names.count) deleted name\(names.count == 1 ? "" : "s")\n")
+                                      : "purged \(counted(names.count, "deleted name"))\n")
         }
     }
 }
@@ -315,8 +315,8 @@ struct BackupCommand: ParsableCommand {
             let store = try global.openStoreMetadata()
             let m = try store.createBackup(to: absolute(file))
             let secrets = m.projects.reduce(0) { $0 + $1.secrets }, versions = m.projects.reduce(0) { $0 + $1.versions }
-            writeStdout("backed up \(m.projects.count) project\(m.projects.count == 1 ? "" : "s") (\(secrets) secrets, "
-                        + "\(versions) earlier versions) to \(absolute(file))\n")
+            writeStdout("backed up \(counted(m.projects.count, "project")) (\(counted(secrets, "secret")), "
+                        + "\(counted(versions, "earlier version"))) to \(absolute(file))\n")
         }
     }
 
@@ -341,12 +341,12 @@ struct BackupCommand: ParsableCommand {
             if let m = report.manifest {
                 text += "backup of store \(m.storeID) taken \(iso8601(m.createdAt)) (schema version \(m.schemaVersion))\n"
             }
-            text += "\(report.projects) project\(report.projects == 1 ? "" : "s"), \(report.opened) sealed blobs open"
+            text += "\(counted(report.projects, "project")), \(counted(report.opened, "sealed blob")) open"
                 + (report.failures.isEmpty ? "; all good\n" : "\n")
             for f in report.failures { text += "FAIL  \(Wire.printable(f.description)) does not open\n" }
             writeStdout(text)
             if !report.failures.isEmpty {
-                throw Failure("\(report.failures.count) sealed blob\(report.failures.count == 1 ? "" : "s") of the backup do not open",
+                throw Failure("\(counted(report.failures.count, "sealed blob")) of the backup do not open",
                               hint: "the backup is damaged (or was altered); take a new one", exit: .storeProblem)
             }
         }
@@ -370,7 +370,7 @@ struct BackupCommand: ParsableCommand {
             let store = try Store.restoreBackup(from: absolute(file), to: global.location, keyFile: global.keyFileOption,
                                                 passphraseFile: passphrase)
             let projects = try store.listProjects()
-            writeStdout("restored \(projects.count) project\(projects.count == 1 ? "" : "s") into \(global.storeDirectory)\n")
+            writeStdout("restored \(counted(projects.count, "project")) into \(global.storeDirectory)\n")
         }
     }
 }
@@ -432,11 +432,11 @@ struct RekeyCommand: ParsableCommand {
         let projects = try store.listProjects().count
         if let f = newKeyFile {
             try store.rekey(to: .keyFile(absolute(f)))
-            writeStdout("re-wrapped \(projects) project key\(projects == 1 ? "" : "s") under the new key, now \(global.location.keyFilePath); "
+            writeStdout("re-wrapped \(counted(projects, "project key")) under the new key, now \(global.location.keyFilePath); "
                         + "the old key no longer opens this store\n")
         } else if let f = newPassphraseFile {
             try store.rekey(to: .passphraseFile(absolute(f)))
-            writeStdout("re-wrapped \(projects) project key\(projects == 1 ? "" : "s") under the new passphrase; "
+            writeStdout("re-wrapped \(counted(projects, "project key")) under the new passphrase; "
                         + "\(global.location.keyFilePath) was removed and the old key no longer opens this store\n")
         }
     }

@@ -86,7 +86,7 @@ enum MountHelper {
             }
         }
         guard positional.count == 2 else {
-            throw UsageError(message: "expected a project and a mountpoint, got \(positional.count) argument\(positional.count == 1 ? "" : "s")")
+            throw UsageError(message: "expected a project and a mountpoint, got \(counted(positional.count, "argument"))")
         }
         return Invocation(project: positional[0], mountpoint: positional[1], options: options, fake: fake, verbose: verbose)
     }

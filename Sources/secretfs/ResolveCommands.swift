@@ -53,7 +53,7 @@ struct ResolveCommand: ParsableCommand {
                                          global: global, project: project, resolver: resolver)
         } catch let failure as ResolveFailure {
             for p in failure.problems { writeStderr("secretfs: error: \(file == "-" ? "stdin" : file): \(p)\n") }
-            writeStderr("hint: \(failure.problems.count) problem\(failure.problems.count == 1 ? "" : "s"); nothing was written\n")
+            writeStderr("hint: \(counted(failure.problems.count, "problem")); nothing was written\n")
             Glibc.exit(Exit.resolveProblem.rawValue)
         }
         defer { output.wipe() }

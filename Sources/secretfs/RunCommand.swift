@@ -113,7 +113,8 @@ struct RunCommand: ParsableCommand {
         guard rc == 0 else {
             close(outPipe[0]); close(errPipe[0])
             throw Failure("cannot run \(commandLine[0]): \(String(cString: strerror(rc)))",
-                          hint: "check the command name and PATH", exit: .failure)
+                          hint: rc == ENOENT ? "check the command name and PATH" : "check that it is an executable file",
+                          exit: rc == ENOENT ? .commandNotFound : .commandNotExecutable)
         }
 
         // Signals: Ctrl-C reaches the child through the terminal's process

@@ -67,7 +67,7 @@ struct ProjectCommand: ParsableCommand {
                 writeStderr("\rre-sealing: \(p.done)/\(p.total)")
             } : nil)
             if tty { writeStderr("\r" + String(repeating: " ", count: 40) + "\r") }
-            writeStdout("rotated the data key of \(name): \(n) value\(n == 1 ? "" : "s") re-sealed; nothing is sealed under the old key\n")
+            writeStdout("rotated the data key of \(name): \(counted(n, "value")) re-sealed; nothing is sealed under the old key\n")
         }
     }
 
@@ -97,7 +97,7 @@ struct ProjectCommand: ParsableCommand {
         func run() throws {
             let store = try global.openStore()
             try store.createProject(name, keepVersions: keepVersions, keepDeletedDays: keepDeleted)
-            writeStdout("created project \(name) (keeps \(keepVersions) versions per name, deleted names \(keepDeleted) days)\n")
+            writeStdout("created project \(name) (keeps \(counted(keepVersions, "version")) per name, deleted names \(counted(keepDeleted, "day")))\n")
         }
     }
 
@@ -117,17 +117,19 @@ struct ProjectCommand: ParsableCommand {
         var keepDeleted: Int?
 
         func validate() throws {
-            guard keepVersions != nil || keepDeleted != nil else {
-                throw ValidationError("give --keep-versions N, --keep-deleted DAYS, or both")
-            }
             try validateRetention(keepVersions: keepVersions, keepDeleted: keepDeleted)
         }
 
         func run() throws {
+            // Checked here, not in validate: an error from validate would hide
+            // ArgumentParser's "Unknown option '--keep-version'. Did you mean ...".
+            guard keepVersions != nil || keepDeleted != nil else {
+                throw ValidationError("give --keep-versions N, --keep-deleted DAYS, or both")
+            }
             let store = try global.openStoreMetadata()
             try store.setRetention(project: name, keepVersions: keepVersions, keepDeletedDays: keepDeleted)
             let p = try store.project(named: name)
-            writeStdout("project \(name) keeps \(p.keepVersions) versions per name, deleted names \(p.keepDeletedDays) days\n")
+            writeStdout("project \(name) keeps \(counted(p.keepVersions, "version")) per name, deleted names \(counted(p.keepDeletedDays, "day"))\n")
         }
     }
 
@@ -228,10 +230,10 @@ struct StoreCommand: ParsableCommand {
             let target = try global.location(named: to)
             let report = try source.copy(to: target)
             let count = { (t: String) in report.rows.first { $0.table == t }?.count ?? 0 }
-            writeStdout("copied \(count("projects")) project\(count("projects") == 1 ? "" : "s") (\(count("secrets")) secrets, "
-                        + "\(count("versions")) earlier versions and deletes, \(count("trash")) in the trash, \(count("audit")) audit events) "
+            writeStdout("copied \(counted(count("projects"), "project")) (\(counted(count("secrets"), "secret")), "
+                        + "\(count("versions")) earlier versions and deletes, \(count("trash")) in the trash, \(counted(count("audit"), "audit event"))) "
                         + "from \(source.location.directory) to \(target.directory); "
-                        + "verified: \(report.opened) sealed blobs open with the key\n")
+                        + "verified: \(counted(report.opened, "sealed blob")) open with the key\n")
             if case .keyFile = global.keySource {
                 writeStdout("master key: \(target.keyFilePath)\n")
             }

@@ -29,7 +29,7 @@ struct ProjectLimitsTests {
         try f.expectOK(f.secretfs(["project", "set", "small", "--keep-versions", "0"]))
         #expect(try limits(f, "small") == (0, 5))
         let both = try f.expectOK(f.secretfs(["project", "set", "small", "--keep-versions", "3", "--keep-deleted", "1"]))
-        #expect(both.stdout == "project small keeps 3 versions per name, deleted names 1 days\n")
+        #expect(both.stdout == "project small keeps 3 versions per name, deleted names 1 day\n")
         #expect(try limits(f, "small") == (3, 1))
         // The limit holds for values written through a mount.
         try f.mount()
@@ -50,5 +50,8 @@ struct ProjectLimitsTests {
         let missing = try f.secretfs(["project", "set", "nope", "--keep-versions", "3"])
         #expect(missing.status == 12 && missing.stderr.hasPrefix("secretfs: error: no project named 'nope'"), "\(missing.stderr)")
         #expect(try f.secretfs(["project", "set", "--help"]).stdout.contains("--keep-versions"))
+        // A misspelt option is named as such, not hidden behind "give --keep-versions N".
+        let typo = try f.secretfs(["project", "set", "demo", "--keep-version", "3"])
+        #expect(typo.status == 64 && typo.stderr.contains("Unknown option '--keep-version'. Did you mean '--keep-versions'?"), "\(typo.stderr)")
     }
 }

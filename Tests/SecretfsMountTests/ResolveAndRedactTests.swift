@@ -148,6 +148,11 @@ struct ResolveAndRedactTests {
         let missing = try f.secretfs(["run", "--project", "demo", "--env", "X=NOPE", "--", "true"])
         #expect(missing.status == 14)
         #expect(missing.stderr.contains("NOPE"))
+        // A command that cannot start exits as env(1) says.
+        let notFound = try f.secretfs(["run", "--project", "demo", "--", "/nonexistent/command"])
+        #expect(notFound.status == 127 && notFound.stderr.contains("No such file"), "\(notFound.status) \(notFound.stderr)")
+        let notExecutable = try f.secretfs(["run", "--project", "demo", "--", "/etc/passwd"])
+        #expect(notExecutable.status == 126 && notExecutable.stderr.contains("Permission denied"), "\(notExecutable.status) \(notExecutable.stderr)")
     }
 
     @Test func redactPicksUpChangedValuesWhileRunning() throws {
