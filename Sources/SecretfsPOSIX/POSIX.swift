@@ -9,6 +9,20 @@ public func errnoText(_ code: Int32) -> String {
     String(cString: strerror(code))
 }
 
+/// What to try when opening or creating a file the user named failed with
+/// `code`: the hint line of every such error, CLI and store alike.
+public func pathErrorHint(_ code: Int32) -> String? {
+    switch code {
+    case ENOENT, ENOTDIR: return "check the path (a relative path is taken from the current directory)"
+    case EACCES, EPERM: return "check the permissions of the file and of the directories above it"
+    case EEXIST: return "give a path that does not exist yet: secretfs never overwrites a file"
+    case EISDIR: return "give the path of a file, not of a directory"
+    case ENOSPC, EDQUOT: return "free some space on that filesystem, or choose another"
+    case EROFS: return "choose a path on a writable filesystem"
+    default: return nil
+    }
+}
+
 /// Calls `call` again for as long as it fails with EINTR, and returns what the
 /// last call returned; on failure (-1) errno is left as that call set it.
 /// Every retry of an interrupted call goes through here, not through loops at

@@ -142,7 +142,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .invalidRetention: return nil
         case .corrupt: return "restore the store from a backup"
         case .unsupportedSchema: return "upgrade secretfs"
-        case .io: return nil
+        case .io(_, let e, _): return pathErrorHint(e)
         case .unavailable:
             return "check that the database server is running and reachable (libpq settings: PGHOST, PGPORT, ~/.pgpass, PGSSLMODE); mounts reconnect by themselves"
         case .postgres(let state, _, _):

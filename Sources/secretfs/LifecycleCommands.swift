@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import SecretfsNames
+import SecretfsPOSIX
 import SecretfsProtocol
 import SecretfsStore
 import SecureMemory
@@ -262,7 +263,10 @@ struct ImportCommand: ParsableCommand {
     /// The whole file, read into locked memory (at most 256 MiB).
     private func readInput() throws -> SecureBytes {
         let fd = file == "-" ? 0 : open(file, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw Failure("cannot open \(file): \(String(cString: strerror(errno)))", exit: .failure) }
+        guard fd >= 0 else {
+            let e = errno
+            throw Failure("cannot open \(file): \(errnoText(e))", hint: pathErrorHint(e), exit: .failure)
+        }
         defer { if fd != 0 { close(fd) } }
         var buf = SecureBytes(capacity: 64 << 10)
         while true {
@@ -276,7 +280,7 @@ struct ImportCommand: ParsableCommand {
                 let have = buf.count
                 return retryRead(fd, b.baseAddress! + have, b.count - have)
             }
-            if n < 0 { throw Failure("cannot read \(file): \(String(cString: strerror(errno)))", exit: .failure) }
+            if n < 0 { let e = errno; throw Failure("cannot read \(file): \(errnoText(e))", hint: pathErrorHint(e), exit: .failure) }
             if n == 0 { return buf }
             buf.setCount(buf.count + n)
         }

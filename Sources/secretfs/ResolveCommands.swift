@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import SecretfsInject
+import SecretfsPOSIX
 import SecretfsResolver
 import SecureMemory
 
@@ -65,7 +66,8 @@ struct ResolveCommand: ParsableCommand {
 func readDocument(_ path: String) throws -> [UInt8] {
     let fd = path == "-" ? 0 : open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else {
-        throw Failure("cannot read \(path): \(String(cString: strerror(errno)))", exit: .failure)
+        let e = errno
+        throw Failure("cannot read \(path): \(errnoText(e))", hint: pathErrorHint(e), exit: .failure)
     }
     defer { if fd != 0 { close(fd) } }
     // Read into one array of the file's size (plus a byte, for the read
@@ -80,7 +82,7 @@ func readDocument(_ path: String) throws -> [UInt8] {
         if count == out.count { out += [UInt8](repeating: 0, count: out.count) }
         let n = out.withUnsafeMutableBytes { read(fd, $0.baseAddress! + count, $0.count - count) }
         if n < 0 && errno == EINTR { continue }
-        guard n >= 0 else { throw Failure("cannot read \(path): \(String(cString: strerror(errno)))") }
+        guard n >= 0 else { let e = errno; throw Failure("cannot read \(path): \(errnoText(e))", hint: pathErrorHint(e)) }
         if n == 0 { break }
         count += n
     }

@@ -27,6 +27,14 @@ struct BackupCommandTests {
         let o = try f.expectOK(f.sh("(for i in $(seq 1 40); do echo during-$i > $MNT/W; done) & "
                                     + "\(MountFixture.binary) backup create \(backup); wait"))
         #expect(o.stdout.hasPrefix("backed up 1 project ("), "\(o.stdout)")
+        let over = try f.secretfs(["backup", "create", backup])
+        #expect(over.status != 0 && over.stderr.contains("File exists")
+                && over.stderr.contains("hint: give a path that does not exist yet"), "\(over.stderr)")
+        for args in [["import", f.project, f.root + "/missing.env"], ["resolve", "--project", f.project, f.root + "/missing.yaml"]] {
+            let missing = try f.secretfs(args)
+            #expect(missing.status == 1 && missing.stderr.contains("No such file") && missing.stderr.contains("hint: check the path"),
+                    "\(args[0]): \(missing.stderr)")
+        }
         var st = stat()
         #expect(stat(backup, &st) == 0 && st.st_mode & 0o777 == 0o600)
         #expect(access(backup + "-wal", F_OK) != 0, "one file, no WAL left beside it")
