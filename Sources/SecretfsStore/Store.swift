@@ -833,8 +833,14 @@ public final class Store: @unchecked Sendable {
 
     public func listProjects() throws -> [ProjectInfo] {
         try lock.withLock { _ in
+            // The last change is the newest write or delete: a name in the
+            // trash was deleted at deleted_at. (A UNION rather than SQLite's
+            // two-argument MAX, which PostgreSQL spells GREATEST.)
             let s = try db.statement("""
-                SELECT p.id, p.name, p.created_at, COUNT(s.name), MAX(s.updated_at), p.keep_versions, p.keep_deleted_days
+                SELECT p.id, p.name, p.created_at, COUNT(s.name),
+                       (SELECT MAX(c.at) FROM (SELECT updated_at AS at FROM secrets WHERE project_id = p.id
+                                               UNION ALL SELECT deleted_at FROM trash WHERE project_id = p.id) c),
+                       p.keep_versions, p.keep_deleted_days
                 FROM projects p LEFT JOIN secrets s ON s.project_id = p.id
                 GROUP BY p.id, p.name, p.created_at, p.keep_versions, p.keep_deleted_days ORDER BY p.name
                 """)

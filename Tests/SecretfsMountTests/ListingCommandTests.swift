@@ -54,6 +54,18 @@ struct ListingCommandTests {
         }
         let demo = status.split(separator: "\n").first { $0.contains("\"demo\"") } ?? ""
         #expect(demo.contains("\"mountpoint\":\"\(f.mnt)\""), "\(demo)")
+
+        // A delete is a change too: LAST CHANGE moves with it.
+        func lastChange() throws -> String {
+            let line = try f.expectOK(f.secretfs(["project", "list", "--json"])).stdout.split(separator: "\n")
+                .first { $0.contains("\"demo\"") } ?? ""
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            return object?["lastChange"] as? String ?? ""
+        }
+        let written = try lastChange()
+        try f.expectOK(f.sh("sleep 1.1 && rm $MNT/A"))
+        let deleted = try lastChange()
+        #expect(!written.isEmpty && deleted > written, "\(written) -> \(deleted)")
     }
 
     @Test func lsListsNamesWithoutAMountAndWithoutValues() throws {
