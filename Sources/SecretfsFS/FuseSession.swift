@@ -21,6 +21,8 @@ public final class FuseSession: @unchecked Sendable {
     public struct MountError: Error, CustomStringConvertible {
         public let description: String
         public let hint: String?
+        /// The options were refused (a usage error), not the mount.
+        public var badOptions = false
     }
 
     /// Creates the session and mounts it. `fuseOptions` are `-o` options for
@@ -41,8 +43,10 @@ public final class FuseSession: @unchecked Sendable {
         let userdata = Unmanaged.passUnretained(filesystem).toOpaque()
         guard let se = fuse_session_new(&args, &operations, MemoryLayout<fuse_lowlevel_ops>.size, userdata) else {
             fuse_opt_free_args(&args)
+            // libfuse has printed which option it did not know, on stderr.
             throw MountError(description: "libfuse refused the mount options \(fuseOptions.joined(separator: ","))",
-                             hint: "see the FUSE options in mount.fuse3(8); the mount's log has libfuse's message")
+                             hint: "see the FUSE options in mount.fuse3(8), and secretfs's own under 'secretfs mount --help'",
+                             badOptions: true)
         }
         session = se
         guard fuse_set_signal_handlers(se) == 0 else {

@@ -258,7 +258,7 @@ struct MountCommand: ParsableCommand {
         do {
             session = try FuseSession(filesystem: filesystem, mountpoint: target, fuseOptions: fuseOptions, debug: debug)
         } catch let e as FuseSession.MountError {
-            throw Failure(e.description, hint: e.hint, exit: .mountProblem)
+            throw Failure(e.description, hint: e.hint, exit: e.badOptions ? .usage : .mountProblem)
         }
         // The privileged socket: without --resolver-uid, the mount's owner's uid is allowed.
         var limits = ServerLimits()

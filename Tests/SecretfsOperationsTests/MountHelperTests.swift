@@ -137,8 +137,9 @@ struct MountHelperTests {
             }
             // mount(8) reads a helper's status as its own: 1 is a usage error, 32 a failed mount.
             let unknown = try viaMount("bogus_option")
-            #expect(unknown.status == 32 && unknown.stderr.contains("unknown option")
+            #expect(unknown.status == 1 && unknown.stderr.contains("unknown option")
                     && unknown.stderr.contains("secretfs: error: libfuse refused the mount options"), "\(unknown.status) \(unknown.stderr)")
+            #expect(try f.secretfs(["mount", "demo", f.mnt, "-o", "bogus_option"]).status == 64, "a usage error of secretfs mount too")
             for (option, message) in [("writeback_cache", "-o writeback_cache is refused"), ("max_size=lots", "-o max_size needs"),
                                       ("allow_other", "-o allow_other is decided by secretfs")] {
                 let o = try viaMount(option)
