@@ -83,10 +83,14 @@ public struct ProtocolError: Error, Sendable, CustomStringConvertible, Equatable
     public static func connectFailure(_ path: String, errno code: Int32, service: SocketService) -> ProtocolError {
         switch code {
         case ENOENT, ENOTDIR:
-            return service == .mount
-                ? ProtocolError(.notListening, "project not mounted (tried \(path))",
-                                hint: "mount it with `secretfs mount PROJECT DIR`, or pass the right --runtime-dir")
-                : ProtocolError(.notListening, "no resolver daemon listens on \(path)",
+            if service == .mount {
+                // Named, so that a typo in the project is plain to see.
+                let project = MountSocket.project(at: path)
+                return ProtocolError(.notListening, "\(project.map { "project \($0) is" } ?? "the project is") not mounted (no socket at \(path))",
+                                     hint: "mount it with `secretfs mount \(project ?? "PROJECT") DIR` (`secretfs status` lists the mounted projects), "
+                                         + "or pass the --runtime-dir it was mounted with")
+            }
+            return ProtocolError(.notListening, "no resolver daemon listens on \(path)",
                                 hint: "start one with `secretfs resolver --listen \(path)`, or drop --resolver")
         case ECONNREFUSED:
             return ProtocolError(.connectionRefused, "nothing answers on \(path) (stale socket)",

@@ -87,7 +87,7 @@ public final class ResolverDaemon: @unchecked Sendable {
     public var socketMode: mode_t { listener.configuration.access.mode }
 
     /// The mount socket the daemon uses for `project`.
-    public func mountSocketPath(_ project: String) -> String { "\(runtimeDirectory)/\(project).sock" }
+    public func mountSocketPath(_ project: String) -> String { MountSocket.path(runtimeDirectory: runtimeDirectory, project: project) }
 
     /// Connections being served now.
     public var connectionCount: Int { listener.connectionCount }
@@ -290,7 +290,9 @@ public final class ResolverDaemon: @unchecked Sendable {
     private func upstreamError(_ conn: Connection, _ project: String, _ e: UpstreamFailure) -> Bool {
         logger.warning("mount request failed", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)",
                                                           "error": "\(e.message)"])
-        return sendError(conn.fd, e.code, "project \(project): \(e.message)")
+        // A message that names the project already (not mounted) is not prefixed again.
+        let named = e.message.hasPrefix("project \(project) ") ? e.message : "project \(project): \(e.message)"
+        return sendError(conn.fd, e.code, named)
     }
 
     // MARK: RESOLVE

@@ -1,5 +1,6 @@
 import Glibc
 import SecretfsPOSIX
+import SecretfsProtocol
 
 /// The runtime directory's per-project files, written by each mount process:
 ///   PROJECT.pid   pid and mountpoint, flock'ed for as long as the mount runs
@@ -13,7 +14,7 @@ struct RuntimeState {
     let directory: String
 
     func pidFile(_ project: String) -> String { "\(directory)/\(project).pid" }
-    func socketPath(_ project: String) -> String { "\(directory)/\(project).sock" }
+    func socketPath(_ project: String) -> String { MountSocket.path(runtimeDirectory: directory, project: project) }
     func logFile(_ project: String) -> String { "\(directory)/\(project).log" }
 
     struct ActiveMount {

@@ -251,7 +251,11 @@ struct ProtocolTests {
         let f = try Fixture(start: false)
         let e = #expect(throws: ProtocolError.self) { _ = try PrivilegedClient(socketPath: f.socketPath) }
         #expect(e?.kind == .notListening)
-        #expect(e?.message == "project not mounted (tried \(f.socketPath))")
+        #expect(f.socketPath == MountSocket.path(runtimeDirectory: f.dir, project: "demo"))
+        #expect(e?.message == "project demo is not mounted (no socket at \(f.socketPath))", "the project is named")
+        #expect(e?.hint?.contains("secretfs mount demo DIR") == true)
+        let other = #expect(throws: ProtocolError.self) { _ = try PrivilegedClient(socketPath: f.dir + "/socket") }
+        #expect(other?.message == "the project is not mounted (no socket at \(f.dir)/socket)", "a path of no project's shape")
         #expect(e?.hint != nil)
 
         let stale = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
