@@ -39,6 +39,14 @@ public struct BackupReport: Sendable, Equatable {
 public enum BackupKey: Sendable {
     case keyFile(String)
     case passphraseFile(String)
+
+    /// For messages: which key was tried.
+    var described: String {
+        switch self {
+        case .keyFile(let p): return "key file \(p)"
+        case .passphraseFile(let p): return "the passphrase in \(p)"
+        }
+    }
 }
 
 extension Store {
@@ -129,7 +137,7 @@ extension Store {
         }
         let sealedCheck = Envelope.Sealed(ciphertext: Array(check[Envelope.nonceBytes...]), nonce: Array(check[..<Envelope.nonceBytes]))
         guard Envelope.open(sealedCheck, key: masterKey, associatedData: Envelope.keyCheckAD(storeID: storeID)) != nil else {
-            throw StoreError.wrongKey
+            throw StoreError.wrongKey(tried: key.described, backup: true)
         }
         return try openEverySealedBlob(db, storeID: storeID, masterKey: masterKey, manifest: manifest)
     }
@@ -300,7 +308,14 @@ extension Store {
             try writeKey(key, to: fd, path: location.keyFilePath)
         }
         if isPassphrase && passphraseFile == nil { throw StoreError.passphraseRequired }
-        let store = try open(at: location, keySource: isPassphrase ? .passphraseFile(passphraseFile ?? "") : .keyFile)
+        let store: Store
+        do {
+            store = try open(at: location, keySource: isPassphrase ? .passphraseFile(passphraseFile ?? "") : .keyFile)
+        } catch StoreError.wrongKey {
+            // Said of the backup and of the key the user gave, not of the copy.
+            throw StoreError.wrongKey(tried: isPassphrase ? "the passphrase in \(passphraseFile ?? "")" : "key file \(keyFile ?? "")",
+                                      backup: true)
+        }
         done = true
         return store
     }

@@ -60,6 +60,14 @@ public enum MasterKeySource: Sendable {
     case keyFile
     /// A passphrase read from a file, stretched with Argon2id.
     case passphraseFile(String)
+
+    /// For messages: which key was tried on the store at `location`.
+    func triedKey(_ location: StoreLocation) -> String {
+        switch self {
+        case .keyFile: return "key file \(location.keyFilePath)"
+        case .passphraseFile(let p): return "the passphrase in \(p)"
+        }
+    }
 }
 
 public struct ProjectInfo: Sendable, Equatable {
@@ -306,7 +314,7 @@ public final class Store: @unchecked Sendable {
         let sealed = Envelope.Sealed(ciphertext: Array(check[Envelope.nonceBytes...]),
                                      nonce: Array(check[..<Envelope.nonceBytes]))
         guard Envelope.open(sealed, key: masterKey, associatedData: Envelope.keyCheckAD(storeID: storeID)) != nil else {
-            throw StoreError.wrongKey
+            throw StoreError.wrongKey(tried: keySource.triedKey(location), backup: false)
         }
         if kdfName != nil, let dir = try? keyDirectory(location) { removeKeyFileLeftByRekey(dir, location, notices: &notices) }
         let store = Store(location: location, db: db, masterKey: masterKey, storeID: storeID, clock: clock)

@@ -25,7 +25,9 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     /// `init` on an existing directory with group or other permission bits
     /// that it cannot narrow (not the caller's, or not empty).
     case storeDirectoryOpenToOthers(path: String, mode: UInt32)
-    case wrongKey
+    /// The key `tried` ("key file P", "the passphrase in P") does not open
+    /// the store, or the backup of one.
+    case wrongKey(tried: String, backup: Bool)
     case keyNotLoaded
     case keyDerivationFailed
     case projectExists(String)
@@ -77,7 +79,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .storeUntrusted(let d, let t): return "store directory \(d) is not safe to use: \(t)"
         case .storeDirectoryOpenToOthers(let p, let m):
             return "store directory \(p) has mode \(String(m, radix: 8)); a new store needs a directory only its owner can enter"
-        case .wrongKey: return "the master key does not open this store"
+        case .wrongKey(let tried, let backup): return "the master key does not open this \(backup ? "backup" : "store") (tried \(tried))"
         case .keyNotLoaded: return "this operation needs the store's master key"
         case .keyDerivationFailed: return "deriving the key from the passphrase failed (out of memory?)"
         case .projectExists(let n): return "project '\(n)' already exists"
@@ -127,6 +129,9 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
                 + "the store directory and every directory above it must be owned by you or root and writable by nobody else"
         case .storeDirectoryOpenToOthers(let p, _):
             return "chmod 0700 \(p) (or let 'secretfs init' create the directory)"
+        case .wrongKey(_, true):
+            return "a backup opens with the key file or passphrase its store had when the backup was made; "
+                + "after a rekey that is the old one (keep it with the backups made before)"
         case .wrongKey: return "check that the key file or passphrase belongs to this store"
         case .keyNotLoaded: return nil
         case .keyDerivationFailed: return "free some memory and try again"

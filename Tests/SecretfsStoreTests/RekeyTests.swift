@@ -50,7 +50,7 @@ struct RekeyTests {
         #expect(string(try mounted.value("B")) == "after-rekey")
         #expect(try Store.open(at: location, keySource: .keyFile).auditEvents(project: "beta").last?.action == "rekey")
         putBack(base, location)
-        #expect(throws: StoreError.wrongKey) { _ = try Store.open(at: location, keySource: .keyFile) }
+        #expect(throws: StoreError.wrongKey(tried: "key file \(location.keyFilePath)", backup: false)) { _ = try Store.open(at: location, keySource: .keyFile) }
     }
 
     @Test func aStopBeforeTheCommitLeavesTheOldKey() throws {
@@ -78,7 +78,7 @@ struct RekeyTests {
         #expect(try values(location) == ["value-of-alpha", "value-of-beta"])
         #expect(FileManager.default.contents(atPath: location.keyFilePath) == FileManager.default.contents(atPath: newKey))
         putBack(base, location)
-        #expect(throws: StoreError.wrongKey) { _ = try Store.open(at: location, keySource: .keyFile) }
+        #expect(throws: StoreError.wrongKey(tried: "key file \(location.keyFilePath)", backup: false)) { _ = try Store.open(at: location, keySource: .keyFile) }
     }
 
     @Test func toAPassphraseAndBack() throws {
