@@ -14,16 +14,20 @@ struct RekeyCommandTests {
         try f.mount()
         try f.expectOK(f.sh("echo before-rekey > $MNT/A"))
         try f.expectOK(f.sh("cp \(f.storeDir)/master.key \(f.root)/old.key && head -c 32 /dev/urandom > \(f.root)/new.key && chmod 0400 \(f.root)/new.key"))
-        try f.expectOK(f.secretfs(["backup", "create", f.root + "/before.db"]))
+        // Backups are of a store directory (a shared store's are PostgreSQL's own).
+        let backs = f.database == nil
+        if backs { try f.expectOK(f.secretfs(["backup", "create", f.root + "/before.db"])) }
         let o = try f.expectOK(f.secretfs(["rekey", "--new-key-file", f.root + "/new.key"]))
         // A backup from before the rekey: the new key is refused with the reason, the old one opens it.
-        let stale = try f.secretfs(["backup", "verify", f.root + "/before.db"])
-        #expect(stale.status == 11 && stale.stderr.contains("the master key does not open this backup (tried key file \(f.storeDir)/master.key)")
-                && stale.stderr.contains("after a rekey that is the old one"), "\(stale.stderr)")
-        try f.expectOK(f.secretfs(["backup", "verify", f.root + "/before.db", "--key-file", f.root + "/old.key"]))
-        let restore = try f.secretfs(["backup", "restore", f.root + "/before.db", "--store", f.root + "/restored", "--key-file", f.root + "/new.key"])
-        #expect(restore.status == 11 && restore.stderr.contains("does not open this backup (tried key file \(f.root)/new.key)"), "\(restore.stderr)")
-        #expect(access(f.root + "/restored", F_OK) != 0, "nothing is left of a refused restore")
+        if backs {
+            let stale = try f.secretfs(["backup", "verify", f.root + "/before.db"])
+            #expect(stale.status == 11 && stale.stderr.contains("the master key does not open this backup (tried key file \(f.storeDir)/master.key)")
+                    && stale.stderr.contains("after a rekey that is the old one"), "\(stale.stderr)")
+            try f.expectOK(f.secretfs(["backup", "verify", f.root + "/before.db", "--key-file", f.root + "/old.key"]))
+            let restore = try f.secretfs(["backup", "restore", f.root + "/before.db", "--store", f.root + "/restored", "--key-file", f.root + "/new.key"])
+            #expect(restore.status == 11 && restore.stderr.contains("does not open this backup (tried key file \(f.root)/new.key)"), "\(restore.stderr)")
+            #expect(access(f.root + "/restored", F_OK) != 0, "nothing is left of a refused restore")
+        }
         #expect(o.stdout.hasPrefix("re-wrapped 1 project key under the new key, now \(f.storeDir)/master.key"), "\(o.stdout)")
         try f.expectOK(f.sh("echo after-rekey > $MNT/B && echo again >> $MNT/A"))
         try f.unmount()
