@@ -13,16 +13,18 @@ import Synchronization
 /// `secondThreadMinimum` bytes is worth a thread's start (about 50 us) and the
 /// hand-offs. Batches start small, so the handler starts early, and double up
 /// to `maxBatch` events or `maxBatchBytes` of event data, whichever comes
-/// first. Handled events go back to the parser's thread to be
-/// deleted: libyaml allocated them in that thread's malloc arena, and freeing
-/// them from the handler's thread took that arena's lock against the parser's
-/// own allocations (200 futex waits in one 500-block resolve, and no gain
-/// from the second core). The parser never runs further ahead than
-/// `maxQueuedBatches` batches, nor than `maxOutstandingBytes` of events
-/// parsed and not yet deleted: an event's size is not bounded by its text
-/// (libyaml expands each `!h!x` tag with its `%TAG` prefix, so a 7-byte node
-/// can carry a 128 KiB tag), and one thread holds one event at a time, so
-/// the second must not hold thousands (a 411 KB document reached 1 GB).
+/// first. Each event's strings are copied into its batch as it is parsed and
+/// libyaml's event deleted at once (Batch says why). Handled batches go back
+/// to the parser's thread to be freed: they were allocated in that thread's
+/// malloc arena, and freeing them from the handler's thread took that arena's
+/// lock against the parser's own allocations (200 futex waits in one
+/// 500-block resolve, and no gain from the second core). The parser never
+/// runs further ahead than `maxQueuedBatches` batches, nor than
+/// `maxOutstandingBytes` of events parsed and not yet freed: an event's size
+/// is not bounded by its text (libyaml expands each `!h!x` tag with its `%TAG`
+/// prefix, so a 7-byte node can carry a 128 KiB tag), and one thread holds
+/// one event at a time, so the second must not hold thousands (a 411 KB
+/// document reached 1 GB).
 enum YAMLEvents {
     static let secondThreadMinimum = 128 * 1024
     static let firstBatch = 64
@@ -150,9 +152,113 @@ enum YAMLEvents {
 }
 
 /// Events parsed on the second thread, with the memory they hold.
+///
+/// An event's strings (a scalar's value, tags and anchors) are copied into
+/// the batch's own block as it is added, and libyaml's event is deleted
+/// there and then, on the parser's thread: libyaml's next allocations of the
+/// same sizes come straight back from that thread's malloc cache. Keeping
+/// every event of a batch alive until the handler was done with it made
+/// malloc and free (fast bins, consolidation) about a quarter of the
+/// parser's thread, the scan's critical path; copied, a 5,000-block flow
+/// resolves about 8% sooner (BENCHMARKS.md, "Resolver").
+/// An event whose strings do not fit what is left of the block, and a
+/// DOCUMENT-START (its directives are a list of structs), stay libyaml's,
+/// listed in `libyamlOwned`, and are deleted with the batch.
 private struct Batch {
     var events: [yaml_event_t] = []
     var bytes = 0
+    private var strings: UnsafeMutablePointer<UInt8>?
+    private var used = 0
+    private var libyamlOwned: [Int] = []
+
+    /// The block's size: a batch closes at `maxBatchBytes` of event data.
+    static let stringCapacity = YAMLEvents.maxBatchBytes
+
+    /// Adds `event`, whose memory the batch now answers for.
+    mutating func add(_ event: inout yaml_event_t) {
+        // The strings to keep: a scalar's value (its length may count NUL
+        // bytes of an escape), then tag and anchor, each kept NUL-terminated.
+        var value: UnsafeMutablePointer<yaml_char_t>?
+        var valueLength = 0
+        var tag: UnsafeMutablePointer<yaml_char_t>?
+        var anchor: UnsafeMutablePointer<yaml_char_t>?
+        switch event.type {
+        case YAML_SCALAR_EVENT:
+            value = event.data.scalar.value
+            valueLength = Int(event.data.scalar.length)
+            tag = event.data.scalar.tag
+            anchor = event.data.scalar.anchor
+        case YAML_SEQUENCE_START_EVENT:
+            tag = event.data.sequence_start.tag
+            anchor = event.data.sequence_start.anchor
+        case YAML_MAPPING_START_EVENT:
+            tag = event.data.mapping_start.tag
+            anchor = event.data.mapping_start.anchor
+        case YAML_ALIAS_EVENT:
+            anchor = event.data.alias.anchor
+        case YAML_DOCUMENT_START_EVENT:
+            bytes += YAMLEvents.bytes(of: event)
+            libyamlOwned.append(events.count)
+            events.append(event)
+            return
+        default:
+            break   // no strings
+        }
+        let tagLength = tag.map { strlen(UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) } ?? 0
+        let anchorLength = anchor.map { strlen(UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) } ?? 0
+        // What YAMLEvents.bytes(of:) counts, without measuring again.
+        bytes += MemoryLayout<yaml_event_t>.stride + valueLength + tagLength + anchorLength
+        let need = (value == nil ? 0 : valueLength + 1) + (tag == nil ? 0 : tagLength + 1)
+            + (anchor == nil ? 0 : anchorLength + 1)
+        var original = event
+        if need > 0 {
+            if strings == nil && need <= Batch.stringCapacity {
+                strings = .allocate(capacity: Batch.stringCapacity)
+            }
+            guard let block = strings, need <= Batch.stringCapacity - used else {
+                libyamlOwned.append(events.count)
+                events.append(event)
+                return
+            }
+            var at = block + used
+            if let value {
+                at.update(from: value, count: valueLength)
+                at[valueLength] = 0
+                event.data.scalar.value = at
+                at += valueLength + 1
+            }
+            if let tag {
+                at.update(from: tag, count: tagLength + 1)
+                switch event.type {
+                case YAML_SCALAR_EVENT: event.data.scalar.tag = at
+                case YAML_SEQUENCE_START_EVENT: event.data.sequence_start.tag = at
+                default: event.data.mapping_start.tag = at
+                }
+                at += tagLength + 1
+            }
+            if let anchor {
+                at.update(from: anchor, count: anchorLength + 1)
+                switch event.type {
+                case YAML_SCALAR_EVENT: event.data.scalar.anchor = at
+                case YAML_SEQUENCE_START_EVENT: event.data.sequence_start.anchor = at
+                case YAML_MAPPING_START_EVENT: event.data.mapping_start.anchor = at
+                default: event.data.alias.anchor = at
+                }
+            }
+            used += need
+        }
+        events.append(event)
+        yaml_event_delete(&original)
+    }
+
+    /// Frees what the batch holds: its block and the events still libyaml's.
+    func delete() {
+        for i in libyamlOwned {
+            var e = events[i]
+            yaml_event_delete(&e)
+        }
+        strings?.deallocate()
+    }
 }
 
 /// The parser on a second thread and a bounded queue of batches of its events
@@ -230,9 +336,9 @@ private final class EventPipe: @unchecked Sendable {
                 return
             }
             parsed += 1
-            batch.events.append(event)
-            batch.bytes += YAMLEvents.bytes(of: event)
-            if event.type == YAML_STREAM_END_EVENT { break }
+            let end = event.type == YAML_STREAM_END_EVENT
+            batch.add(&event)
+            if end { break }
             if batch.events.count == batchSize || batch.bytes >= YAMLEvents.maxBatchBytes {
                 guard hand(batch) else { return }
                 batchSize = min(batchSize * 2, YAMLEvents.maxBatch)
@@ -291,7 +397,7 @@ private final class EventPipe: @unchecked Sendable {
     }
 
     private func delete(_ batch: Batch) {
-        for var e in batch.events { yaml_event_delete(&e) }
+        batch.delete()
         deleted.add(batch.events.count, ordering: .relaxed)
     }
 

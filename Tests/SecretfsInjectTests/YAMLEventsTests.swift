@@ -1,3 +1,4 @@
+import CYAML
 import Foundation
 import Glibc
 @testable import SecretfsInject
@@ -168,6 +169,71 @@ struct YAMLEventsTests {
         #expect(YAMLEvents.maxOutstandingBytes <= 1 << 20)
         #expect(tally.peakOutstandingBytes > 0 && tally.peakOutstandingBytes <= (1 << 20) + (256 << 10),
                 "\(tally.peakOutstandingBytes) bytes of events outstanding")
+        expectSame(source)
+    }
+
+    /// What an event says, every field the reader could look at, as text.
+    private func describe(_ e: yaml_event_t) -> String {
+        func str(_ p: UnsafeMutablePointer<yaml_char_t>?) -> String {
+            p.map { "\"" + String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) + "\"" } ?? "nil"
+        }
+        var d = "\(e.type.rawValue) \(e.start_mark.index)-\(e.end_mark.index) \(e.start_mark.line):\(e.start_mark.column)"
+        switch e.type {
+        case YAML_SCALAR_EVENT:
+            let s = e.data.scalar
+            let bytes = Array(UnsafeBufferPointer(start: s.value, count: Int(s.length)))
+            d += " scalar \(bytes) nul:\(s.value[Int(s.length)]) tag \(str(s.tag)) anchor \(str(s.anchor))"
+            d += " \(s.plain_implicit) \(s.quoted_implicit) \(s.style.rawValue)"
+        case YAML_SEQUENCE_START_EVENT:
+            let s = e.data.sequence_start
+            d += " seq tag \(str(s.tag)) anchor \(str(s.anchor)) \(s.implicit) \(s.style.rawValue)"
+        case YAML_MAPPING_START_EVENT:
+            let s = e.data.mapping_start
+            d += " map tag \(str(s.tag)) anchor \(str(s.anchor)) \(s.implicit) \(s.style.rawValue)"
+        case YAML_ALIAS_EVENT:
+            d += " alias \(str(e.data.alias.anchor))"
+        case YAML_DOCUMENT_START_EVENT:
+            var p = e.data.document_start.tag_directives.start
+            while let q = p, q != e.data.document_start.tag_directives.end {
+                d += " %TAG \(str(q.pointee.handle)) \(str(q.pointee.prefix))"
+                p = q + 1
+            }
+            d += " implicit \(e.data.document_start.implicit)"
+        default:
+            break
+        }
+        return d
+    }
+
+    /// On the second thread an event's strings are copied into its batch's
+    /// block and libyaml's event deleted at once, unless they do not fit;
+    /// the handler sees the very same events either way: values with NUL
+    /// bytes (a `\0` escape), tags expanded from %TAG, anchors and aliases,
+    /// a scalar larger than a block and blocks that fill mid-batch.
+    @Test func copiedEventsAreTheEventsLibyamlMade() {
+        var doc = "%TAG !e! tag:example.com,2026:\n--- !e!root\nblocks:\n"
+        for i in 0..<4000 {
+            doc += "- &a\(i) !e!item { name: \"n\\0\(i)\\x01\", v: !expr 'secrets.S\(i % 9)', s: [1, '\(i)'] }\n"
+            if i % 500 == 0 { doc += "- *a\(i)\n- big\(i): \(String(repeating: "x", count: 70_000 + i))\n" }
+        }
+        doc += "...\n---\nsecond: document\n"
+        let source = Array(doc.utf8)
+        var here: [String] = []
+        var there: [String] = []
+        source.withUnsafeBufferPointer { buf in
+            var tally = YAMLEvents.Tally()
+            #expect(YAMLEvents.read(buf, secondThread: false, tally: &tally) { here.append(describe($0)); return true } == nil)
+            tally = YAMLEvents.Tally()
+            #expect(YAMLEvents.read(buf, secondThread: true, tally: &tally) { there.append(describe($0)); return true } == nil)
+            #expect(tally.deleted == tally.parsed && tally.parsed == there.count)
+        }
+        #expect(here.count > 40_000)
+        #expect(here.contains { $0.contains("%TAG \"!e!\" \"tag:example.com,2026:\"") })
+        #expect(here.contains { $0.contains("scalar [110, 0, 51,") })
+        // The first difference only: the events are too many to print.
+        let first = here.indices.first { $0 >= there.count || here[$0] != there[$0] }
+        #expect(here.count == there.count && first == nil,
+                "event \(first ?? -1): \(first.map { here[$0].prefix(200) } ?? "") / \(first.map { there[$0].prefix(200) } ?? "")")
         expectSame(source)
     }
 }
