@@ -47,6 +47,10 @@ short secretfs_spawn_setsid_flag(void) {
     return POSIX_SPAWN_SETSID;
 }
 
+int secretfs_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
 int secretfs_peer_groups(int fd, gid_t *groups, int max) {
     socklen_t len = (socklen_t)(sizeof(gid_t) * (max > 0 ? (size_t)max : 0));
     if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0) {

@@ -143,6 +143,16 @@ struct MountCommand: ParsableCommand {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, logFD, 1)
         posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2)
+        // Nothing else of the caller's: a descriptor the shell left open
+        // (`3>&1 | cat`, a flock(1) lock, an ssh session's pipe) would be
+        // held for as long as the mount runs, and the pipeline would never
+        // see its end.
+        let closing = secretfs_spawn_add_closefrom(&actions, 3)
+        guard closing == 0 else {
+            close(pipeFDs[0]); close(pipeFDs[1])
+            removeLogIfUnused()
+            throw Failure("cannot prepare the mount process: \(String(cString: strerror(closing)))", exit: .mountProblem)
+        }
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }

@@ -214,6 +214,25 @@ struct DurabilityAndSecrecyTests {
         let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
         #expect(status.contains("VmLck:"), "locked memory is accounted")
     }
+
+    /// The mount process keeps none of the caller's descriptors: with one
+    /// left open by the shell, `mount ... 3>&1 | cat` would never end (cat
+    /// waits for every writer of its pipe) and a flock(1) lock would be held
+    /// for the mount's life.
+    @Test func aBackgroundMountKeepsNoneOfTheCallersDescriptors() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        let o = try f.sh("""
+            exec 7>"$PWD/held"
+            timeout 20 sh -c '"$0" mount "$1" "$MNT" 3>&1 | cat' '\(MountFixture.binary)' '\(f.project)'
+            """)
+        #expect(o.status == 0 && o.stdout.contains("mounted project"), "\(o.status) \(o.stdout) \(o.stderr)")
+        let pid = try #require(f.mountPID())
+        let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")
+        let targets = fds.map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) ?? "" }
+        #expect(!targets.contains { $0.hasSuffix("/held") || $0.hasPrefix("pipe:") }, "\(targets)")
+        try f.unmount()
+    }
 }
 
 /// The CLI's errors: one voice, a hint, a fixed exit code, nothing stored lost.

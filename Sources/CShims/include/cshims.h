@@ -3,6 +3,7 @@
 #ifndef SECRETFS_CSHIMS_H
 #define SECRETFS_CSHIMS_H
 #include <sys/types.h>
+#include <spawn.h>
 
 /// Credentials of the process that connected a Unix socket (SO_PEERCRED).
 /// Returns 0, or -1 with errno set.
@@ -30,6 +31,10 @@ int secretfs_pipe_cloexec(int fds[2]);
 
 /// POSIX_SPAWN_SETSID (glibc >= 2.26), hidden without _GNU_SOURCE.
 short secretfs_spawn_setsid_flag(void);
+
+/// posix_spawn_file_actions_addclosefrom_np (glibc >= 2.34), hidden without
+/// _GNU_SOURCE: the child closes every descriptor from `from` on.
+int secretfs_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);
 
 /// Supplementary groups of the process that connected a Unix socket
 /// (SO_PEERGROUPS, Linux 4.13+). Writes at most `max` gids to `groups` and
