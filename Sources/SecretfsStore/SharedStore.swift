@@ -117,8 +117,8 @@ extension Store {
             let store: Store
             do {
                 store = try open(at: location, keySource: keySource, clock: clock)
-            } catch StoreError.wrongKey {
-                throw StoreError.storeExists(target.displayName)
+            } catch StoreError.wrongKey(let tried, _) {
+                throw StoreError.sharedStoreOtherKey(database: target.displayName, tried: tried)
             } catch StoreError.keyFileUnreadable(_, ENOENT) {
                 throw StoreError.sharedStoreNeedsKey(database: target.displayName, keyFile: location.keyFilePath)
             }

@@ -55,6 +55,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     case postgres(sqlstate: String, message: String, context: String)
     /// `init` on a database that holds a store, on a host without its key file.
     case sharedStoreNeedsKey(database: String, keyFile: String)
+    /// `init` on a database that holds a store this host's key does not open.
+    case sharedStoreOtherKey(database: String, tried: String)
     /// An operation of the embedded store only (a file backup).
     case notOnSharedStore(String)
     /// A library loaded when needed (libpq) is not there.
@@ -101,6 +103,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .unavailable(let db, let why): return "store unavailable: cannot reach \(db): \(why)"
         case .postgres(let state, let m, let ctx): return "database error while \(ctx): \(m) (SQLSTATE \(state))"
         case .sharedStoreNeedsKey(let db, let k): return "\(db) already holds a secretfs store, and this host has no key file \(k)"
+        case .sharedStoreOtherKey(let db, let tried):
+            return "\(db) already holds a secretfs store, and this host's master key does not open it (tried \(tried))"
         case .notOnSharedStore(let what): return "\(what) works on a store directory, not on a shared PostgreSQL store"
         case .libraryMissing(let lib, let why): return "cannot load \(lib): \(why)"
         case .outOfLockedMemory: return "out of locked memory for the values asked for"
@@ -156,6 +160,9 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
             return nil
         case .sharedStoreNeedsKey(_, let k):
             return "copy the master key file from a host that has it to \(k) (mode 0400), or pass --key-file FILE"
+        case .sharedStoreOtherKey:
+            return "copy the master key file from a host whose key opens it (after a 'secretfs rekey', the new one), "
+                + "or pass --key-file FILE; for a new store, use another database"
         case .libraryMissing:
             return "a PostgreSQL store needs libpq: apt-get install libpq5"
         case .outOfLockedMemory:

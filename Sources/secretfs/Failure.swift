@@ -37,7 +37,7 @@ struct Failure: Error {
              .storeDirectoryOpenToOthers, .unavailable, .postgres, .notOnSharedStore, .libraryMissing, .outOfLockedMemory: code = .storeProblem
         case .keyFileUnreadable, .keyFileRequired, .keyFileInsecure, .keyFileMalformed, .keyFileUntrusted, .passphraseRequired,
              .passphraseNotExpected, .passphraseUnreadable, .passphraseFileInsecure, .passphraseFileUntrusted,
-             .wrongKey, .keyNotLoaded, .keyDerivationFailed, .sharedStoreNeedsKey: code = .keyProblem
+             .wrongKey, .keyNotLoaded, .keyDerivationFailed, .sharedStoreNeedsKey, .sharedStoreOtherKey: code = .keyProblem
         case .projectExists, .projectNotFound, .projectNotEmpty, .invalidProjectName: code = .projectProblem
         case .invalidSecretName, .secretNotFound, .secretExists, .secretNotDeleted, .versionNotFound, .versionIsCurrent: code = .failure
         case .invalidRetention: code = .usage
