@@ -9,8 +9,8 @@
  *     logStream.pipe(secretfs.redact('demo')).pipe(process.stdout);
  *
  * The functions here use one shared `Client` per socket (option `socket`,
- * else `SECRETFS_RESOLVER`, else `$SECRETFS_RUNTIME_DIR/resolver.sock`,
- * else `/run/secretfs/resolver.sock`); make a `Client` of your own to choose
+ * else `SECRETFS_RESOLVER`, else `$SECRETFS_RUNTIME_DIR/resolver.sock` when
+ * that is set, else the service's `/run/secretfs-resolver/resolver.sock`); make a `Client` of your own to choose
  * the timeout or to close it.
  */
 

@@ -8,14 +8,20 @@ const { SecretfsError } = require('./errors');
 const { Watch } = require('./watch');
 const { RedactStream } = require('./redact');
 
+/** Where the installed service (secretfs-resolver.service) listens. */
+const SERVICE_SOCKET = '/run/secretfs-resolver/resolver.sock';
+
 /**
  * The daemon's socket when none is given: `SECRETFS_RESOLVER`, else
- * `SECRETFS_RUNTIME_DIR/resolver.sock` (default runtime directory `/run/secretfs`).
+ * `SECRETFS_RUNTIME_DIR/resolver.sock` when that variable is set (a daemon
+ * beside a runtime directory of one's own), else the installed service's
+ * socket, `/run/secretfs-resolver/resolver.sock`.
  * @returns {string}
  */
 function defaultSocket() {
   if (process.env.SECRETFS_RESOLVER) return process.env.SECRETFS_RESOLVER;
-  return `${process.env.SECRETFS_RUNTIME_DIR || '/run/secretfs'}/resolver.sock`;
+  if (process.env.SECRETFS_RUNTIME_DIR) return `${process.env.SECRETFS_RUNTIME_DIR}/resolver.sock`;
+  return SERVICE_SOCKET;
 }
 
 function checkProject(project) {

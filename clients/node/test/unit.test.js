@@ -180,3 +180,24 @@ test('the redaction stream sends DATA frames of at most 64 KiB and pushes each R
   assert.deepEqual(sizes, [65536, 65536, 150000 - 131072, 1]);
   assert.equal(out.join(''), '<65536><65536><18928><1><end>');
 });
+
+test("the default socket is SECRETFS_RESOLVER's, else the runtime directory's, else the installed service's", () => {
+  const { defaultSocket } = require('..');
+  const saved = { r: process.env.SECRETFS_RESOLVER, d: process.env.SECRETFS_RUNTIME_DIR };
+  try {
+    delete process.env.SECRETFS_RESOLVER;
+    delete process.env.SECRETFS_RUNTIME_DIR;
+    // Where secretfs-resolver.service listens (systemd/secretfs-resolver.service.in).
+    assert.equal(defaultSocket(), '/run/secretfs-resolver/resolver.sock');
+    const unit = fs.readFileSync(path.join(__dirname, '../../../systemd/secretfs-resolver.service.in'), 'utf8');
+    assert.match(unit, /--listen %t\/secretfs-resolver\/resolver\.sock/);
+    process.env.SECRETFS_RUNTIME_DIR = '/tmp/rt';
+    assert.equal(defaultSocket(), '/tmp/rt/resolver.sock');
+    process.env.SECRETFS_RESOLVER = '/tmp/d.sock';
+    assert.equal(defaultSocket(), '/tmp/d.sock');
+  } finally {
+    for (const [k, v] of [['SECRETFS_RESOLVER', saved.r], ['SECRETFS_RUNTIME_DIR', saved.d]]) {
+      if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    }
+  }
+});
