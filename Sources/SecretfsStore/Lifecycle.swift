@@ -105,7 +105,7 @@ extension Store {
         try lock.withLock { _ in
             let id = try projectIDLocked(project)
             let out = try historyLocked(projectID: id, name: name)
-            if out.isEmpty { throw StoreError.secretNotFound(name) }
+            if out.isEmpty { throw StoreError.secretNotFound(name, project: project) }
             return out
         }
     }
@@ -161,8 +161,8 @@ extension Store {
             try db.transaction("purging \(name)") {
                 let id = try projectIDLocked(project)
                 guard try isInTrashLocked(id, name) else {
-                    if try liveLocked(id, name) { throw StoreError.secretNotDeleted(name) }
-                    throw StoreError.secretNotFound(name)
+                    if try liveLocked(id, name) { throw StoreError.secretNotDeleted(name, project: project, purging: true) }
+                    throw StoreError.secretNotFound(name, project: project)
                 }
                 let n = try destroyLocked(projectID: id, name: name)
                 try insertAudit(project: project, actor: actor, action: "purge", names: name, detail: "\(n) versions destroyed")

@@ -413,14 +413,14 @@ public final class ProjectVault: @unchecked Sendable {
         return try store.lock.withLock { _ in
             try db.transaction("renaming secret \(from)") {
                 guard let fromInfo = try infoLocked(from), let fromValue = try valueLocked(from) else {
-                    throw StoreError.secretNotFound(from)
+                    throw StoreError.secretNotFound(from, project: self.name)
                 }
                 let toInfo = try infoLocked(to)
                 switch mode {
                 case .noReplace:
                     if toInfo != nil { throw StoreError.secretExists(to) }
                 case .exchange:
-                    guard let toInfo, let toValue = try valueLocked(to) else { throw StoreError.secretNotFound(to) }
+                    guard let toInfo, let toValue = try valueLocked(to) else { throw StoreError.secretNotFound(to, project: self.name) }
                     let newTo = try writeRowLocked(to, value: fromValue, actor: actor, createdAt: fromInfo.createdAt, action: .rename,
                                                    previous: .some(toInfo))
                     let newFrom = try writeRowLocked(from, value: toValue, actor: actor, createdAt: toInfo.createdAt, action: .rename,
@@ -505,15 +505,15 @@ public final class ProjectVault: @unchecked Sendable {
         try store.lock.withLock { _ in
             try db.transaction("undeleting \(name)") {
                 guard try store.isInTrashLocked(id, name) else {
-                    if try infoLocked(name) != nil { throw StoreError.secretNotDeleted(name) }
-                    throw StoreError.secretNotFound(name)
+                    if try infoLocked(name) != nil { throw StoreError.secretNotDeleted(name, project: self.name, purging: false) }
+                    throw StoreError.secretNotFound(name, project: self.name)
                 }
                 let s = try db.statement("""
                     SELECT MAX(version) FROM versions WHERE project_id = ? AND name = ? AND length(ciphertext) > 0
                     """).bind(1, id).bind(2, name)
                 guard try s.step("reading the history"), !s.isNull(0) else {
                     s.reset()
-                    throw StoreError.secretNotFound(name)
+                    throw StoreError.secretNotFound(name, project: self.name)
                 }
                 let last = s.int64(0)
                 s.reset()
@@ -533,6 +533,12 @@ public final class ProjectVault: @unchecked Sendable {
             .bind(1, id).bind(2, name).bind(3, version)
         guard try s.step("reading a version") else {
             s.reset()
+            // A name with neither a value nor any version is not a secret
+            // with a missing version: say which it is.
+            let any = try db.statement("SELECT 1 FROM versions WHERE project_id = ? AND name = ? LIMIT 1").bind(1, id).bind(2, name)
+            let kept = try any.step("reading the history")
+            any.reset()
+            if !kept, try infoLocked(name) == nil { throw StoreError.secretNotFound(name, project: self.name) }
             throw StoreError.versionNotFound(name, version: version, delete: false, project: self.name)
         }
         let sealed = Envelope.Sealed(ciphertext: s.blob(0), nonce: s.blob(1))

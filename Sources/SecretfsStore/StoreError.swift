@@ -35,10 +35,11 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     case projectNotEmpty(String, secrets: Int)
     case invalidProjectName(String)
     case invalidSecretName(String)
-    case secretNotFound(String)
+    case secretNotFound(String, project: String)
     case secretExists(String)
     /// `undelete` or `purge` of a name that is not in the trash (it is live).
-    case secretNotDeleted(String)
+    /// `purging`: purge was asked (else undelete).
+    case secretNotDeleted(String, project: String, purging: Bool)
     /// `restore --version N` of a version the name does not keep (or a delete
     /// marker), in the project named.
     case versionNotFound(String, version: Int64, delete: Bool, project: String)
@@ -89,9 +90,9 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .projectNotEmpty(let n, let c): return "project '\(n)' still has \(c) secret\(c == 1 ? "" : "s")"
         case .invalidProjectName(let n): return "'\(n)' is not a valid project name"
         case .invalidSecretName(let n): return "'\(n)' is not a valid secret name"
-        case .secretNotFound(let n): return "no secret named '\(n)'"
+        case .secretNotFound(let n, let p): return "no secret named '\(n)' in project '\(p)'"
         case .secretExists(let n): return "a secret named '\(n)' already exists"
-        case .secretNotDeleted(let n): return "'\(n)' is not deleted: it has a current value"
+        case .secretNotDeleted(let n, _, _): return "'\(n)' is not deleted: it has a current value"
         case .versionNotFound(let n, let v, let delete, _):
             return delete ? "version \(v) of '\(n)' is a delete, not a value" : "'\(n)' keeps no version \(v)"
         case .versionIsCurrent(let n, let v, _): return "version \(v) is already the current value of '\(n)'"
@@ -143,9 +144,13 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .projectNotFound: return "list projects with 'secretfs project list', or create it with 'secretfs project create NAME'"
         case .projectNotEmpty: return "pass --force to delete the project and all its secrets"
         case .invalidProjectName, .invalidSecretName: return "names match [A-Za-z_][A-Za-z0-9_]* and are at most 255 bytes"
-        case .secretNotFound: return "list names with 'ls' on the mounted project, deleted ones with 'secretfs trash PROJECT'"
+        case .secretNotFound(_, let p): return "list its names with 'secretfs ls \(p)', deleted ones with 'secretfs trash \(p)'"
         case .secretExists: return nil
-        case .secretNotDeleted(let n): return "see its versions with 'secretfs history PROJECT \(n)'; restore one with --version N"
+        case .secretNotDeleted(let n, let p, false):
+            return "see its versions with 'secretfs history \(p) \(n)'; bring one back with 'secretfs restore \(p) \(n) --version N'"
+        case .secretNotDeleted(let n, let p, true):
+            return "purge destroys deleted names only: remove it first (rm on the mount), then 'secretfs purge \(p) \(n) --force'; "
+                + "'secretfs project set \(p) --keep-versions N' limits the versions a live name keeps"
         case .versionNotFound(let n, _, _, let p): return "list the versions with 'secretfs history \(p) \(n)'"
         case .versionIsCurrent(let n, _, let p): return "nothing to restore; 'secretfs history \(p) \(n)' lists the earlier versions"
         case .invalidRetention: return nil

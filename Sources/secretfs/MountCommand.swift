@@ -240,7 +240,7 @@ struct MountCommand: ParsableCommand {
         // and its resolvers would serve stale values.
         guard let claim = try store.claimMount(of: project) else {
             throw Failure("project '\(project)' is already mounted from the store \(global.storeDirectory)",
-                          hint: "a second mount (through another runtime directory) would serve stale values; use the existing one (secretfs status)",
+                          hint: "a project has one mount per store (a second would not hear of the first's changes, and its resolvers would serve stale values); use the existing mount, or unmount it first ('secretfs status' lists a runtime directory's mounts)",
                           exit: .mountProblem)
         }
         defer { withExtendedLifetime(claim) {} }

@@ -70,7 +70,8 @@ struct LifecycleCommandTests {
         // Once more: an undelete of a live name is refused in the one voice.
         let again = try f.secretfs(["undelete", "demo", "API_TOKEN"])
         #expect(again.status == 1 && again.stderr.hasPrefix("secretfs: error: 'API_TOKEN' is not deleted")
-                && again.stderr.contains("\nhint: "), "\(again.stderr)")
+                && again.stderr.contains("\nhint: see its versions with 'secretfs history demo API_TOKEN'; bring one back with 'secretfs restore demo API_TOKEN --version N'"),
+                "\(again.stderr)")
     }
 
     @Test(.enabled(if: !TestDatabase.isDefault, "reads the embedded store's SQLite file; the shared store's own check is SharedStoreTests")) func twelveOverwritesKeepTenAndDestroyTheOldest() throws {
@@ -131,11 +132,17 @@ struct LifecycleCommandTests {
         #expect(noForce.status == 64 && noForce.stderr.hasPrefix("secretfs: error: purging destroys every version for good")
                 && noForce.stderr.contains("hint: see 'secretfs purge --help'"), "\(noForce.stderr)")
         let live = try f.secretfs(["purge", "demo", "C", "--force"])
-        #expect(live.status == 1 && live.stderr.contains("'C' is not deleted"), "\(live.stderr)")
+        #expect(live.status == 1 && live.stderr.contains("'C' is not deleted")
+                && live.stderr.contains("hint: purge destroys deleted names only: remove it first (rm on the mount), then 'secretfs purge demo C --force'"),
+                "\(live.stderr)")
         try f.expectOK(f.secretfs(["purge", "demo", "A", "--force"]))
         #expect(jsonLines(try f.expectOK(f.secretfs(["trash", "demo", "--json"])).stdout).map { $0["name"] as? String } == ["B"])
         let gone = try f.secretfs(["history", "demo", "A"])
-        #expect(gone.status == 1 && gone.stderr.hasPrefix("secretfs: error: no secret named 'A'"), "\(gone.stderr)")
+        #expect(gone.status == 1 && gone.stderr.hasPrefix("secretfs: error: no secret named 'A' in project 'demo'")
+                && gone.stderr.contains("hint: list its names with 'secretfs ls demo', deleted ones with 'secretfs trash demo'"), "\(gone.stderr)")
+        // A restore of a name the project has never had says so, not "keeps no version".
+        let never = try f.secretfs(["restore", "demo", "NEVER", "--version", "1"])
+        #expect(never.status == 1 && never.stderr.hasPrefix("secretfs: error: no secret named 'NEVER' in project 'demo'"), "\(never.stderr)")
         #expect(try f.expectOK(f.secretfs(["purge", "demo", "--all-deleted", "--force"])).stdout == "purged 1 deleted name\n")
         #expect(try f.expectOK(f.secretfs(["trash", "demo", "--json"])).stdout.isEmpty)
         let noProject = try f.secretfs(["trash", "nope"])

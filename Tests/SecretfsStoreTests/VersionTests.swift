@@ -125,7 +125,7 @@ struct VersionTests {
         let history = try store.history(project: "alpha", name: "A")
         #expect(history.map(\.action) == [.set, .set, .delete] && history.last?.isDelete == true)
         #expect(!history.contains { $0.isCurrent })
-        #expect(throws: StoreError.secretNotDeleted("B")) {
+        #expect(throws: StoreError.secretNotDeleted("B", project: "alpha", purging: false)) {
             try v.put("B", value: bytes("b"), actor: .current)
             try v.undelete("B", actor: .current)
         }
@@ -179,7 +179,7 @@ struct VersionTests {
         #expect(try store.history(project: "none", name: "A").count == 1)
         #expect(try none.delete("A", actor: .current))
         #expect(try store.trash(project: "none").isEmpty)
-        #expect(throws: StoreError.secretNotFound("A")) { _ = try store.history(project: "none", name: "A") }
+        #expect(throws: StoreError.secretNotFound("A", project: "none")) { _ = try store.history(project: "none", name: "A") }
         let two = try store.openProject("two")
         for i in 0..<5 { try two.put("A", value: bytes("a\(i)"), actor: .current) }
         #expect(try store.history(project: "two", name: "A").count == 2)
@@ -233,7 +233,7 @@ struct VersionTests {
         // A commit purges its own project's expired trash, in its transaction...
         try v.put("NEW", value: bytes("n2"), actor: .current)
         #expect(try store.trash(project: "alpha").isEmpty)
-        #expect(throws: StoreError.secretNotFound("OLD")) { _ = try store.history(project: "alpha", name: "OLD") }
+        #expect(throws: StoreError.secretNotFound("OLD", project: "alpha")) { _ = try store.history(project: "alpha", name: "OLD") }
         #expect(try store.trash(project: "beta").map(\.name) == ["X"])
         // ...and every open purges all projects'.
         let reopened = try Store.openMetadataOnly(at: StoreLocation(directory: dir), clock: clock.read)
@@ -254,8 +254,8 @@ struct VersionTests {
         }
         try v.delete("A", actor: .current)
         try v.delete("B", actor: .current)
-        #expect(throws: StoreError.secretNotDeleted("C")) { try store.purge(project: "alpha", name: "C") }
-        #expect(throws: StoreError.secretNotFound("Z")) { try store.purge(project: "alpha", name: "Z") }
+        #expect(throws: StoreError.secretNotDeleted("C", project: "alpha", purging: true)) { try store.purge(project: "alpha", name: "C") }
+        #expect(throws: StoreError.secretNotFound("Z", project: "alpha")) { try store.purge(project: "alpha", name: "Z") }
         try store.purge(project: "alpha", name: "A")
         #expect(try store.trash(project: "alpha").map(\.name) == ["B"])
         #expect(try store.purgeAllDeleted(project: "alpha") == ["B"])
