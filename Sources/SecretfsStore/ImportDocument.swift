@@ -22,6 +22,14 @@ public struct ImportError: Error, Equatable, CustomStringConvertible, Sendable {
     }
 }
 
+/// Every problem found in an import file, in the order of its lines (at most
+/// `ImportDocument.maxProblems`): a file with several bad lines is fixed in
+/// one go. Nothing of it is imported.
+public struct ImportFailure: Error, Equatable, Sendable {
+    public var problems: [ImportError]
+    public init(_ problems: [ImportError]) { self.problems = problems }
+}
+
 /// Parses `.env` and JSON import files straight from locked memory into
 /// locked memory: no value is ever copied into an ordinary String or array.
 ///
@@ -36,26 +44,33 @@ public enum ImportDocument {
 
     /// Largest value accepted (the mount's largest `max_size`).
     public static let maxValueBytes = 16 << 20
+    /// Problems listed at most; the reader stops at the next one.
+    public static let maxProblems = 20
 
-    public static func parse(_ input: SecureBytes, format: Format) throws(ImportError) -> [ImportEntry] {
-        var result: Result<[ImportEntry], ImportError> = .success([])
+    public static func parse(_ input: SecureBytes, format: Format) throws(ImportFailure) -> [ImportEntry] {
+        var entries: [ImportEntry] = []
+        var problems: [ImportError] = []
         input.withUnsafeBytes { raw in
             var p = Parser(bytes: raw)
-            do throws(ImportError) {
-                let entries = format == .env ? try p.parseEnv() : try p.parseJSON()
-                var seen: [String: Int] = [:]
-                for e in entries {
-                    if let first = seen[e.name] {
-                        throw ImportError(line: e.line, name: e.name, problem: "given twice (first on line \(first))")
-                    }
-                    seen[e.name] = e.line
-                }
-                result = .success(entries)
-            } catch {
-                result = .failure(error)
+            if format == .env {
+                entries = p.parseEnv(problems: &problems)
+            } else {
+                // JSON: after a broken object there is no next member to go on with.
+                do throws(ImportError) { entries = try p.parseJSON() } catch { problems.append(error) }
             }
         }
-        return try result.get()
+        var seen: [String: Int] = [:]
+        for e in entries {
+            if let first = seen[e.name] {
+                problems.append(ImportError(line: e.line, name: e.name, problem: "given twice (first on line \(first))"))
+            } else {
+                seen[e.name] = e.line
+            }
+        }
+        guard problems.isEmpty else {
+            throw ImportFailure(Array(problems.sorted { $0.line < $1.line }.prefix(maxProblems)))
+        }
+        return entries
     }
 
     private struct Parser {
@@ -107,30 +122,55 @@ public enum ImportDocument {
 
         // MARK: dotenv
 
-        mutating func parseEnv() throws(ImportError) -> [ImportEntry] {
+        /// Every line, recording each bad one in `problems` and going on with
+        /// the next (an unterminated quote ends the reading: it took the
+        /// rest of the file).
+        mutating func parseEnv(problems: inout [ImportError]) -> [ImportEntry] {
             var out: [ImportEntry] = []
+            while problems.count < ImportDocument.maxProblems {
+                do throws(ImportError) {
+                    guard let entry = try nextEnvEntry() else { break }
+                    out.append(entry)
+                } catch {
+                    problems.append(error)
+                    if atEnd { break }
+                    skipToEndOfLine()
+                }
+            }
+            return out
+        }
+
+        /// The next entry; nil at the end of the file.
+        mutating func nextEnvEntry() throws(ImportError) -> ImportEntry? {
             while true {
                 skipBlanks()
-                if atEnd { break }
+                if atEnd { return nil }
                 if endOfLine() { continue }
                 if peek() == 0x23 { skipToEndOfLine(); continue }   // # comment
+                break
+            }
+            do {
                 let start = line
                 if matches("export"), let c = peek(6), c == 0x20 || c == 0x09 {
                     i += 6
                     skipBlanks()
                 }
+                // What comes before '=' is not echoed in these errors unless
+                // it is a whole valid name: a line without one may well be a
+                // value pasted on its own.
                 let nameStart = i
                 while let c = peek(), Self.isNameByte(c) { i += 1 }
                 let name = String(decoding: UnsafeRawBufferPointer(rebasing: b[nameStart..<i]), as: UTF8.self)
+                let nameEnds = peek().map { $0 == 0x3D || $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D } ?? true
                 guard !name.isEmpty else {
                     throw ImportError(line: start, name: nil, problem: "expected NAME=value")
                 }
-                guard Names.isValid(name) else {
-                    throw ImportError(line: start, name: nil, problem: "not a valid name (names match [A-Za-z_][A-Za-z0-9_]*)")
+                guard Names.isValid(name) && nameEnds else {
+                    throw ImportError(line: start, name: nil, problem: "not a valid name before '=' (names match [A-Za-z_][A-Za-z0-9_]*)")
                 }
                 skipBlanks()
                 guard peek() == 0x3D else {
-                    throw ImportError(line: start, name: name, problem: "expected '=' after the name")
+                    throw ImportError(line: start, name: nil, problem: "expected NAME=value")
                 }
                 i += 1
                 skipBlanks()
@@ -141,9 +181,8 @@ public enum ImportDocument {
                 default: unquoted(into: value)
                 }
                 try checkSize(value, name: name, start: start)
-                out.append(ImportEntry(name: name, line: start, value: value))
+                return ImportEntry(name: name, line: start, value: value)
             }
-            return out
         }
 
         func matches(_ word: String) -> Bool {

@@ -251,12 +251,17 @@ struct ImportCommand: ParsableCommand {
     }
 
     private func parse(_ input: SecureBytes, _ fmt: ImportDocument.Format) throws -> [ImportEntry] {
-        let parsed = Result { () throws(ImportError) -> [ImportEntry] in try ImportDocument.parse(input, format: fmt) }
+        let parsed = Result { () throws(ImportFailure) -> [ImportEntry] in try ImportDocument.parse(input, format: fmt) }
         switch parsed {
         case .success(let entries): return entries
-        case .failure(let error):
-            throw Failure("\(file == "-" ? "standard input" : file): \(error.description)",
-                          hint: "nothing was imported; fix that line and run the import again", exit: .failure)
+        case .failure(let failure):
+            // One line per problem, each with the file and the line.
+            let source = file == "-" ? "standard input" : file
+            let lines = failure.problems.map { "\(source): \($0.description)" }
+            let more = failure.problems.count == ImportDocument.maxProblems ? " (the first \(ImportDocument.maxProblems) shown)" : ""
+            throw Failure(lines.joined(separator: "\nsecretfs: error: "),
+                          hint: "nothing was imported; fix \(failure.problems.count == 1 ? "that line" : "those lines")\(more) and run the import again",
+                          exit: .failure)
         }
     }
 

@@ -64,6 +64,13 @@ struct ImportCommandTests {
                 + "hint: nothing was imported; fix that line and run the import again\n", "\(o.stderr)")
         #expect(try f.storedNames() == ["A"])
         #expect(try f.storedValue("A") == "original-a")
+        // Several bad lines: each is listed, in the one voice.
+        let worse = write(f, "worse.env", "A=x\nsk-live-pasted-value\nB=1\nB=2\n")
+        let w = try f.secretfs(["import", "demo", worse])
+        #expect(w.status == 1 && w.stderr == "secretfs: error: \(worse): line 2: not a valid name before '=' (names match [A-Za-z_][A-Za-z0-9_]*)\n"
+                + "secretfs: error: \(worse): line 4 (B): given twice (first on line 3)\n"
+                + "hint: nothing was imported; fix those lines and run the import again\n", "\(w.stderr)")
+        #expect(try f.storedValue("A") == "original-a")
         let json = write(f, "v.json", "{\"A\": \"json-a\", \"B\": \"line\\nbreak\"}")
         try f.expectOK(f.secretfs(["import", "demo", json]))
         #expect(try f.storedValue("A") == "json-a" && f.storedValue("B") == "line\nbreak")

@@ -6,7 +6,7 @@ import Testing
 /// The import parser: dotenv as people write it and a JSON object of strings,
 /// straight into locked memory; errors name the line and the name, never a value.
 struct ImportDocumentTests {
-    func parse(_ text: String, _ format: ImportDocument.Format = .env) throws(ImportError) -> [String: String] {
+    func parse(_ text: String, _ format: ImportDocument.Format = .env) throws(ImportFailure) -> [String: String] {
         let input = Array(text.utf8).withUnsafeBytes { SecureBytes(copying: $0) }
         var out: [String: String] = [:]
         for e in try ImportDocument.parse(input, format: format) {
@@ -15,8 +15,15 @@ struct ImportDocumentTests {
         return out
     }
 
+    /// The only problem of a file with one.
     func failure(_ text: String, _ format: ImportDocument.Format = .env) -> ImportError? {
-        do throws(ImportError) { _ = try parse(text, format); return nil } catch { return error }
+        let all = problems(text, format)
+        #expect(all.count <= 1, "\(all)")
+        return all.first
+    }
+
+    func problems(_ text: String, _ format: ImportDocument.Format = .env) -> [ImportError] {
+        do throws(ImportFailure) { _ = try parse(text, format); return [] } catch { return error.problems }
     }
 
     static let tricky = "\u{FEFF}# a comment line\n"
@@ -54,8 +61,12 @@ struct ImportDocumentTests {
         let cases: [(String, ImportDocument.Format, ImportError)] = [
             ("A=1\nB=\"never-closed-value\nC=3\n", .env, ImportError(line: 2, name: "B", problem: "unterminated double quote")),
             ("A=1\n\nC='never-closed-value", .env, ImportError(line: 3, name: "C", problem: "unterminated single quote")),
-            ("A=1\nnot a line\n", .env, ImportError(line: 2, name: "not", problem: "expected '=' after the name")),
-            ("A=1\n9BAD=secret-value-x\n", .env, ImportError(line: 2, name: nil, problem: "not a valid name (names match [A-Za-z_][A-Za-z0-9_]*)")),
+            ("A=1\nnot a line\n", .env, ImportError(line: 2, name: nil, problem: "expected NAME=value")),
+            ("A=1\n9BAD=secret-value-x\n", .env, ImportError(line: 2, name: nil, problem: "not a valid name before '=' (names match [A-Za-z_][A-Za-z0-9_]*)")),
+            // A value pasted without a name: no part of it is echoed.
+            ("A=1\nsecret-value-x\n", .env, ImportError(line: 2, name: nil, problem: "not a valid name before '=' (names match [A-Za-z_][A-Za-z0-9_]*)")),
+            ("secret value-x=1\n", .env, ImportError(line: 1, name: nil, problem: "expected NAME=value")),
+            ("secretvaluex\n", .env, ImportError(line: 1, name: nil, problem: "expected NAME=value")),
             ("A=\"x\" trailing-secret-value\n", .env, ImportError(line: 1, name: "A", problem: "unexpected text after the closing quote")),
             ("A=1\nA=2\n", .env, ImportError(line: 2, name: "A", problem: "given twice (first on line 1)")),
             ("{\"A\": \"x\",\n \"B\": 42}", .json, ImportError(line: 2, name: "B", problem: "the value is not a string")),
@@ -65,7 +76,25 @@ struct ImportDocumentTests {
         for (text, format, expected) in cases {
             let e = failure(text, format)
             #expect(e == expected, "\(text)")
-            #expect(e.map { !$0.description.contains("secret-value") && !$0.description.contains("never-closed") } == true)
+            #expect(e.map { !$0.description.contains("secret") && !$0.description.contains("never-closed") } == true)
         }
+    }
+
+    /// A file with several bad lines lists each, in order, and the reader
+    /// goes on after each (an unterminated quote takes the rest of the file).
+    @Test func everyBadLineIsListed() {
+        let text = "OK=1\nbad-name=x\nA B=x\nGOOD=2\nOK=3\n1ABC=x\nQ=\"x\" tail\nLAST=4\nU='open\nnever=closed\n"
+        let found = problems(text).map { "\($0.line) \($0.name ?? "-") \($0.problem)" }
+        #expect(found == [
+            "2 - not a valid name before '=' (names match [A-Za-z_][A-Za-z0-9_]*)",
+            "3 - expected NAME=value",
+            "5 OK given twice (first on line 1)",
+            "6 - not a valid name before '=' (names match [A-Za-z_][A-Za-z0-9_]*)",
+            "7 Q unexpected text after the closing quote",
+            "9 U unterminated single quote",
+        ], "\(found)")
+        // At most maxProblems, then the reader stops.
+        let many = String(repeating: "-x\n", count: 100)
+        #expect(problems(many).count == ImportDocument.maxProblems)
     }
 }
