@@ -448,5 +448,14 @@ struct RekeyCommand: ParsableCommand {
             writeStdout("re-wrapped \(counted(projects, "project key")) under the new passphrase; "
                         + "\(global.location.keyFilePath) was removed and the old key no longer opens this store\n")
         }
+        // What the old key is still needed for, said now rather than found
+        // out when a restore is refused.
+        if global.location.isShared {
+            writeStdout("note: the other hosts of this store still have the old key: copy the new one to each "
+                        + "(mode 0400) before their next mount or command that needs the key\n")
+        } else {
+            writeStdout("note: backups made before now open only with the old key or passphrase; keep it with them, "
+                        + "or make a new backup (secretfs backup create FILE)\n")
+        }
     }
 }

@@ -173,7 +173,8 @@ final class RedactorFeed: @unchecked Sendable {
 
     private func reportShort(_ redactor: Redactor) {
         let new = notices.withLock { n -> [SkippedSecret] in
-            let fresh = redactor.skipped.filter { !n.warnedShort.contains($0.name) }
+            // In name order: the same warnings in the same order at every run.
+            let fresh = redactor.skipped.filter { !n.warnedShort.contains($0.name) }.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
             for s in fresh { n.warnedShort.insert(s.name) }
             return fresh
         }
