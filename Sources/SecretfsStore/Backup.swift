@@ -60,6 +60,22 @@ extension Store {
     /// fsync'd with its directory. A failure removes it.
     public func createBackup(to path: String) throws -> BackupManifest {
         guard !location.isShared else { throw StoreError.notOnSharedStore("backup create") }
+        // SQLite reopens the file by its path (VACUUM INTO, the manifest,
+        // the fsync): a user who may write its directory could rename a file
+        // of theirs over it between those opens and receive the backup. So
+        // the directory is trusted as a store directory is, except that a
+        // sticky one (/tmp) will do: there nobody else may rename over or
+        // remove a file that is not theirs.
+        let slash = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        let dir = slash.isEmpty ? "/" : slash
+        do throws(TrustError) {
+            let trusted = try TrustedDirectory.open(dir, checkingOwnMode: false)
+            if trusted.mode & 0o022 != 0 && trusted.mode & UInt32(S_ISVTX) == 0 {
+                throw TrustError(path: trusted.path, problem: .writableByOthers(mode: trusted.mode))
+            }
+        } catch {
+            throw StoreError.backupDirectoryUntrusted(directory: dir, error)
+        }
         let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw StoreError.io(path: path, errno: errno, action: "create the backup") }
         fchmod(fd, 0o600)
@@ -83,7 +99,6 @@ extension Store {
             throw StoreError.io(path: path, errno: e, action: "fsync the backup")
         }
         close(f)
-        let dir = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
         let d = Glibc.open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if d >= 0 { fsync(d); close(d) }
         done = true

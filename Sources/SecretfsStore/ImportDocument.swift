@@ -302,7 +302,7 @@ public enum ImportDocument {
                     guard Names.isValid(name) else {
                         throw ImportError(line: start, name: nil, problem: "not a valid name (names match [A-Za-z_][A-Za-z0-9_]*)")
                     }
-                    try expect(0x3A, "':' after the name", name: name)
+                    try expect(0x3A, "':' after the name", name: nil)   // a lone string may be a value: not echoed
                     skipJSONSpace()
                     guard peek() == 0x22 else { throw ImportError(line: line, name: name, problem: "the value is not a string") }
                     let value = newValue(quote: 0x22, escapes: true)

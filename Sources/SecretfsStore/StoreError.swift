@@ -22,6 +22,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     /// The store directory, an ancestor, or the database file fails the
     /// directory-trust rule (see TrustedDirectory).
     case storeUntrusted(directory: String, TrustError)
+    /// Where `backup create` would write: another user could swap the file.
+    case backupDirectoryUntrusted(directory: String, TrustError)
     /// `init` on an existing directory with group or other permission bits
     /// that it cannot narrow (not the caller's, or not empty).
     case storeDirectoryOpenToOthers(path: String, mode: UInt32)
@@ -80,6 +82,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .passphraseFileInsecure(let p, let m): return "passphrase file \(p) has mode \(String(m, radix: 8)); it must not be readable by group or others"
         case .passphraseFileUntrusted(let t): return "cannot trust the passphrase file: \(t)"
         case .storeUntrusted(let d, let t): return "store directory \(d) is not safe to use: \(t)"
+        case .backupDirectoryUntrusted(let d, let t): return "the backup's directory \(d) is not safe to use: \(t)"
         case .storeDirectoryOpenToOthers(let p, let m):
             return "store directory \(p) has mode \(String(m, radix: 8)); a new store needs a directory only its owner can enter"
         case .wrongKey(let tried, let backup): return "the master key does not open this \(backup ? "backup" : "store") (tried \(tried))"
@@ -129,6 +132,10 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .passphraseFileInsecure(let p, _): return "chmod 0600 \(p)"
         case .passphraseFileUntrusted(let t):
             return (t.fix.map { $0 + "; " } ?? "") + "the passphrase file must be a regular file owned by you or root, mode 0600 or 0400"
+        case .backupDirectoryUntrusted(_, let t):
+            return (t.fix.map { $0 + "; " } ?? "")
+                + "another user who can write that directory could put a file of theirs in the backup's place; "
+                + "write it into a directory that only you and root can write (and every one above it)"
         case .storeUntrusted(_, let t):
             return (t.fix.map { $0 + "; " } ?? "")
                 + "the store directory and every directory above it must be owned by you or root and writable by nobody else"

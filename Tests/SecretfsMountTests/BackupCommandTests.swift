@@ -17,6 +17,26 @@ struct BackupCommandTests {
         #expect(sqlite3_exec(db, text, nil, nil, nil) == SQLITE_OK, "\(String(cString: sqlite3_errmsg(db)))")
     }
 
+    /// SQLite reopens the backup by its path: in a directory another user
+    /// may write, they could rename a file of theirs over it and receive the
+    /// whole store. Such a directory is refused, nothing is written; a sticky
+    /// one (/tmp) is fine.
+    @Test func aBackupIntoADirectoryOthersMayWriteIsRefused() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.expectOK(MountFixture.shell("mkdir '\(f.root)/theirs' '\(f.root)/open' && chown 65534 '\(f.root)/theirs' && chmod 0777 '\(f.root)/open'"))
+        for dir in ["theirs", "open"] {
+            let o = try f.secretfs(["backup", "create", "\(f.root)/\(dir)/b.db"])
+            #expect(o.status == 10 && o.stderr.hasPrefix("secretfs: error: the backup's directory \(f.root)/\(dir) is not safe to use")
+                    && o.stderr.contains("could put a file of theirs in the backup's place"), "\(o.stderr)")
+            #expect(access("\(f.root)/\(dir)/b.db", F_OK) != 0)
+        }
+        let sticky = "/tmp/secretfs-backup-test-\(getpid()).db"
+        defer { unlink(sticky) }
+        try f.expectOK(f.secretfs(["backup", "create", sticky]))
+        try f.expectOK(f.secretfs(["backup", "verify", sticky]))
+    }
+
     @Test func createDuringWritesThenVerifyAndRestore() throws {
         let f = try MountFixture()
         defer { f.close() }
