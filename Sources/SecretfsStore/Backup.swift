@@ -40,7 +40,8 @@ public enum BackupKey: Sendable {
     case keyFile(String)
     case passphraseFile(String)
 
-    /// For messages: which key was tried.
+    /// For messages: which key was tried (also of a store's own key,
+    /// `MasterKeySource.triedKey`).
     var described: String {
         switch self {
         case .keyFile(let p): return "key file \(p)"
@@ -68,8 +69,9 @@ extension Store {
         // remove a file that is not theirs.
         let slash = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
         let dir = slash.isEmpty ? "/" : slash
+        let trusted: TrustedDirectory
         do throws(TrustError) {
-            let trusted = try TrustedDirectory.open(dir, checkingOwnMode: false)
+            trusted = try TrustedDirectory.open(dir, checkingOwnMode: false)
             if trusted.mode & 0o022 != 0 && trusted.mode & UInt32(S_ISVTX) == 0 {
                 throw TrustError(path: trusted.path, problem: .writableByOthers(mode: trusted.mode))
             }
@@ -99,8 +101,8 @@ extension Store {
             throw StoreError.io(path: path, errno: e, action: "fsync the backup")
         }
         close(f)
-        let d = Glibc.open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if d >= 0 { fsync(d); close(d) }
+        // The directory checked above, by its descriptor: not opened again by path.
+        fsync(trusted.descriptor)
         done = true
         return manifest
     }
@@ -328,8 +330,8 @@ extension Store {
             store = try open(at: location, keySource: isPassphrase ? .passphraseFile(passphraseFile ?? "") : .keyFile)
         } catch StoreError.wrongKey {
             // Said of the backup and of the key the user gave, not of the copy.
-            throw StoreError.wrongKey(tried: isPassphrase ? "the passphrase in \(passphraseFile ?? "")" : "key file \(keyFile ?? "")",
-                                      backup: true)
+            let given: BackupKey = isPassphrase ? .passphraseFile(passphraseFile ?? "") : .keyFile(keyFile ?? "")
+            throw StoreError.wrongKey(tried: given.described, backup: true)
         }
         done = true
         return store

@@ -64,8 +64,8 @@ public enum MasterKeySource: Sendable {
     /// For messages: which key was tried on the store at `location`.
     func triedKey(_ location: StoreLocation) -> String {
         switch self {
-        case .keyFile: return "key file \(location.keyFilePath)"
-        case .passphraseFile(let p): return "the passphrase in \(p)"
+        case .keyFile: return BackupKey.keyFile(location.keyFilePath).described
+        case .passphraseFile(let p): return BackupKey.passphraseFile(p).described
         }
     }
 }
