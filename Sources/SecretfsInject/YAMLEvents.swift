@@ -220,30 +220,31 @@ private struct Batch {
                 events.append(event)
                 return
             }
+            // Each string into the block, NUL-terminated; the event then
+            // points at the copies, field for field as they were read above.
             var at = block + used
-            if let value {
-                at.update(from: value, count: valueLength)
-                at[valueLength] = 0
-                event.data.scalar.value = at
-                at += valueLength + 1
+            func keep(_ p: UnsafeMutablePointer<yaml_char_t>?, _ n: Int) -> UnsafeMutablePointer<yaml_char_t>? {
+                guard let p else { return nil }
+                let copy = at
+                copy.update(from: p, count: n)
+                copy[n] = 0
+                at += n + 1
+                return copy
             }
-            if let tag {
-                at.update(from: tag, count: tagLength + 1)
-                switch event.type {
-                case YAML_SCALAR_EVENT: event.data.scalar.tag = at
-                case YAML_SEQUENCE_START_EVENT: event.data.sequence_start.tag = at
-                default: event.data.mapping_start.tag = at
-                }
-                at += tagLength + 1
-            }
-            if let anchor {
-                at.update(from: anchor, count: anchorLength + 1)
-                switch event.type {
-                case YAML_SCALAR_EVENT: event.data.scalar.anchor = at
-                case YAML_SEQUENCE_START_EVENT: event.data.sequence_start.anchor = at
-                case YAML_MAPPING_START_EVENT: event.data.mapping_start.anchor = at
-                default: event.data.alias.anchor = at
-                }
+            let keptValue = keep(value, valueLength), keptTag = keep(tag, tagLength), keptAnchor = keep(anchor, anchorLength)
+            switch event.type {
+            case YAML_SCALAR_EVENT:
+                event.data.scalar.value = keptValue
+                event.data.scalar.tag = keptTag
+                event.data.scalar.anchor = keptAnchor
+            case YAML_SEQUENCE_START_EVENT:
+                event.data.sequence_start.tag = keptTag
+                event.data.sequence_start.anchor = keptAnchor
+            case YAML_MAPPING_START_EVENT:
+                event.data.mapping_start.tag = keptTag
+                event.data.mapping_start.anchor = keptAnchor
+            default:
+                event.data.alias.anchor = keptAnchor
             }
             used += need
         }
