@@ -149,40 +149,38 @@ public enum ImportDocument {
                 if peek() == 0x23 { skipToEndOfLine(); continue }   // # comment
                 break
             }
-            do {
-                let start = line
-                if matches("export"), let c = peek(6), c == 0x20 || c == 0x09 {
-                    i += 6
-                    skipBlanks()
-                }
-                // What comes before '=' is not echoed in these errors unless
-                // it is a whole valid name: a line without one may well be a
-                // value pasted on its own.
-                let nameStart = i
-                while let c = peek(), Self.isNameByte(c) { i += 1 }
-                let name = String(decoding: UnsafeRawBufferPointer(rebasing: b[nameStart..<i]), as: UTF8.self)
-                let nameEnds = peek().map { $0 == 0x3D || $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D } ?? true
-                guard !name.isEmpty else {
-                    throw ImportError(line: start, name: nil, problem: "expected NAME=value")
-                }
-                guard Names.isValid(name) && nameEnds else {
-                    throw ImportError(line: start, name: nil, problem: "not a valid name before '=' (names match [A-Za-z_][A-Za-z0-9_]*)")
-                }
+            let start = line
+            if matches("export"), let c = peek(6), c == 0x20 || c == 0x09 {
+                i += 6
                 skipBlanks()
-                guard peek() == 0x3D else {
-                    throw ImportError(line: start, name: nil, problem: "expected NAME=value")
-                }
-                i += 1
-                skipBlanks()
-                let value = newValue(quote: peek() == 0x22 || peek() == 0x27 ? peek() : nil, escapes: peek() == 0x22)
-                switch peek() {
-                case 0x22?: try doubleQuoted(into: value, name: name, start: start)
-                case 0x27?: try singleQuoted(into: value, name: name, start: start)
-                default: unquoted(into: value)
-                }
-                try checkSize(value, name: name, start: start)
-                return ImportEntry(name: name, line: start, value: value)
             }
+            // What comes before '=' is not echoed in these errors unless
+            // it is a whole valid name: a line without one may well be a
+            // value pasted on its own.
+            let nameStart = i
+            while let c = peek(), Self.isNameByte(c) { i += 1 }
+            let name = String(decoding: UnsafeRawBufferPointer(rebasing: b[nameStart..<i]), as: UTF8.self)
+            let nameEnds = peek().map { $0 == 0x3D || $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D } ?? true
+            guard !name.isEmpty else {
+                throw ImportError(line: start, name: nil, problem: "expected NAME=value")
+            }
+            guard Names.isValid(name) && nameEnds else {
+                throw ImportError(line: start, name: nil, problem: "not a valid name before '=' (names match [A-Za-z_][A-Za-z0-9_]*)")
+            }
+            skipBlanks()
+            guard peek() == 0x3D else {
+                throw ImportError(line: start, name: nil, problem: "expected NAME=value")
+            }
+            i += 1
+            skipBlanks()
+            let value = newValue(quote: peek() == 0x22 || peek() == 0x27 ? peek() : nil, escapes: peek() == 0x22)
+            switch peek() {
+            case 0x22?: try doubleQuoted(into: value, name: name, start: start)
+            case 0x27?: try singleQuoted(into: value, name: name, start: start)
+            default: unquoted(into: value)
+            }
+            try checkSize(value, name: name, start: start)
+            return ImportEntry(name: name, line: start, value: value)
         }
 
         func matches(_ word: String) -> Bool {
