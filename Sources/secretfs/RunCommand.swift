@@ -60,6 +60,17 @@ struct RunCommand: ParsableCommand {
             throw Failure("project '\(project)' has no secret named \(missing.map { "'\($0)'" }.joined(separator: ", "))",
                           hint: "list names with ls on the mount", exit: .resolveProblem)
         }
+        // An environment entry ends at its first NUL: the command would see a
+        // silently shortened value. Refused by name, before anything starts.
+        let withNUL = wanted.filter { values[$0]!.withUnsafeBytes { $0.contains(0) } }
+        guard withNUL.isEmpty else {
+            for v in values.values { v.wipe() }
+            let named = withNUL.map { "'\($0)'" }.joined(separator: ", ")
+            throw Failure((withNUL.count == 1 ? "secret \(named) of project '\(project)' contains" : "secrets \(named) of project '\(project)' contain")
+                          + " a NUL byte, which an environment variable cannot hold",
+                          hint: "store binary values encoded (base64, for example) and decode them in the command",
+                          exit: .resolveProblem)
+        }
         // Environment entries with values are built in locked memory and
         // handed to posix_spawn as pointers into it.
         var secretEntries: [SecureBytes] = []

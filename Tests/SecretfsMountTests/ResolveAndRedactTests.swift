@@ -148,6 +148,13 @@ struct ResolveAndRedactTests {
         let missing = try f.secretfs(["run", "--project", "demo", "--env", "X=NOPE", "--", "true"])
         #expect(missing.status == 14)
         #expect(missing.stderr.contains("NOPE"))
+        // A value with a NUL byte cannot be an environment variable: the
+        // command would see it cut short, so run refuses it by name.
+        try f.expectOK(f.sh("printf 'before\\000after' > $MNT/WITH_NUL"))
+        let nul = try f.secretfs(["run", "--project", "demo", "--env", "X=WITH_NUL", "--", "sh", "-c", "echo started"])
+        #expect(nul.status == 14, "\(nul.status) \(nul.stderr)")
+        #expect(nul.stderr.contains("'WITH_NUL'") && nul.stderr.contains("NUL byte"), "\(nul.stderr)")
+        #expect(!nul.stdout.contains("started") && !nul.stderr.contains("before") && !nul.stderr.contains("after"), "\(nul.stdout) \(nul.stderr)")
         // A command that cannot start exits as env(1) says.
         let notFound = try f.secretfs(["run", "--project", "demo", "--", "/nonexistent/command"])
         #expect(notFound.status == 127 && notFound.stderr.contains("No such file"), "\(notFound.status) \(notFound.stderr)")
