@@ -52,6 +52,9 @@ final class ProjectCache: @unchecked Sendable {
     let socketPath: String
     let logger: Logger
     let fetchTimeout: Double
+    /// Redactors kept (`ResolverDaemonLimits.maxRedactorsPerProject`); past
+    /// it, the one used least recently goes.
+    let maxRedactors: Int
 
     struct RedactorKey: Hashable {
         var minimumLength: Int
@@ -62,7 +65,9 @@ final class ProjectCache: @unchecked Sendable {
         var values: [String: SecureBytes] = [:]
         var missing: Set<String> = []
         var names: [String]?
-        var redactors: [RedactorKey: Redactor] = [:]
+        var redactors: [RedactorKey: (redactor: Redactor, lastUsed: UInt64)] = [:]
+        /// Counts redactor lookups: the order of `lastUsed`.
+        var redactorClock: UInt64 = 0
         /// Bumped by every event that drops anything.
         var generation: UInt64 = 0
         /// The feed on the mount's socket, once one could be started. It
@@ -79,8 +84,9 @@ final class ProjectCache: @unchecked Sendable {
     }
     private let state = Mutex(State())
 
-    init(project: String, socketPath: String, logger: Logger, fetchTimeout: Double) {
+    init(project: String, socketPath: String, logger: Logger, fetchTimeout: Double, maxRedactors: Int) {
         self.project = project
+        self.maxRedactors = maxRedactors
         self.socketPath = socketPath
         self.logger = logger
         self.fetchTimeout = fetchTimeout
@@ -302,7 +308,11 @@ final class ProjectCache: @unchecked Sendable {
     /// purpose (not kept: only the matcher tables stay).
     func redactor(_ key: RedactorKey) throws(UpstreamFailure) -> (Redactor, UInt64) {
         ensureWatch()
-        let (cached, generation, live) = state.withLock { ($0.redactors[key], $0.generation, $0.watchLive) }
+        let (cached, generation, live) = state.withLock { s -> (Redactor?, UInt64, Bool) in
+            s.redactorClock &+= 1
+            s.redactors[key]?.lastUsed = s.redactorClock
+            return (s.redactors[key]?.redactor, s.generation, s.watchLive)
+        }
         if let cached { return (cached, generation) }
         var fetched: [String: SecureBytes] = [:]
         do {
@@ -317,7 +327,13 @@ final class ProjectCache: @unchecked Sendable {
         let redactor = Redactor(secrets: fetched.sorted { $0.key < $1.key }.map { (name: $0.key, value: $0.value) },
                                 options: RedactionOptions(minimumLength: key.minimumLength, mask: key.mask))
         state.withLock { s in
-            if live, s.watchLive, s.generation == generation { s.redactors[key] = redactor }
+            guard live, s.watchLive, s.generation == generation else { return }
+            if s.redactors[key] == nil, s.redactors.count >= maxRedactors,
+               let oldest = s.redactors.min(by: { $0.value.lastUsed < $1.value.lastUsed })?.key {
+                s.redactors.removeValue(forKey: oldest)
+            }
+            s.redactorClock &+= 1
+            s.redactors[key] = (redactor, s.redactorClock)
         }
         logger.info("built a redactor", metadata: ["project": "\(project)", "registered": "\(redactor.registeredNames.count)",
                                                    "skipped": "\(redactor.skipped.map(\.name).joined(separator: ","))"])
@@ -328,8 +344,8 @@ final class ProjectCache: @unchecked Sendable {
     var generation: UInt64 { state.withLock { $0.generation } }
 
     /// For tests and the log: cached value count, events that dropped
-    /// something, and whether the watch is live.
-    var stats: (cachedValues: Int, invalidations: Int, watching: Bool) {
-        state.withLock { ($0.values.count, $0.invalidations, $0.watchLive) }
+    /// something, whether the watch is live, and redactors kept.
+    var stats: (cachedValues: Int, invalidations: Int, watching: Bool, redactors: Int) {
+        state.withLock { ($0.values.count, $0.invalidations, $0.watchLive, $0.redactors.count) }
     }
 }

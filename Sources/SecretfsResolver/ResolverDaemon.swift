@@ -22,6 +22,12 @@ public struct ResolverDaemonLimits: Sendable {
     public var mountTimeout: Double = 10
     /// Projects cached at once (each with a watch on its mount).
     public var maxProjects = 64
+    /// Redactors kept per project. Each REDACT request chooses its key (any
+    /// minimum length, any mask), and a redactor of 1,000 secrets locks up
+    /// to 8 MiB: without a bound, one client cycling through masks would
+    /// make the daemon lock memory without end. A stream keeps using the
+    /// redactor it started with when the cache lets it go.
+    public var maxRedactorsPerProject = 4
     /// WATCH connections one uid may hold (watches never time out).
     public var maxWatchesPerUID = 32
     /// Largest request frame (a document or a DATA chunk).
@@ -93,8 +99,9 @@ public final class ResolverDaemon: @unchecked Sendable {
     public var connectionCount: Int { listener.connectionCount }
 
     /// For tests: the project's cached value count, the number of events that
-    /// dropped cached values, and whether the mount is being watched.
-    public func cacheStats(project: String) -> (cachedValues: Int, invalidations: Int, watching: Bool)? {
+    /// dropped cached values, whether the mount is being watched, and the
+    /// redactors kept.
+    public func cacheStats(project: String) -> (cachedValues: Int, invalidations: Int, watching: Bool, redactors: Int)? {
         state.withLock { $0.projects[project] }?.stats
     }
 
@@ -182,7 +189,7 @@ public final class ResolverDaemon: @unchecked Sendable {
                 evicted = s.projects.removeValue(forKey: victim)
             }
             let c = ProjectCache(project: project, socketPath: mountSocketPath(project), logger: logger,
-                                 fetchTimeout: limits.mountTimeout)
+                                 fetchTimeout: limits.mountTimeout, maxRedactors: limits.maxRedactorsPerProject)
             s.projects[project] = c
             return (c, false)
         }

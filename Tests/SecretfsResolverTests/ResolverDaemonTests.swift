@@ -198,6 +198,32 @@ import Testing
         Self.assertNoValueLogged(f, extra: ["rotated-token-value"])
     }
 
+    @Test func redactorsKeptPerProjectAreBoundedWhateverMasksClientsChoose() throws {
+        // Each REDACT chooses its own mask and minimum length; the daemon
+        // keeps only the few it used last, or a client cycling through masks
+        // would make it lock memory without end.
+        let f = try Self.populated()
+        // Redactors are kept only while the mount is watched: the first
+        // request starts the watch (with the mask the loop starts with).
+        let first = try DaemonRedaction(socketPath: f.daemonSocket, project: "demo", mask: "<m0>")
+        _ = try first.finish()
+        #expect(try waitUntil { f.daemon.cacheStats(project: "demo")?.watching == true })
+        for i in 0..<12 {
+            let mask = "<m\(i)>"
+            let r = try DaemonRedaction(socketPath: f.daemonSocket, project: "demo", mask: mask)
+            #expect(bytes(try r.write(Array("a xoxb-daemon-slack-token b\n".utf8))) == Array("a \(mask) b\n".utf8))
+            _ = try r.finish()
+            #expect(f.daemon.cacheStats(project: "demo")!.redactors == min(i + 1, f.daemon.limits.maxRedactorsPerProject))
+        }
+        // The one used most lately is still cached: asking again builds nothing.
+        let before = f.log.all.components(separatedBy: "built a redactor").count
+        let again = try DaemonRedaction(socketPath: f.daemonSocket, project: "demo", mask: "<m11>")
+        #expect(bytes(try again.write(Array("xoxb-daemon-slack-token\n".utf8))) == Array("<m11>\n".utf8))
+        _ = try again.finish()
+        let after = f.log.all.components(separatedBy: "built a redactor").count
+        #expect(after == before)
+    }
+
     @Test func redactionStreamMasksValuesSplitAcrossChunks() throws {
         let f = try Self.populated()
         try f.put("SHORT", "abc")
