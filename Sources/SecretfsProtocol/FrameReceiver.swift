@@ -29,6 +29,9 @@ import SecureMemory
 /// peer that announces 16 MiB and sends nothing holds what it sent, rounded
 /// up); a buffer grown past `retainedCapacity` for one large frame is given
 /// back after it, so an idle connection keeps at most that much locked.
+/// With an `account`, the buffer's capacity is held in the server's
+/// `MemoryBudget`: a frame that would pass it ends with `.failed(ENOBUFS)`
+/// (a locked allocation that fails ends with `.failed(ENOMEM)`).
 ///
 /// A frame returned by `next` is valid until the next call to `next` or
 /// `release()`: its storage is this buffer. Callers must not keep it (or a
@@ -36,6 +39,8 @@ import SecureMemory
 public final class FrameReceiver {
     public let fd: Int32
     public let retainedCapacity: Int
+    /// Where the buffer's capacity is counted, if anywhere.
+    public let account: MemoryBudget.Account?
     /// Locked; nil until the first frame, and after a large one was released.
     private var buffer: SecureBytes?
     /// Bytes read and not yet handed out, at the start of `buffer` (after
@@ -47,15 +52,17 @@ public final class FrameReceiver {
     /// The smallest buffer (sodium_malloc rounds up to whole pages anyway).
     static let minimumCapacity = 4096 - 16
 
-    public init(fd: Int32, retainedCapacity: Int = 64 << 10) {
+    public init(fd: Int32, retainedCapacity: Int = 64 << 10, account: MemoryBudget.Account? = nil) {
         self.fd = fd
         self.retainedCapacity = retainedCapacity
+        self.account = account
     }
 
     deinit {
         // sodium_free wipes; a frame still referenced elsewhere keeps the
         // buffer alive, so wipe what was read now.
         wipeAll()
+        account?.give(buffer?.capacity ?? 0)
     }
 
     /// Whether bytes after the last frame handed out have already been read
@@ -106,8 +113,10 @@ public final class FrameReceiver {
         }
         if b.capacity > retainedCapacity {
             if filled == 0 {
+                account?.give(b.capacity)
                 buffer = nil   // sodium_free wipes
             } else if filled <= retainedCapacity, let smaller = SecureBytes(allocating: retainedCapacity) {
+                _ = account?.resize(from: b.capacity, to: smaller.capacity)   // shrinking: never refused
                 move(to: smaller)
             }
         }
@@ -135,7 +144,12 @@ public final class FrameReceiver {
         if filled == capacity {
             let grown = capacity == 0 ? max(Self.minimumCapacity, min(needed, retainedCapacity))
                                       : max(capacity, min(needed, capacity * 4))
-            guard grown > capacity, let bigger = SecureBytes(allocating: grown) else { return .failed(ENOMEM) }
+            guard grown > capacity else { return .failed(ENOMEM) }
+            guard account?.resize(from: capacity, to: grown) ?? true else { return .failed(ENOBUFS) }
+            guard let bigger = SecureBytes(allocating: grown) else {
+                _ = account?.resize(from: grown, to: capacity)
+                return .failed(ENOMEM)
+            }
             move(to: bigger)
         }
         let b = buffer!

@@ -18,6 +18,11 @@ public struct ServerLimits: Sendable {
     public var maxRequestFrame = Wire.maxRequestFrame
     /// Largest reply frame built; a GET whose values do not fit gets `reply-too-large`.
     public var maxReplyFrame = Wire.maxResponseFrame
+    /// Locked memory all connections may hold at once for requests and
+    /// replies (`MemoryBudget`; one uid gets three quarters of it when
+    /// several may connect): room for three of the largest GET replies. A
+    /// request that would pass it gets ERROR `busy`.
+    public var maxFrameMemory = 64 << 20
     /// Most names in one GET.
     public var maxNamesPerGet = Wire.maxNamesPerGet
     /// WATCH connections one uid may hold (watches are not subject to the
@@ -48,6 +53,8 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
     public let vault: ProjectVault
     let logger: Logger
     private let listener: UnixSocketListener
+    /// What the connections' frames hold (`limits.maxFrameMemory`).
+    public let frameMemory: MemoryBudget
 
     private struct State {
         /// Set once the listener has stopped admitting, with every watcher woken.
@@ -67,6 +74,7 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         self.policy = policy
         self.limits = limits
         self.logger = logger
+        frameMemory = MemoryBudget(limit: limits.maxFrameMemory, policy: policy)
         listener = UnixSocketListener(UnixSocketListener.Configuration(
             path: socketPath, name: "privileged socket",
             backlog: 64, maxConnections: limits.maxConnections, sendTimeout: limits.sendTimeout, policy: policy,
@@ -168,9 +176,20 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
     private func serveConnection(_ conn: UnixSocketListener.Connection) -> Bool {
         let (id, fd, peer) = (conn.id, conn.fd, conn.peer)
         let actor = Actor(uid: peer.uid, pid: peer.pid)
+        // One locked buffer for the connection's requests (see FrameReceiver),
+        // held in the server's budget with its replies.
+        let account = frameMemory.account(uid: peer.uid)
+        let receiver = FrameReceiver(fd: fd, account: account)
         while true {
             let deadline = monotonicSeconds() + limits.idleTimeout
-            switch SocketIO.readFrame(fd, maxLength: limits.maxRequestFrame, deadline: deadline) {
+            switch receiver.next(maxLength: limits.maxRequestFrame, deadline: deadline) {
+            case .failed(ENOBUFS):
+                refuseOverBudget(fd, account, "a request")
+                return true
+            case .failed(ENOMEM):
+                logger.error("out of locked memory for a request", metadata: ["uid": "\(peer.uid)"])
+                sendError(fd, .internalError, "the mount is out of locked memory for a request")
+                return true
             case .closed, .truncated, .failed:
                 return false
             case .timedOut:
@@ -193,9 +212,10 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
                 case .list:
                     guard handleList(fd) else { return false }
                 case .get(let names):
-                    guard handleGet(fd, names, actor: actor, peer: peer) else { return false }
+                    guard handleGet(fd, names, actor: actor, peer: peer, account: account) else { return false }
                 case .watch:
-                    return runWatch(id: id, fd: fd, uid: peer.uid)
+                    receiver.release()
+                    return runWatch(id: id, fd: fd, uid: peer.uid, sentMore: receiver.hasBufferedInput)
                 }
             }
         }
@@ -204,6 +224,15 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
     @discardableResult
     private func sendError(_ fd: Int32, _ code: WireErrorCode, _ message: String) -> Bool {
         SocketIO.sendAll(fd, Wire.errorFrame(code, message))
+    }
+
+    @discardableResult
+    private func refuseOverBudget(_ fd: Int32, _ account: MemoryBudget.Account, _ what: String) -> Bool {
+        logger.warning("frame memory budget refused", metadata: [
+            "for": "\(what)", "uid": "\(account.uid)",
+            "held-by-connection": "\(account.held)", "held-in-all": "\(frameMemory.total)",
+        ])
+        return sendError(fd, .busy, "no room for \(what): " + account.refusal)
     }
 
     /// After the listener refused a peer outside the allow-list (it sent the
@@ -265,9 +294,10 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
     /// The reply is laid out once the names found and their sizes are known,
     /// and each value is decrypted straight into its place in the frame
     /// (ProjectVault.openValues), not into a buffer of its own first.
-    private func handleGet(_ fd: Int32, _ names: [String], actor: Actor, peer: PeerCredentials) -> Bool {
+    private func handleGet(_ fd: Int32, _ names: [String], actor: Actor, peer: PeerCredentials,
+                           account: MemoryBudget.Account) -> Bool {
         let sequence = changeSequence
-        let reply = GetReplyLayout(sequence: sequence, maxReplyFrame: limits.maxReplyFrame)
+        let reply = GetReplyLayout(sequence: sequence, maxReplyFrame: limits.maxReplyFrame, account: account)
         // The values' places in the frame wipe their ranges when they go, and
         // the frame is wiped once sent (or not).
         defer { reply.discard() }
@@ -290,6 +320,8 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         case .outOfMemory(let size)?:
             logger.error("GET: out of locked memory for the reply", metadata: ["bytes": "\(size)"])
             return sendError(fd, .internalError, "the mount is out of memory for this reply; ask for fewer names")
+        case .overBudget?:
+            return refuseOverBudget(fd, account, "the reply")
         case nil:
             break
         }
@@ -301,7 +333,8 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
 
     /// WATCH: WATCHING now, CHANGED whenever `notifyChanged` is called, until
     /// the peer closes or the server stops. Returns the `linger` flag.
-    private func runWatch(id: UInt64, fd: Int32, uid: uid_t) -> Bool {
+    /// `sentMore`: bytes after WATCH were read with it (a request, refused).
+    private func runWatch(id: UInt64, fd: Int32, uid: uid_t, sentMore: Bool) -> Bool {
         guard let watcher = ChangeQueue(limit: limits.maxQueuedNames) else {
             sendError(fd, .internalError, "cannot create an event descriptor")
             return true
@@ -341,6 +374,10 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
         b.text(vault.name)
         guard SocketIO.sendAll(fd, b.finish()) else { return false }
         logger.debug("watching", metadata: ["version": "\(start)"])
+        if sentMore {
+            sendError(fd, .unexpected, "a watching connection takes no requests; open another connection")
+            return true
+        }
 
         while true {
             var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
@@ -383,10 +420,13 @@ public final class PrivilegedSocketServer: @unchecked Sendable {
 /// header, each found name with room for its value (slices of the frame,
 /// which the vault decrypts into), then the missing names.
 private final class GetReplyLayout {
-    enum Refusal { case tooLarge(found: Int, size: Int), outOfMemory(size: Int) }
+    enum Refusal { case tooLarge(found: Int, size: Int), outOfMemory(size: Int), overBudget }
 
     let sequence: UInt64
     let maxReplyFrame: Int
+    /// Holds the frame's bytes in the server's budget until `discard`.
+    let account: MemoryBudget.Account
+    private var held = 0
     var version: Int64 = 0
     private(set) var refusal: Refusal?
     private(set) var foundCount = 0
@@ -395,9 +435,10 @@ private final class GetReplyLayout {
     /// Each wipes its range of the frame when it goes: kept until `discard`.
     private var places: [SecureBytes] = []
 
-    init(sequence: UInt64, maxReplyFrame: Int) {
+    init(sequence: UInt64, maxReplyFrame: Int, account: MemoryBudget.Account) {
         self.sequence = sequence
         self.maxReplyFrame = maxReplyFrame
+        self.account = account
     }
 
     /// The frame for `found` (with their value sizes) and `missing`, and the
@@ -412,6 +453,14 @@ private final class GetReplyLayout {
             refusal = .tooLarge(found: found.count, size: size)
             return nil
         }
+        let bytes = Wire.lengthSize + Wire.headerSize + size
+        account.give(held)   // laid out once per GET; never held twice
+        held = 0
+        guard account.take(bytes) else {
+            refusal = .overBudget
+            return nil
+        }
+        held = bytes
         guard let b = FrameBuilder(allocatingReply: Wire.MessageType.getReply.rawValue, bodySize: size) else {
             refusal = .outOfMemory(size: size)
             return nil
@@ -450,5 +499,7 @@ private final class GetReplyLayout {
         frame?.wipe()
         builder = nil
         frame = nil
+        account.give(held)
+        held = 0
     }
 }

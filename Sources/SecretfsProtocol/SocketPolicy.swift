@@ -35,6 +35,14 @@ public struct SocketPolicy: Sendable, Equatable {
     /// connection slot; see UnixSocketListener).
     public var admitsSeveralUIDs: Bool { effectiveUIDs.count > 1 || !gids.isEmpty }
 
+    /// How much of a server-wide resource (connection slots, frame memory)
+    /// one uid may hold: three quarters of it when several uids may connect,
+    /// so one allowed uid (a runaway client, or a careless one) never takes
+    /// all of it from the others; all of it otherwise.
+    public func share(of total: Int) -> Int {
+        admitsSeveralUIDs ? max(1, total * 3 / 4) : total
+    }
+
     public func allows(_ peer: PeerCredentials) -> Bool {
         if effectiveUIDs.contains(peer.uid) { return true }
         if gids.contains(peer.gid) { return true }

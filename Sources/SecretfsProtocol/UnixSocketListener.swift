@@ -43,12 +43,8 @@ package final class UnixSocketListener: @unchecked Sendable {
         package var backlog: Int32
         /// Connections served at once; more get a busy ERROR.
         package var maxConnections: Int
-        /// Connections one uid may hold when the policy admits several:
-        /// three quarters of `maxConnections`, so one allowed uid (a runaway
-        /// client, or a careless one) never takes every slot from the others.
-        package var maxConnectionsPerUID: Int {
-            policy.admitsSeveralUIDs ? max(1, maxConnections * 3 / 4) : maxConnections
-        }
+        /// Connections one uid may hold: its share of `maxConnections`.
+        package var maxConnectionsPerUID: Int { policy.share(of: maxConnections) }
         /// Seconds a send may block on a peer that does not read (set on
         /// every admitted connection before anything is sent).
         package var sendTimeout: Double

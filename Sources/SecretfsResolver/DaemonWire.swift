@@ -330,9 +330,12 @@ public enum DaemonRequest: Equatable, Sendable {
 /// sent with one send; `wipe()` after every reply (a RESOLVED frame holds
 /// values). A buffer grown past `retainedCapacity` for one large reply is
 /// given back by `wipe()`, so an idle connection keeps at most that much
-/// locked.
+/// locked. With an `account`, the buffer's capacity is held in the daemon's
+/// `MemoryBudget`, and a reply that would pass it is not built (nil, with
+/// `account.lastTakeRefused` set).
 final class ReplyBuffer {
     let retainedCapacity: Int
+    let account: MemoryBudget.Account?
     private var buffer: SecureBytes?
     /// Bytes of the frame being built (`buffer[0..<used]`).
     private var used = 0
@@ -343,11 +346,30 @@ final class ReplyBuffer {
     /// The smallest buffer (sodium_malloc rounds up to whole pages anyway).
     static let minimumCapacity = 4096 - 16
 
-    init(retainedCapacity: Int = 64 << 10) {
+    init(retainedCapacity: Int = 64 << 10, account: MemoryBudget.Account? = nil) {
         self.retainedCapacity = retainedCapacity
+        self.account = account
     }
 
-    deinit { wipe() }
+    deinit {
+        wipe()
+        account?.give(buffer?.capacity ?? 0)
+    }
+
+    /// Replaces the buffer with a new one of `capacity` bytes, held in the
+    /// budget; false (the old one kept) when the budget refuses, false (no
+    /// buffer) when the memory cannot be locked.
+    private func reallocate(_ capacity: Int) -> Bool {
+        let old = buffer?.capacity ?? 0
+        guard account?.resize(from: old, to: capacity) ?? true else { return false }
+        buffer = nil   // sodium_free wipes
+        guard let b = SecureBytes(allocating: capacity) else {
+            account?.give(capacity)
+            return false
+        }
+        buffer = b
+        return true
+    }
 
     /// Starts a frame of `type` whose body is an optional u32 `prefix` (a
     /// length or count, never secret) then `bodySize` bytes: writes the
@@ -358,9 +380,7 @@ final class ReplyBuffer {
         let head = Wire.lengthSize + Wire.headerSize + (prefix == nil ? 0 : 4)
         let total = head + bodySize
         if (buffer?.capacity ?? 0) < total {
-            buffer = nil   // sodium_free wipes
-            guard let b = SecureBytes(allocating: max(total, Self.minimumCapacity)) else { return nil }
-            buffer = b
+            guard reallocate(max(total, Self.minimumCapacity)) else { return nil }
         }
         writeHeader(type, prefix: prefix, total: total)
         // Within the buffer's lifetime: `buffer` holds it until `wipe()`.
@@ -373,8 +393,7 @@ final class ReplyBuffer {
     func room(headerBytes: Int) -> UnsafeMutableRawBufferPointer? {
         wipe()
         if buffer == nil {
-            guard let b = SecureBytes(allocating: Self.minimumCapacity) else { return nil }
-            buffer = b
+            guard reallocate(Self.minimumCapacity) else { return nil }
         }
         let b = buffer!
         guard b.capacity > headerBytes else { return nil }
@@ -426,6 +445,9 @@ final class ReplyBuffer {
         if written > 0 { b.wipe(range: 0..<written) }
         used = 0
         dirty = 0
-        if b.capacity > retainedCapacity { buffer = nil }
+        if b.capacity > retainedCapacity {
+            account?.give(b.capacity)
+            buffer = nil   // sodium_free wipes
+        }
     }
 }

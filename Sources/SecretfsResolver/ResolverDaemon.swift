@@ -34,6 +34,11 @@ public struct ResolverDaemonLimits: Sendable {
     public var maxRequestFrame = DaemonWire.maxRequestFrame
     /// Largest reply frame built; bigger results get `reply-too-large`.
     public var maxReplyFrame = DaemonWire.maxReplyFrame
+    /// Locked memory all connections may hold at once for requests, replies
+    /// and redaction output (`MemoryBudget`); one uid gets three quarters of
+    /// it when several may connect. Room for three of the largest request
+    /// and reply together; a request that would pass it gets ERROR `busy`.
+    public var maxFrameMemory = 256 << 20
 
     public init() {}
 }
@@ -62,6 +67,8 @@ public final class ResolverDaemon: @unchecked Sendable {
     public let limits: ResolverDaemonLimits
     let logger: Logger
     private let listener: UnixSocketListener
+    /// What the connections' frame buffers hold (`limits.maxFrameMemory`).
+    public let frameMemory: MemoryBudget
 
     private struct State {
         /// Set by the first `start`, even one that fails: the daemon starts once.
@@ -80,6 +87,7 @@ public final class ResolverDaemon: @unchecked Sendable {
         self.policy = policy
         self.limits = limits
         self.logger = logger
+        frameMemory = MemoryBudget(limit: limits.maxFrameMemory, policy: policy)
         listener = UnixSocketListener(UnixSocketListener.Configuration(
             path: socketPath, name: "daemon socket",
             backlog: 128, maxConnections: limits.maxConnections, sendTimeout: limits.sendTimeout, policy: policy,
@@ -213,8 +221,9 @@ public final class ResolverDaemon: @unchecked Sendable {
     /// thing sent was an ERROR after which the connection is closed.
     private func serveConnection(_ admitted: UnixSocketListener.Connection) -> Bool {
         let (id, fd) = (admitted.id, admitted.fd)
-        let conn = Connection(fd: fd, peer: admitted.peer, receiver: FrameReceiver(fd: fd), reply: ReplyBuffer(),
-                              scans: ScanMemo(), uidText: .string("\(admitted.peer.uid)"), pidText: .string("\(admitted.peer.pid)"))
+        let account = frameMemory.account(uid: admitted.peer.uid)
+        let conn = Connection(fd: fd, peer: admitted.peer, account: account, receiver: FrameReceiver(fd: fd, account: account),
+                              reply: ReplyBuffer(account: account), scans: ScanMemo(), uidText: .string("\(admitted.peer.uid)"), pidText: .string("\(admitted.peer.pid)"))
         while true {
             switch readRequest(conn, deadline: monotonicSeconds() + limits.idleTimeout) {
             case .end(let linger):
@@ -258,6 +267,8 @@ public final class ResolverDaemon: @unchecked Sendable {
     private struct Connection {
         let fd: Int32
         let peer: PeerCredentials
+        /// The connection's share of `frameMemory`, which its buffers hold.
+        let account: MemoryBudget.Account
         let receiver: FrameReceiver
         let reply: ReplyBuffer
         let scans: ScanMemo
@@ -276,6 +287,12 @@ public final class ResolverDaemon: @unchecked Sendable {
     private func readRequest(_ conn: Connection, deadline: Double?) -> RequestRead {
         let fd = conn.fd
         switch conn.receiver.next(maxLength: limits.maxRequestFrame, deadline: deadline) {
+        case .failed(ENOBUFS):
+            refuseOverBudget(conn, "a request")
+            return .end(linger: true)
+        case .failed(ENOMEM):
+            outOfMemory(conn, "a request")
+            return .end(linger: true)
         case .closed, .truncated, .failed:
             return .end(linger: false)
         case .timedOut:
@@ -292,6 +309,25 @@ public final class ResolverDaemon: @unchecked Sendable {
     @discardableResult
     private func sendError(_ fd: Int32, _ code: WireErrorCode, _ message: String) -> Bool {
         SocketIO.sendAll(fd, DaemonWire.errorFrame(code, message))
+    }
+
+    /// The ERROR for a buffer that could not be had: `busy` when the budget
+    /// refused it (the client may try again), `internal-error` when the
+    /// memory could not be locked.
+    @discardableResult
+    private func outOfMemory(_ conn: Connection, _ what: String) -> Bool {
+        if conn.account.lastTakeRefused { return refuseOverBudget(conn, what) }
+        logger.error("out of locked memory", metadata: ["for": "\(what)", "uid": conn.uidText])
+        return sendError(conn.fd, .internalError, "the daemon is out of locked memory for \(what)")
+    }
+
+    @discardableResult
+    private func refuseOverBudget(_ conn: Connection, _ what: String) -> Bool {
+        logger.warning("frame memory budget refused", metadata: [
+            "for": "\(what)", "uid": conn.uidText, "pid": conn.pidText,
+            "held-by-connection": "\(conn.account.held)", "held-in-all": "\(frameMemory.total)",
+        ])
+        return sendError(conn.fd, .busy, "no room for \(what): " + conn.account.refusal)
     }
 
     private func upstreamError(_ conn: Connection, _ project: String, _ e: UpstreamFailure) -> Bool {
@@ -348,10 +384,7 @@ public final class ResolverDaemon: @unchecked Sendable {
             logger.error("RESOLVE failed", metadata: ["project": "\(project)", "error": "\(error)"])
             return sendError(fd, .internalError, "project \(project): the document could not be resolved")
         }
-        guard placed else {
-            logger.error("RESOLVE: out of locked memory for the reply", metadata: ["project": "\(project)"])
-            return sendError(fd, .internalError, "the daemon is out of memory for this reply")
-        }
+        guard placed else { return outOfMemory(conn, "the reply") }
         // Audit: who received which values, at the default level (cached or
         // not): the names fetched, which are the scan's referenced names.
         // The values are the strings themselves (an interpolation copies the
@@ -385,9 +418,12 @@ public final class ResolverDaemon: @unchecked Sendable {
         guard size + Wire.headerSize <= limits.maxReplyFrame else {
             return sendError(fd, .replyTooLarge, "the \(found.count) values asked for do not fit one frame")
         }
+        // The reply's buffer is held in the budget until it is sent.
+        let held = Wire.lengthSize + Wire.headerSize + size
+        guard conn.account.take(held) else { return outOfMemory(conn, "the reply") }
+        defer { conn.account.give(held) }
         guard let b = FrameBuilder(allocatingReply: DaemonWire.MessageType.valuesReply.rawValue, bodySize: size) else {
-            logger.error("VALUES: out of locked memory for the reply", metadata: ["bytes": "\(size)"])
-            return sendError(fd, .internalError, "the daemon is out of memory for this reply; ask for fewer names")
+            return outOfMemory(conn, "the reply")
         }
         b.u32(UInt32(found.count))
         for n in found {
@@ -517,6 +553,12 @@ public final class ResolverDaemon: @unchecked Sendable {
         do { (redactor, generation) = try cache.redactor(key) } catch {
             return upstreamError(conn, project, error) ? .next : .close(linger: false)
         }
+        // What the stream releases for one chunk, sent as one REDACTED frame.
+        // The input may hold values, so the output buffer is locked memory too.
+        guard let out = OutputBuffer(account: conn.account) else {
+            outOfMemory(conn, "a redaction stream")
+            return .close(linger: true)
+        }
         var size = 4
         for s in redactor.skipped { size += Wire.textSize(s.name) + Wire.textSize(DaemonWire.clip(s.reason, 1024)) }
         let hello = FrameBuilder(rawType: DaemonWire.MessageType.redacting.rawValue, bodySize: size)
@@ -528,9 +570,6 @@ public final class ResolverDaemon: @unchecked Sendable {
         guard SocketIO.sendAll(fd, hello.finish()) else { return .close(linger: false) }
         logger.info("redaction stream", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)", "pid": "\(conn.peer.pid)"])
 
-        // What the stream releases for one chunk, sent as one REDACTED frame.
-        // The input may hold values, so the output buffer is locked memory too.
-        let out = OutputBuffer()
         let stream = RedactingStream(redactor: redactor) { bytes in try out.append(bytes) }
         func flush(_ type: DaemonWire.MessageType) -> Bool {
             defer { out.reset() }
@@ -563,8 +602,7 @@ public final class ResolverDaemon: @unchecked Sendable {
                             try stream.write(UnsafeRawBufferPointer(rebasing: raw[Wire.headerSize...]))
                         }
                     } catch {
-                        logger.error("redaction stream: out of locked memory", metadata: ["project": "\(project)", "uid": "\(conn.peer.uid)"])
-                        sendError(fd, .internalError, "the daemon is out of memory for this stream")
+                        outOfMemory(conn, "the stream's output")
                         return .close(linger: true)
                     }
                     // Exactly one REDACTED per DATA (possibly empty): clients
@@ -582,18 +620,42 @@ public final class ResolverDaemon: @unchecked Sendable {
     }
 }
 
-/// A growable locked buffer (for REDACTED frames).
+/// A growable locked buffer (for REDACTED frames). With an `account`, its
+/// capacity is held in the daemon's `MemoryBudget`.
 final class OutputBuffer {
-    private var buffer = SecureBytes(capacity: 64 << 10)
+    static let initialCapacity = 64 << 10
+    private var buffer: SecureBytes
+    private let account: MemoryBudget.Account?
     var count: Int { buffer.count }
 
     struct OutOfMemory: Error {}
 
+    init() {
+        buffer = SecureBytes(capacity: Self.initialCapacity)
+        account = nil
+    }
+
+    /// nil when the budget refuses the first buffer.
+    init?(account: MemoryBudget.Account) {
+        guard account.take(Self.initialCapacity) else { return nil }
+        guard let b = SecureBytes(allocating: Self.initialCapacity) else {
+            account.give(Self.initialCapacity)
+            return nil
+        }
+        buffer = b
+        self.account = account
+    }
+
+    deinit { account?.give(buffer.capacity) }
+
     /// Appends, growing into a bigger locked buffer; OutOfMemory (and nothing
-    /// changed) when that cannot be had.
+    /// changed) when the budget refuses or the memory cannot be locked.
     func append(_ bytes: UnsafeRawBufferPointer) throws {
         if !buffer.append(bytes) {
-            guard let bigger = buffer.copyIfPossible(capacity: max(buffer.capacity * 2, buffer.count + bytes.count)) else {
+            let capacity = max(buffer.capacity * 2, buffer.count + bytes.count)
+            guard account?.resize(from: buffer.capacity, to: capacity) ?? true else { throw OutOfMemory() }
+            guard let bigger = buffer.copyIfPossible(capacity: capacity) else {
+                _ = account?.resize(from: capacity, to: buffer.capacity)
                 throw OutOfMemory()
             }
             buffer = bigger   // the old buffer is wiped by sodium_free

@@ -64,6 +64,36 @@ struct ProtocolTests {
         #expect(e?.hint == "ask for fewer names at a time")
     }
 
+    @Test func connectionsShareOneBudgetOfLockedFrameMemory() throws {
+        // A peer that sends most of a large request and stops holds that
+        // much locked memory; while it does, a GET whose reply would pass the
+        // server's budget gets ERROR busy, and once it goes the GET is served.
+        var limits = ServerLimits()
+        limits.maxFrameMemory = 1 << 20
+        let f = try Fixture(limits: limits)
+        let big = [UInt8](repeating: 0x5a, count: 300 << 10)
+        try f.put("BIG", big)
+        let holder = rawConnect(f.socketPath)
+        #expect(holder >= 0)
+        let sent = 800 << 10
+        #expect(rawSend(holder, be32(UInt32(900 << 10)) + [1, 0x02] + [UInt8](repeating: 0, count: sent - 2)))
+        try waitUntil { f.server.frameMemory.total >= sent }
+
+        let c = try PrivilegedClient(socketPath: f.socketPath)
+        let e = #expect(throws: ProtocolError.self) { _ = try c.values(["BIG"]) }
+        #expect(e?.serverCode == .busy)
+        #expect(e.map { "\($0)" }?.contains("locked memory") == true, "\(String(describing: e))")
+        c.close()
+
+        close(holder)
+        try waitUntil { f.server.frameMemory.total == 0 }
+        let again = try PrivilegedClient(socketPath: f.socketPath)
+        #expect(bytes(try again.values(["BIG"]).values["BIG"]) == big)
+        again.close()
+        try waitUntil { f.server.frameMemory.total == 0 }
+    }
+
+    // MARK: Watch
     // MARK: Watch
 
     @Test func feedReportsChangesAndEnds() throws {

@@ -58,6 +58,78 @@ import Testing
         ResolverDaemonTests.assertNoValueLogged(f)
     }
 
+    @Test func allConnectionsShareOneBudgetOfLockedFrameMemory() throws {
+        // A client that sends most of a large request and stops holds that
+        // much locked memory; with the daemon's budget held, another
+        // connection's large request gets ERROR busy (not a lock of memory
+        // without end), and once the holder goes the same request is served.
+        var limits = ResolverDaemonLimits()
+        limits.maxFrameMemory = 1 << 20
+        let f = try ResolverDaemonTests.populated(limits: limits)
+        let holder = try SocketConnection(socketPath: f.daemonSocket, service: .daemon, timeout: 10)
+        let announced = 900 << 10, sent = 800 << 10
+        var partial: [UInt8] = [UInt8(announced >> 24), UInt8((announced >> 16) & 0xff), UInt8((announced >> 8) & 0xff), UInt8(announced & 0xff)]
+        partial += [DaemonWire.version, 0x10] + [UInt8](repeating: 0x20, count: sent - 2)
+        var off = 0
+        while off < partial.count {
+            let n = partial[off...].withUnsafeBytes { send(holder.fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { break }
+            off += n
+        }
+        #expect(try waitUntil { f.daemon.frameMemory.total >= sent })
+
+        let padding = String(repeating: "x", count: 300 << 10)
+        let large = Array("/* \(padding) */ secrets.API_TOKEN".utf8)
+        let c = try SocketConnection(socketPath: f.daemonSocket, service: .daemon, timeout: 10)
+        do {
+            _ = try DaemonClient.resolve(on: c, project: "demo", document: large, format: .expr, output: .document)
+            Issue.record("expected ERROR busy while the budget is held")
+        } catch {
+            #expect((error as? ProtocolError)?.serverCode == .busy, "\(error)")
+            #expect("\(error)".contains("locked memory"), "\(error)")
+        }
+        c.close()
+        // Small requests fit beside the holder.
+        let small = try SocketConnection(socketPath: f.daemonSocket, service: .daemon, timeout: 10)
+        let short = Array("secrets.API_TOKEN".utf8)
+        #expect(!bytes(try DaemonClient.resolve(on: small, project: "demo", document: short, format: .expr, output: .document)).isEmpty)
+        small.close()
+
+        holder.close()
+        #expect(try waitUntil { f.daemon.frameMemory.total == 0 })
+        let again = try SocketConnection(socketPath: f.daemonSocket, service: .daemon, timeout: 10)
+        defer { again.close() }
+        let local = try f.mountSource()
+        let resolved = try DaemonClient.resolve(on: again, project: "demo", document: large, format: .expr, output: .document)
+        #expect(bytes(resolved) == bytes(try Resolver.resolve(large, format: .expr, output: .document, source: local)))
+        ResolverDaemonTests.assertNoValueLogged(f)
+    }
+
+    @Test func oneUIDHoldsAtMostItsShareOfTheBudgetWhenSeveralMayConnect() {
+        let shared = MemoryBudget(limit: 1000, policy: SocketPolicy(uids: [65534]))
+        #expect(shared.perUIDLimit == 750)
+        let mine = shared.account(uid: getuid()), theirs = shared.account(uid: 65534)
+        #expect(mine.take(700))
+        #expect(!mine.take(100) && mine.lastTakeRefused && mine.held == 700)
+        #expect(mine.refusal.contains("uid \(getuid())"))
+        #expect(theirs.take(300) && !theirs.lastTakeRefused)
+        #expect(!theirs.take(1), "the server's limit holds for every uid")
+        #expect(mine.resize(from: 700, to: 100) && shared.total == 400)
+        #expect(theirs.take(350))
+        do {
+            // Another connection of the same uid counts toward its share.
+            let more = shared.account(uid: 65534)
+            #expect(!more.take(101))
+            #expect(more.take(100))
+            #expect(shared.total == 850)
+        }
+        // An account that goes gives back what it held.
+        #expect(shared.total == 750)
+        // With one uid, that uid may hold it all.
+        let alone = MemoryBudget(limit: 1000, policy: SocketPolicy())
+        #expect(alone.perUIDLimit == 1000)
+    }
+
     @Test func aReplyBufferIsWipedBetweenReplies() throws {
         let reply = ReplyBuffer(retainedCapacity: 64 << 10)
         let secret = Array("reply-secret-value".utf8)

@@ -18,8 +18,8 @@ import Testing
         "API_TOKEN": "api-token-line1\nline2\u{2028}😀",
     ]
 
-    static func populated(policy: SocketPolicy = SocketPolicy()) throws -> DaemonFixture {
-        let f = try DaemonFixture(policy: policy)
+    static func populated(policy: SocketPolicy = SocketPolicy(), limits: ResolverDaemonLimits = ResolverDaemonLimits()) throws -> DaemonFixture {
+        let f = try DaemonFixture(policy: policy, limits: limits)
         for (n, v) in flowValues { try f.put(n, v) }
         try f.put("UNREFERENCED", "never-asked-for-value")
         return f

@@ -43,7 +43,7 @@ final class DaemonFixture: @unchecked Sendable {
     let daemonSocket: String
     let log = LogCapture()
 
-    init(policy: SocketPolicy = SocketPolicy()) throws {
+    init(policy: SocketPolicy = SocketPolicy(), limits daemonLimits: ResolverDaemonLimits = ResolverDaemonLimits()) throws {
         var template = Array("/tmp/sfs-resolver-XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else { throw POSIXError(.EIO) }
         dir = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -61,7 +61,7 @@ final class DaemonFixture: @unchecked Sendable {
         server = PrivilegedSocketServer(vault: vault, socketPath: runtime + "/demo.sock", limits: limits, logger: logger)
         try server.start()
         daemonSocket = dir + "/resolver.sock"
-        daemon = ResolverDaemon(socketPath: daemonSocket, runtimeDirectory: runtime, policy: policy, logger: logger)
+        daemon = ResolverDaemon(socketPath: daemonSocket, runtimeDirectory: runtime, policy: policy, limits: daemonLimits, logger: logger)
         try daemon.start()
     }
 
