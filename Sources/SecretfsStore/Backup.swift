@@ -78,10 +78,14 @@ extension Store {
         } catch {
             throw StoreError.backupDirectoryUntrusted(directory: dir, error)
         }
-        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw StoreError.io(path: path, errno: errno, action: "create the backup") }
-        fchmod(fd, 0o600)
-        close(fd)
+        // Created in the directory just checked, through its descriptor
+        // (O_EXCL, no symlink, mode 0600 exactly).
+        let name = path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path
+        do throws(SystemError) {
+            close(try trusted.create(name, O_WRONLY, mode: 0o600))
+        } catch {
+            throw StoreError.io(path: path, errno: error.errno, action: "create the backup")
+        }
         var done = false
         defer { if !done { unlink(path) } }
         try lock.withLock { _ in
