@@ -24,6 +24,10 @@ public struct MountOptions: Sendable, Equatable {
     /// `maxWriteHandlesPerUID` of them (2 GiB at max_size=16M). Past it a
     /// growing write gets ENOMEM.
     public var maxBufferedBytesPerUID: Int { max(16 << 20, 4 * (sizeLimit + 1)) }
+    /// Seconds a staging file may lie closed before it is discarded (nil:
+    /// never). Nobody can list staging files, so one a killed rsync or editor
+    /// left would otherwise hold a slot and locked bytes until the unmount.
+    public var stagingTimeout: Double? = 600
     /// Refuse mode, owner and time changes with EPERM instead of accepting
     /// them without effect.
     public var strictModes = false

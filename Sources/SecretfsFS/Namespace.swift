@@ -1,5 +1,6 @@
 import Glibc
 import SecretfsNames
+import SecretfsPOSIX
 import SecretfsStore
 
 /// One name in the mounted directory, as the kernel knows it (an inode).
@@ -26,6 +27,9 @@ final class Node {
     var stagedBy: uid_t?
     /// A staging file's bytes as of its last flush, in locked memory.
     var staged: WriteBuffer?
+    /// Monotonic time since which no handle has been open on the node (its
+    /// creation, then each last close): how long a staging file has lain idle.
+    var idleSince = monotonicSeconds()
 
     init(ino: UInt64, name: String, info: SecretInfo?, stagedBy: uid_t? = nil) {
         self.ino = ino
@@ -104,6 +108,22 @@ struct Namespace {
     /// Locked bytes held by `uid`'s staging files.
     func stagedBytes(of uid: uid_t) -> Int {
         staging[uid]?.values.reduce(0) { $0 + ($1.staged?.capacity ?? 0) } ?? 0
+    }
+
+    /// Discards the staging files that no process has open and that have lain
+    /// idle for `idleLimit` seconds or more (one left by a killed rsync or
+    /// editor, which nobody can list, so nobody would remove it): their
+    /// bytes are wiped and their uid's slots free. Returns (uid, name, idle
+    /// seconds) of each, for the log.
+    mutating func expireStaging(idleLimit: Double, now: Double = monotonicSeconds()) -> [(uid: uid_t, name: String, idle: Double)] {
+        var expired: [(uid: uid_t, name: String, idle: Double)] = []
+        for (uid, files) in staging {
+            for (name, node) in files where node.openHandles == 0 && now - node.idleSince >= idleLimit {
+                expired.append((uid, name, now - node.idleSince))
+                unlink(node)
+            }
+        }
+        return expired
     }
 
     /// Gives the node `name` in the table it belongs to (its `stagedBy` says

@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import SecretfsNames
+import SecretfsPOSIX
 import SecretfsStore
 import SecureMemory
 import Synchronization
@@ -238,6 +239,7 @@ public final class SecretFilesystem: @unchecked Sendable {
                 if flags & O_EXCL != 0 { throw .exists }
                 node = existing
             } else if staging {
+                expireIdleStagingFiles()
                 guard namespace.stagingCount(of: caller.uid) < options.maxWriteHandlesPerUID else {
                     logger.warning("staging file limit reached", metadata: ["uid": "\(caller.uid)"])
                     throw .tooManyOpen
@@ -290,10 +292,23 @@ public final class SecretFilesystem: @unchecked Sendable {
 
     private func unregister(_ h: OpenFile) {
         h.node.openHandles -= 1
+        if h.node.openHandles == 0 { h.node.idleSince = monotonicSeconds() }
         guard h.writable else { return }
         writeHandles -= 1
         let left = writeHandlesByUID[h.actor.uid, default: 1] - 1
         writeHandlesByUID[h.actor.uid] = left > 0 ? left : nil
+    }
+
+    /// Staging files nobody has open are dropped once idle for the mount's
+    /// `staging_timeout`. Checked when a staging file is made and when a uid
+    /// runs out of buffered bytes (the two things an abandoned one takes),
+    /// not on a timer: nothing else needs them gone.
+    private func expireIdleStagingFiles() {
+        guard let limit = options.stagingTimeout else { return }
+        for e in namespace.expireStaging(idleLimit: limit) {
+            logger.notice("staging file expired", metadata: ["name": "\(e.name)", "uid": "\(e.uid)",
+                                                             "idle_seconds": "\(Int(e.idle))"])
+        }
     }
 
     /// Locked bytes held for `uid` now: its open handles' buffers and its
@@ -364,11 +379,17 @@ public final class SecretFilesystem: @unchecked Sendable {
             let (end, overflow) = (append ? b.count : Int(offset)).addingReportingOverflow(data.count)
             let newlineGrace = !options.keepTrailingNewline && end == options.sizeLimit + 1 && data.last == 0x0A
             var failure: Errno? = overflow || !(end <= options.sizeLimit || newlineGrace) ? .tooBig : nil
-            if failure == nil, b.capacity(forEnd: end) > b.capacity,
-               bufferedBytes(of: h.actor.uid) + b.capacity(forEnd: end) - b.capacity > options.maxBufferedBytesPerUID {
-                logger.warning("buffered bytes limit reached", metadata: ["uid": "\(h.actor.uid)",
-                                                                          "limit": "\(options.maxBufferedBytesPerUID)"])
-                failure = .noMemory
+            func overBufferedBytes() -> Bool {
+                bufferedBytes(of: h.actor.uid) + b.capacity(forEnd: end) - b.capacity > options.maxBufferedBytesPerUID
+            }
+            if failure == nil, b.capacity(forEnd: end) > b.capacity, overBufferedBytes() {
+                // Abandoned staging files may be what holds the bytes.
+                expireIdleStagingFiles()
+                if overBufferedBytes() {
+                    logger.warning("buffered bytes limit reached", metadata: ["uid": "\(h.actor.uid)",
+                                                                              "limit": "\(options.maxBufferedBytesPerUID)"])
+                    failure = .noMemory
+                }
             }
             if failure == nil {
                 do throws(Errno) {

@@ -18,11 +18,12 @@ struct MountCommand: ParsableCommand {
             With -f it stays in the foreground and logs to stderr.
 
             Mount options (-o, comma separated; others go to libfuse):
-              group=GROUP        members of GROUP (name or gid) may use the mount too
-              keep_newline       keep the trailing newline that echo adds (default: drop one)
-              strict_modes       refuse chmod, chown and time changes with EPERM (default: accept them, change nothing)
-              max_size=BYTES     largest value accepted (default 64K; suffixes K and M)
-              cache_timeout=SEC  how long the kernel caches names and attributes (default 1)
+              group=GROUP          members of GROUP (name or gid) may use the mount too
+              keep_newline         keep the trailing newline that echo adds (default: drop one)
+              strict_modes         refuse chmod, chown and time changes with EPERM (default: accept them, change nothing)
+              max_size=BYTES       largest value accepted (default 64K; suffixes K and M)
+              cache_timeout=SEC    how long the kernel caches names and attributes (default 1)
+              staging_timeout=SEC  discard a staging (.NAME) file closed this long (default 600; 0: never)
             """)
 
     @OptionGroup var global: GlobalOptions
@@ -82,6 +83,11 @@ struct MountCommand: ParsableCommand {
                     throw ValidationError("-o cache_timeout needs seconds from 0 to 3600, got '\(value ?? "")'")
                 }
                 result.cacheTimeout = t
+            case "staging_timeout":
+                guard let value, let t = Double(value), t >= 0, t <= 7 * 86400 else {
+                    throw ValidationError("-o staging_timeout needs seconds from 0 (never) to 604800, got '\(value ?? "")'")
+                }
+                result.stagingTimeout = t == 0 ? nil : t
             case "allow_other", "default_permissions", "allow_root":
                 throw ValidationError("-o \(key) is decided by secretfs: without -o group only the mount's owner may enter; with -o group=GROUP its members may too, and the kernel enforces the mode bits")
             case "writeback_cache":

@@ -121,3 +121,81 @@ struct StagingFileTests {
         #expect(!f.logText.contains("PlainStaging-Marker"))
     }
 }
+
+/// Staging files nobody can list must not outlive their use: one a killed
+/// rsync left would hold a slot and locked bytes until the unmount.
+@Suite(.serialized)
+struct StagingFileExpiryTests {
+    @Test func aClosedStagingFileIdleForStagingTimeoutIsDiscarded() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount(["-o", "staging_timeout=1"])
+        // The uid's 128 staging slots, all taken by closed, abandoned files.
+        try f.expectOK(f.sh("for i in $(seq 1 128); do printf 'abandoned-value' > $MNT/.left$i || exit 1; done"))
+        let full = try f.sh("printf v > $MNT/.one_more")
+        #expect(full.status != 0 && full.stderr.contains("Too many open files"), "\(full.stderr)")
+        // One kept open is not idle, however long it is held.
+        try f.expectOK(f.sh("rm $MNT/.left128"))
+        let held = open("\(f.mnt)/.held", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        #expect(held >= 0)
+        usleep(1_300_000)
+        // The next staging file finds the idle ones gone and its slot free.
+        try f.expectOK(f.sh("printf 'fresh-value' > $MNT/.fresh"))
+        let gone = try f.sh("stat $MNT/.left1; mv $MNT/.left2 $MNT/FROM_EXPIRED")
+        #expect(gone.stderr.components(separatedBy: "No such file").count == 3, "\(gone.stderr)")
+        #expect(Array("held-value".utf8).withUnsafeBytes { write(held, $0.baseAddress, $0.count) } == 10)
+        #expect(close(held) == 0)
+        try f.expectOK(f.sh("mv $MNT/.held $MNT/HELD && mv $MNT/.fresh $MNT/FRESH"))
+        #expect(try f.storedNames() == ["FRESH", "HELD"])
+        #expect(try f.storedValue("HELD") == "held-value")
+        // The log names what went, never what it held.
+        let log = f.logText
+        #expect(log.contains("staging file expired") && log.contains(".left1"), "\(log)")
+        #expect(!log.contains("abandoned-value"))
+    }
+
+    @Test func idleStagingFilesGiveBackTheBytesTheirUIDNeeds() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount(["-o", "max_size=16M,staging_timeout=1"])
+        let chunk = [UInt8](repeating: 0x42, count: 8 << 20)
+        func writeFile(_ name: String) -> Int32 {
+            let fd = open("\(f.mnt)/\(name)", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            guard fd >= 0 else { return errno }
+            let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            let failure = n < 0 ? errno : 0
+            close(fd)
+            return failure
+        }
+        // Closed staging files fill the uid's 64 MiB (4 x max_size) of
+        // locked bytes, until a write gets ENOMEM.
+        var staged = 0
+        var refusal: Int32 = 0
+        while staged < 20 {
+            refusal = writeFile(".part\(staged)")
+            if refusal != 0 { break }
+            staged += 1
+        }
+        #expect(refusal == ENOMEM && staged >= 4, "errno \(refusal) after \(staged) files")
+        #expect(writeFile("BIG") == ENOMEM)
+        usleep(1_300_000)
+        // Once they are idle, the write that needs their bytes gets them.
+        #expect(writeFile("BIG") == 0)
+        #expect(try f.eventually { try f.storedBytes("BIG")?.count == 8 << 20 })
+        #expect(try f.sh("stat $MNT/.part0").status != 0)
+    }
+
+    @Test func stagingTimeoutZeroKeepsThemAndABadOneIsAUsageError() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        for value in ["-1", "abc", "nan", "604801", ""] {
+            let o = try f.secretfs(["mount", f.project, f.mnt, "-o", "staging_timeout=\(value)"])
+            #expect(o.status == 64 && o.stderr.contains("-o staging_timeout needs seconds"), "\(value): \(o.status) \(o.stderr)")
+        }
+        try f.mount(["-o", "staging_timeout=0"])
+        try f.expectOK(f.sh("printf kept > $MNT/.old"))
+        usleep(1_100_000)
+        try f.expectOK(f.sh("printf new > $MNT/.new && mv $MNT/.old $MNT/OLD"))
+        #expect(try f.storedValue("OLD") == "kept")
+    }
+}
