@@ -25,20 +25,28 @@ struct RedactCommand: ParsableCommand {
     @Option(help: "The project whose values to mask.", completion: .projectNames) var project: String
     @Option(help: ArgumentHelp("Get the values through a resolver daemon listening on this socket.", valueName: "socket"))
     var resolver: String?
-    @Option(help: "Values shorter than this many bytes are not masked (reported on stderr).") var minLength = 4
+    @OptionGroup var masking: MaskingOptions
+
+    func run() throws {
+        let feed = try RedactorFeed(global: global, project: project, resolver: resolver, masking: masking)
+        let stream = RedactingStream(redactor: feed.current()) { bytes in try writeRaw(fd: 1, bytes) }
+        try pump(from: 0, through: stream, feed: feed)
+    }
+}
+
+/// How `redact` and `run` mask: the same flags, checked the same way.
+struct MaskingOptions: ParsableArguments {
+    @Option(help: "Values shorter than this many bytes are not masked (each is named on stderr).") var minLength = 4
     @Option(help: "The mask that replaces each match.") var mask = "[REDACTED]"
+    @Flag(name: [.customShort("q"), .long], help: "Do not name the values too short to mask on stderr (they are still not masked).")
+    var quiet = false
 
     func validate() throws {
         guard minLength >= 1 else { throw ValidationError("--min-length must be at least 1") }
         guard !mask.isEmpty else { throw ValidationError("--mask must not be empty") }
     }
 
-    func run() throws {
-        let options = RedactionOptions(minimumLength: minLength, mask: mask)
-        let feed = try RedactorFeed(global: global, project: project, resolver: resolver, options: options)
-        let stream = RedactingStream(redactor: feed.current()) { bytes in try writeRaw(fd: 1, bytes) }
-        try pump(from: 0, through: stream, feed: feed)
-    }
+    var redaction: RedactionOptions { RedactionOptions(minimumLength: minLength, mask: mask) }
 }
 
 /// Builds a redactor from all of a project's values and rebuilds it when the
@@ -59,6 +67,8 @@ struct RedactCommand: ParsableCommand {
 final class RedactorFeed: @unchecked Sendable {
     // @unchecked: mutable state is in Mutexes; the rest is immutable.
     private let options: RedactionOptions
+    /// Whether stderr names the values too short to mask (not with --quiet).
+    private let reportsShortValues: Bool
     let project: String
     let source: ValueSource
     private struct State {
@@ -72,8 +82,9 @@ final class RedactorFeed: @unchecked Sendable {
         var pending = 0
     }
     private let state: Mutex<State>
-    /// Values masked in every build, whatever the project holds (locked memory).
-    private let pinned = Mutex<[SecureBytes]>([])
+    /// Values masked in every build, whatever the project holds (locked
+    /// memory), with the name of the secret each came from.
+    private let pinned = Mutex<[(name: String, value: SecureBytes)]>([])
     /// Whether stderr was told the feed is down (it is told once per outage),
     /// and the names already reported as too short to mask.
     private let notices = Mutex((down: false, slow: false, warnedShort: Set<String>()))
@@ -83,8 +94,9 @@ final class RedactorFeed: @unchecked Sendable {
     /// with the redactor it has (and says so).
     static let applyTimeout = 10.0
 
-    init(global: GlobalOptions, project: String, resolver: String?, options: RedactionOptions) throws {
-        self.options = options
+    init(global: GlobalOptions, project: String, resolver: String?, masking: MaskingOptions) throws {
+        self.options = masking.redaction
+        self.reportsShortValues = !masking.quiet
         self.project = project
         let source = try openValueSource(global: global, project: project, resolver: resolver)
         self.source = source
@@ -100,8 +112,8 @@ final class RedactorFeed: @unchecked Sendable {
 
     /// Masks `values` from now on, whatever happens to the project (`run`
     /// puts them in the command's environment). Rebuilds before returning.
-    func pin(_ values: [SecureBytes]) throws {
-        pinned.withLock { $0 += values.map { $0.copy() } }
+    func pin(_ values: [String: SecureBytes]) throws {
+        pinned.withLock { $0 += values.map { (name: $0.key, value: $0.value.copy()) } }
         try rebuildOrThrow()
     }
 
@@ -156,8 +168,16 @@ final class RedactorFeed: @unchecked Sendable {
     /// before the tables are built (see Redactor.init(consuming:)).
     private func build() throws -> Redactor {
         let names = try source.names()
-        var secrets: [(name: String, value: SecureBytes)] = names.isEmpty ? [] : try source.values(names).map { (name: $0.key, value: $0.value) }
-        pinned.withLock { p in for (i, v) in p.enumerated() { secrets.append((name: "pinned value \(i + 1)", value: v)) } }
+        var current = names.isEmpty ? [:] : try source.values(names)
+        var secrets: [(name: String, value: SecureBytes)] = current.map { (name: $0.key, value: $0.value) }
+        pinned.withLock { p in
+            // A pinned value the project still holds under its name is in
+            // already (and would be reported twice if too short to mask).
+            for (name, value) in p where current[name].map({ !$0.constantTimeEquals(value) }) ?? true {
+                secrets.append((name: "\(name) (the value the command was given)", value: value))
+            }
+        }
+        current = [:]   // `secrets` holds the only references now (see above)
         return Redactor(consuming: &secrets, options: options)
     }
 
@@ -172,6 +192,7 @@ final class RedactorFeed: @unchecked Sendable {
     }
 
     private func reportShort(_ redactor: Redactor) {
+        guard reportsShortValues else { return }
         let new = notices.withLock { n -> [SkippedSecret] in
             // In name order: the same warnings in the same order at every run.
             let fresh = redactor.skipped.filter { !n.warnedShort.contains($0.name) }.sorted { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }

@@ -24,7 +24,7 @@ struct RunCommand: ParsableCommand {
     var resolver: String?
     @Option(name: .customLong("env"), help: ArgumentHelp("VAR=NAME: set VAR to the value of secret NAME (repeatable).", valueName: "VAR=NAME"))
     var env: [String] = []
-    @Option(help: "Values shorter than this many bytes are not masked (reported on stderr).") var minLength = 4
+    @OptionGroup var masking: MaskingOptions
     @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (after --).") var command: [String] = []
 
     var bindings: [(variable: String, name: String)] {
@@ -46,8 +46,7 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
-        let feed = try RedactorFeed(global: global, project: project, resolver: resolver,
-                                    options: RedactionOptions(minimumLength: minLength))
+        let feed = try RedactorFeed(global: global, project: project, resolver: resolver, masking: masking)
         let source = feed.source
         let wanted = Array(Set(bindings.map(\.name))).sorted()
         let values = wanted.isEmpty ? [:] : try source.values(wanted)
@@ -55,7 +54,7 @@ struct RunCommand: ParsableCommand {
         // What the command gets stays masked in its output even if the
         // project changes meanwhile (the redactor was built from a fetch of
         // its own, which a change may have raced).
-        try feed.pin(Array(values.values))
+        try feed.pin(values)
         guard missing.isEmpty else {
             throw Failure("project '\(project)' has no secret named \(missing.map { "'\($0)'" }.joined(separator: ", "))",
                           hint: "list names with ls on the mount", exit: .resolveProblem)

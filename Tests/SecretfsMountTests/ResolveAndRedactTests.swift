@@ -113,6 +113,24 @@ struct ResolveAndRedactTests {
         #expect(o.stdout.contains("short abc stays"))
         #expect(o.stderr.contains("TOO_SHORT"), "the short value is reported, not silently skipped: \(o.stderr)")
         #expect(!o.stderr.contains("abc"))
+        // --quiet silences that report only; --mask chooses the mask.
+        let quiet = try f.expectOK(f.secretfs(["redact", "--project", "demo", "-q", "--mask", "***"], stdin: input))
+        #expect(quiet.stderr.isEmpty, "\(quiet.stderr)")
+        #expect(quiet.stdout.hasPrefix("plain line stays\ntoken=*** and again ***\n") && quiet.stdout.contains("short abc stays"), "\(quiet.stdout)")
+    }
+
+    @Test func runNamesAShortValueItWasGivenOnceAndQuietSilencesIt() throws {
+        let f = try mountedDemo()
+        defer { f.close() }
+        try f.expectOK(f.sh("printf 'abc' > $MNT/TOO_SHORT"))
+        // The value handed to the command is the project's value: one
+        // warning, under the secret's name.
+        let o = try f.expectOK(f.secretfs(["run", "--project", "demo", "--env", "S=TOO_SHORT", "--", "sh", "-c", "echo \"$S\""]))
+        #expect(o.stdout == "abc\n")
+        #expect(o.stderr.components(separatedBy: "not masking").count == 2 && o.stderr.contains("not masking TOO_SHORT:"), "\(o.stderr)")
+        let quiet = try f.expectOK(f.secretfs(["run", "--project", "demo", "--quiet", "--mask", "<hidden>", "--env", "T=API_TOKEN", "--",
+                                               "sh", "-c", "echo \"$T\""]))
+        #expect(quiet.stderr.isEmpty && quiet.stdout == "<hidden>\n", "\(quiet.stdout) \(quiet.stderr)")
     }
 
     @Test func runInjectsAndRedactsAndPassesTheExitStatus() throws {
