@@ -86,8 +86,13 @@ public struct ProtocolError: Error, Sendable, CustomStringConvertible, Equatable
             if service == .mount {
                 // Named, so that a typo in the project is plain to see.
                 let project = MountSocket.project(at: path)
+                let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+                let mounted = MountSocket.projects(in: directory.isEmpty ? "/" : directory).map { names in
+                    names.isEmpty ? "none is mounted with this runtime directory"
+                                  : "mounted with this runtime directory: " + names.map { Wire.printable($0) }.joined(separator: ", ")
+                } ?? "`secretfs status` lists the mounted projects"
                 return ProtocolError(.notListening, "\(project.map { "project \($0) is" } ?? "the project is") not mounted (no socket at \(path))",
-                                     hint: "mount it with `secretfs mount \(project ?? "PROJECT") DIR` (`secretfs status` lists the mounted projects), "
+                                     hint: "mount it with `secretfs mount \(project ?? "PROJECT") DIR` (\(mounted)), "
                                          + "or pass the --runtime-dir it was mounted with")
             }
             return ProtocolError(.notListening, "no resolver daemon listens on \(path)",

@@ -91,6 +91,10 @@ struct ResolveAndRedactTests {
         #expect(o.status == 15)
         #expect(o.stderr.contains(f.runtimeDir + "/demo.sock"), "\(o.stderr)")
         #expect(o.stderr.contains("hint: "))
+        // The hint says what is mounted there, so a misspelt project shows.
+        try f.mount()
+        let typo = try f.secretfs(["resolve", "--project", "dmeo", "--format", "expr", "-"], stdin: "secrets.A")
+        #expect(typo.status == 15 && typo.stderr.contains("(mounted with this runtime directory: demo)"), "\(typo.stderr)")
     }
 
     @Test func redactMasksValuesAndEncodingsAndReportsShortOnes() throws {
