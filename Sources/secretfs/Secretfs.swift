@@ -25,6 +25,19 @@ struct Secretfs: ParsableCommand {
     )
 
     /// Runs the command and maps every error to one voice and a fixed exit code.
+    /// The subcommands the arguments begin with ("project set"), from the
+    /// command tree itself, for the hint that points at their --help.
+    static func commandPath(_ arguments: ArraySlice<String>) -> String {
+        var command: ParsableCommand.Type = Secretfs.self
+        var path: [String] = []
+        for argument in arguments {
+            guard let next = command.configuration.subcommands.first(where: { $0.configuration.commandName == argument }) else { break }
+            path.append(argument)
+            command = next
+        }
+        return path.joined(separator: " ")
+    }
+
     static func main() {
         // Installed as /sbin/mount.secretfs, this binary is mount(8)'s helper.
         if CommandLine.arguments.first?.split(separator: "/").last == Substring(MountHelper.name) {
@@ -52,10 +65,7 @@ struct Secretfs: ParsableCommand {
             let code = exitCode(for: error)
             if code == .success { exit(withError: error) }
             // Usage errors in the one voice, with the way to the usage text.
-            let subcommands: Set<String> = ["init", "project", "create", "list", "delete", "mount", "umount", "status",
-                                            "audit", "resolve", "resolver", "redact", "run", "doctor", "set", "history",
-                                            "restore", "undelete", "trash", "purge", "import", "backup", "verify", "ls", "rekey", "rotate-key", "store", "copy"]
-            let command = CommandLine.arguments.dropFirst().prefix { subcommands.contains($0) }.joined(separator: " ")
+            let command = commandPath(CommandLine.arguments.dropFirst())
             writeStderr("secretfs: error: \(message(for: error))\n"
                         + "hint: see 'secretfs \(command.isEmpty ? "" : command + " ")--help'\n")
             Glibc.exit(code.rawValue)
