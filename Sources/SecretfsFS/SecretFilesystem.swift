@@ -545,6 +545,10 @@ public final class SecretFilesystem: @unchecked Sendable {
         public var size: Int64?
         public var setsTimes = false
         public init() {}
+
+        /// Times set for their own sake (touch, utimensat), not as the
+        /// kernel's part of a truncate, which always asks to set mtime too.
+        var setsTimesAlone: Bool { setsTimes && size == nil }
     }
 
     public func setattr(ino: UInt64, change: AttributeChange, fh: UInt64?, caller: Caller) throws(Errno) -> Attributes {
@@ -556,7 +560,9 @@ public final class SecretFilesystem: @unchecked Sendable {
             // a read bit; with -o strict_modes a real change is refused.
             if ino == Namespace.rootIno {
                 if change.size != nil { throw .isDirectory }
-                if options.strictModes, change.mode != nil || change.uid != nil || change.gid != nil { throw .notPermitted }
+                if options.strictModes, change.mode != nil || change.uid != nil || change.gid != nil || change.setsTimesAlone {
+                    throw .notPermitted
+                }
                 return rootAttributes()
             }
             guard let n = namespace.node(ino: ino), visible(n, to: caller) else { throw .noEntry }
@@ -565,6 +571,7 @@ public final class SecretFilesystem: @unchecked Sendable {
                 if let m = change.mode, m & 0o7777 != current.mode & 0o7777 { throw .notPermitted }
                 if let u = change.uid, u != current.uid { throw .notPermitted }
                 if let g = change.gid, g != current.gid { throw .notPermitted }
+                if change.setsTimesAlone { throw .notPermitted }
             }
             if let size = change.size {
                 guard size >= 0 else { throw .invalid }
