@@ -11,16 +11,6 @@ import SecureMemory
 // versions, times, uids and actions only, and restore/undelete re-seal the
 // value inside this process without ever handing it out.
 
-private func validateSecretName(_ name: String) throws {
-    guard Names.isValid(name) else {
-        throw ValidationError("'\(Wire.printable(name))' is not a valid secret name: names match [A-Za-z_][A-Za-z0-9_]* and are at most 255 bytes")
-    }
-}
-
-private func validateProjectName(_ name: String) throws {
-    guard Names.isValid(name) else { throw ValidationError("'\(Wire.printable(name))' is not a valid project name") }
-}
-
 struct HistoryCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "history",

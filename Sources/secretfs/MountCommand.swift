@@ -50,7 +50,7 @@ struct MountCommand: ParsableCommand {
     var debug = false
 
     func validate() throws {
-        guard Names.isValid(project) else { throw ValidationError("'\(project)' is not a valid project name") }
+        try validateProjectName(project)
         _ = try parsedOptions()
         _ = try resolverPolicy()
         guard socketIdleTimeout > 0, socketIdleTimeout <= 86400 else {

@@ -27,6 +27,8 @@ struct RedactCommand: ParsableCommand {
     var resolver: String?
     @OptionGroup var masking: MaskingOptions
 
+    func validate() throws { try validateProjectName(project) }
+
     func run() throws {
         let feed = try RedactorFeed(global: global, project: project, resolver: resolver, masking: masking)
         let stream = RedactingStream(redactor: feed.current()) { bytes in try writeRaw(fd: 1, bytes) }

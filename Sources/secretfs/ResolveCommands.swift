@@ -34,6 +34,7 @@ struct ResolveCommand: ParsableCommand {
     @Argument(help: "The document to resolve, or - for stdin.") var file: String = "-"
 
     func validate() throws {
+        try validateProjectName(project)
         if let format, InjectionFormat(rawValue: format) == nil {
             throw ValidationError("--format must be flow, config or expr, not '\(format)'")
         }

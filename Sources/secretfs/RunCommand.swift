@@ -2,6 +2,7 @@ import ArgumentParser
 import CShims
 import Glibc
 import SecretfsNames
+import SecretfsProtocol
 import SecretfsRedact
 import SecretfsResolver
 import SecureMemory
@@ -38,10 +39,19 @@ struct RunCommand: ParsableCommand {
 
     func validate() throws {
         guard !commandLine.isEmpty else { throw ValidationError("give the command to run after --") }
+        try validateProjectName(project)
+        var seen: Set<String> = []
         for b in bindings {
-            guard !b.variable.isEmpty, !b.variable.contains("="), Names.isValid(b.name) else {
-                throw ValidationError("--env needs VAR=NAME with a valid secret name, got '\(b.variable)=\(b.name)'")
+            // A name a shell can use ($VAR): anything else is a typo, and
+            // a variable given twice would be in the environment twice,
+            // each program picking one of them.
+            guard Names.isValid(b.variable) else {
+                throw ValidationError("--env '\(Wire.printable(b.variable))=...': the variable name must match [A-Za-z_][A-Za-z0-9_]*")
             }
+            guard seen.insert(b.variable).inserted else {
+                throw ValidationError("--env sets \(b.variable) twice; give each variable once")
+            }
+            try validateSecretName(b.name)
         }
     }
 

@@ -134,6 +134,7 @@ struct AuditCommand: ParsableCommand {
     @Flag(help: "One JSON object per line instead of a table.") var json = false
 
     func validate() throws {
+        try validateProjectName(project)
         if let since, parseSince(since) == nil {
             throw ValidationError("--since: cannot read '\(since)'; use 2026-11-26, 2026-11-26T10:00:00Z, or an age like 30m, 12h, 7d")
         }

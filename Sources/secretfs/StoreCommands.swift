@@ -88,9 +88,7 @@ struct ProjectCommand: ParsableCommand {
         var keepDeleted: Int = Retention.defaultKeepDeletedDays
 
         func validate() throws {
-            guard Names.isValid(name) else {
-                throw ValidationError("'\(name)' is not a valid project name: use letters, digits and _, not starting with a digit")
-            }
+            try validateProjectName(name)
             try validateRetention(keepVersions: keepVersions, keepDeleted: keepDeleted)
         }
 

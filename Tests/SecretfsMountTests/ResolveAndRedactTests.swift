@@ -97,6 +97,26 @@ struct ResolveAndRedactTests {
         #expect(typo.status == 15 && typo.stderr.contains("(mounted with this runtime directory: demo)"), "\(typo.stderr)")
     }
 
+    @Test func aProjectNameThatIsNotOneIsAUsageErrorNeverAPath() throws {
+        let f = try mountedDemo()
+        defer { f.close() }
+        // `../run/demo` would name demo's socket by path; it is refused
+        // before anything is opened, as by every command that takes a project.
+        let traversal = "../" + URL(fileURLWithPath: f.runtimeDir).lastPathComponent + "/demo"
+        for args in [["resolve", "--project", traversal, "--format", "expr", "-"], ["redact", "--project", traversal],
+                     ["run", "--project", traversal, "--env", "API_TOKEN", "--", "true"], ["audit", "bad-p"]] {
+            let o = try f.secretfs(args, stdin: "secrets.API_TOKEN")
+            #expect(o.status == 64 && o.stderr.contains("is not a valid project name") && o.stdout.isEmpty, "\(args): \(o.status) \(o.stdout) \(o.stderr)")
+        }
+        // run's variables: names a shell can use, each once.
+        for (env, message) in [(["--env", "bad-var=API_TOKEN"], "the variable name must match"),
+                               (["--env", "=API_TOKEN"], "the variable name must match"),
+                               (["--env", "X=API_TOKEN", "--env", "X=ANTHROPIC_API_KEY"], "sets X twice")] {
+            let o = try f.secretfs(["run", "--project", "demo"] + env + ["--", "env"])
+            #expect(o.status == 64 && o.stderr.contains(message) && o.stdout.isEmpty, "\(env): \(o.status) \(o.stderr)")
+        }
+    }
+
     @Test func redactMasksValuesAndEncodingsAndReportsShortOnes() throws {
         let f = try mountedDemo()
         defer { f.close() }
