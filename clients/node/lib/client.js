@@ -34,7 +34,7 @@ function checkProject(project) {
 function documentBytes(document) {
   if (typeof document === 'string') return Buffer.from(document, 'utf8');
   if (document instanceof Uint8Array) return document;
-  throw new TypeError('the document must be a string, a Buffer or a Uint8Array');
+  throw new SecretfsError('invalid-argument', 'the document must be a string, a Buffer or a Uint8Array');
 }
 
 /**
@@ -108,10 +108,11 @@ class Client {
    */
   async resolve(project, document, { format = 'flow', output = 'document' } = {}) {
     checkProject(project);
-    const f = wire.Format[format];
-    const o = wire.Output[output];
-    if (f === undefined) throw new TypeError(`format must be 'flow', 'config' or 'expr', not ${format}`);
-    if (o === undefined) throw new TypeError(`output must be 'document' or 'bindings', not ${output}`);
+    // Own properties only: 'toString' is not a format.
+    const f = Object.hasOwn(wire.Format, format) ? wire.Format[format] : undefined;
+    const o = Object.hasOwn(wire.Output, output) ? wire.Output[output] : undefined;
+    if (f === undefined) throw new SecretfsError('invalid-argument', `format must be 'flow', 'config' or 'expr', not ${JSON.stringify(String(format).slice(0, 64))}`);
+    if (o === undefined) throw new SecretfsError('invalid-argument', `output must be 'document' or 'bindings', not ${JSON.stringify(String(output).slice(0, 64))}`);
     const bytes = documentBytes(document);
     if (bytes.length + 64 > wire.MAX_REQUEST_FRAME) {
       throw new SecretfsError('frame-too-large', `the document (${bytes.length} bytes) is over the daemon's request limit`);
@@ -172,6 +173,8 @@ class Client {
    */
   async values(project, names) {
     checkProject(project);
+    // A string is iterable too: values('demo', 'API_TOKEN') would ask for A, P, I, ...
+    if (!Array.isArray(names)) throw new SecretfsError('invalid-argument', 'names must be an array of secret names');
     const unique = [...new Set(names)];
     for (const n of unique) {
       if (!wire.isValidName(n)) throw new SecretfsError('invalid-name', `${JSON.stringify(String(n).slice(0, 64))} is not a valid secret name`);

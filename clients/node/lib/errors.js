@@ -37,6 +37,7 @@ const codes = Object.freeze({
   'timed-out': 107,           // no connection or no reply in time
   'malformed-reply': 108,     // a reply that does not parse or was not expected
   'system': 109,              // any other system error (see `errno`)
+  'invalid-argument': 110,    // a call's argument of the wrong type or value (checked before anything is sent)
 });
 
 const names = Object.freeze(Object.fromEntries(Object.entries(codes).map(([k, v]) => [v, k])));

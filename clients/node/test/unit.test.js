@@ -164,6 +164,17 @@ test('names are checked before anything is sent', async (t) => {
   await assert.rejects(client.names('demo'), (e) => e.codeName === 'not-running' && e.code === 101);
 });
 
+test('arguments of the wrong type or value are SecretfsErrors, refused before anything is sent', async (t) => {
+  const client = new Client({ socket: '/nonexistent/d.sock' });
+  const invalid = (e) => e instanceof SecretfsError && e.codeName === 'invalid-argument' && e.code === 110;
+  // A string is iterable: it must not become a request for its letters.
+  await assert.rejects(client.values('demo', 'API_TOKEN'), invalid);
+  await assert.rejects(client.resolve('demo', 'x: 1', { format: 'yaml' }), invalid);
+  await assert.rejects(client.resolve('demo', 'x: 1', { format: 'toString' }), invalid);
+  await assert.rejects(client.resolve('demo', 'x: 1', { output: 'bogus' }), invalid);
+  await assert.rejects(client.resolve('demo', 42), invalid);
+});
+
 test('the redaction stream sends DATA frames of at most 64 KiB and pushes each REDACTED', async (t) => {
   const sizes = [];
   const d = await fakeDaemon(t, (c, f) => {
