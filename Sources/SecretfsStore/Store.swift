@@ -341,6 +341,12 @@ public final class Store: @unchecked Sendable {
         return store
     }
 
+    /// Whether the master key is derived from a passphrase (recorded at
+    /// init), rather than kept in a key file: what `doctor` checks for.
+    public func usesPassphrase() throws -> Bool {
+        try lock.withLock { _ in try Self.getMeta(db, "kdf") != nil }
+    }
+
     // MARK: One mount per project
 
     /// `STORE/PROJECT.mount-lock`, flock'ed by the mount of that project for

@@ -127,8 +127,12 @@ struct DoctorCommand: ParsableCommand {
             out.append(Check(level: .fail, what: "store \(dir): no secretfs.db", hint: "create one with 'secretfs init'"))
             return out
         }
-        out += databaseCheck { _ in [Check(level: .ok, what: "database \(global.location.databasePath): opens, schema as expected")] }
-        out.append(keyCheck(keyFileAt: trusted.descriptor, "master.key"))
+        var passphrase: Bool?
+        out += databaseCheck { store in
+            passphrase = try? store.usesPassphrase()
+            return [Check(level: .ok, what: "database \(global.location.databasePath): opens, schema as expected")]
+        }
+        out.append(keyCheck(keyFileAt: trusted.descriptor, "master.key", storeUsesPassphrase: passphrase))
         return out
     }
 
@@ -144,11 +148,18 @@ struct DoctorCommand: ParsableCommand {
         }
     }
 
-    /// The key file (`name` in `directory`), or the passphrase file when one is given.
-    private func keyCheck(keyFileAt directory: Int32, _ name: String) -> Check {
-        switch global.keySource {
-        case .keyFile: return keyFile(at: directory, name, path: global.location.keyFilePath)
-        case .passphraseFile(let path): return keyFile(at: AT_FDCWD, path, path: path)
+    /// The key file (`name` in `directory`), or the passphrase file when one
+    /// is given, after what the store says it needs (nil: it could not say).
+    private func keyCheck(keyFileAt directory: Int32, _ name: String, storeUsesPassphrase: Bool?) -> Check {
+        switch (global.keySource, storeUsesPassphrase) {
+        case (.keyFile, true?):
+            return Check(level: .fail, what: "key: the store's master key is derived from a passphrase, and no passphrase file was given",
+                         hint: "pass --passphrase-file FILE (or set SECRETFS_PASSPHRASE_FILE)")
+        case (.passphraseFile(let path), false?):
+            return Check(level: .fail, what: "key: the store uses a key file (\(global.location.keyFilePath)), not a passphrase (\(path))",
+                         hint: "drop --passphrase-file (and SECRETFS_PASSPHRASE_FILE)")
+        case (.keyFile, _): return keyFile(at: directory, name, path: global.location.keyFilePath)
+        case (.passphraseFile(let path), _): return keyFile(at: AT_FDCWD, path, path: path)
         }
     }
 
@@ -156,7 +167,9 @@ struct DoctorCommand: ParsableCommand {
     /// this host's key file (or passphrase file) is safe to use.
     private func sharedStore() -> [Check] {
         let location = global.location
+        var passphrase: Bool?
         var out = databaseCheck { store in
+            passphrase = try? store.usesPassphrase()
             var out = [Check(level: .ok, what: "database \(location.directory): reachable, schema as expected")]
             switch store.transport {
             case .tls?: out.append(Check(level: .ok, what: "database connection: TLS, the server's certificate and name verified"))
@@ -170,7 +183,7 @@ struct DoctorCommand: ParsableCommand {
             }
             return out
         }
-        out.append(keyCheck(keyFileAt: AT_FDCWD, location.keyFilePath))
+        out.append(keyCheck(keyFileAt: AT_FDCWD, location.keyFilePath, storeUsesPassphrase: passphrase))
         return out
     }
 

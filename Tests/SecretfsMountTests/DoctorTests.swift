@@ -35,4 +35,21 @@ struct DoctorTests {
         let missing = try f.secretfs(["doctor", "--store", f.root + "/none"])
         #expect(missing.status == 1 && missing.stdout.contains("does not exist") && missing.stdout.contains("secretfs init"))
     }
+
+    @Test func itTellsAPassphraseStoreFromAKeyFileStore() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        guard f.database == nil else { return }   // one store directory of its own, made here
+        let pstore = f.root + "/pstore", pass = f.root + "/pass"
+        try f.expectOK(f.sh("printf 'a long enough passphrase' > \(pass) && chmod 0600 \(pass)"))
+        try f.expectOK(f.secretfs(["init", "--store", pstore, "--passphrase-file", pass]))
+        let without = try f.secretfs(["doctor", "--store", pstore])
+        #expect(without.status == 1 && without.stdout.contains("FAIL  key: the store's master key is derived from a passphrase")
+                && without.stdout.contains("hint: pass --passphrase-file"), "\(without.stdout)")
+        let with = try f.secretfs(["doctor", "--store", pstore, "--passphrase-file", pass])
+        #expect(with.stdout.contains("ok    key \(pass)"), "\(with.stdout)")
+        // And the other way round: the fixture's store has a key file.
+        let wrong = try f.secretfs(["doctor", "--passphrase-file", pass])
+        #expect(wrong.status == 1 && wrong.stdout.contains("FAIL  key: the store uses a key file"), "\(wrong.stdout)")
+    }
 }
