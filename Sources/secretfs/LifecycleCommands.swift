@@ -413,7 +413,9 @@ struct RekeyCommand: ParsableCommand {
             (STORE/master.key is then removed). One transaction plus a crash-safe swap of the \
             key file: after a crash at any point exactly one of the two keys opens the store, and \
             the next command says which. Data keys do not change: mounted projects keep working. \
-            The old key is refused afterwards. Audited as 'rekey' in every project.
+            The old key is refused afterwards, and STORE/master.key is overwritten: backups made \
+            before open only with the old key, so copy it to where those backups are kept first. \
+            Audited as 'rekey' in every project.
             """)
 
     @OptionGroup var global: GlobalOptions
@@ -429,14 +431,17 @@ struct RekeyCommand: ParsableCommand {
     func run() throws {
         let store = try global.openStore()
         let projects = try store.listProjects().count
+        let hadPassphrase = try store.usesPassphrase()
+        let old = hadPassphrase ? "the old passphrase" : "the old key"
         if let f = newKeyFile {
             try store.rekey(to: .keyFile(absolute(f)))
             writeStdout("re-wrapped \(counted(projects, "project key")) under the new key, now \(global.location.keyFilePath); "
-                        + "the old key no longer opens this store\n")
+                        + "\(old) no longer opens this store\n")
         } else if let f = newPassphraseFile {
             try store.rekey(to: .passphraseFile(absolute(f)))
+            let removed = hadPassphrase ? "" : "\(global.location.keyFilePath) was removed and "
             writeStdout("re-wrapped \(counted(projects, "project key")) under the new passphrase; "
-                        + "\(global.location.keyFilePath) was removed and the old key no longer opens this store\n")
+                        + "\(removed)\(old) no longer opens this store\n")
         }
         // What the old key is still needed for, said now rather than found
         // out when a restore is refused.

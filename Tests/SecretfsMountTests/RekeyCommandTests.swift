@@ -45,6 +45,19 @@ struct RekeyCommandTests {
         #expect(!(o.stdout + o.stderr + f.logText).contains("before-rekey"))
     }
 
+    @Test func fromAPassphraseItSaysThePassphraseAndNoKeyFile() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        guard f.database == nil else { return }   // a store directory of its own, made here
+        let pstore = f.root + "/pstore"
+        try f.expectOK(f.sh("printf 'the first passphrase' > \(f.root)/p1 && printf 'the second passphrase' > \(f.root)/p2 && chmod 0600 \(f.root)/p1 \(f.root)/p2"))
+        try f.expectOK(f.secretfs(["init", "--store", pstore, "--passphrase-file", f.root + "/p1"]))
+        let o = try f.expectOK(f.secretfs(["rekey", "--store", pstore, "--passphrase-file", f.root + "/p1", "--new-passphrase-file", f.root + "/p2"]))
+        #expect(o.stdout.hasPrefix("re-wrapped 0 project keys under the new passphrase; the old passphrase no longer opens this store\n"), "\(o.stdout)")
+        #expect(!o.stdout.contains("master.key"), "\(o.stdout)")
+        try f.expectOK(f.secretfs(["project", "list", "--store", pstore, "--passphrase-file", f.root + "/p2"]))
+    }
+
     /// kill -9 at random points of `rekey` (before, during and after each
     /// step), again and again: afterwards exactly one of the two keys opens
     /// the store, the next command says which when it had to repair, and the
