@@ -55,6 +55,17 @@ struct GlobalOptions: ParsableArguments {
         return absolute(storeText ?? "/var/lib/secretfs")
     }
 
+    /// The store as a mount records it in its pid file, so that `status` and
+    /// `project delete` tell this store's mounts from those of another store
+    /// (a restored backup, say) that share the runtime directory: the
+    /// database as messages show it, or the directory with symlinks resolved.
+    var storeIdentity: String {
+        if let t = sharedTarget { return t.displayName }
+        guard let p = realpath(storeDirectory, nil) else { return storeDirectory }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
     /// The key file option as given (flag, else environment), absolute.
     var keyFileOption: String? { (keyFile ?? Self.environment("SECRETFS_KEY_FILE")).map(absolute) }
 

@@ -251,7 +251,7 @@ struct MountCommand: ParsableCommand {
         }
         defer { withExtendedLifetime(claim) {} }
         let runtime = try global.ensureRuntimeDirectory()
-        let lockFD = try runtime.acquire(project: project, mountpoint: target)
+        let lockFD = try runtime.acquire(project: project, mountpoint: target, store: global.storeIdentity)
         defer { runtime.release(project: project, fd: lockFD) }
 
         if mountOptions.group != nil && getuid() != 0 && !fuseConfAllowsOther() {

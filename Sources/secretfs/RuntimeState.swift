@@ -3,8 +3,9 @@ import SecretfsPOSIX
 import SecretfsProtocol
 
 /// The runtime directory's per-project files, written by each mount process:
-///   PROJECT.pid   pid and mountpoint, flock'ed for as long as the mount runs
-///                 (a lock held means mounted; a file without a lock is stale)
+///   PROJECT.pid   pid, mountpoint and store, flock'ed for as long as the
+///                 mount runs (a lock held means mounted; a file without a
+///                 lock is stale)
 ///   PROJECT.sock  the privileged socket
 ///   PROJECT.log   the mount's log (never values)
 /// Readers (`status`, `project delete`, `umount`) only read pid files, and
@@ -21,6 +22,13 @@ struct RuntimeState {
         var project: String
         var pid: Int32
         var mountpoint: String
+        /// The store it was mounted from (GlobalOptions.storeIdentity).
+        var store: String
+
+        /// Whether this mount serves `store`'s project: two stores may have
+        /// a project of the same name, mounted through one runtime directory
+        /// one at a time.
+        func isFrom(_ store: String) -> Bool { self.store == store }
     }
 
     /// The mount of `project`, if its process still holds the lock.
@@ -34,8 +42,8 @@ struct RuntimeState {
         let n = retryOnInterrupt { read(fd, &buf, buf.count - 1) }
         guard n > 0 else { return nil }
         let lines = cString(buf).split(separator: "\n", omittingEmptySubsequences: false)
-        guard lines.count >= 2, let pid = Int32(lines[0]) else { return nil }
-        return ActiveMount(project: project, pid: pid, mountpoint: String(lines[1]))
+        guard lines.count >= 3, let pid = Int32(lines[0]) else { return nil }
+        return ActiveMount(project: project, pid: pid, mountpoint: String(lines[1]), store: String(lines[2]))
     }
 
     func activeMounts() -> [ActiveMount] {
@@ -89,7 +97,7 @@ struct RuntimeDirectory {
     /// a mount that died is recognised by its lock being free, removed, and
     /// created again. After the lock is taken, the name must still lead to the
     /// locked file: a mount that raced us may have removed it meanwhile.
-    func acquire(project: String, mountpoint: String) throws -> Int32 {
+    func acquire(project: String, mountpoint: String, store: String) throws -> Int32 {
         let name = "\(project).pid"
         let path = pidFile(project)
         func refuse(_ message: String, hint: String? = nil) -> Failure {
@@ -129,7 +137,7 @@ struct RuntimeDirectory {
                 close(fd)
                 continue
             }
-            let text = "\(getpid())\n\(mountpoint)\n"
+            let text = "\(getpid())\n\(mountpoint)\n\(store)\n"
             _ = text.withCString { pwrite(fd, $0, strlen($0), 0) }
             return fd
         }

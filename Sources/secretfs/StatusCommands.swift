@@ -98,7 +98,10 @@ struct StatusCommand: ParsableCommand {
         }
         let store = try global.openStoreMetadata()
         let projects = try store.listProjects()
-        let mounts = RuntimeState(directory: global.runtimeDirectory).activeMounts()
+        // Only this store's: another store's project of the same name may be
+        // the one mounted through this runtime directory.
+        let identity = global.storeIdentity
+        let mounts = RuntimeState(directory: global.runtimeDirectory).activeMounts().filter { $0.isFrom(identity) }
         if json {
             var out = ""
             for p in projects {

@@ -169,7 +169,7 @@ struct ProjectCommand: ParsableCommand {
 
         func run() throws {
             let store = try global.openStoreMetadata()
-            if let owner = RuntimeState(directory: global.runtimeDirectory).activeMount(project: name) {
+            if let owner = RuntimeState(directory: global.runtimeDirectory).activeMount(project: name), owner.isFrom(global.storeIdentity) {
                 throw Failure("project '\(name)' is mounted at \(owner.mountpoint)",
                               hint: "unmount it first: secretfs umount \(owner.mountpoint)", exit: .projectProblem)
             }

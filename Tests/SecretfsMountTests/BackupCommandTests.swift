@@ -73,6 +73,11 @@ struct BackupCommandTests {
         let vault = try Store.open(at: StoreLocation(directory: restored), keySource: .keyFile).openProject("demo")
         #expect(try vault.value("B").map { $0.withUnsafeBytes { String(decoding: $0, as: UTF8.self) } } == "backup-value-0003")
         #expect(try vault.store.history(project: "demo", name: "A").count == 2)
+        // The original's mount (same runtime directory, same project name)
+        // is not the restored store's: status and project delete say so.
+        #expect(try f.expectOK(f.secretfs(["status"])).stdout.contains(f.mnt))
+        let restoredStatus = try f.expectOK(f.secretfs(["status", "--store", restored])).stdout
+        #expect(restoredStatus.contains("(not mounted)") && !restoredStatus.contains(f.mnt), "\(restoredStatus)")
         let again = try f.secretfs(["backup", "restore", backup, "--store", restored, "--key-file", f.storeDir + "/master.key"])
         #expect(again.status == 10 && again.stderr.hasPrefix("secretfs: error: a store already exists at \(restored)"), "\(again.stderr)")
         let noKey = try f.secretfs(["backup", "restore", backup, "--store", f.root + "/other"])
@@ -92,6 +97,7 @@ struct BackupCommandTests {
         #expect(bad.status == 10, "\(bad.stdout) \(bad.stderr)")
         #expect(bad.stdout.contains("FAIL  project demo, B, version \(version) does not open"), "\(bad.stdout)")
         #expect(bad.stderr.hasPrefix("secretfs: error: 1 sealed blob of the backup do not open"), "\(bad.stderr)")
+        try f.expectOK(f.secretfs(["project", "delete", "demo", "--force", "--store", restored]))
         let printed = [o, verify, r, again, noKey, bad].map { $0.stdout + $0.stderr }.joined()
         #expect(!printed.contains("backup-value") && !printed.contains("during-"), "\(printed)")
     }
