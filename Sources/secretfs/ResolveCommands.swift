@@ -60,6 +60,41 @@ struct ResolveCommand: ParsableCommand {
         }
         defer { output.wipe() }
         try writeAll(fd: 1, output)
+        if injectedNothing(document, output), document.contains(subsequence: Array("secrets".utf8)) {
+            // Valid, but most likely the wrong format: a flow's references
+            // are in !expr scalars only, and an expression's string literals
+            // are text.
+            writeStderr("secretfs: warning: \(file == "-" ? "stdin" : file): nothing was injected, though the document mentions "
+                        + "'secrets' (read as --format \(fmt.rawValue): \(Self.formatMeaning(fmt)))\n")
+        }
+    }
+
+    /// The output says no reference was found: the document unchanged, or no bindings.
+    private func injectedNothing(_ document: [UInt8], _ output: SecureBytes) -> Bool {
+        output.withUnsafeBytes { out in
+            bindings ? out.elementsEqual("{}\n".utf8) : out.elementsEqual(document)
+        }
+    }
+
+    private static func formatMeaning(_ format: InjectionFormat) -> String {
+        switch format {
+        case .flow: return "YAML, where only scalars tagged !expr are expressions"
+        case .config: return "a JSON object of field name to expression source"
+        case .expr: return "the whole input is one JavaScript expression"
+        }
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Whether `needle` occurs in these bytes (a plain search: documents
+    /// are small, and this runs once).
+    func contains(subsequence needle: [UInt8]) -> Bool {
+        guard !needle.isEmpty, count >= needle.count else { return needle.isEmpty }
+        return withUnsafeBytes { hay in
+            needle.withUnsafeBytes { n in
+                (0...(hay.count - n.count)).contains { memcmp(hay.baseAddress! + $0, n.baseAddress!, n.count) == 0 }
+            }
+        }
     }
 }
 

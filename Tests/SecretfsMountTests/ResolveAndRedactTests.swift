@@ -58,6 +58,17 @@ struct ResolveAndRedactTests {
                                                  stdin: "secrets.API_TOKEN + secrets.DEMO_BOT_SLACK_SIGNING_SECRET"))
         let b = try JSONSerialization.jsonObject(with: Data(bindings.stdout.utf8)) as? [String: String]
         #expect(b == ["API_TOKEN": "api-token-`${x}`", "DEMO_BOT_SLACK_SIGNING_SECRET": #"signing "secret" \ with quotes"#])
+        #expect(config.stderr.isEmpty && expr.stderr.isEmpty && bindings.stderr.isEmpty, "\(config.stderr)\(expr.stderr)\(bindings.stderr)")
+        // The config read as a flow (or as one expression) is valid and
+        // injects nothing: exit 0, with a warning that names the format.
+        for (format, meaning) in [("flow", "only scalars tagged !expr"), ("expr", "one JavaScript expression")] {
+            for extra in [[], ["--bindings"]] {
+                let o = try f.expectOK(f.secretfs(["resolve", "--project", "demo", "--format", format] + extra
+                                                  + [Self.fixtures + "/demo-bot.installation.json"]))
+                #expect(o.stderr.contains("warning: ") && o.stderr.contains("nothing was injected") && o.stderr.contains(meaning),
+                        "\(format) \(extra): \(o.stderr)")
+            }
+        }
     }
 
     @Test func problemsAreAllReportedWithLocationsAndNothingOnStdout() throws {
