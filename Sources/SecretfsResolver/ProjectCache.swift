@@ -55,6 +55,22 @@ final class ProjectCache: @unchecked Sendable {
     /// Redactors kept (`ResolverDaemonLimits.maxRedactorsPerProject`); past
     /// it, the one used least recently goes.
     let maxRedactors: Int
+    /// Redactors alive at once, cached or not (`maxLiveRedactorsPerProject`).
+    let maxLiveRedactors: Int
+
+    /// A redactor built here, for as long as anything (the cache, a stream)
+    /// holds it: what `maxLiveRedactors` counts, and what a stream whose key
+    /// the cache let go can share again.
+    private final class LiveRedactor: @unchecked Sendable {   // used under `state`'s lock only
+        let key: RedactorKey
+        let generation: UInt64
+        weak var redactor: Redactor?
+        init(_ key: RedactorKey, _ generation: UInt64, _ redactor: Redactor) {
+            self.key = key
+            self.generation = generation
+            self.redactor = redactor
+        }
+    }
 
     struct RedactorKey: Hashable {
         var minimumLength: Int
@@ -68,6 +84,9 @@ final class ProjectCache: @unchecked Sendable {
         var redactors: [RedactorKey: (redactor: Redactor, lastUsed: UInt64)] = [:]
         /// Counts redactor lookups: the order of `lastUsed`.
         var redactorClock: UInt64 = 0
+        /// Every redactor built and still alive, and builds under way.
+        var live: [LiveRedactor] = []
+        var building = 0
         /// Bumped by every event that drops anything.
         var generation: UInt64 = 0
         /// The feed on the mount's socket, once one could be started. It
@@ -84,9 +103,10 @@ final class ProjectCache: @unchecked Sendable {
     }
     private let state = Mutex(State())
 
-    init(project: String, socketPath: String, logger: Logger, fetchTimeout: Double, maxRedactors: Int) {
+    init(project: String, socketPath: String, logger: Logger, fetchTimeout: Double, maxRedactors: Int, maxLiveRedactors: Int = 8) {
         self.project = project
         self.maxRedactors = maxRedactors
+        self.maxLiveRedactors = maxLiveRedactors
         self.socketPath = socketPath
         self.logger = logger
         self.fetchTimeout = fetchTimeout
@@ -306,14 +326,47 @@ final class ProjectCache: @unchecked Sendable {
     /// The redactor for every value of the project with these options, and
     /// the cache generation it belongs to. Built from values fetched for the
     /// purpose (not kept: only the matcher tables stay).
-    func redactor(_ key: RedactorKey) throws(UpstreamFailure) -> (Redactor, UInt64) {
+    /// `replacing`: the redactor the caller lets go once it has the new one
+    /// (a stream's rebuild), not counted against `maxLiveRedactors`.
+    func redactor(_ key: RedactorKey, replacing old: Redactor? = nil) throws(UpstreamFailure) -> (Redactor, UInt64) {
         ensureWatch()
-        let (cached, generation, live) = state.withLock { s -> (Redactor?, UInt64, Bool) in
+        let found = state.withLock { s -> Result<(Redactor?, UInt64, Bool), UpstreamFailure> in
             s.redactorClock &+= 1
             s.redactors[key]?.lastUsed = s.redactorClock
-            return (s.redactors[key]?.redactor, s.generation, s.watchLive)
+            if let cached = s.redactors[key]?.redactor { return .success((cached, s.generation, s.watchLive)) }
+            s.live.removeAll { $0.redactor == nil }
+            // One the cache let go that a stream still holds, as current as
+            // a cached one would be: shared again, and cached again.
+            if s.watchLive, let held = s.live.first(where: { $0.key == key && $0.generation == s.generation })?.redactor {
+                cacheLocked(&s, key, held)
+                return .success((held, s.generation, true))
+            }
+            func alive() -> Int {
+                s.live.removeAll { $0.redactor == nil }
+                return s.live.filter { $0.redactor !== old }.count + s.building
+            }
+            // The cache gives way first: a matcher only it holds is freed
+            // when it lets go (one a stream holds lives on, and counts).
+            while alive() >= maxLiveRedactors,
+                  let oldest = s.redactors.min(by: { $0.value.lastUsed < $1.value.lastUsed })?.key {
+                s.redactors.removeValue(forKey: oldest)
+            }
+            let inUse = alive()
+            guard inUse < maxLiveRedactors else {
+                return .failure(UpstreamFailure(.busy, "\(inUse) redaction matchers of project \(project) are in use, the most it may have "
+                                                + "(one per minimum length and mask, and one per stream while the mount's change feed is down); "
+                                                + "close a redaction stream, or use the minimum length and mask the others use"))
+            }
+            s.building += 1
+            return .success((nil, s.generation, s.watchLive))
+        }
+        let (cached, generation, live): (Redactor?, UInt64, Bool)
+        switch found {
+        case .success(let f): (cached, generation, live) = f
+        case .failure(let e): throw e
         }
         if let cached { return (cached, generation) }
+        defer { state.withLock { $0.building -= 1 } }
         var fetched: [String: SecureBytes] = [:]
         do {
             let client = try PrivilegedClient(socketPath: socketPath, timeout: fetchTimeout)
@@ -327,17 +380,24 @@ final class ProjectCache: @unchecked Sendable {
         let redactor = Redactor(secrets: fetched.sorted { $0.key < $1.key }.map { (name: $0.key, value: $0.value) },
                                 options: RedactionOptions(minimumLength: key.minimumLength, mask: key.mask))
         state.withLock { s in
+            s.live.append(LiveRedactor(key, generation, redactor))
             guard live, s.watchLive, s.generation == generation else { return }
-            if s.redactors[key] == nil, s.redactors.count >= maxRedactors,
-               let oldest = s.redactors.min(by: { $0.value.lastUsed < $1.value.lastUsed })?.key {
-                s.redactors.removeValue(forKey: oldest)
-            }
-            s.redactorClock &+= 1
-            s.redactors[key] = (redactor, s.redactorClock)
+            cacheLocked(&s, key, redactor)
         }
         logger.info("built a redactor", metadata: ["project": "\(project)", "registered": "\(redactor.registeredNames.count)",
                                                    "skipped": "\(redactor.skipped.map(\.name).joined(separator: ","))"])
         return (redactor, generation)
+    }
+
+    /// Keeps `redactor` as the one for `key`, the least recently used going
+    /// when the cache is full.
+    private func cacheLocked(_ s: inout State, _ key: RedactorKey, _ redactor: Redactor) {
+        if s.redactors[key] == nil, s.redactors.count >= maxRedactors,
+           let oldest = s.redactors.min(by: { $0.value.lastUsed < $1.value.lastUsed })?.key {
+            s.redactors.removeValue(forKey: oldest)
+        }
+        s.redactorClock &+= 1
+        s.redactors[key] = (redactor, s.redactorClock)
     }
 
     /// The generation now (a REDACT stream rebuilds when it moves).

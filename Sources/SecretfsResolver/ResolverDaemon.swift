@@ -28,6 +28,13 @@ public struct ResolverDaemonLimits: Sendable {
     /// make the daemon lock memory without end. A stream keeps using the
     /// redactor it started with when the cache lets it go.
     public var maxRedactorsPerProject = 4
+    /// Redactors alive per project: cached or held by a REDACT stream. The
+    /// cache's bound alone leaves one per stream (a stream keeps its own when
+    /// the cache lets it go, and with a mask of its own never shares it), so
+    /// connections x 8 MiB could be locked. Past it a REDACT that would build
+    /// another gets ERROR `busy`; a stream's rebuild after a change replaces
+    /// its own and is never refused.
+    public var maxLiveRedactorsPerProject = 8
     /// WATCH connections one uid may hold (watches never time out).
     public var maxWatchesPerUID = 32
     /// Largest request frame (a document or a DATA chunk).
@@ -197,7 +204,8 @@ public final class ResolverDaemon: @unchecked Sendable {
                 evicted = s.projects.removeValue(forKey: victim)
             }
             let c = ProjectCache(project: project, socketPath: mountSocketPath(project), logger: logger,
-                                 fetchTimeout: limits.mountTimeout, maxRedactors: limits.maxRedactorsPerProject)
+                                 fetchTimeout: limits.mountTimeout, maxRedactors: limits.maxRedactorsPerProject,
+                                 maxLiveRedactors: limits.maxLiveRedactorsPerProject)
             s.projects[project] = c
             return (c, false)
         }
@@ -593,7 +601,7 @@ public final class ResolverDaemon: @unchecked Sendable {
                         sendError(fd, .frameTooLarge, "a DATA frame carries at most \(DaemonWire.dataChunk) bytes")
                         return .close(linger: true)
                     }
-                    if cache.generation != generation, let fresh = try? cache.redactor(key) {
+                    if cache.generation != generation, let fresh = try? cache.redactor(key, replacing: redactor) {
                         (redactor, generation) = fresh
                         try? stream.replaceRedactor(redactor)
                     }

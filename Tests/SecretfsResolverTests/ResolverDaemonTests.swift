@@ -224,6 +224,46 @@ import Testing
         #expect(after == before)
     }
 
+    @Test func redactorsAliveAtOnceAreBoundedAndARebuildIsNeverRefused() throws {
+        // Streams keep their own redactor when the cache lets it go, so the
+        // cache's bound alone left one locked matcher per open stream.
+        let f = try Self.populated()
+        let warm = try DaemonRedaction(socketPath: f.daemonSocket, project: "demo", mask: "<warm>")
+        _ = try warm.finish()
+        #expect(try waitUntil { f.daemon.cacheStats(project: "demo")?.watching == true })
+        let most = f.daemon.limits.maxLiveRedactorsPerProject
+        var open: [DaemonRedaction] = []
+        for i in 0..<most {
+            let r = try DaemonRedaction(socketPath: f.daemonSocket, project: "demo", mask: "<s\(i)>")
+            #expect(bytes(try r.write(Array("xoxb-daemon-slack-token\n".utf8))) == Array("<s\(i)>\n".utf8))
+            open.append(r)
+        }
+        // One more mask: refused while they are all held.
+        let refused = #expect(throws: ProtocolError.self) {
+            _ = try DaemonRedaction(socketPath: f.daemonSocket, project: "demo", mask: "<one-more>")
+        }
+        #expect(refused?.serverCode == .busy && refused?.message.contains("redaction matchers") == true, "\(String(describing: refused))")
+        // A mask already in use shares its matcher, even one the cache let go.
+        let shared = try DaemonRedaction(socketPath: f.daemonSocket, project: "demo", mask: "<s0>")
+        #expect(bytes(try shared.write(Array("xoxb-daemon-slack-token\n".utf8))) == Array("<s0>\n".utf8))
+        _ = try shared.finish()
+        // A change: every stream rebuilds (each replaces its own) and masks
+        // the new value, at the bound.
+        try f.change("DEMO_BOT_SLACK_BOT_TOKEN", "rotated-slack-token-value")
+        #expect(try waitUntil { f.daemon.cacheStats(project: "demo")?.invalidations ?? 0 >= 1 })
+        for (i, r) in open.enumerated() {
+            #expect(bytes(try r.write(Array("rotated-slack-token-value\n".utf8))) == Array("<s\(i)>\n".utf8))
+        }
+        // Once one stream ends, a new mask has room again.
+        _ = try open.removeLast().finish()
+        #expect(try waitUntil {
+            guard let r = try? DaemonRedaction(socketPath: f.daemonSocket, project: "demo", mask: "<one-more>") else { return false }
+            _ = try? r.finish()
+            return true
+        })
+        for r in open { _ = try r.finish() }
+    }
+
     @Test func redactionStreamMasksValuesSplitAcrossChunks() throws {
         let f = try Self.populated()
         try f.put("SHORT", "abc")
