@@ -1,4 +1,5 @@
 import Glibc
+import SecretfsNames
 
 /// Where a mounted project's privileged socket lives: `PROJECT.sock` in the
 /// runtime directory. The mount creates it there, and the CLI and the
@@ -10,20 +11,21 @@ public enum MountSocket {
         "\(runtimeDirectory)/\(project)\(suffix)"
     }
 
-    /// The projects with a socket in `runtimeDirectory`, sorted (for a
-    /// message; nil when the directory cannot be read). At most `limit`.
+    /// The projects with a socket in `runtimeDirectory`, the first `limit`
+    /// in byte order (for a message; nil when the directory cannot be read).
+    /// Only valid project names: anything else there is not a mount's.
     static func projects(in runtimeDirectory: String, limit: Int = 20) -> [String]? {
         guard let dir = opendir(runtimeDirectory) else { return nil }
         defer { closedir(dir) }
         var names: [String] = []
-        while names.count < limit, let entry = readdir(dir) {
+        while names.count < 10_000, let entry = readdir(dir) {
             guard entry.pointee.d_type == UInt8(DT_SOCK) || entry.pointee.d_type == UInt8(DT_UNKNOWN) else { continue }
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
                 String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
             }
-            if let project = project(at: "/" + name) { names.append(project) }
+            if let project = project(at: "/" + name), Names.isValid(project) { names.append(project) }
         }
-        return names.sorted()
+        return Array(names.sorted().prefix(limit))
     }
 
     /// The project a mount socket's path names, for messages; nil for a path
