@@ -14,8 +14,10 @@ import Synchronization
 /// else on the connection or the server changes.
 ///
 /// Shares: when the policy admits several uids, one uid may hold at most
-/// `SocketPolicy.share(of:)` of the budget, so a runaway client of one uid
-/// leaves the others room (as with connection slots).
+/// `SocketPolicy.share(of:)` of the budget, and so may all uids but the
+/// owner together (`Holdings`), so a runaway client of one uid leaves the
+/// others room and allowed uids leave the owner room (as with connection
+/// slots).
 ///
 /// What is counted: the capacity of every locked buffer a connection holds
 /// for frames, from its allocation to its release. The values cached by the
@@ -24,18 +26,17 @@ import Synchronization
 public final class MemoryBudget: Sendable {
     /// Bytes all connections may hold together.
     public let limit: Int
-    /// Bytes one uid's connections may hold together.
+    /// Bytes one uid's connections may hold together (and all uids but the
+    /// owner's together).
     public let perUIDLimit: Int
 
-    private struct Held {
-        var total = 0
-        var byUID: [uid_t: Int] = [:]
-    }
-    private let held = Mutex(Held())
+    private let held: Mutex<Holdings>
 
     public init(limit: Int, policy: SocketPolicy) {
         self.limit = limit
-        perUIDLimit = policy.share(of: limit)
+        let holdings = Holdings(limit: limit, policy: policy)
+        perUIDLimit = holdings.share
+        held = Mutex(holdings)
     }
 
     /// Bytes held now by every connection (for tests and the log).
@@ -46,21 +47,11 @@ public final class MemoryBudget: Sendable {
     public func account(uid: uid_t) -> Account { Account(budget: self, uid: uid) }
 
     fileprivate func take(_ bytes: Int, uid: uid_t) -> Bool {
-        held.withLock { h in
-            let mine = h.byUID[uid, default: 0]
-            guard h.total + bytes <= limit, mine + bytes <= perUIDLimit else { return false }
-            h.total += bytes
-            h.byUID[uid] = mine + bytes
-            return true
-        }
+        held.withLock { $0.take(bytes, for: uid) == nil }
     }
 
     fileprivate func give(_ bytes: Int, uid: uid_t) {
-        held.withLock { h in
-            h.total -= bytes
-            let left = h.byUID[uid, default: bytes] - bytes
-            h.byUID[uid] = left > 0 ? left : nil
-        }
+        held.withLock { $0.give(bytes, for: uid) }
     }
 
     /// One connection's share of the budget. Used by the connection's own

@@ -36,9 +36,11 @@ public struct SocketPolicy: Sendable, Equatable {
     public var admitsSeveralUIDs: Bool { effectiveUIDs.count > 1 || !gids.isEmpty }
 
     /// How much of a server-wide resource (connection slots, frame memory)
-    /// one uid may hold: three quarters of it when several uids may connect,
-    /// so one allowed uid (a runaway client, or a careless one) never takes
-    /// all of it from the others; all of it otherwise.
+    /// one uid may hold, and the uids other than the owner together: three
+    /// quarters of it when several uids may connect, so one allowed uid (a
+    /// runaway client, or a careless one) never takes all of it from the
+    /// others, and allowed uids together never take the owner's last
+    /// quarter; all of it otherwise. `Holdings` applies it.
     public func share(of total: Int) -> Int {
         admitsSeveralUIDs ? max(1, total * 3 / 4) : total
     }
@@ -87,5 +89,51 @@ public struct SocketFileAccess: Sendable, Equatable {
         out += entry(0x10, rw, undefined)                                   // ACL_MASK
         out += entry(0x20, none, undefined)                                 // ACL_OTHER
         return out
+    }
+}
+
+/// What the holders of a server-wide resource (connection slots, bytes of
+/// frame memory) hold: in all, per uid, and by every uid but the owner
+/// together. The one place the shares of `SocketPolicy.share(of:)` are kept.
+/// Not thread-safe: kept under its server's lock.
+public struct Holdings: Sendable {
+    public let limit: Int
+    /// What one uid may hold, and all uids but the owner together.
+    public let share: Int
+    public let owner: uid_t
+    public private(set) var total = 0
+    public private(set) var byUID: [uid_t: Int] = [:]
+    public private(set) var heldByOthers = 0
+
+    public init(limit: Int, policy: SocketPolicy, owner: uid_t = getuid()) {
+        self.limit = limit
+        share = policy.share(of: limit)
+        self.owner = owner
+    }
+
+    /// Which bound taking `amount` more for `uid` would pass, if any.
+    public enum Bound: Sendable { case total, uid, othersTogether }
+
+    public func bound(taking amount: Int, for uid: uid_t) -> Bound? {
+        if total + amount > limit { return .total }
+        if byUID[uid, default: 0] + amount > share { return .uid }
+        if uid != owner && heldByOthers + amount > share { return .othersTogether }
+        return nil
+    }
+
+    /// Takes `amount` for `uid` unless a bound says no.
+    public mutating func take(_ amount: Int, for uid: uid_t) -> Bound? {
+        if let b = bound(taking: amount, for: uid) { return b }
+        total += amount
+        byUID[uid, default: 0] += amount
+        if uid != owner { heldByOthers += amount }
+        return nil
+    }
+
+    public mutating func give(_ amount: Int, for uid: uid_t) {
+        total -= amount
+        let left = byUID[uid, default: amount] - amount
+        byUID[uid] = left > 0 ? left : nil
+        if uid != owner { heldByOthers -= amount }
     }
 }

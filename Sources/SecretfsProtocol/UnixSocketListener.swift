@@ -41,10 +41,9 @@ package final class UnixSocketListener: @unchecked Sendable {
         /// How log lines name the socket ("privileged socket", "daemon socket").
         package var name: String
         package var backlog: Int32
-        /// Connections served at once; more get a busy ERROR.
+        /// Connections served at once; more get a busy ERROR. One uid, and
+        /// all uids but the owner together, get a share of it (`Holdings`).
         package var maxConnections: Int
-        /// Connections one uid may hold: its share of `maxConnections`.
-        package var maxConnectionsPerUID: Int { policy.share(of: maxConnections) }
         /// Seconds a send may block on a peer that does not read (set on
         /// every admitted connection before anything is sent).
         package var sendTimeout: Double
@@ -96,8 +95,8 @@ package final class UnixSocketListener: @unchecked Sendable {
         var started = false
         var stopping = false
         var connections: [UInt64: Int32] = [:]
-        /// Connections held per peer uid (entries removed at zero).
-        var connectionsByUID: [uid_t: Int] = [:]
+        /// Connection slots held, in all and per peer uid.
+        var slots: Holdings
         var nextID: UInt64 = 1
         /// The accept thread and every connection thread not yet finished.
         var runningThreads = 0
@@ -105,12 +104,11 @@ package final class UnixSocketListener: @unchecked Sendable {
         var socketInode: UInt64 = 0
 
         mutating func remove(_ id: UInt64, uid: uid_t) {
-            connections[id] = nil
-            let left = connectionsByUID[uid, default: 1] - 1
-            connectionsByUID[uid] = left > 0 ? left : nil
+            guard connections.removeValue(forKey: id) != nil else { return }
+            slots.give(1, for: uid)
         }
     }
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     /// Wakes the accept loop at stop (eventfd).
     private let wakeFD: Int32
     private let wakeErrno: Int32
@@ -118,6 +116,7 @@ package final class UnixSocketListener: @unchecked Sendable {
     package init(_ configuration: Configuration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
+        state = Mutex(State(slots: Holdings(limit: configuration.maxConnections, policy: configuration.policy)))
         wakeFD = secretfs_eventfd(0)
         wakeErrno = wakeFD < 0 ? errno : 0
     }
@@ -377,17 +376,18 @@ package final class UnixSocketListener: @unchecked Sendable {
             return
         }
         enum Decision { case serve(UInt64), busy(String), stopping }
-        let limit = configuration.maxConnections, share = configuration.maxConnectionsPerUID
         let decision = state.withLock { s -> Decision in
             if s.stopping { return .stopping }
-            if s.connections.count >= limit { return .busy("too many connections (limit \(limit))") }
-            if s.connectionsByUID[peer.uid, default: 0] >= share {
-                return .busy("too many connections from uid \(peer.uid) (limit \(share) per uid)")
+            switch s.slots.take(1, for: peer.uid) {
+            case .total?: return .busy("too many connections (limit \(s.slots.limit))")
+            case .uid?: return .busy("too many connections from uid \(peer.uid) (limit \(s.slots.share) per uid)")
+            case .othersTogether?:
+                return .busy("too many connections from allowed uids (limit \(s.slots.share) together; the rest is kept for the socket's owner)")
+            case nil: break
             }
             let id = s.nextID
             s.nextID += 1
             s.connections[id] = fd
-            s.connectionsByUID[peer.uid, default: 0] += 1
             s.runningThreads += 1
             return .serve(id)
         }

@@ -451,6 +451,25 @@ struct ProtocolTests {
         _ = try PrivilegedClient(socketPath: f.socketPath).list()
     }
 
+    @Test func allowedUIDsTogetherCannotTakeTheOwnersLastSlots() throws {
+        var limits = ServerLimits()
+        limits.maxConnections = 4   // three per uid, and three for the allowed uids together
+        limits.idleTimeout = 20
+        let f = try Fixture(policy: SocketPolicy(uids: [65534, 65533]), limits: limits)
+        try f.put("TOKEN", "v")
+        let holders = try [65534, 65534, 65533].map { try ForeignHolder(uid: $0, socket: f.socketPath) }
+        defer { for h in holders { h.stop() } }
+        try waitUntil { f.server.connectionCount == 3 }
+        // A second uid's connection, within its own share, is refused: the
+        // allowed uids hold all they may together.
+        let refused = try runAs(uid: 65533, gid: 65533, socket: f.socketPath, names: ["TOKEN"])
+        let frames = try #require(splitFrames(hexBytes(refused)), "\(refused)")
+        #expect(frames.first?.0 == 0xFF && errorCode(frames[0].1) == WireErrorCode.busy.rawValue, "\(refused)")
+        #expect(String(decoding: frames[0].1, as: UTF8.self).contains("kept for the socket's owner"), "\(refused)")
+        // The owner still gets in.
+        #expect(try PrivilegedClient(socketPath: f.socketPath).values(["TOKEN"]).values["TOKEN"] != nil)
+    }
+
     @Test func concurrentClients() throws {
         let f = try Fixture()
         for i in 0..<8 { try f.put("S\(i)", "value-\(i)") }

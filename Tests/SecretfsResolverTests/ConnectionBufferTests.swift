@@ -130,6 +130,26 @@ import Testing
         #expect(alone.perUIDLimit == 1000)
     }
 
+    @Test func allowedUIDsTogetherLeaveTheOwnerAQuarter() {
+        // Two allowed uids, each within its own share, must not take the
+        // owner's last quarter between them: of slots or of memory.
+        var slots = Holdings(limit: 64, policy: SocketPolicy(uids: [1001, 1002]))
+        #expect(slots.share == 48)
+        for _ in 0..<40 { #expect(slots.take(1, for: 1001) == nil) }
+        for _ in 0..<8 { #expect(slots.take(1, for: 1002) == nil) }
+        #expect(slots.take(1, for: 1002) == .othersTogether)
+        for _ in 0..<16 { #expect(slots.take(1, for: getuid()) == nil) }
+        #expect(slots.take(1, for: getuid()) == .total)
+        slots.give(1, for: 1001)
+        #expect(slots.heldByOthers == 47 && slots.take(1, for: 1002) == nil)
+
+        let budget = MemoryBudget(limit: 1000, policy: SocketPolicy(uids: [1001, 1002]))
+        let a = budget.account(uid: 1001), b = budget.account(uid: 1002), owner = budget.account(uid: getuid())
+        #expect(a.take(500) && b.take(250))
+        #expect(!b.take(1) && b.lastTakeRefused)
+        #expect(owner.take(250) && budget.total == 1000)
+    }
+
     @Test func aReplyBufferIsWipedBetweenReplies() throws {
         let reply = ReplyBuffer(retainedCapacity: 64 << 10)
         let secret = Array("reply-secret-value".utf8)
