@@ -113,11 +113,11 @@ public final class Redactor: @unchecked Sendable {
             if value.count < options.minimumLength {
                 skipped.append(SkippedSecret(
                     name: name,
-                    reason: "the value is shorter than the minimum of \(options.minimumLength) bytes, so it is not masked"))
+                    reason: "the value is shorter than the minimum of \(options.minimumLength) bytes"))
                 continue
             }
             if value.withUnsafeBytes({ $0.allSatisfy(isASCIIWhitespace) }) {
-                skipped.append(SkippedSecret(name: name, reason: "the value is only whitespace, so it is not masked"))
+                skipped.append(SkippedSecret(name: name, reason: "the value is only whitespace"))
                 continue
             }
             value.withUnsafeBytes { generator.addForms(of: $0) }

@@ -128,6 +128,18 @@ extension Store {
                               keyCheck: hex(check), projects: projects)
     }
 
+    /// A backup is an SQLite database: its first 16 bytes say so. Checked
+    /// before SQLite opens it, so any other file is named as not a backup
+    /// rather than reported as an SQLite error.
+    static func requireSQLiteHeader(_ path: String) throws {
+        let fd = Glibc.open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { throw StoreError.io(path: path, errno: errno, action: "open the backup") }
+        defer { close(fd) }
+        var header = [UInt8](repeating: 0, count: 16)
+        let n = retryOnInterrupt { read(fd, &header, header.count) }
+        guard n == 16, header == Array("SQLite format 3\0".utf8) else { throw StoreError.notABackup(path) }
+    }
+
     /// Opens every sealed blob of the backup at `path` (the key check, every
     /// project's data key, every current value and kept version) with the
     /// master key, and reports what does not open. Reads the backup only.
@@ -138,6 +150,7 @@ extension Store {
         guard st.st_mode & S_IFMT == S_IFREG else {
             throw StoreError.io(path: path, errno: EINVAL, action: "open the backup (not a regular file)")
         }
+        try requireSQLiteHeader(path)
         let db = try SQLiteConnection(path: path, readOnly: true)
         try db.execute("PRAGMA trusted_schema = OFF", context: "opening the backup")
         try checkSchema(db)
@@ -271,6 +284,7 @@ extension Store {
         guard source >= 0 else { throw StoreError.io(path: path, errno: errno, action: "open the backup") }
         defer { close(source) }
         guard !location.isShared else { throw StoreError.notOnSharedStore("backup restore") }
+        try requireSQLiteHeader(path)
         // A directory this makes goes again on failure, after the files in
         // it (defers run last first): nothing is left behind.
         var before = stat()

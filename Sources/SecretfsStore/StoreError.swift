@@ -49,6 +49,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     case versionIsCurrent(String, version: Int64, project: String)
     case invalidRetention(String)
     case corrupt(String)
+    /// A file given as a backup that is not an SQLite database at all.
+    case notABackup(String)
     case unsupportedSchema(Int)
     case io(path: String, errno: Int32, action: String)
     case sqlite(code: Int32, message: String, context: String)
@@ -101,6 +103,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .versionIsCurrent(let n, let v, _): return "version \(v) is already the current value of '\(n)'"
         case .invalidRetention(let m): return m
         case .corrupt(let m): return "the store is damaged: \(m)"
+        case .notABackup(let p): return "\(p) is not a secretfs backup (not an SQLite database)"
         case .unsupportedSchema(let v): return "the store has schema version \(v), newer than this secretfs understands"
         case .io(let p, let e, let a): return "cannot \(a) \(p): \(errnoText(e))"
         case .sqlite(let c, let m, let ctx): return "database error while \(ctx): \(m) (SQLite code \(c))"
@@ -162,6 +165,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .versionIsCurrent(let n, _, let p): return "nothing to restore; 'secretfs history \(p) \(n)' lists the earlier versions"
         case .invalidRetention: return nil
         case .corrupt: return "restore the store from a backup"
+        case .notABackup: return "give a file made by 'secretfs backup create'"
         case .unsupportedSchema: return "upgrade secretfs"
         case .io(_, let e, _): return pathErrorHint(e)
         case .unavailable:

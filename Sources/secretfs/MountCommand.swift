@@ -361,9 +361,16 @@ struct MountCommand: ParsableCommand {
                 throw Failure("mountpoint \(target) does not exist", hint: "create it with mkdir -p \(target)", exit: .mountProblem)
             case .notADirectory:
                 let at = error.path == target ? "" : " (\(error.path) is not)"
-                throw Failure("mountpoint \(target) is not a directory\(at)", exit: .mountProblem)
+                throw Failure("mountpoint \(target) is not a directory\(at)",
+                              hint: "mount on an existing, empty directory (mkdir DIR)", exit: .mountProblem)
+            case .system(ENOTCONN):
+                // A FUSE mount whose process died stays until it is unmounted.
+                throw Failure("cannot use mountpoint \(target): \(error)",
+                              hint: "a mount whose process is gone is still there: unmount it (secretfs umount \(target), "
+                                  + "or fusermount3 -u \(target)), then mount again", exit: .mountProblem)
             case .system:
-                throw Failure("cannot use mountpoint \(target): \(error)", exit: .mountProblem)
+                throw Failure("cannot use mountpoint \(target): \(error)",
+                              hint: "check the path and its permissions, or choose another directory", exit: .mountProblem)
             default:
                 throw Failure("mountpoint \(target) is not safe to mount on: \(error)",
                               hint: (error.fix.map { $0 + ", or " } ?? "")

@@ -43,6 +43,18 @@ struct Secretfs: ParsableCommand {
         if CommandLine.arguments.first?.split(separator: "/").last == Substring(MountHelper.name) {
             MountHelper.main(Array(CommandLine.arguments.dropFirst()))
         }
+        // ArgumentParser's `help` shows the top-level help for a command it
+        // does not know, and exits 0: a typo would look answered.
+        let arguments = CommandLine.arguments.dropFirst()
+        if arguments.first == "help" {
+            let asked = arguments.dropFirst().prefix { !$0.hasPrefix("-") }
+            let known = commandPath(asked)
+            if known.split(separator: " ").count < asked.count {
+                writeStderr("secretfs: error: no command 'secretfs \(asked.joined(separator: " "))'\n"
+                            + "hint: see 'secretfs \(known.isEmpty ? "" : known + " ")--help' for the commands there are\n")
+                Glibc.exit(ExitCode.validationFailure.rawValue)
+            }
+        }
         do {
             var command = try parseAsRoot()
             try command.run()

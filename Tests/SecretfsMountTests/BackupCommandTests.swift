@@ -98,6 +98,15 @@ struct BackupCommandTests {
         #expect(bad.stdout.contains("FAIL  project demo, B, version \(version) does not open"), "\(bad.stdout)")
         #expect(bad.stderr.hasPrefix("secretfs: error: 1 sealed blob of the backup do not open"), "\(bad.stderr)")
         try f.expectOK(f.secretfs(["project", "delete", "demo", "--force", "--store", restored]))
+        // Any other file is named as not a backup, with a hint, not an SQLite error.
+        try f.expectOK(f.sh("printf 'hello' > \(f.root)/not-a-backup && chmod 0600 \(f.root)/not-a-backup"))
+        for args in [["backup", "verify", f.root + "/not-a-backup"],
+                     ["backup", "restore", f.root + "/not-a-backup", "--store", f.root + "/from-junk", "--key-file", f.storeDir + "/master.key"]] {
+            let junk = try f.secretfs(args)
+            #expect(junk.status == 10 && junk.stderr.contains("\(f.root)/not-a-backup is not a secretfs backup (not an SQLite database)")
+                    && junk.stderr.contains("hint: give a file made by 'secretfs backup create'"), "\(args[1]): \(junk.stderr)")
+        }
+        #expect(access(f.root + "/from-junk", F_OK) != 0)
         let printed = [o, verify, r, again, noKey, bad].map { $0.stdout + $0.stderr }.joined()
         #expect(!printed.contains("backup-value") && !printed.contains("during-"), "\(printed)")
     }

@@ -53,5 +53,14 @@ struct ProjectLimitsTests {
         // A misspelt option is named as such, not hidden behind "give --keep-versions N".
         let typo = try f.secretfs(["project", "set", "demo", "--keep-version", "3"])
         #expect(typo.status == 64 && typo.stderr.contains("Unknown option '--keep-version'. Did you mean '--keep-versions'?"), "\(typo.stderr)")
+        // The hint names the subcommand the arguments reached, and `help` of
+        // a command there is not is an error, not the top-level help.
+        #expect(try f.secretfs(["store", "copy", "--bogus"]).stderr.contains("hint: see 'secretfs store copy --help'"))
+        for (args, hint) in [(["help", "nosuch"], "see 'secretfs --help'"), (["help", "project", "nosuch"], "see 'secretfs project --help'")] {
+            let o = try f.secretfs(args)
+            #expect(o.status == 64 && o.stdout.isEmpty && o.stderr.contains("no command 'secretfs \(args.dropFirst().joined(separator: " "))'")
+                    && o.stderr.contains(hint), "\(args): \(o.status) \(o.stderr)")
+        }
+        #expect(try f.expectOK(f.secretfs(["help", "project", "set"])).stdout.contains("--keep-versions"))
     }
 }
