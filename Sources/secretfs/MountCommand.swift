@@ -18,12 +18,14 @@ struct MountCommand: ParsableCommand {
             With -f it stays in the foreground and logs to stderr.
 
             Mount options (-o, comma separated; others go to libfuse):
-              group=GROUP          members of GROUP (name or gid) may use the mount too
-              keep_newline         keep the trailing newline that echo adds (default: drop one)
-              strict_modes         refuse chmod, chown and time changes with EPERM (default: accept them, change nothing)
-              max_size=BYTES       largest value accepted (default 64K; suffixes K and M)
-              cache_timeout=SEC    how long the kernel caches names and attributes (default 1)
-              staging_timeout=SEC  discard a staging (.NAME) file closed this long (default 600; 0: never)
+              group=GROUP          members of GROUP (name or gid) may use it too
+              keep_newline         keep the newline echo adds (default: drop one)
+              strict_modes         chmod, chown, touch fail with EPERM (default:
+                                   they succeed and change nothing)
+              max_size=BYTES       largest value (default 64K; suffixes K, M)
+              cache_timeout=SEC    kernel cache of names, attributes (default 1)
+              staging_timeout=SEC  drop a staging (.NAME) file closed this long
+                                   (default 600; 0: never)
             """)
 
     @OptionGroup var global: GlobalOptions
@@ -43,8 +45,9 @@ struct MountCommand: ParsableCommand {
     @Option(help: ArgumentHelp("A group whose members are allowed on the privileged socket; repeatable.", valueName: "group"))
     var resolverGroup: [String] = []
 
-    @Option(help: ArgumentHelp("Close a privileged-socket connection idle this many seconds (clients reconnect).", valueName: "seconds"))
-    var socketIdleTimeout: Double = 30
+    @Option(help: ArgumentHelp("Close a privileged-socket connection idle this many seconds (clients reconnect; default 30).", valueName: "seconds"))
+    var socketIdleTimeout: Double?
+    var idleTimeout: Double { socketIdleTimeout ?? 30 }
 
     @Flag(help: "Log every FUSE request (libfuse debug output; names only, never values).")
     var debug = false
@@ -53,7 +56,7 @@ struct MountCommand: ParsableCommand {
         try validateProjectName(project)
         _ = try parsedOptions()
         _ = try resolverPolicy()
-        guard socketIdleTimeout > 0, socketIdleTimeout <= 86400 else {
+        guard idleTimeout > 0, idleTimeout <= 86400 else {
             throw ValidationError("--socket-idle-timeout needs more than 0 and at most 86400 seconds")
         }
     }
@@ -278,7 +281,7 @@ struct MountCommand: ParsableCommand {
         }
         // The privileged socket: without --resolver-uid, the mount's owner's uid is allowed.
         var limits = ServerLimits()
-        limits.idleTimeout = socketIdleTimeout
+        limits.idleTimeout = idleTimeout
         let server = PrivilegedSocketServer(vault: vault, socketPath: runtime.socketPath(project),
                                             policy: SocketPolicy(uids: policy.uids, gids: policy.gids),
                                             limits: limits, logger: logger)

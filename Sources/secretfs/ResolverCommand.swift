@@ -30,8 +30,9 @@ struct ResolverCommand: ParsableCommand {
     var allowUid: [String] = []
     @Option(name: .customLong("allow-group"), help: ArgumentHelp("Also serve members of this group (name or gid; repeatable). The socket file is given the first group, mode 0660.", valueName: "group"))
     var allowGroup: [String] = []
-    @Option(help: ArgumentHelp("Close a client connection idle this many seconds (it reconnects).", valueName: "seconds"))
-    var idleTimeout: Double = 300
+    @Option(name: .customLong("idle-timeout"), help: ArgumentHelp("Close a client connection idle this many seconds (it reconnects; default 300).", valueName: "seconds"))
+    var idleTimeoutOption: Double?
+    var idleTimeout: Double { idleTimeoutOption ?? 300 }
     @Flag(help: "Log every request (names, never values).") var debug = false
 
     func validate() throws {
