@@ -96,7 +96,14 @@ final class RedactorFeed: @unchecked Sendable {
     /// with the redactor it has (and says so).
     static let applyTimeout = 10.0
 
-    init(global: GlobalOptions, project: String, resolver: String?, masking: MaskingOptions) throws {
+    /// Copies of the values `init` was asked to hand over (`run`'s
+    /// environment), from the fetch the first redactor was built from, and
+    /// pinned: masked whatever the project does afterwards. The caller wipes them.
+    private(set) var handed: [String: SecureBytes] = [:]
+
+    /// `handing`: names whose values the caller needs too (see `handed`),
+    /// taken from the same fetch: one GET of the project, one audit row.
+    init(global: GlobalOptions, project: String, resolver: String?, masking: MaskingOptions, handing wanted: [String] = []) throws {
         self.options = masking.redaction
         self.reportsShortValues = !masking.quiet
         self.project = project
@@ -107,17 +114,13 @@ final class RedactorFeed: @unchecked Sendable {
         feed = try startChangeFeed(global: global, project: project, resolver: resolver) { [weak self] event in
             self?.handle(event) ?? false
         }
-        try rebuildOrThrow()
+        let first = try rebuildOrThrow(handing: Set(wanted))
+        // A change's rebuild that started before the values were pinned
+        // may have replaced the first redactor without them: once more.
+        if !handed.isEmpty && state.withLock({ $0.nextTicket > first + 1 }) { try rebuildOrThrow() }
     }
 
     deinit { feed?.cancel() }
-
-    /// Masks `values` from now on, whatever happens to the project (`run`
-    /// puts them in the command's environment). Rebuilds before returning.
-    func pin(_ values: [String: SecureBytes]) throws {
-        pinned.withLock { $0 += values.map { (name: $0.key, value: $0.value.copy()) } }
-        try rebuildOrThrow()
-    }
 
     private func handle(_ event: ChangeFeed.Event) -> Bool {
         switch event {
@@ -150,12 +153,14 @@ final class RedactorFeed: @unchecked Sendable {
         }
     }
 
-    private func rebuildOrThrow() throws {
+    /// Returns the build's ticket.
+    @discardableResult
+    private func rebuildOrThrow(handing wanted: Set<String> = []) throws -> Int {
         let ticket = state.withLock { s -> Int in
             defer { s.nextTicket += 1 }
             return s.nextTicket
         }
-        let fresh = try build()
+        let fresh = try build(handing: wanted)
         state.withLock { s in
             guard ticket > s.builtTicket else { return }
             s.redactor = fresh
@@ -163,14 +168,19 @@ final class RedactorFeed: @unchecked Sendable {
             s.builtTicket = ticket
         }
         reportShort(fresh)
+        return ticket
     }
 
     /// The values are handed over to the redactor, and no other reference is
     /// kept here: each is freed (wiped) as soon as its forms are collected,
     /// before the tables are built (see Redactor.init(consuming:)).
-    private func build() throws -> Redactor {
+    private func build(handing wanted: Set<String>) throws -> Redactor {
         let names = try source.names()
         var current = names.isEmpty ? [:] : try source.values(names)
+        if !wanted.isEmpty {
+            for (name, value) in current where wanted.contains(name) { handed[name] = value.copy() }
+            pinned.withLock { $0 += handed.map { (name: $0.key, value: $0.value.copy()) } }
+        }
         var secrets: [(name: String, value: SecureBytes)] = current.map { (name: $0.key, value: $0.value) }
         pinned.withLock { p in
             // A pinned value the project still holds under its name is in

@@ -56,16 +56,14 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
-        let feed = try RedactorFeed(global: global, project: project, resolver: resolver, masking: masking)
-        let source = feed.source
         let wanted = Array(Set(bindings.map(\.name))).sorted()
-        let values = wanted.isEmpty ? [:] : try source.values(wanted)
+        // The values come from the fetch the redactor is built from, and
+        // stay masked in the command's output whatever the project does.
+        let feed = try RedactorFeed(global: global, project: project, resolver: resolver, masking: masking, handing: wanted)
+        let values = feed.handed
         let missing = wanted.filter { values[$0] == nil }
-        // What the command gets stays masked in its output even if the
-        // project changes meanwhile (the redactor was built from a fetch of
-        // its own, which a change may have raced).
-        try feed.pin(values)
         guard missing.isEmpty else {
+            for v in values.values { v.wipe() }
             throw Failure("project '\(project)' has no secret named \(missing.map { "'\($0)'" }.joined(separator: ", "))",
                           hint: "list names with ls on the mount", exit: .resolveProblem)
         }

@@ -163,9 +163,18 @@ struct ResolveAndRedactTests {
         let o = try f.expectOK(f.secretfs(["run", "--project", "demo", "--env", "S=TOO_SHORT", "--", "sh", "-c", "echo \"$S\""]))
         #expect(o.stdout == "abc\n")
         #expect(o.stderr.components(separatedBy: "not masking").count == 2 && o.stderr.contains("not masking TOO_SHORT:"), "\(o.stderr)")
+        let gets = { try f.expectOK(f.secretfs(["audit", "demo"])).stdout.components(separatedBy: "  get  ").count }
+        let before = try gets()
         let quiet = try f.expectOK(f.secretfs(["run", "--project", "demo", "--quiet", "--mask", "<hidden>", "--env", "T=API_TOKEN", "--",
                                                "sh", "-c", "echo \"$T\""]))
         #expect(quiet.stderr.isEmpty && quiet.stdout == "<hidden>\n", "\(quiet.stdout) \(quiet.stderr)")
+        // One fetch for the redactor and the environment: one audit row.
+        #expect(try gets() == before + 1)
+        // The value the command was given stays masked after the project
+        // replaces it (and the new one is masked too).
+        let changed = try f.expectOK(f.secretfs(["run", "--project", "demo", "--env", "T=API_TOKEN", "--", "sh", "-c",
+                                                 "printf 'replaced-during-run' > \(f.mnt)/API_TOKEN; sleep 1; echo \"old $T\"; echo new replaced-during-run"]))
+        #expect(changed.stdout == "old [REDACTED]\nnew [REDACTED]\n", "\(changed.stdout)")
     }
 
     @Test func runInjectsAndRedactsAndPassesTheExitStatus() throws {
