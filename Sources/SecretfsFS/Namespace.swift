@@ -45,9 +45,10 @@ final class Node {
     var updatedAt: Timestamp { info?.updatedAt ?? createdAt }
 }
 
-/// The name <-> inode tables of the one flat directory. Inode numbers are
-/// never reused within a mount, so a stale kernel reference can never reach
-/// another secret. Not thread-safe: used under the filesystem's lock.
+/// The name <-> inode tables of the one flat directory. Inode numbers of
+/// secrets are never reused within a mount, so a stale kernel reference can
+/// never reach another secret (staging files' are random, 63 bits: see
+/// `takeStagingIno`). Not thread-safe: used under the filesystem's lock.
 ///
 /// Staging names are per uid: each uid has its own, so another uid's staging
 /// file neither shows (ENOENT) nor collides (no EEXIST that would tell it is
@@ -93,11 +94,25 @@ struct Namespace {
     func secret(named name: String) -> Node? { byName[name] }
 
     mutating func add(name: String, info: SecretInfo?, stagedBy: uid_t? = nil) -> Node {
-        let n = Node(ino: nextIno, name: name, info: info, stagedBy: stagedBy)
-        nextIno += 1
+        let n = Node(ino: stagedBy == nil ? takeSequentialIno() : takeStagingIno(), name: name, info: info, stagedBy: stagedBy)
         byIno[n.ino] = n
         attach(n, as: name)
         return n
+    }
+
+    private mutating func takeSequentialIno() -> UInt64 {
+        defer { nextIno += 1 }
+        return nextIno
+    }
+
+    /// A staging file's inode number: random, with the top bit set (never a
+    /// sequential one), so that the numbers a uid sees on its own files do
+    /// not count other uids' staging files, which it must not learn of.
+    private func takeStagingIno() -> UInt64 {
+        while true {
+            let ino = UInt64.random(in: 0...UInt64.max) | (1 << 63)
+            if byIno[ino] == nil { return ino }
+        }
     }
 
     /// Staging files of `uid` (they are bounded per uid like write handles).

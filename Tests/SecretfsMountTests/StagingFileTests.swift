@@ -127,6 +127,25 @@ struct StagingFileTests {
     }
 }
 
+extension StagingFileTests {
+    @Test func inodeNumbersDoNotCountOtherUIDsStagingFiles() throws {
+        let f = try MountFixture()
+        defer { f.close() }
+        try f.mount(["-o", "group=4242"])
+        func ino(_ name: String) throws -> UInt64 {
+            try #require(UInt64(f.expectOK(f.sh("printf v > $MNT/\(name) && stat -c %i $MNT/\(name)", asUID: 65534, gid: 4242))
+                .stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
+        }
+        let first = try ino("MEMBER_A")
+        // Root's staging files, which the member must not learn of...
+        try f.expectOK(f.sh("for i in 1 2 3; do printf x > $MNT/.root$i; done"))
+        // ...leave no gap in the numbers the member's next file gets.
+        #expect(try ino("MEMBER_B") == first + 1)
+        let staged = try ino(".member")
+        #expect(staged >= 1 << 63, "\(staged)")
+    }
+}
+
 /// Staging files nobody can list must not outlive their use: one a killed
 /// rsync left would hold a slot and locked bytes until the unmount.
 @Suite(.serialized)
