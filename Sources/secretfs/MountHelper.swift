@@ -181,6 +181,13 @@ enum MountHelper {
     /// Runs as `mount.secretfs`: translates the call, runs `secretfs mount`
     /// (this binary) and exits with mount(8)'s status for the result.
     static func main(_ arguments: [String]) -> Never {
+        if arguments == ["-h"] || arguments == ["--help"] {
+            writeStdout("usage: \(name) PROJECT MOUNTPOINT [-sfnv] [-o OPTIONS]\n"
+                        + "The helper mount(8) runs for type secretfs: it runs 'secretfs mount' with the options translated.\n"
+                        + "-o takes secretfs mount's -o options and its flags as options (store=, runtime_dir=, key_file=, ...);\n"
+                        + "-f fakes, -v shows the command; see secretfs(1), MOUNT HELPER.\n")
+            exit(Status.mounted.rawValue)
+        }
         let call: Invocation
         let args: [String]
         do {
