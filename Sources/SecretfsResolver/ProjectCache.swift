@@ -103,7 +103,7 @@ final class ProjectCache: @unchecked Sendable {
     }
     private let state = Mutex(State())
 
-    init(project: String, socketPath: String, logger: Logger, fetchTimeout: Double, maxRedactors: Int, maxLiveRedactors: Int = 8) {
+    init(project: String, socketPath: String, logger: Logger, fetchTimeout: Double, maxRedactors: Int, maxLiveRedactors: Int) {
         self.project = project
         self.maxRedactors = maxRedactors
         self.maxLiveRedactors = maxLiveRedactors
