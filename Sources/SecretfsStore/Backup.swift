@@ -56,17 +56,19 @@ extension Store {
     /// A consistent snapshot of the whole store into a new file at `path`
     /// (`VACUUM INTO`: one read transaction, so mounts go on writing; freed
     /// pages are not copied). Only what the database holds: ciphertexts,
-    /// wrapped keys, names, times, audit. The file is created 0600 with
-    /// O_EXCL, gets its manifest, is switched out of WAL into one file and
-    /// fsync'd with its directory. A failure removes it.
+    /// wrapped keys, names, times, audit. The snapshot is made and given its
+    /// manifest in the store's own directory, switched out of WAL into one
+    /// file, then copied into the new file (created 0600 with O_EXCL through
+    /// the checked directory's descriptor) and fsync'd with its directory.
+    /// A failure removes both.
     public func createBackup(to path: String) throws -> BackupManifest {
         guard !location.isShared else { throw StoreError.notOnSharedStore("backup create") }
-        // SQLite reopens the file by its path (VACUUM INTO, the manifest,
-        // the fsync): a user who may write its directory could rename a file
-        // of theirs over it between those opens and receive the backup. So
-        // the directory is trusted as a store directory is, except that a
-        // sticky one (/tmp) will do: there nobody else may rename over or
-        // remove a file that is not theirs.
+        // The backup's directory may be a sticky one (/tmp) where others
+        // create files too: the new file is made through its descriptor, and
+        // SQLite never opens anything there by path, or it would read what
+        // another user put beside it (a hot FILE-journal it replays, turning
+        // the backup into their database; a FILE-wal). Otherwise it is
+        // trusted as a store directory is.
         let slash = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
         let dir = slash.isEmpty ? "/" : slash
         let trusted: TrustedDirectory
@@ -78,37 +80,60 @@ extension Store {
         } catch {
             throw StoreError.backupDirectoryUntrusted(directory: dir, error)
         }
-        // Created in the directory just checked, through its descriptor
-        // (O_EXCL, no symlink, mode 0600 exactly).
         let name = path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path
+        let target: Int32
         do throws(SystemError) {
-            close(try trusted.create(name, O_WRONLY, mode: 0o600))
+            target = try trusted.create(name, O_WRONLY, mode: 0o600)
         } catch {
             throw StoreError.io(path: path, errno: error.errno, action: "create the backup")
         }
         var done = false
-        defer { if !done { unlink(path) } }
-        try lock.withLock { _ in
-            try db.statement("VACUUM INTO ?").bind(1, path).run("copying the store")
+        defer {
+            close(target)
+            if !done { trusted.remove(name) }
         }
-        let copy = try SQLiteConnection(path: path)
+        // The snapshot, in the store's directory (nobody else may write
+        // there); its name is this process's, and it goes whatever happens.
+        let storeDirectory = try Self.trustedDirectory(location, creating: false)
+        let snapshot = ".backup-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).db"
+        defer { for suffix in ["", "-journal", "-wal", "-shm"] { storeDirectory.remove(snapshot + suffix) } }
+        let snapshotPath = storeDirectory.canonicalPath(of: snapshot)
+        try lock.withLock { _ in
+            try db.statement("VACUUM INTO ?").bind(1, snapshotPath).run("copying the store")
+        }
+        let copy = try SQLiteConnection(path: snapshotPath)
         try copy.execute("PRAGMA trusted_schema = OFF", context: "opening the backup")
         let manifest = try Self.countManifest(copy, createdAt: now())
         try copy.statement("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)")
             .bind(1, Self.manifestKey).bind(2, blob: Array(manifest.json.utf8)).run("writing the manifest")
         try copy.execute("PRAGMA journal_mode = DELETE", context: "finishing the backup")
         copy.close()
-        let f = Glibc.open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        guard f >= 0, fsync(f) == 0 else {
-            let e = errno
-            if f >= 0 { close(f) }
-            throw StoreError.io(path: path, errno: e, action: "fsync the backup")
+        let source: Int32
+        do throws(SystemError) { source = try storeDirectory.open(snapshot, O_RDONLY) } catch {
+            throw StoreError.io(path: snapshotPath, errno: error.errno, action: "open the snapshot")
         }
-        close(f)
+        defer { close(source) }
+        try Self.copyFile(from: source, to: target, path: path)
         // The directory checked above, by its descriptor: not opened again by path.
         fsync(trusted.descriptor)
         done = true
         return manifest
+    }
+
+    /// Copies all of `from` into `to` and fsyncs it (`path` names `to` in errors).
+    static func copyFile(from: Int32, to: Int32, path: String) throws {
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = retryOnInterrupt { read(from, &buf, buf.count) }
+            if n < 0 { throw StoreError.io(path: path, errno: errno, action: "read") }
+            if n == 0 { break }
+            let failed: SystemError? = buf.withUnsafeBytes { b in
+                do throws(SystemError) { try writeAll(to, UnsafeRawBufferPointer(rebasing: b[..<n])) } catch { return error }
+                return nil
+            }
+            if let failed { throw StoreError.io(path: path, errno: failed.errno, action: "write") }
+        }
+        guard fsync(to) == 0 else { throw StoreError.io(path: path, errno: errno, action: "fsync") }
     }
 
     static func countManifest(_ db: SQLiteConnection, createdAt: Timestamp) throws -> BackupManifest {
@@ -151,7 +176,7 @@ extension Store {
             throw StoreError.io(path: path, errno: EINVAL, action: "open the backup (not a regular file)")
         }
         try requireSQLiteHeader(path)
-        let db = try SQLiteConnection(path: path, readOnly: true)
+        let db = try SQLiteConnection(path: path, immutable: true)
         try db.execute("PRAGMA trusted_schema = OFF", context: "opening the backup")
         try checkSchema(db)
         guard let storeID = try getMeta(db, "store_id"), let check = try getMeta(db, "key_check"),
@@ -308,22 +333,8 @@ extension Store {
                 throw StoreError.io(path: dir.path(of: name), errno: error.errno, action: "create")
             }
         }
-        func copyAll(from: Int32, to: Int32, path: String) throws {
-            var buf = [UInt8](repeating: 0, count: 1 << 16)
-            while true {
-                let n = retryOnInterrupt { read(from, &buf, buf.count) }
-                if n < 0 { throw StoreError.io(path: path, errno: errno, action: "read") }
-                if n == 0 { break }
-                let failed: SystemError? = buf.withUnsafeBytes { b in
-                    do throws(SystemError) { try writeAll(to, UnsafeRawBufferPointer(rebasing: b[..<n])) } catch { return error }
-                    return nil
-                }
-                if let failed { throw StoreError.io(path: path, errno: failed.errno, action: "write") }
-            }
-            guard fsync(to) == 0 else { throw StoreError.io(path: path, errno: errno, action: "fsync") }
-        }
         let dbFD = try create(databaseName, mode: 0o600)
-        do { defer { close(dbFD) }; try copyAll(from: source, to: dbFD, path: location.databasePath) }
+        do { defer { close(dbFD) }; try copyFile(from: source, to: dbFD, path: location.databasePath) }
         created += [databaseName + "-wal", databaseName + "-shm"]
         do {
             let db = try SQLiteConnection(path: dir.canonicalPath(of: databaseName))

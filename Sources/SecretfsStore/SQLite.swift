@@ -10,11 +10,29 @@ final class SQLiteConnection: DatabaseConnection {
     /// Opens an existing database file (`init` creates it beforehand, 0600 and
     /// O_EXCL, so SQLite never creates a file itself). SQLITE_OPEN_NOFOLLOW
     /// refuses a symlink anywhere in `path`: callers pass a canonical path.
-    init(path: String, readOnly: Bool = false) throws {
+    /// `immutable`: read-only, and the file is taken as it is: no locks,
+    /// and no journal or WAL beside it is ever read (for a backup, which may
+    /// lie in a directory where others create files).
+    init(path: String, readOnly: Bool = false, immutable: Bool = false) throws {
         self.path = path
-        let flags = (readOnly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW
+        var flags = (readOnly || immutable ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW
+        var name = path
+        if immutable {
+            flags |= SQLITE_OPEN_URI
+            // A URI's path: '%', '?' and '#' are escaped, the rest is as is.
+            var escaped = ""
+            for c in path.unicodeScalars {
+                switch c {
+                case "%": escaped += "%25"
+                case "?": escaped += "%3f"
+                case "#": escaped += "%23"
+                default: escaped.unicodeScalars.append(c)
+                }
+            }
+            name = "file:" + escaped + "?immutable=1"
+        }
         var db: OpaquePointer?
-        let rc = sqlite3_open_v2(path, &db, flags, nil)
+        let rc = sqlite3_open_v2(name, &db, flags, nil)
         guard rc == SQLITE_OK, let db else {
             let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             if let db { sqlite3_close_v2(db) }

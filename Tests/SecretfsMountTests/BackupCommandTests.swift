@@ -32,9 +32,20 @@ struct BackupCommandTests {
             #expect(access("\(f.root)/\(dir)/b.db", F_OK) != 0)
         }
         let sticky = "/tmp/secretfs-backup-test-\(getpid()).db"
-        defer { unlink(sticky) }
+        // In a sticky directory anyone may create the names SQLite would
+        // look for beside the file (a hot journal it would replay into the
+        // backup, a WAL): nothing there is opened but the backup itself.
+        let planted = ["-journal", "-wal", "-shm"].map { sticky + $0 }
+        defer { unlink(sticky); for p in planted { unlink(p) } }
+        for p in planted { #expect(symlink("/nonexistent/secretfs-planted", p) == 0) }
         try f.expectOK(f.secretfs(["backup", "create", sticky]))
         try f.expectOK(f.secretfs(["backup", "verify", sticky]))
+        for p in planted {
+            var st = stat()
+            #expect(lstat(p, &st) == 0 && st.st_mode & S_IFMT == S_IFLNK, "\(p) was touched")
+        }
+        // Nothing of the snapshot is left in the store's directory.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: f.storeDir).filter { $0.hasPrefix(".backup-") } == [])
     }
 
     @Test func createDuringWritesThenVerifyAndRestore() throws {
