@@ -136,15 +136,20 @@ public struct KeyDerivation: Sendable, Equatable {
         return KeyDerivation(opsLimit: opsLimit, memLimit: memLimit, salt: salt)
     }
 
-    /// What crypto_pwhash accepts for Argon2id (and what fits the `Int` its
-    /// memory limit is passed as). The parameters come from the database, so a
-    /// value outside these is a damaged store, not a reason to trap or to run
-    /// libsodium on it.
+    /// What a store's parameters may be: from libsodium's minimums to
+    /// libsodium's own "sensitive" level (4 passes) with room to spare, and
+    /// 1 GiB, its sensitive memory. The parameters come from the database (or
+    /// a backup), so a value outside these is a damaged store, not a reason
+    /// to trap, nor to let whoever wrote the row make every open take hours
+    /// or allocate terabytes (libsodium itself takes up to 2^32-1 passes and
+    /// 4 TiB). `fresh()` makes 3 passes over 64 MiB.
+    static let maxOpsLimit: UInt64 = 16
+    static let maxMemLimit: UInt64 = 1 << 30
     static var opsLimitRange: ClosedRange<UInt64> {
-        UInt64(crypto_pwhash_argon2id_opslimit_min())...UInt64(crypto_pwhash_argon2id_opslimit_max())
+        UInt64(crypto_pwhash_argon2id_opslimit_min())...min(UInt64(crypto_pwhash_argon2id_opslimit_max()), maxOpsLimit)
     }
     static var memLimitRange: ClosedRange<UInt64> {
-        UInt64(crypto_pwhash_argon2id_memlimit_min())...min(UInt64(crypto_pwhash_argon2id_memlimit_max()), UInt64(Int.max))
+        UInt64(crypto_pwhash_argon2id_memlimit_min())...min(UInt64(crypto_pwhash_argon2id_memlimit_max()), maxMemLimit)
     }
 
     /// Throws "store damaged" for parameters libsodium cannot take.

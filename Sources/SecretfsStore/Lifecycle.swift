@@ -240,7 +240,7 @@ extension Store {
         let s = try db.statement("SELECT keep_versions, keep_deleted_days FROM projects WHERE id = ?").bind(1, id)
         defer { s.reset() }
         guard try s.step("reading the project's limits") else { throw StoreError.corrupt("project \(id) vanished") }
-        return (max(0, s.int64(0)), max(0, s.int64(1)))
+        return Retention.clamped(keepVersions: s.int64(0), keepDeletedDays: s.int64(1))
     }
 
     /// What a write needs of its project's row, read as the version is taken.
@@ -263,8 +263,8 @@ extension Store {
             """).bind(1, id)
         defer { s.reset() }
         guard try s.step("allocating a version") else { throw StoreError.corrupt("project \(id) vanished") }
-        return VersionGrant(version: s.int64(0), keyGeneration: s.int64(1), keepVersions: max(0, s.int64(2)),
-                            keepDeletedDays: max(0, s.int64(3)))
+        let kept = Retention.clamped(keepVersions: s.int64(2), keepDeletedDays: s.int64(3))
+        return VersionGrant(version: s.int64(0), keyGeneration: s.int64(1), keepVersions: kept.versions, keepDeletedDays: kept.days)
     }
 
     func liveLocked(_ id: Int64, _ name: String) throws -> Bool {

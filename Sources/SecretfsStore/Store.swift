@@ -91,6 +91,14 @@ public enum Retention {
     /// (or a day count overflow nanoseconds).
     public static let maxKeepVersions = 1000
     public static let maxKeepDeletedDays = 3650
+
+    /// A project's limits as read back from its row: within the bounds the
+    /// commands accept, whatever the row holds. Whoever can write the
+    /// database (a shared store's operator, a crafted backup) must not be
+    /// able to make a day count overflow nanoseconds and trap a mount.
+    static func clamped(keepVersions: Int64, keepDeletedDays: Int64) -> (versions: Int64, days: Int64) {
+        (min(max(0, keepVersions), Int64(maxKeepVersions)), min(max(0, keepDeletedDays), Int64(maxKeepDeletedDays)))
+    }
 }
 
 /// Metadata of one secret. Deliberately no length: it would leak.

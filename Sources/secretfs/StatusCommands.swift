@@ -168,8 +168,16 @@ struct AuditCommand: ParsableCommand {
 
 func parseSince(_ s: String) -> Timestamp? {
     let units: [Character: Int64] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+    // Overflow-checked: an age or a year past what nanoseconds since 1970
+    // hold is unreadable, not a trap.
+    func nanoseconds(_ seconds: Int64) -> Int64? {
+        let (ns, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        return overflow ? nil : ns
+    }
     if let u = s.last, let mult = units[u], let n = Int64(s.dropLast()), n >= 0 {
-        return Timestamp(nanoseconds: Timestamp.now().nanoseconds - n * mult * 1_000_000_000)
+        let (seconds, overflow) = n.multipliedReportingOverflow(by: mult)
+        guard !overflow, let age = nanoseconds(seconds) else { return nil }
+        return Timestamp(nanoseconds: Timestamp.now().nanoseconds - age)
     }
     // YYYY-MM-DD, optionally followed by THH:MM:SS and an optional Z (UTC).
     let u = Array(s.utf8)
@@ -194,7 +202,7 @@ func parseSince(_ s: String) -> Timestamp? {
               u.count == 19 || (u.count == 20 && u[19] == 90) else { return nil }
         tmv.tm_hour = h; tmv.tm_min = mi; tmv.tm_sec = sec
     }
-    return Timestamp(nanoseconds: Int64(timegm(&tmv)) * 1_000_000_000)
+    return nanoseconds(Int64(timegm(&tmv))).map { Timestamp(nanoseconds: $0) }
 }
 
 func jsonString(_ s: String) -> String {

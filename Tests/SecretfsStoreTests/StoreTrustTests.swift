@@ -171,6 +171,22 @@ struct StoreTrustTests {
         }
     }
 
+    // MARK: Limits from the database
+
+    @Test func aProjectsLimitsFromTheDatabaseAreClampedNotATrap() throws {
+        // keep_deleted_days times a day's nanoseconds overflowed Int64 past
+        // 106,751 days: whoever could write the row trapped the next delete.
+        let (base, dir) = try makeStore()
+        defer { removeTree(base) }
+        tamper(dir, "UPDATE projects SET keep_deleted_days = 200000, keep_versions = 9000000000000000000 WHERE name = 'alpha'")
+        let vault = try Store.open(at: StoreLocation(directory: dir), keySource: .keyFile).openProject("alpha")
+        try vault.put("B", value: Array("w".utf8).withUnsafeBytes { .init(copying: $0) }, actor: .current)
+        #expect(try vault.delete("A", actor: .current))
+        let entry = try #require(try vault.store.trash(project: "alpha").first)
+        let days = (entry.purgeAt.nanoseconds - entry.deletedAt.nanoseconds) / (86_400 * 1_000_000_000)
+        #expect(days == Int64(Retention.maxKeepDeletedDays), "\(days)")
+    }
+
     // MARK: Key derivation parameters from the database
 
     @Test func outOfRangeKeyDerivationParametersAreADamagedStore() throws {
@@ -184,6 +200,9 @@ struct StoreTrustTests {
             ("kdf_opslimit", "0"),          // below Argon2id's minimum of 1 pass
             ("kdf_memlimit", "1024"),       // below its 8 KiB minimum
             ("kdf_memlimit", "\(UInt64(1) << 62)"),   // above its maximum
+            // Within libsodium's range, but hours of work or 16 GiB per open.
+            ("kdf_opslimit", "4294967295"),
+            ("kdf_memlimit", "17179869184"),
         ]
         for (key, value) in cases {
             tamper(dir, "UPDATE meta SET value = CAST('\(value)' AS BLOB) WHERE key = '\(key)'")
