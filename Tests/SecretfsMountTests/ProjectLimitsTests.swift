@@ -62,5 +62,10 @@ struct ProjectLimitsTests {
                     && o.stderr.contains(hint), "\(args): \(o.status) \(o.stderr)")
         }
         #expect(try f.expectOK(f.secretfs(["help", "project", "set"])).stdout.contains("--keep-versions"))
+        // Ages and dates past what a timestamp holds are unreadable, not a trap.
+        for since in ["99999999999d", "9223372036854775807s", "2300-01-01"] {
+            let o = try f.secretfs(["audit", "demo", "--since", since])
+            #expect(o.status == 64 && o.stderr.contains("--since: cannot read"), "\(since): \(o.status) \(o.stderr)")
+        }
     }
 }
