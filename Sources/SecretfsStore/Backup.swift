@@ -1,5 +1,6 @@
 import CSQLite
 import Glibc
+import SecretfsNames
 import SecretfsPOSIX
 import SecureMemory
 
@@ -290,6 +291,11 @@ extension BackupManifest {
                   let vText = field("versions", in: part), let v = Int(vText) else { return nil }
             projects.append(Project(name: String(n), secrets: s, versions: v))
         }
+        // What a manifest holds is hex and names; a backup's bytes are
+        // anyone's, and verify prints these (an escape sequence would hide
+        // the lines after it on a terminal): anything else is no manifest.
+        func isHex(_ t: Substring) -> Bool { t.utf8.allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) } }
+        guard isHex(id), isHex(check), projects.allSatisfy({ Names.isValid($0.name) }) else { return nil }
         self.init(storeID: String(id), createdAt: Timestamp(nanoseconds: at), schemaVersion: schema,
                   keyCheck: String(check), projects: projects)
     }

@@ -109,6 +109,13 @@ struct BackupCommandTests {
         #expect(bad.stdout.contains("FAIL  project demo, B, version \(version) does not open"), "\(bad.stdout)")
         #expect(bad.stderr.hasPrefix("secretfs: error: 1 sealed blob of the backup do not open"), "\(bad.stderr)")
         try f.expectOK(f.secretfs(["project", "delete", "demo", "--force", "--store", restored]))
+        // A manifest's text is the backup's bytes, anyone's: a store id with
+        // an escape sequence is no manifest, and never reaches the terminal.
+        sql(backup, "UPDATE meta SET value = CAST(replace(CAST(value AS TEXT), '\"storeID\":\"', '\"storeID\":\"X' || char(27) || '[8m') AS BLOB) "
+            + "WHERE key = 'backup_manifest'")
+        let forged = try f.secretfs(["backup", "verify", backup])
+        #expect(forged.status == 10 && !(forged.stdout + forged.stderr).contains("\u{1b}"), "\(forged.stdout)")
+        #expect(!forged.stdout.hasPrefix("backup of store "), "\(forged.stdout)")
         // Any other file is named as not a backup, with a hint, not an SQLite error.
         try f.expectOK(f.sh("printf 'hello' > \(f.root)/not-a-backup && chmod 0600 \(f.root)/not-a-backup"))
         for args in [["backup", "verify", f.root + "/not-a-backup"],
