@@ -233,6 +233,26 @@ public final class TrustedDirectory: @unchecked Sendable {
         path == "/" ? "/" + name : path + "/" + name
     }
 
+    /// A directory to read or write one file of the caller's in (a backup,
+    /// a file to import): trusted as a store directory is, except that it
+    /// may be writable by others when it is sticky (/tmp), since there
+    /// nobody may rename over or remove a file that is not theirs, and the
+    /// file is opened through this descriptor with O_NOFOLLOW.
+    public static func openForOneFile(_ path: String) throws(TrustError) -> TrustedDirectory {
+        let trusted = try TrustedDirectory.open(path, checkingOwnMode: false)
+        if trusted.mode & 0o022 != 0 && trusted.mode & UInt32(S_ISVTX) == 0 {
+            throw TrustError(path: trusted.path, problem: .writableByOthers(mode: trusted.mode))
+        }
+        return trusted
+    }
+
+    /// The directory part and the name of a path to one file ("." for a bare name).
+    public static func split(_ path: String) -> (directory: String, name: String) {
+        guard let slash = path.lastIndex(of: "/") else { return (".", path) }
+        let directory = String(path[..<slash])
+        return (directory.isEmpty ? "/" : directory, String(path[path.index(after: slash)...]))
+    }
+
     /// The canonical path of an entry (no symlink on the way).
     public func canonicalPath(of name: String) -> String {
         canonicalPath == "/" ? "/" + name : canonicalPath + "/" + name

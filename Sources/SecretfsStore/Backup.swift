@@ -70,18 +70,11 @@ extension Store {
         // another user put beside it (a hot FILE-journal it replays, turning
         // the backup into their database; a FILE-wal). Otherwise it is
         // trusted as a store directory is.
-        let slash = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
-        let dir = slash.isEmpty ? "/" : slash
+        let (dir, name) = TrustedDirectory.split(path)
         let trusted: TrustedDirectory
-        do throws(TrustError) {
-            trusted = try TrustedDirectory.open(dir, checkingOwnMode: false)
-            if trusted.mode & 0o022 != 0 && trusted.mode & UInt32(S_ISVTX) == 0 {
-                throw TrustError(path: trusted.path, problem: .writableByOthers(mode: trusted.mode))
-            }
-        } catch {
+        do throws(TrustError) { trusted = try TrustedDirectory.openForOneFile(dir) } catch {
             throw StoreError.backupDirectoryUntrusted(directory: dir, error)
         }
-        let name = path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path
         let target: Int32
         do throws(SystemError) {
             target = try trusted.create(name, O_WRONLY, mode: 0o600)

@@ -255,13 +255,36 @@ struct ImportCommand: ParsableCommand {
         }
     }
 
-    /// The whole file, read into locked memory (at most 256 MiB).
-    private func readInput() throws -> SecureBytes {
-        let fd = file == "-" ? 0 : open(file, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            let e = errno
-            throw Failure("cannot open \(file): \(errnoText(e))", hint: pathErrorHint(e), exit: .failure)
+    private func openInput(_ path: String) throws -> Int32 {
+        let (dir, name) = TrustedDirectory.split(path)
+        let trusted: TrustedDirectory
+        do throws(TrustError) { trusted = try TrustedDirectory.openForOneFile(dir) } catch {
+            if case .system(let e) = error.problem {
+                throw Failure("cannot open \(path): \(errnoText(e))", hint: pathErrorHint(e), exit: .failure)
+            }
+            throw Failure("cannot import \(path): its directory is not safe to read secrets from: \(error)",
+                          hint: (error.fix.map { $0 + ", or " } ?? "") + "move the file to a directory only you and root can write "
+                              + "(or give it on stdin: secretfs import PROJECT - < FILE)", exit: .failure)
         }
+        let fd: Int32
+        do throws(SystemError) { fd = try trusted.open(name, O_RDONLY | O_NONBLOCK) } catch {
+            let hint = error.errno == ELOOP ? "it is a symbolic link: give the file it points to" : pathErrorHint(error.errno)
+            throw Failure("cannot open \(path): \(errnoText(error.errno))", hint: hint, exit: .failure)
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
+            throw Failure("cannot import \(path): not a regular file", hint: "give a .env or JSON file, or - for stdin", exit: .failure)
+        }
+        return fd
+    }
+
+    /// The whole file, read into locked memory (at most 256 MiB). Opened
+    /// through its trusted directory, not through a symlink: root importing
+    /// a path another user could arrange (in /tmp, in a directory of theirs)
+    /// must not read a file of root's into the project.
+    private func readInput() throws -> SecureBytes {
+        let fd = file == "-" ? 0 : try openInput(file)
         defer { if fd != 0 { close(fd) } }
         var buf = SecureBytes(capacity: 64 << 10)
         while true {

@@ -122,6 +122,28 @@ struct LocalUserTests {
         #expect(!o.stderr.contains("locked memory") && !o.stdout.contains(needle), "\(o.stderr)")
     }
 
+    @Test func rootNeverImportsAFileAnotherUserPointedItAt() throws {
+        // A root-only dotenv file, and the paths nobody can arrange to lead
+        // to it: a symlink in sticky /tmp, and a directory of nobody's that
+        // they can turn into a symlink between the check and the open.
+        let f = try MountFixture()
+        defer { f.close() }
+        let secret = f.root + "/root-only.env"
+        try f.expectOK(f.sh("printf 'ROOT_ONLY=root-only-value\\n' > \(secret) && chmod 0600 \(secret)"))
+        let link = "/tmp/secretfs-import-link-\(getpid()).env", theirs = "/tmp/secretfs-import-dir-\(getpid())"
+        defer { unlink(link); _ = try? f.sh("rm -rf \(theirs)") }
+        try f.expectOK(f.sh("setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'ln -s \(secret) \(link) && mkdir \(theirs) "
+                            + "&& ln -s \(secret) \(theirs)/x.env'"))
+        for path in [link, theirs + "/x.env"] {
+            let o = try f.secretfs(["import", "demo", path])
+            #expect(o.status == 1 && o.stderr.hasPrefix("secretfs: error: ") && o.stderr.contains("hint: "), "\(path): \(o.stderr)")
+        }
+        #expect(try f.storedNames().isEmpty)
+        // The same file given by its own path (a directory only root writes) imports.
+        try f.expectOK(f.secretfs(["import", "demo", secret]))
+        #expect(try f.storedValue("ROOT_ONLY") == "root-only-value")
+    }
+
     @Test func theDaemonRefusesASocketDirectoryAnotherUserCanWrite() throws {
         let f = try MountFixture()
         defer { f.close() }
