@@ -131,12 +131,13 @@ extension Store {
         let masterKey: SecureBytes
         var kdf: KeyDerivation?
         var removeKeyFile: () -> Void = {}
+        var reusedKey = false
         if let passphrase {
             let params = KeyDerivation.fresh()
             masterKey = try params.deriveKey(from: passphrase)
             kdf = params
         } else {
-            (masterKey, removeKeyFile) = try hostKeyFile(location)
+            (masterKey, removeKeyFile, reusedKey) = try hostKeyFile(location)
         }
         do {
             try db.transaction("initialising the store") {
@@ -153,20 +154,31 @@ extension Store {
             removeKeyFile()
             throw error
         }
-        return Store(location: location, db: db, masterKey: masterKey, storeID: storeID, clock: clock)
+        let store = Store(location: location, db: db, masterKey: masterKey, storeID: storeID, clock: clock)
+        if reusedKey {
+            // Placed by an operator for this store, or another store's key:
+            // stores that share a key can be swapped for each other by
+            // whoever runs both databases (one's rows loaded into the other
+            // open with the same key), so say so while it can still change.
+            store.notices.append("\(location.keyFilePath) was already there and is now this store's key too; if it is "
+                                 + "another store's, give this one a key of its own (--key-file NEW) before it holds secrets: "
+                                 + "whoever runs both databases could serve one store's values as the other's")
+        }
+        return store
     }
 
     /// This host's key file for a new shared store: the existing one when it
     /// is there (an operator may place the key before running init), else a
     /// new random key written 0400 (its directory created 0700 if missing).
-    /// Returns the key and how to remove the file if this created it.
-    private static func hostKeyFile(_ location: StoreLocation) throws -> (SecureBytes, () -> Void) {
+    /// Returns the key, how to remove the file if this created it, and
+    /// whether it was there already.
+    private static func hostKeyFile(_ location: StoreLocation) throws -> (SecureBytes, () -> Void, Bool) {
         if access(location.keyFilePath, F_OK) == 0 {
             let dir = try keyDirectory(location)
-            return (try readKeyFile(at: dir.descriptor, location.keyFileName, path: location.keyFilePath), {})
+            return (try readKeyFile(at: dir.descriptor, location.keyFileName, path: location.keyFilePath), {}, true)
         }
         let key = SecureBytes.random(count: Envelope.keyBytes)
-        return (key, try placeKeyFile(key, at: location))
+        return (key, try placeKeyFile(key, at: location), false)
     }
 
     // MARK: The change log

@@ -151,6 +151,19 @@ struct SharedStoreTests {
         #expect(try a.storedNames() == [])
     }
 
+    @Test func initOfANewDatabaseWithAKeyAlreadyThereSaysItIsShared() throws {
+        // The key file of one store, given to init of a new database: the
+        // two stores could then be swapped by whoever runs both databases.
+        let a = try MountFixture(shared: true)
+        defer { a.close() }
+        let other = try TestDatabase.create()
+        defer { other.drop() }
+        var env = ProcessInfo.processInfo.environment
+        env["SECRETFS_KEY_FILE"] = a.storeDir + "/master.key"
+        let o = try Processes.run(MountFixture.binary, ["init", "--store", other.conninfo], environment: env)
+        #expect(o.status == 0 && o.stdout.contains("is now this store's key too") && o.stdout.contains("--key-file NEW"), "\(o.stdout) \(o.stderr)")
+    }
+
     @Test func aConnectionStringWithAPasswordIsRefusedWithoutEchoingIt() throws {
         let a = try MountFixture(initStore: false)
         defer { a.close() }
