@@ -150,13 +150,17 @@ extension Store {
     /// A backup is an SQLite database: its first 16 bytes say so. Checked
     /// before SQLite opens it, so any other file is named as not a backup
     /// rather than reported as an SQLite error.
-    static func requireSQLiteHeader(_ path: String) throws {
+    /// Returns whether the file is in WAL mode (a live store's database,
+    /// not a backup, which `backup create` leaves in one file).
+    @discardableResult
+    static func requireSQLiteHeader(_ path: String) throws -> Bool {
         let fd = Glibc.open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw StoreError.io(path: path, errno: errno, action: "open the backup") }
         defer { close(fd) }
-        var header = [UInt8](repeating: 0, count: 16)
+        var header = [UInt8](repeating: 0, count: 20)
         let n = retryOnInterrupt { read(fd, &header, header.count) }
-        guard n == 16, header == Array("SQLite format 3\0".utf8) else { throw StoreError.notABackup(path) }
+        guard n == 20, header[..<16].elementsEqual("SQLite format 3\0".utf8) else { throw StoreError.notABackup(path) }
+        return header[18] == 2   // the file format's write version: 2 is WAL
     }
 
     /// Opens every sealed blob of the backup at `path` (the key check, every
@@ -169,8 +173,12 @@ extension Store {
         guard st.st_mode & S_IFMT == S_IFREG else {
             throw StoreError.io(path: path, errno: EINVAL, action: "open the backup (not a regular file)")
         }
-        try requireSQLiteHeader(path)
-        let db = try SQLiteConnection(path: path, immutable: true)
+        // A backup is read as the file is (immutable: no journal, WAL or
+        // lock beside it is read, whoever put one there). A database in WAL
+        // mode is a live store's, in its own directory: read with its WAL,
+        // or its latest writes would go unchecked.
+        let wal = try requireSQLiteHeader(path)
+        let db = try SQLiteConnection(path: path, readOnly: true, immutable: !wal)
         try db.execute("PRAGMA trusted_schema = OFF", context: "opening the backup")
         try checkSchema(db)
         guard let storeID = try getMeta(db, "store_id"), let check = try getMeta(db, "key_check"),
