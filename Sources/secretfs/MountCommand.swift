@@ -17,7 +17,8 @@ struct MountCommand: ParsableCommand {
             logging to RUNTIME_DIR/PROJECT.log, until `secretfs umount` or `fusermount3 -u`. \
             With -f it stays in the foreground and logs to stderr.
 
-            Mount options (-o, comma separated; others go to libfuse):
+            Mount options (-o, comma separated; besides these, only the kernel's
+            mount flags: ro, nosuid, nodev, noexec, noatime, sync and the like):
               group=GROUP          members of GROUP (name or gid) may use it too
               keep_newline         keep the newline echo adds (default: drop one)
               strict_modes         chmod, chown, touch fail with EPERM (default:
@@ -61,6 +62,13 @@ struct MountCommand: ParsableCommand {
         }
     }
 
+    /// The kernel's generic mount flags, the only options handed to libfuse.
+    static let kernelMountFlags: Set<String> = [
+        "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async", "dirsync",
+        "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime",
+        "lazytime", "nolazytime",
+    ]
+
     /// Splits `-o` into secretfs's own options and the ones for libfuse.
     func parsedOptions() throws -> MountOptions {
         var result = MountOptions()
@@ -95,8 +103,17 @@ struct MountCommand: ParsableCommand {
                 throw ValidationError("-o \(key) is decided by secretfs: without -o group only the mount's owner may enter; with -o group=GROUP its members may too, and the kernel enforces the mode bits")
             case "writeback_cache":
                 throw ValidationError("-o writeback_cache is refused: the kernel would read write-only files back")
-            default:
+            case _ where value == nil && Self.kernelMountFlags.contains(key):
                 result.fuseOptions.append(item)
+            default:
+                // Only the value-less mount flags above go on to libfuse: its
+                // parser unescapes `\x` and `\NNN`, so 'allow\_other' would pass
+                // a check of the text and reach the kernel as allow_other, and
+                // fsname= or subtype= would rename the mount. The value is not
+                // repeated: it may be a store URL mistyped, with a password.
+                throw ValidationError("-o \(Wire.printable(String(key.prefix(64)))) is not a mount option secretfs knows "
+                                      + "(its own: group=, keep_newline, strict_modes, max_size=, cache_timeout=, staging_timeout=; "
+                                      + "the kernel's: \(Self.kernelMountFlags.sorted().joined(separator: ", ")))")
             }
         }
         return result

@@ -137,9 +137,18 @@ struct MountHelperTests {
             }
             // mount(8) reads a helper's status as its own: 1 is a usage error, 32 a failed mount.
             let unknown = try viaMount("bogus_option")
-            #expect(unknown.status == 1 && unknown.stderr.contains("unknown option")
-                    && unknown.stderr.contains("secretfs: error: libfuse refused the mount options"), "\(unknown.status) \(unknown.stderr)")
+            #expect(unknown.status == 1 && unknown.stderr.contains("secretfs: error: -o bogus_option is not a mount option secretfs knows"),
+                    "\(unknown.status) \(unknown.stderr)")
             #expect(try f.secretfs(["mount", "demo", f.mnt, "-o", "bogus_option"]).status == 64, "a usage error of secretfs mount too")
+            // libfuse unescapes \x and \NNN: the refused options so spelt are
+            // refused too, and the mount's names are secretfs's own.
+            for option in ["allow\\_other", "allow\\137other", "default\\_permissions", "fsname=secretfs:other", "subtype=x"] {
+                let o = try f.secretfs(["mount", "demo", f.mnt, "-o", option])
+                #expect(o.status == 64 && o.stderr.contains("is not a mount option secretfs knows"), "\(option): \(o.status) \(o.stderr)")
+            }
+            // A mistyped store= is not repeated with its password.
+            let typo = try viaMount("stor=postgresql://u:s3cr3t-pw@h/db")
+            #expect(typo.status == 1 && !typo.stderr.contains("s3cr3t-pw"), "\(typo.stderr)")
             for (option, message) in [("writeback_cache", "-o writeback_cache is refused"), ("max_size=lots", "-o max_size needs"),
                                       ("allow_other", "-o allow_other is decided by secretfs")] {
                 let o = try viaMount(option)
