@@ -21,16 +21,28 @@ const MAX_PATH = 107;
  * its directory and every directory above it must be owned by one of them and
  * not writable by group or others unless sticky (so nobody else can put a
  * socket of their own in its place between this check and connect).
- * Returns the socket's lstat, compared again after connecting.
+ * A symbolic link on the way must be root's or ours: through another
+ * user's link, "the owner of the socket's directory" would be whoever owns
+ * the directory it points to, and they could point it elsewhere meanwhile.
+ * Returns the socket's path with its directory resolved (what to connect
+ * to, so a link changed afterwards does not matter) and its lstat,
+ * compared again after connecting.
  * @param {string} socketPath
- * @returns {fs.Stats}
+ * @returns {{real: string, st: fs.Stats}}
  */
 function checkTrust(socketPath) {
-  const dir = fs.realpathSync(path.dirname(path.resolve(socketPath)));
-  const dirOwner = fs.lstatSync(dir).uid;
-  const trusted = new Set([0, process.geteuid(), process.getuid(), dirOwner]);
+  const me = new Set([0, process.geteuid(), process.getuid()]);
   const untrusted = (what) => new SecretfsError('untrusted-server', `${socketPath}: ${what}, which this client does not trust`,
     { socketPath });
+  const given = path.dirname(path.resolve(socketPath));
+  for (let d = given; d !== path.dirname(d); d = path.dirname(d)) {
+    const link = fs.lstatSync(d);
+    if (link.isSymbolicLink() && !me.has(link.uid)) throw untrusted(`the path goes through ${d}, a symbolic link of uid ${link.uid}`);
+  }
+  const dir = fs.realpathSync(given);
+  const real = path.join(dir, path.basename(socketPath));
+  const dirOwner = fs.lstatSync(dir).uid;
+  const trusted = new Set([...me, dirOwner]);
   for (let d = dir; ; d = path.dirname(d)) {
     const st = fs.lstatSync(d);
     if (!trusted.has(st.uid)) throw untrusted(`the directory ${d} is owned by uid ${st.uid}`);
@@ -39,12 +51,12 @@ function checkTrust(socketPath) {
     }
     if (d === path.dirname(d)) break;
   }
-  const st = fs.lstatSync(socketPath);
+  const st = fs.lstatSync(real);
   if (!st.isSocket()) {
     throw new SecretfsError('not-running', `${socketPath} is not a socket`, { socketPath });
   }
   if (!trusted.has(st.uid)) throw untrusted(`it is served by uid ${st.uid}`);
-  return st;
+  return { real, st };
 }
 
 /**
@@ -105,9 +117,9 @@ class Connection {
         reject(SecretfsError.fromConnect({ code: 'ENAMETOOLONG' }, socketPath));
         return;
       }
-      let before;
+      let before, real;
       try {
-        before = checkTrust(socketPath);
+        ({ real, st: before } = checkTrust(socketPath));
       } catch (e) {
         reject(e instanceof SecretfsError ? e : SecretfsError.fromConnect(e, socketPath));
         return;
@@ -117,7 +129,7 @@ class Connection {
       const readBuffer = Buffer.alloc(64 << 10);
       let conn = null;
       const socket = net.createConnection({
-        path: socketPath,
+        path: real,
         onread: { buffer: readBuffer, callback: (n, buf) => { if (conn) conn.received(buf.subarray(0, n)); } },
       });
       const timer = setTimeout(() => {
@@ -138,7 +150,7 @@ class Connection {
         conn = new Connection(socketPath, socket, readBuffer, timeout);
         // The file connected to must be the one checked.
         let after = null;
-        try { after = fs.lstatSync(socketPath); } catch (_) { /* gone: refused below */ }
+        try { after = fs.lstatSync(real); } catch (_) { /* gone: refused below */ }
         if (!after || after.ino !== before.ino || after.dev !== before.dev) {
           conn.close();
           reject(new SecretfsError('untrusted-server', `${socketPath} was replaced while connecting`, { socketPath }));

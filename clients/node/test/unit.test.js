@@ -157,6 +157,29 @@ test('a socket in a directory others may write is not trusted', async (t) => {
   assert.equal(d.stats.connections, 0);
 });
 
+test("a socket reached through another user's symbolic link is not trusted", { skip: process.getuid() !== 0 && 'needs root to chown' }, async (t) => {
+  // Their daemon, in a directory of theirs (its owner is trusted when the
+  // path names that directory), reached through a link of theirs: the link
+  // could be pointed anywhere, so it is refused; through our own link, the
+  // directory it names is what is checked.
+  const d = await fakeDaemon(t, (c) => c.write(namesReply(['THEIRS'])));
+  fs.chownSync(d.dir, 65534, 65534);
+  fs.chownSync(d.socketPath, 65534, 65534);
+  const theirs = path.join(os.tmpdir(), `secretfs-node-link-theirs-${process.pid}`);
+  const ours = path.join(os.tmpdir(), `secretfs-node-link-ours-${process.pid}`);
+  fs.symlinkSync(d.dir, theirs);
+  fs.lchownSync(theirs, 65534, 65534);
+  fs.symlinkSync(d.dir, ours);
+  t.after(() => { fs.rmSync(theirs, { force: true }); fs.rmSync(ours, { force: true }); });
+  const client = new Client({ socket: path.join(theirs, 'd.sock') });
+  t.after(() => client.close());
+  await assert.rejects(client.names('demo'), (e) => e.codeName === 'untrusted-server' && /symbolic link of uid 65534/.test(e.message));
+  assert.equal(d.stats.connections, 0);
+  const viaOurs = new Client({ socket: path.join(ours, 'd.sock') });
+  t.after(() => viaOurs.close());
+  assert.deepEqual(await viaOurs.names('demo'), ['THEIRS']);
+});
+
 test('names are checked before anything is sent', async (t) => {
   const client = new Client({ socket: '/nonexistent/d.sock' });
   await assert.rejects(client.names('no-dash'), (e) => e.codeName === 'invalid-project' && e.code === 23);
