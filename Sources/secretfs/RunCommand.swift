@@ -107,6 +107,11 @@ struct RunCommand: ParsableCommand {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
         posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        // Nothing else this process holds reaches the command: a descriptor
+        // the caller left open (exec 7>file) would be a way around the
+        // redaction of its stdout and stderr.
+        let closing = secretfs_spawn_add_closefrom(&actions, 3)
+        guard closing == 0 else { throw Failure("cannot prepare the command: \(String(cString: strerror(closing)))") }
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }

@@ -217,6 +217,11 @@ struct ResolveAndRedactTests {
         #expect(nul.status == 14, "\(nul.status) \(nul.stderr)")
         #expect(nul.stderr.contains("'WITH_NUL'") && nul.stderr.contains("NUL byte"), "\(nul.stderr)")
         #expect(!nul.stdout.contains("started") && !nul.stderr.contains("before") && !nul.stderr.contains("after"), "\(nul.stdout) \(nul.stderr)")
+        // A descriptor the caller left open does not reach the command: it
+        // would be a way around the redaction of its output.
+        let fd7 = try f.sh("exec 7>\(f.root)/fd7.txt; \(MountFixture.binary) run --project demo --env T=API_TOKEN -- sh -c 'echo \"$T\" >&7'; echo \"exit $?\"")
+        #expect(fd7.stdout.contains("exit 2") && fd7.stderr.contains("Bad file descriptor"), "\(fd7.stdout) \(fd7.stderr)")
+        #expect(try String(contentsOfFile: f.root + "/fd7.txt", encoding: .utf8).isEmpty)
         // A command that cannot start exits as env(1) says.
         let notFound = try f.secretfs(["run", "--project", "demo", "--", "/nonexistent/command"])
         #expect(notFound.status == 127 && notFound.stderr.contains("No such file"), "\(notFound.status) \(notFound.stderr)")
