@@ -641,6 +641,29 @@ public struct PostgresTarget: Sendable, Equatable {
     }
 
     public init(_ text: String) throws(Problem) {
+        let fields = try Self.fields(of: text)
+        // The client key's passphrase would show as plainly as a password.
+        if !Self.passwords(in: fields).isEmpty { throw .holdsPassword }
+        conninfo = text
+        var shown = fields["user"].map { $0 + "@" } ?? ""
+        shown += fields["host"] ?? fields["hostaddr"] ?? "localhost"
+        if let port = fields["port"] { shown += ":" + port }
+        shown += "/" + (fields["dbname"] ?? fields["user"] ?? "")
+        displayName = "postgresql://" + shown
+    }
+
+    /// The passwords (`password`, `sslpassword`) libpq reads in `text`, for
+    /// a display that must not show them; nil when it does not parse.
+    public static func passwords(in text: String) -> [String]? {
+        (try? fields(of: text)).map { passwords(in: $0) }
+    }
+
+    private static func passwords(in fields: [String: String]) -> [String] {
+        ["password", "sslpassword"].compactMap { fields[$0] }.filter { !$0.isEmpty }
+    }
+
+    /// The keywords and values libpq reads in a URL or conninfo.
+    private static func fields(of text: String) throws(Problem) -> [String: String] {
         let pq: LibPQ
         do { pq = try LibPQ.get() } catch { throw .libpqMissing(error.description) }
         var message: UnsafeMutablePointer<CChar>?
@@ -658,14 +681,7 @@ public struct PostgresTarget: Sendable, Equatable {
             if let v = o.pointee.val { fields[String(cString: k)] = String(cString: v) }
             o += 1
         }
-        // The client key's passphrase would show as plainly as a password.
-        for key in ["password", "sslpassword"] { if let p = fields[key], !p.isEmpty { throw .holdsPassword } }
-        conninfo = text
-        var shown = fields["user"].map { $0 + "@" } ?? ""
-        shown += fields["host"] ?? fields["hostaddr"] ?? "localhost"
-        if let port = fields["port"] { shown += ":" + port }
-        shown += "/" + (fields["dbname"] ?? fields["user"] ?? "")
-        displayName = "postgresql://" + shown
+        return fields
     }
 }
 

@@ -1,5 +1,6 @@
 import Glibc
 import SecretfsNames
+import SecretfsStore
 
 /// `mount.secretfs`: the helper mount(8) runs for file system type
 /// `secretfs`, as `/sbin/mount.secretfs PROJECT DIR [-sfnv] [-o OPTIONS]`.
@@ -147,13 +148,46 @@ enum MountHelper {
     /// The command line as -v shows it: shell-quoted, with the password of a
     /// store URL (`postgresql://user:password@host/db`) masked.
     static func display(_ args: [String]) -> String {
-        (["secretfs"] + args).map { arg in
-            let shown = maskingURLPassword(arg)
+        let all = ["secretfs"] + args
+        return all.indices.map { i in
+            let arg = all[i]
+            let shown = hidingConnectionStrings(arg, isStore: i > 0 && all[i - 1] == "--store")
             let plain = shown.utf8.allSatisfy { b in
                 (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || "-_=/.,:@%+".utf8.contains(b)
             }
             return plain && !shown.isEmpty ? shown : "'" + shown.replacingAll("'", with: "'\\''") + "'"
         }.joined(separator: " ")
+    }
+
+    /// An argument, or each `key=value` of an option list, that names a
+    /// database as libpq reads it: shown when libpq finds no password in it,
+    /// else replaced (libpq is the judge: a password after a `?` in the
+    /// authority, or `password = x` with spaces, is one too). Without libpq,
+    /// the textual masking below.
+    static func hidingConnectionStrings(_ arg: String, isStore: Bool = false) -> String {
+        // What may hold a password: a URL, or a conninfo that names one.
+        func mayHoldPassword(_ text: String) -> Bool {
+            let lower = text.lowercased()
+            return lower.hasPrefix("postgres") || lower.contains("://") || lower.contains("password")
+        }
+        func judged(_ text: String) -> String {
+            guard mayHoldPassword(text) else { return text }
+            guard let passwords = PostgresTarget.passwords(in: text) else {
+                return "<a connection string that does not parse: not shown>"
+            }
+            if passwords.isEmpty { return text }
+            // Masked as the text reads, if libpq reads the masked text as
+            // having only the mask for its passwords; else not shown at all.
+            let masked = maskingURLPassword(text)
+            let left = PostgresTarget.passwords(in: masked)
+            return left.map { !$0.isEmpty && $0.allSatisfy { $0 == "***" } && passwords.allSatisfy { !masked.contains($0) } } == true
+                ? masked : "<a connection string with a password: not shown>"
+        }
+        if isStore || arg.lowercased().hasPrefix("postgres") { return judged(arg) }
+        return arg.split(separator: ",", omittingEmptySubsequences: false).map { item -> String in
+            guard let eq = item.firstIndex(of: "=") else { return String(item) }
+            return String(item[...eq]) + judged(String(item[item.index(after: eq)...]))
+        }.joined(separator: ",")
     }
 
     /// `scheme://user:password@rest` as `scheme://user:***@rest`; anything else as it is.
