@@ -87,6 +87,33 @@ struct InstallTests {
         #expect(none.status == 1 && none.stderr.contains("nothing to uninstall"), "\(none.stderr)")
     }
 
+    @Test func aSymlinkWhereAFileGoesIsReplacedNotWrittenThrough() throws {
+        // Someone who could write an install directory leaves links where
+        // the generated files go: the install replaces them, and the files
+        // they point to keep their bytes and their mode.
+        let root = try makeTestRoot("install")
+        defer { _ = try? MountFixture.shell("rm -rf '\(root)'") }
+        let dest = root + "/dest"
+        let victim = dest + "/victim"
+        let units = dest + "/usr/local/lib/systemd/system", completions = dest + "/usr/local/share/bash-completion/completions"
+        let setup = try MountFixture.shell("mkdir -p '\(units)' '\(completions)' && printf 'precious' > '\(victim)' && chmod 0600 '\(victim)' && "
+                                           + "ln -s '\(victim)' '\(units)/secretfs@.service' && ln -s '\(victim)' '\(completions)/secretfs'")
+        try #require(setup.status == 0, "\(setup.stderr)")
+        let o = try Self.installConfined(dest, ["--destdir", dest, "--binary", MountFixture.binary])
+        #expect(o.status == 0, "\(o.stderr)")
+        #expect(try String(contentsOfFile: victim, encoding: .utf8) == "precious")
+        var st = stat()
+        #expect(stat(victim, &st) == 0 && st.st_mode & 0o777 == 0o600)
+        for path in [units + "/secretfs@.service", completions + "/secretfs"] {
+            #expect(lstat(path, &st) == 0 && st.st_mode & S_IFMT == S_IFREG && st.st_mode & 0o777 == 0o644, "\(path)")
+        }
+        // A manifest that lists a file this script never installs removes nothing.
+        try #require(try MountFixture.shell("echo 'file /usr/local/bin/other-tool' >> '\(dest)/usr/local/share/secretfs/installed-files'").status == 0)
+        let u = try Self.installConfined(dest, ["--destdir", dest, "--uninstall"])
+        #expect(u.status == 1 && u.stderr.contains("not a file this script installs"), "\(u.stderr)")
+        #expect(access(dest + "/usr/local/bin/secretfs", F_OK) == 0)
+    }
+
     @Test func prefixUnitdirAndHelperdirPlaceTheFilesAndThePaths() throws {
         let root = try makeTestRoot("install")
         defer { _ = try? MountFixture.shell("rm -rf '\(root)'") }
