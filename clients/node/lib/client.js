@@ -228,6 +228,7 @@ class Client {
     try {
       const r = new wire.Reader(frame);
       const count = r.u32();
+      if (count > wire.MAX_LISTED_NAMES) throw new wire.ParseError(`NAMES announces ${count} names (at most ${wire.MAX_LISTED_NAMES})`);
       const names = [];
       for (let i = 0; i < count; i++) names.push(r.name());
       r.end();

@@ -68,7 +68,9 @@ function printable(s) {
 
 /** One problem as `CONTEXT LINE:COLUMN: MESSAGE`. */
 function describeProblem(p) {
-  return p.context ? `${p.context} ${p.line}:${p.column}: ${p.message}` : `${p.line}:${p.column}: ${p.message}`;
+  // Escaped as the daemon's own messages are: the text came over a socket.
+  const context = printable(p.context), message = printable(p.message);
+  return context ? `${context} ${p.line}:${p.column}: ${message}` : `${p.line}:${p.column}: ${message}`;
 }
 
 class SecretfsError extends Error {

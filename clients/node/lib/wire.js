@@ -18,6 +18,12 @@ const MAX_REQUEST_FRAME = 16 << 20;
 const DATA_CHUNK = 64 << 10;
 /** Names per VALUES request. */
 const MAX_NAMES = 4096;
+// What a reply may announce, whatever its frame could hold: a 64 MiB frame
+// of 3-byte names is 22M strings (700 MB of heap) in this process. The
+// daemon never sends near these (its documents stop at 100,000 references
+// and 1,000 problems; a project's names fit the mount's 17 MiB frame).
+const MAX_LISTED_NAMES = 1_000_000;
+const MAX_PROBLEMS = 200_000;
 /** Longest REDACT mask, in bytes. */
 const MAX_MASK = 256;
 
@@ -280,6 +286,7 @@ function endRequest() {
 function parseProblems(frame) {
   const r = new Reader(frame);
   const count = r.u32();
+  if (count > MAX_PROBLEMS) throw new ParseError(`PROBLEMS announces ${count} problems (at most ${MAX_PROBLEMS})`);
   const problems = [];
   for (let i = 0; i < count; i++) {
     const kind = r.text();
@@ -305,7 +312,7 @@ function parseError(frame) {
 }
 
 module.exports = {
-  VERSION, HEADER, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, DATA_CHUNK, MAX_NAMES, MAX_MASK,
+  VERSION, HEADER, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, DATA_CHUNK, MAX_NAMES, MAX_MASK, MAX_LISTED_NAMES, MAX_PROBLEMS,
   Type, Format, Output,
   isValidName, textSize, ParseError, Builder, Reader, FrameSplitter,
   projectRequest, resolveRequest, valuesRequest, redactRequest, dataRequest, endRequest,

@@ -180,6 +180,19 @@ test("a socket reached through another user's symbolic link is not trusted", { s
   assert.deepEqual(await viaOurs.names('demo'), ['THEIRS']);
 });
 
+test('a reply that announces more names or problems than the daemon ever sends is malformed, not a heap', async (t) => {
+  const huge = new wire.Builder(wire.Type.NAMES_REPLY, 4).u32(wire.MAX_LISTED_NAMES + 1).finish();
+  const d = await fakeDaemon(t, (c) => c.write(huge));
+  const client = new Client({ socket: d.socketPath });
+  t.after(() => client.close());
+  await assert.rejects(client.names('demo'), (e) => e.codeName === 'malformed-reply' && /at most 1000000/.test(e.message));
+  const problems = new wire.Builder(wire.Type.PROBLEMS, 4).u32(wire.MAX_PROBLEMS + 1).finish();
+  const d2 = await fakeDaemon(t, (c) => c.write(problems));
+  const client2 = new Client({ socket: d2.socketPath });
+  t.after(() => client2.close());
+  await assert.rejects(client2.resolve('demo', 'x: 1'), (e) => e.codeName === 'malformed-reply' && /at most 200000/.test(e.message));
+});
+
 test('names are checked before anything is sent', async (t) => {
   const client = new Client({ socket: '/nonexistent/d.sock' });
   await assert.rejects(client.names('no-dash'), (e) => e.codeName === 'invalid-project' && e.code === 23);
