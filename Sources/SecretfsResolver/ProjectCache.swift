@@ -87,6 +87,8 @@ final class ProjectCache: @unchecked Sendable {
         /// Every redactor built and still alive, and builds under way.
         var live: [LiveRedactor] = []
         var building = 0
+        /// REDACT streams running on this cache (it is not evicted while any does).
+        var streams = 0
         /// Bumped by every event that drops anything.
         var generation: UInt64 = 0
         /// The feed on the mount's socket, once one could be started. It
@@ -219,10 +221,16 @@ final class ProjectCache: @unchecked Sendable {
         feed?.cancel()
     }
 
-    /// For eviction: whether a client watches the project, and when it was last used.
+    /// For eviction: whether a client watches the project or streams
+    /// through it (an evicted cache's feed stops, and a stream on it would
+    /// never see another change), and when it was last used.
     var usage: (watched: Bool, lastUsed: Double) {
-        state.withLock { (!$0.watchers.isEmpty, $0.lastUsed) }
+        state.withLock { (!$0.watchers.isEmpty || $0.streams > 0, $0.lastUsed) }
     }
+
+    /// A REDACT stream starts or ends on this cache.
+    func streamStarted() { state.withLock { $0.streams += 1 } }
+    func streamEnded() { state.withLock { $0.streams -= 1 } }
 
     // MARK: Watchers (the daemon's own WATCH clients)
 
@@ -352,7 +360,9 @@ final class ProjectCache: @unchecked Sendable {
                 s.redactors.removeValue(forKey: oldest)
             }
             let inUse = alive()
-            guard inUse < maxLiveRedactors else {
+            // A rebuild replaces the caller's own one for one: never refused,
+            // or the stream would go on with values that have changed.
+            guard inUse < maxLiveRedactors || old != nil else {
                 return .failure(UpstreamFailure(.busy, "\(inUse) redaction matchers of project \(project) are in use, the most it may have "
                                                 + "(one per minimum length and mask, and one per stream while the mount's change feed is down); "
                                                 + "close a redaction stream, or use the minimum length and mask the others use"))

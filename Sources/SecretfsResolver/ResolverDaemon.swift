@@ -191,13 +191,18 @@ public final class ResolverDaemon: @unchecked Sendable {
 
     /// The project's cache, made on first use. At most `limits.maxProjects`
     /// are kept: a new one evicts the least recently used that no client
-    /// watches (its feed stops, its values are dropped); when every one is
-    /// watched, the request is refused as busy (nil with `busy`).
-    private func cache(for project: String) -> (cache: ProjectCache?, busy: Bool) {
+    /// watches or streams through (its feed stops, its values are dropped);
+    /// when every one is, the request is refused as busy (nil with `busy`).
+    /// `streaming`: a REDACT stream starts on it, counted before the lock is
+    /// let go (so it cannot be evicted in between); it calls `streamEnded()`.
+    private func cache(for project: String, streaming: Bool = false) -> (cache: ProjectCache?, busy: Bool) {
         var evicted: ProjectCache?
         let result = state.withLock { s -> (ProjectCache?, Bool) in
             if s.stopping { return (nil, false) }
-            if let c = s.projects[project] { return (c, false) }
+            if let c = s.projects[project] {
+                if streaming { c.streamStarted() }
+                return (c, false)
+            }
             if s.projects.count >= limits.maxProjects {
                 let idle = s.projects.map { ($0.key, $0.value.usage) }.filter { !$0.1.watched }
                 guard let victim = idle.min(by: { $0.1.lastUsed < $1.1.lastUsed })?.0 else { return (nil, true) }
@@ -207,6 +212,7 @@ public final class ResolverDaemon: @unchecked Sendable {
                                  fetchTimeout: limits.mountTimeout, maxRedactors: limits.maxRedactorsPerProject,
                                  maxLiveRedactors: limits.maxLiveRedactorsPerProject)
             s.projects[project] = c
+            if streaming { c.streamStarted() }
             return (c, false)
         }
         if let evicted {
@@ -217,9 +223,9 @@ public final class ResolverDaemon: @unchecked Sendable {
     }
 
     /// `cache(for:)`, sending the ERROR when there is none.
-    private func cacheOrRefuse(_ fd: Int32, _ project: String) -> ProjectCache? {
-        let (cache, busy) = cache(for: project)
-        if busy { sendError(fd, .busy, "the daemon serves \(limits.maxProjects) projects that are all being watched") }
+    private func cacheOrRefuse(_ fd: Int32, _ project: String, streaming: Bool = false) -> ProjectCache? {
+        let (cache, busy) = cache(for: project, streaming: streaming)
+        if busy { sendError(fd, .busy, "the daemon serves \(limits.maxProjects) projects that are all being watched or streamed") }
         return cache
     }
 
@@ -556,7 +562,8 @@ public final class ResolverDaemon: @unchecked Sendable {
     /// project's changes between chunks.
     private func runRedact(_ conn: Connection, project: String, key: ProjectCache.RedactorKey) -> StreamEnd {
         let fd = conn.fd
-        guard let cache = cacheOrRefuse(fd, project) else { return .close(linger: true) }
+        guard let cache = cacheOrRefuse(fd, project, streaming: true) else { return .close(linger: true) }
+        defer { cache.streamEnded() }
         var (redactor, generation): (Redactor, UInt64)
         do { (redactor, generation) = try cache.redactor(key) } catch {
             return upstreamError(conn, project, error) ? .next : .close(linger: false)
@@ -601,8 +608,14 @@ public final class ResolverDaemon: @unchecked Sendable {
                         sendError(fd, .frameTooLarge, "a DATA frame carries at most \(DaemonWire.dataChunk) bytes")
                         return .close(linger: true)
                     }
-                    if cache.generation != generation, let fresh = try? cache.redactor(key, replacing: redactor) {
-                        (redactor, generation) = fresh
+                    if cache.generation != generation {
+                        // The project changed: this chunk goes through the
+                        // new values or not at all (the old matcher does not
+                        // know a value written since).
+                        do { (redactor, generation) = try cache.redactor(key, replacing: redactor) } catch {
+                            _ = upstreamError(conn, project, error)
+                            return .close(linger: true)
+                        }
                         try? stream.replaceRedactor(redactor)
                     }
                     do {

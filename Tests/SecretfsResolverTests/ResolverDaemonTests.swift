@@ -248,11 +248,20 @@ import Testing
         #expect(bytes(try shared.write(Array("xoxb-daemon-slack-token\n".utf8))) == Array("<s0>\n".utf8))
         _ = try shared.finish()
         // A change: every stream rebuilds (each replaces its own) and masks
-        // the new value, at the bound.
-        try f.change("DEMO_BOT_SLACK_BOT_TOKEN", "rotated-slack-token-value")
-        #expect(try waitUntil { f.daemon.cacheStats(project: "demo")?.invalidations ?? 0 >= 1 })
-        for (i, r) in open.enumerated() {
-            #expect(bytes(try r.write(Array("rotated-slack-token-value\n".utf8))) == Array("<s\(i)>\n".utf8))
+        // the new value, at the bound, all of them at once.
+        for round in 0..<3 {
+            let value = "rotated-slack-token-value-\(round)"
+            try f.change("DEMO_BOT_SLACK_BOT_TOKEN", value)
+            #expect(try waitUntil { f.daemon.cacheStats(project: "demo")?.invalidations ?? 0 >= round + 1 })
+            let outputs = Mutex([Int: [UInt8]]())
+            nonisolated(unsafe) let streams = open   // each one used by one thread only
+            DispatchQueue.concurrentPerform(iterations: streams.count) { i in
+                let out = (try? streams[i].write(Array("\(value)\n".utf8))).map(bytes) ?? Array("failed".utf8)
+                outputs.withLock { $0[i] = out }
+            }
+            for i in open.indices {
+                #expect(outputs.withLock { $0[i] } == Array("<s\(i)>\n".utf8), "round \(round), stream \(i)")
+            }
         }
         // Once one stream ends, a new mask has room again.
         _ = try open.removeLast().finish()
@@ -262,6 +271,26 @@ import Testing
             return true
         })
         for r in open { _ = try r.finish() }
+    }
+
+    @Test func aStreamsProjectIsNotEvictedSoItKeepsSeeingChanges() throws {
+        // Requests for other projects fill the daemon's project caches; the
+        // one a stream runs on stays (its feed goes on), or the stream would
+        // never see another change.
+        var limits = ResolverDaemonLimits()
+        limits.maxProjects = 2
+        let f = try Self.populated(limits: limits)
+        let warm = try DaemonRedaction(socketPath: f.daemonSocket, project: "demo")
+        _ = try warm.finish()
+        #expect(try waitUntil { f.daemon.cacheStats(project: "demo")?.watching == true })
+        let stream = try DaemonRedaction(socketPath: f.daemonSocket, project: "demo", mask: "[M]")
+        #expect(bytes(try stream.write(Array("xoxb-daemon-slack-token\n".utf8))) == Array("[M]\n".utf8))
+        for i in 0..<5 { _ = try? DaemonValueSource(socketPath: f.daemonSocket, project: "bogus\(i)").names() }
+        #expect(f.daemon.cacheStats(project: "demo")?.watching == true)
+        try f.change("DEMO_BOT_SLACK_BOT_TOKEN", "changed-after-the-flood")
+        #expect(try waitUntil { f.daemon.cacheStats(project: "demo")?.invalidations ?? 0 >= 1 })
+        #expect(bytes(try stream.write(Array("x changed-after-the-flood\n".utf8))) == Array("x [M]\n".utf8))
+        _ = try stream.finish()
     }
 
     @Test func redactionStreamMasksValuesSplitAcrossChunks() throws {
