@@ -136,6 +136,18 @@ struct MountHelperTests {
         }
     }
 
+    @Test func everyKernelMountFlagThatPassesMounts() throws {
+        // The options secretfs hands to libfuse are exactly ones it takes:
+        // none passes secretfs's check only to fail in libfuse.
+        let f = try MountFixture()
+        defer { f.close() }
+        for flag in MountCommand.kernelMountFlags.sorted() {
+            let o = try f.secretfs(["mount", "demo", f.mnt, "-o", flag])
+            #expect(o.status == 0, "-o \(flag): \(o.stderr)")
+            if o.status == 0 { try f.unmount() }
+        }
+    }
+
     @Test func unknownAndBadOptionsAreRefusedWithTheUsualErrors() throws {
         let f = try MountFixture()
         defer { f.close() }
