@@ -175,7 +175,10 @@ enum MountHelper {
             guard let passwords = PostgresTarget.passwords(in: text) else {
                 return "<a connection string that does not parse: not shown>"
             }
-            if passwords.isEmpty { return text }
+            // Masked as the text reads even when libpq finds no password: a
+            // later empty `password=` hides an earlier one from libpq, not
+            // from the screen.
+            if passwords.isEmpty { return maskingURLPassword(text) }
             // Masked as the text reads, if libpq reads the masked text as
             // having only the mask for its passwords; else not shown at all.
             let masked = maskingURLPassword(text)

@@ -116,6 +116,10 @@ struct MountHelperTests {
             #expect(!shown.contains(password) && shown.contains("not shown"), "\(shown)")
         }
         #expect(MountHelper.display(["mount", "-o", "group=ops,keep_newline"]) == "secretfs mount -o group=ops,keep_newline")
+        // An empty password= after the real one: libpq reads none, the screen would.
+        for store in ["postgresql://u:REALPW@h/db?password=", "postgresql://u@h/db?password=REALPW&password="] {
+            #expect(!MountHelper.display(["mount", "--store", store]).contains("REALPW"), "\(store)")
+        }
         // What is passed on is the string itself; only the display masks it.
         let call = try MountHelper.parse(["demo", "/srv/d", "-o", "rw,store=\"\(url)\",nofail"])
         #expect(try MountHelper.mountArguments(call) == ["mount", "--store", url, "demo", "/srv/d"])
