@@ -325,6 +325,11 @@ public final class TrustedDirectory: @unchecked Sendable {
 
     /// Whether the directory holds nothing besides `.` and `..`.
     public func isEmpty() throws(SystemError) -> Bool {
+        try names(stoppingAfter: 1).isEmpty
+    }
+
+    /// The names in the directory (not `.` and `..`), at most `limit`.
+    public func names(stoppingAfter limit: Int = .max) throws(SystemError) -> [String] {
         // A descriptor of its own: readdir moves the file offset.
         let fd = retryOnInterrupt { openat(descriptor, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         guard fd >= 0, let dir = fdopendir(fd) else {
@@ -333,11 +338,12 @@ public final class TrustedDirectory: @unchecked Sendable {
             throw e
         }
         defer { closedir(dir) }
-        while let entry = readdir(dir) {
+        var out: [String] = []
+        while out.count < limit, let entry = readdir(dir) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.baseAddress!.assumingMemoryBound(to: CChar.self)) }
-            if name != "." && name != ".." { return false }
+            if name != "." && name != ".." { out.append(name) }
         }
-        return true
+        return out
     }
 }
 

@@ -89,8 +89,14 @@ extension Store {
         // The snapshot, in the store's directory (nobody else may write
         // there); its name is this process's, and it goes whatever happens.
         let storeDirectory = try Self.trustedDirectory(location, creating: false)
-        let snapshot = ".backup-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).db"
+        Self.removeAbandonedSnapshots(storeDirectory)
+        let snapshot = "\(Self.snapshotPrefix)\(getpid())-\(UInt32.random(in: 0...UInt32.max)).db"
         defer { for suffix in ["", "-journal", "-wal", "-shm"] { storeDirectory.remove(snapshot + suffix) } }
+        // Made 0600 first (VACUUM INTO fills an empty file), not with the
+        // umask's mode: it holds what the store holds.
+        do throws(SystemError) { close(try storeDirectory.create(snapshot, O_WRONLY, mode: 0o600)) } catch {
+            throw StoreError.io(path: storeDirectory.canonicalPath(of: snapshot), errno: error.errno, action: "create the snapshot")
+        }
         let snapshotPath = storeDirectory.canonicalPath(of: snapshot)
         try lock.withLock { _ in
             try db.statement("VACUUM INTO ?").bind(1, snapshotPath).run("copying the store")
@@ -112,6 +118,18 @@ extension Store {
         fsync(trusted.descriptor)
         done = true
         return manifest
+    }
+
+    static let snapshotPrefix = ".backup-"
+
+    /// Snapshots that a killed `backup create` left in the store's directory
+    /// (`.backup-PID-N.db`, its process gone): removed by the next one.
+    static func removeAbandonedSnapshots(_ dir: TrustedDirectory) {
+        for name in (try? dir.names()) ?? [] where name.hasPrefix(snapshotPrefix) {
+            let pid = name.dropFirst(snapshotPrefix.count).prefix { $0.isASCII && $0.isNumber }
+            guard let p = Int32(pid), p != getpid(), kill(p, 0) != 0, errno == ESRCH else { continue }
+            dir.remove(name)
+        }
     }
 
     /// Copies all of `from` into `to` and fsyncs it (`path` names `to` in errors).
@@ -178,6 +196,14 @@ extension Store {
         // mode is a live store's, in its own directory: read with its WAL,
         // or its latest writes would go unchecked.
         let wal = try requireSQLiteHeader(path)
+        if wal {
+            // Its WAL and shared-memory files are read (and made) beside
+            // it: only where nobody else may put them, a store's directory.
+            let (dir, _) = TrustedDirectory.split(path)
+            do throws(TrustError) { _ = try TrustedDirectory.open(dir) } catch {
+                throw StoreError.liveDatabaseNotBackup(path, inPlace: false)
+            }
+        }
         let db = try SQLiteConnection(path: path, readOnly: true, immutable: !wal)
         try db.execute("PRAGMA trusted_schema = OFF", context: "opening the backup")
         try checkSchema(db)
@@ -316,7 +342,9 @@ extension Store {
         guard source >= 0 else { throw StoreError.io(path: path, errno: errno, action: "open the backup") }
         defer { close(source) }
         guard !location.isShared else { throw StoreError.notOnSharedStore("backup restore") }
-        try requireSQLiteHeader(path)
+        // A database in WAL mode is a live store's: its latest writes are in
+        // the WAL beside it, which a copy of the one file would lose.
+        if try requireSQLiteHeader(path) { throw StoreError.liveDatabaseNotBackup(path, inPlace: true) }
         // A directory this makes goes again on failure, after the files in
         // it (defers run last first): nothing is left behind.
         var before = stat()

@@ -51,6 +51,9 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     case corrupt(String)
     /// A file given as a backup that is not an SQLite database at all.
     case notABackup(String)
+    /// A store's own database (WAL mode) given as a backup: to restore
+    /// (`inPlace` true), or to verify outside a store directory.
+    case liveDatabaseNotBackup(String, inPlace: Bool)
     case unsupportedSchema(Int)
     case io(path: String, errno: Int32, action: String)
     case sqlite(code: Int32, message: String, context: String)
@@ -104,6 +107,9 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .invalidRetention(let m): return m
         case .corrupt(let m): return "the store is damaged: \(m)"
         case .notABackup(let p): return "\(p) is not a secretfs backup (not an SQLite database)"
+        case .liveDatabaseNotBackup(let p, true): return "\(p) is a live store's database (WAL mode), not a backup: a copy of it would lose its latest writes"
+        case .liveDatabaseNotBackup(let p, false):
+            return "\(p) is a live store's database (WAL mode), which is checked only in a store directory (its WAL beside it is read too)"
         case .unsupportedSchema(let v): return "the store has schema version \(v), newer than this secretfs understands"
         case .io(let p, let e, let a): return "cannot \(a) \(p): \(errnoText(e))"
         case .sqlite(let c, let m, let ctx): return "database error while \(ctx): \(m) (SQLite code \(c))"
@@ -166,6 +172,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .invalidRetention: return nil
         case .corrupt: return "restore the store from a backup"
         case .notABackup: return "give a file made by 'secretfs backup create'"
+        case .liveDatabaseNotBackup: return "make a backup of that store with 'secretfs backup create FILE --store DIR', and use that"
         case .unsupportedSchema: return "upgrade secretfs"
         case .io(_, let e, _): return pathErrorHint(e)
         case .unavailable:

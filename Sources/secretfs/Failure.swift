@@ -33,7 +33,7 @@ struct Failure: Error {
     init(store error: StoreError) {
         let code: Exit
         switch error {
-        case .storeExists, .storeMissing, .corrupt, .notABackup, .unsupportedSchema, .sqlite, .io, .storeUntrusted, .backupDirectoryUntrusted,
+        case .storeExists, .storeMissing, .corrupt, .notABackup, .liveDatabaseNotBackup, .unsupportedSchema, .sqlite, .io, .storeUntrusted, .backupDirectoryUntrusted,
              .storeDirectoryOpenToOthers, .unavailable, .postgres, .notOnSharedStore, .libraryMissing, .outOfLockedMemory: code = .storeProblem
         case .keyFileUnreadable, .keyFileRequired, .keyFileInsecure, .keyFileMalformed, .keyFileUntrusted, .passphraseRequired,
              .passphraseNotExpected, .passphraseUnreadable, .passphraseFileInsecure, .passphraseFileUntrusted,

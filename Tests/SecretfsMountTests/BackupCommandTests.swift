@@ -38,6 +38,8 @@ struct BackupCommandTests {
         let planted = ["-journal", "-wal", "-shm"].map { sticky + $0 }
         defer { unlink(sticky); for p in planted { unlink(p) } }
         for p in planted { #expect(symlink("/nonexistent/secretfs-planted", p) == 0) }
+        // What a killed backup left in the store's directory goes with the next.
+        try f.expectOK(f.sh("printf x > \(f.storeDir)/.backup-999999-1.db && printf x > \(f.storeDir)/.backup-999999-1.db-journal"))
         try f.expectOK(f.secretfs(["backup", "create", sticky]))
         try f.expectOK(f.secretfs(["backup", "verify", sticky]))
         for p in planted {
@@ -116,6 +118,17 @@ struct BackupCommandTests {
         let forged = try f.secretfs(["backup", "verify", backup])
         #expect(forged.status == 10 && !(forged.stdout + forged.stderr).contains("\u{1b}"), "\(forged.stdout)")
         #expect(!forged.stdout.hasPrefix("backup of store "), "\(forged.stdout)")
+        // A live store's database (WAL mode) is not a backup: restoring it
+        // would lose what is in its WAL, and outside a store directory its
+        // WAL would be anyone's.
+        let live = try f.secretfs(["backup", "restore", f.storeDir + "/secretfs.db", "--store", f.root + "/from-live", "--key-file", f.storeDir + "/master.key"])
+        #expect(live.status == 10 && live.stderr.contains("is a live store's database (WAL mode), not a backup"), "\(live.stderr)")
+        let copied = "/tmp/secretfs-live-copy-\(getpid()).db"
+        defer { unlink(copied) }
+        try f.expectOK(f.sh("cp \(f.storeDir)/secretfs.db \(copied)"))
+        let outside = try f.secretfs(["backup", "verify", copied])
+        #expect(outside.status == 10 && outside.stderr.contains("checked only in a store directory"), "\(outside.stderr)")
+        #expect(access(copied + "-shm", F_OK) != 0 && access(copied + "-wal", F_OK) != 0)
         // Any other file is named as not a backup, with a hint, not an SQLite error.
         try f.expectOK(f.sh("printf 'hello' > \(f.root)/not-a-backup && chmod 0600 \(f.root)/not-a-backup"))
         for args in [["backup", "verify", f.root + "/not-a-backup"],
