@@ -12,6 +12,34 @@ const { SecretfsError, closing } = require('./errors');
 const MAX_PATH = 107;
 
 /**
+ * `dir` with every symbolic link on the way resolved, one component at a
+ * time, each link (the ones its targets lead through too) owned by root or
+ * by us; throws `untrusted(...)` at one that is not.
+ * @param {string} dir an absolute path
+ * @param {Set<number>} me
+ * @param {(what: string) => Error} untrusted
+ * @returns {string}
+ */
+function resolveTrustingLinks(dir, me, untrusted) {
+  let pending = dir.split('/').filter((c) => c.length > 0);
+  let resolved = '/';
+  for (let hops = 0; pending.length > 0;) {
+    const component = pending.shift();
+    if (component === '.') continue;
+    if (component === '..') { resolved = path.dirname(resolved); continue; }
+    const next = path.join(resolved, component);
+    const st = fs.lstatSync(next);
+    if (!st.isSymbolicLink()) { resolved = next; continue; }
+    if (!me.has(st.uid)) throw untrusted(`the path goes through ${next}, a symbolic link of uid ${st.uid}`);
+    if (++hops > 40) throw untrusted(`the path goes through more than 40 symbolic links at ${next}`);
+    const target = fs.readlinkSync(next);
+    pending = target.split('/').filter((c) => c.length > 0).concat(pending);
+    if (target.startsWith('/')) resolved = '/';
+  }
+  return resolved;
+}
+
+/**
  * Checks who could have made the socket at `socketPath`, before connecting.
  *
  * The Swift client asks the kernel who serves the socket (SO_PEERCRED) and
@@ -34,12 +62,7 @@ function checkTrust(socketPath) {
   const me = new Set([0, process.geteuid(), process.getuid()]);
   const untrusted = (what) => new SecretfsError('untrusted-server', `${socketPath}: ${what}, which this client does not trust`,
     { socketPath });
-  const given = path.dirname(path.resolve(socketPath));
-  for (let d = given; d !== path.dirname(d); d = path.dirname(d)) {
-    const link = fs.lstatSync(d);
-    if (link.isSymbolicLink() && !me.has(link.uid)) throw untrusted(`the path goes through ${d}, a symbolic link of uid ${link.uid}`);
-  }
-  const dir = fs.realpathSync(given);
+  const dir = resolveTrustingLinks(path.dirname(path.resolve(socketPath)), me, untrusted);
   const real = path.join(dir, path.basename(socketPath));
   const dirOwner = fs.lstatSync(dir).uid;
   const trusted = new Set([...me, dirOwner]);

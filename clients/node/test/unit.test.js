@@ -178,6 +178,13 @@ test("a socket reached through another user's symbolic link is not trusted", { s
   const viaOurs = new Client({ socket: path.join(ours, 'd.sock') });
   t.after(() => viaOurs.close());
   assert.deepEqual(await viaOurs.names('demo'), ['THEIRS']);
+  // Our link to their link: theirs is still on the way.
+  const chained = path.join(os.tmpdir(), `secretfs-node-link-chained-${process.pid}`);
+  fs.symlinkSync(theirs, chained);
+  t.after(() => fs.rmSync(chained, { force: true }));
+  const viaChain = new Client({ socket: path.join(chained, 'd.sock') });
+  t.after(() => viaChain.close());
+  await assert.rejects(viaChain.names('demo'), (e) => e.codeName === 'untrusted-server' && /symbolic link of uid 65534/.test(e.message));
 });
 
 test('a reply that announces more names or problems than the daemon ever sends is malformed, not a heap', async (t) => {
