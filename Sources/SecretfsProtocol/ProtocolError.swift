@@ -1,4 +1,5 @@
 import Glibc
+import SecretfsPOSIX
 
 /// Which kind of secretfs server a socket belongs to. Both speak the same
 /// framing; this decides the words of messages and hints, and how large a
@@ -86,8 +87,7 @@ public struct ProtocolError: Error, Sendable, CustomStringConvertible, Equatable
             if service == .mount {
                 // Named, so that a typo in the project is plain to see.
                 let project = MountSocket.project(at: path)
-                let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
-                let mounted = MountSocket.projects(in: directory.isEmpty ? "/" : directory).map { names in
+                let mounted = MountSocket.projects(in: TrustedDirectory.split(path).directory).map { names in
                     names.isEmpty ? "none is mounted with this runtime directory"
                                   : "mounted with this runtime directory: " + names.map { Wire.printable($0) }.joined(separator: ", ")
                 } ?? "`secretfs status` lists the mounted projects"
