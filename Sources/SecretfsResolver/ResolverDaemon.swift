@@ -616,7 +616,12 @@ public final class ResolverDaemon: @unchecked Sendable {
                             _ = upstreamError(conn, project, error)
                             return .close(linger: true)
                         }
-                        try? stream.replaceRedactor(redactor)
+                        // Re-reading its held-back tail may need room: said,
+                        // as a failed write is, not dropped in silence.
+                        do { try stream.replaceRedactor(redactor) } catch {
+                            outOfMemory(conn, "the stream's output")
+                            return .close(linger: true)
+                        }
                     }
                     do {
                         try f.storage.withUnsafeBytes { raw in
