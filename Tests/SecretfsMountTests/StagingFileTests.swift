@@ -152,7 +152,7 @@ extension StagingFileTests {
 struct StagingFileExpiryTests {
     /// Mounts with `staging_timeout` and runs `fill` (which makes files that
     /// must not have expired yet, and returns what it found wrong), then
-    /// `check` once they have lain idle longer than the timeout. A fill that
+    /// `check` once the last of them has lain idle longer than the timeout. A fill that
     /// took most of the timeout (a loaded machine) proves nothing, its
     /// findings included, so it is tried again, remounted, with a longer one.
     /// A fill that returns nil could not set the scene (memory the system
@@ -167,7 +167,8 @@ struct StagingFileExpiryTests {
                 let problems = found ?? ["the fill could not fill the uid's buffered bytes, three times"]
                 #expect(took < timeout, "filling took \(took) s, the timeout is \(timeout) s")
                 for p in problems { Issue.record(Comment(rawValue: p)) }
-                usleep(UInt32((timeout - took + 0.3) * 1e6))
+                // Every file the fill closed, the last one too, has lain idle past the timeout.
+                usleep(UInt32((timeout + 0.3) * 1e6))
                 try check()
                 return
             }
